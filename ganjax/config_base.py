@@ -1,0 +1,113 @@
+"""Shared pieces of the experiment configs in ``configs/``.
+
+A config file defines ``get_config(arg)``, where ``arg`` is the config string after ``:`` on the
+command line (``--config=configs/dcgan.py:dataset=mnist,runlocal``). :func:`parse_arg` turns it into
+typed values; :func:`base_config` holds the fields every experiment has, each with its comment.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """Parses ``"key=value,flag"`` into a ConfigDict typed like ``defaults``.
+
+  A bare ``flag`` means ``flag=True``. Unknown keys fail with the valid ones listed.
+  """
+  result = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(
+          f"Unknown config argument {key!r} in {arg!r}; valid: {', '.join(sorted(defaults))}."
+      )
+    default = defaults[key]
+    if not _:
+      value = "True"
+    if isinstance(default, bool):
+      if value.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(f"Config argument {key}={value!r} must be true or false.")
+      result[key] = value.lower() in ("true", "1")
+    elif default is None or isinstance(default, str):
+      result[key] = value
+    else:
+      result[key] = type(default)(value)
+  return result
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The fields every ganjax experiment has; experiment configs fill in their values."""
+  config = ml_collections.ConfigDict()
+  # The one seed: parameters, latents, dropout and data order all derive from it.
+  config.seed = 0
+  # Generator updates to train for.
+  config.num_train_steps = 1000
+  # Global batch size (over all devices and hosts) of each discriminator update.
+  config.batch_size = 64
+  # Discriminator updates per generator update (each on its own real batch).
+  config.n_critic = 1
+  # Write scalars (TensorBoard, metrics.jsonl) and a progress line every this many steps.
+  config.log_every_steps = 100
+  # Write a grid of samples from a fixed latent batch every this many steps.
+  config.sample_every_steps = 500
+  # Save a checkpoint every this many steps (and at the end, and on SIGTERM).
+  config.checkpoint_every_steps = 500
+  # How many checkpoints to keep on disk.
+  config.keep_checkpoints = 3
+  # Number of samples in each sample grid.
+  config.num_sample_images = 64
+
+  config.data = ml_collections.ConfigDict()
+  # Dataset name: embedded_mnist, mnist, fashion_mnist, cifar10, celeb_a (any TFDS name), idx,
+  # folder, ring, grid.
+  config.data.name = "embedded_mnist"
+  # Folder of IDX files / image folder (or .tar.gz) / TFDS data_dir; None for the default.
+  config.data.dir = config_dict.placeholder(str)
+  # Split to train on.
+  config.data.split = "train"
+  # Resize square images to this many pixels; None keeps the data's own resolution.
+  config.data.image_size = config_dict.placeholder(int)
+  # Force 1 (grayscale) or 3 (RGB) channels for image folders; None keeps RGB.
+  config.data.channels = config_dict.placeholder(int)
+  # Datasets smaller than this (as uint8) are held in memory; larger ones stream.
+  config.data.cache_in_memory_max_bytes = 2 * 1024**3
+
+  config.model = ml_collections.ConfigDict()
+  # Architecture module in ganjax/models (e.g. dcgan, mlp).
+  config.model.name = "dcgan"
+  # Size of the generator's latent vector z.
+  config.model.latent_dim = 100
+  # Keyword arguments of the model module's Generator (besides image_shape).
+  config.model.generator = ml_collections.ConfigDict()
+  # Keyword arguments of the model module's Discriminator.
+  config.model.discriminator = ml_collections.ConfigDict()
+
+  config.loss = ml_collections.ConfigDict()
+  # Adversarial objective in ganjax/losses.py (non_saturating, minimax).
+  config.loss.name = "non_saturating"
+
+  config.optim = ml_collections.ConfigDict()
+  # Generator optimizer: any optax optimizer by name, with its keyword arguments.
+  config.optim.g = ml_collections.ConfigDict(
+      {"name": "adam", "learning_rate": 2e-4, "b1": 0.5, "b2": 0.999}
+  )
+  # Discriminator optimizer, same form.
+  config.optim.d = ml_collections.ConfigDict(
+      {"name": "adam", "learning_rate": 2e-4, "b1": 0.5, "b2": 0.999}
+  )
+
+  config.ema = ml_collections.ConfigDict()
+  # Decay of the EMA of generator params (0 = off: samples use the raw params).
+  config.ema.decay = 0.0
+
+  config.parallel = ml_collections.ConfigDict()
+  # "global" (jit over a mesh, XLA places reductions) or "shard_map" (per-device code with pmean).
+  config.parallel.mode = "global"
+  # Devices to use (0 = all).
+  config.parallel.num_devices = 0
+  # Call jax.distributed.initialize() for a multi-host run.
+  config.parallel.distributed = False
+  return config

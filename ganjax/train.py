@@ -1,0 +1,491 @@
+"""Training loop: ``train_and_evaluate(config, workdir)``.
+
+Builds the data source, the networks and the GAN state, resumes from the latest checkpoint, runs the
+jit-compiled step over the device mesh, and writes everything a researcher looks at into the
+workdir: ``config.json``, ``run_info.json``, TensorBoard events, ``metrics.jsonl``,
+``samples/step_NNNNNN.png`` and ``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+from ganjax import checkpoint as checkpoint_lib
+from ganjax import data as data_lib
+from ganjax import losses, models, parallel, sampling, steps
+from ganjax import state as state_lib
+
+
+class NonFiniteLossError(FloatingPointError):
+  """A loss or gradient became NaN or infinite; training stopped before saving it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Networks:
+  """The two networks of a run and the shape of what they generate."""
+
+  generator: Any
+  discriminator: Any
+  element_shape: tuple[int, ...]
+  num_classes: int | None
+
+
+def _module_kwargs(config_dict: ml_collections.ConfigDict) -> dict[str, Any]:
+  """ConfigDict -> kwargs, with lists turned into tuples (flax fields should be hashable)."""
+
+  def fix(v):
+    return tuple(fix(x) for x in v) if isinstance(v, list | tuple) else v
+
+  return {k: fix(v) for k, v in config_dict.to_dict().items()}
+
+
+def build_networks(
+    config: ml_collections.ConfigDict, element_shape: tuple[int, ...], num_classes: int | None
+) -> Networks:
+  """Instantiates ``ganjax.models.<config.model.name>``'s Generator and Discriminator."""
+  module = models.get_model_module(config.model.name)
+  generator = module.Generator(
+      image_shape=tuple(element_shape), **_module_kwargs(config.model.generator)
+  )
+  discriminator = module.Discriminator(**_module_kwargs(config.model.discriminator))
+  return Networks(generator, discriminator, tuple(element_shape), num_classes)
+
+
+def state_factory(config: ml_collections.ConfigDict, networks: Networks):
+  """Returns ``init(rng) -> GANState`` for these networks and the config's optimizers."""
+
+  def init(rng):
+    return state_lib.create_gan_state(
+        rng,
+        generator=networks.generator,
+        discriminator=networks.discriminator,
+        latent_dim=config.model.latent_dim,
+        element_shape=networks.element_shape,
+        generator_optimizer=state_lib.make_optimizer(config.optim.g),
+        discriminator_optimizer=state_lib.make_optimizer(config.optim.d),
+        num_classes=networks.num_classes,
+    )
+
+  return init
+
+
+def create_state(config, networks: Networks, mesh) -> state_lib.GANState:
+  """Creates the state directly replicated on the mesh."""
+  init = state_factory(config, networks)
+  rng = jax.random.fold_in(jax.random.key(config.seed), 0x1217)
+  return jax.jit(init, out_shardings=parallel.replicated(mesh))(rng)
+
+
+def abstract_state(config, networks: Networks, mesh=None):
+  """Shapes, dtypes (and shardings, with a mesh) of the state, computed without allocating it."""
+  init = state_factory(config, networks)
+  shapes = jax.eval_shape(init, jax.random.key(0))
+  if mesh is None:
+    return shapes
+  sharding = parallel.replicated(mesh)
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+
+def sample_params(config, state: state_lib.GANState):
+  """The generator params used for samples: the EMA when it is on."""
+  return state.ema_params if config.ema.decay > 0 else state.generator.params
+
+
+def make_generate_fn(networks: Networks):
+  """jit-compiled ``generate(params, batch_stats, z) -> samples`` in inference mode."""
+
+  @jax.jit
+  def generate(params, batch_stats, z):
+    variables = {"params": params}
+    if batch_stats:
+      variables["batch_stats"] = batch_stats
+    return networks.generator.apply(variables, z, None, train=False)
+
+  return generate
+
+
+def _versions() -> dict[str, str]:
+  import importlib.metadata as md
+
+  out = {"python": platform.python_version()}
+  for dist in (
+      "jax",
+      "jaxlib",
+      "flax",
+      "optax",
+      "orbax-checkpoint",
+      "tensorflow-cpu",
+      "tensorflow-datasets",
+      "clu",
+      "numpy",
+  ):
+    try:
+      out[dist] = md.version(dist)
+    except md.PackageNotFoundError:
+      pass
+  return out
+
+
+def _git_revision() -> str | None:
+  here = os.path.dirname(os.path.abspath(__file__))
+  try:
+    rev = subprocess.run(
+        ["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return (rev + ("-dirty" if dirty else "")) if rev else None
+
+
+def run_info(config, source, networks: Networks, state, mesh) -> dict[str, Any]:
+  """What a reader of the results needs to know about how they were made."""
+  devices = mesh.devices.flatten().tolist()
+  return {
+      "command": sys.argv,
+      "versions": _versions(),
+      "git_revision": _git_revision(),
+      "devices": {
+          "platform": devices[0].platform,
+          "kind": devices[0].device_kind,
+          "count": len(devices),
+          "process_count": jax.process_count(),
+          "parallel_mode": config.parallel.mode,
+      },
+      "data": {
+          **source.description,
+          "name": source.name,
+          "num_examples": source.num_examples,
+          "element_shape": list(networks.element_shape),
+          "num_classes": networks.num_classes,
+      },
+      "parameters": {
+          "generator": state_lib.parameter_count(state.generator.params),
+          "discriminator": state_lib.parameter_count(state.discriminator.params),
+      },
+  }
+
+
+def _write_json(path: str, obj: Any) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, default=str)
+  os.replace(tmp, path)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Fails early, with the valid choices, on settings the run cannot use."""
+  for key in ("num_train_steps", "batch_size", "n_critic", "log_every_steps"):
+    if config[key] < 1:
+      raise ValueError(f"config.{key} must be >= 1, got {config[key]}.")
+  for key in ("sample_every_steps", "checkpoint_every_steps"):
+    if config[key] < 0:
+      raise ValueError(f"config.{key} must be >= 0 (0 = only at the end), got {config[key]}.")
+  if config.parallel.mode not in parallel.MODES:
+    raise ValueError(
+        f"Unknown parallel.mode {config.parallel.mode!r}; valid choices: {', '.join(parallel.MODES)}."
+    )
+  if not 0.0 <= config.ema.decay < 1.0:
+    raise ValueError(f"ema.decay must be in [0, 1), got {config.ema.decay}.")
+  losses.get_objective(config.loss.name)
+  models.get_model_module(config.model.name)
+
+
+class _MetricsBuffer:
+  """Holds per-step device metrics until the next log; finds the first non-finite step."""
+
+  def __init__(self):
+    self._pending: list[tuple[int, dict[str, jax.Array]]] = []
+
+  def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
+    self._pending.append((step, metrics))
+
+  def __len__(self) -> int:
+    return len(self._pending)
+
+  def flush(self) -> dict[str, float]:
+    """Fetches the pending metrics; raises NonFiniteLossError naming the first bad step."""
+    if not self._pending:
+      return {}
+    fetched = jax.device_get(self._pending)
+    self._pending = []
+    for step, metrics in fetched:
+      bad = {k: float(v) for k, v in metrics.items() if not np.isfinite(v)}
+      if bad:
+        raise NonFiniteLossError(
+            f"Non-finite values at step {step}: {bad}. Training stopped; the last good checkpoint "
+            "is kept. Lower the learning rates, or add a regularizer."
+        )
+    keys = fetched[-1][1].keys()
+    return {k: float(np.mean([m[k] for _, m in fetched])) for k in keys}
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks, so it can save a checkpoint before exiting."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # Not the main thread: leave signals alone.
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: saving a checkpoint and stopping.")
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+    return False
+
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(max(0, seconds))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state_lib.GANState:
+  """Trains the GAN the config describes; resumes from ``workdir`` when it holds checkpoints.
+
+  Returns the final state.
+  """
+  validate_config(config)
+  if config.parallel.distributed:
+    parallel.initialize_distributed()
+  _hide_gpus_from_tensorflow()
+  os.makedirs(workdir, exist_ok=True)
+  is_chief = jax.process_index() == 0
+
+  mesh = parallel.make_mesh(config.parallel.num_devices or None)
+  parallel.check_batch_size(config.batch_size, mesh)
+  examples_per_step = config.batch_size * config.n_critic
+  source = data_lib.create_source(
+      config.data,
+      seed=config.seed,
+      batch_size=examples_per_step,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+  )
+  networks = build_networks(config, source.element_shape, source.num_classes)
+  objective = losses.get_objective(config.loss.name)
+
+  checkpointer = checkpoint_lib.Checkpointer(
+      os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints, async_save=False
+  )
+  start_step = checkpointer.latest_step() or 0
+  if start_step:
+    state, data_position = checkpointer.restore(
+        start_step, abstract_state(config, networks, mesh)
+    )
+    logging.info("Resumed from the checkpoint at step %d (data position %s).", start_step, data_position)
+  else:
+    state = create_state(config, networks, mesh)
+
+  if is_chief:
+    _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+    info = run_info(config, source, networks, state, mesh)
+    info["resumed_from_step"] = start_step
+    _write_json(os.path.join(workdir, "run_info.json"), info)
+    logging.info("Run info: %s", json.dumps(info, default=str))
+
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=not is_chief, asynchronous=False
+  )
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  step_fn = parallel.compile_step(steps.make_train_step(config, objective), mesh, config.parallel.mode)
+  generate = make_generate_fn(networks)
+  fixed_z = sampling.fixed_latents(config.seed, config.num_sample_images, config.model.latent_dim)
+  base_rng = jax.random.fold_in(jax.random.key(config.seed), 0x7EA1)
+  batches = source.batches(start_step)
+  reference = None
+
+  def write_samples(step: int) -> None:
+    samples = np.asarray(
+        generate(sample_params(config, state), state.generator.batch_stats, fixed_z)
+    )
+    if not is_chief:
+      return
+    path = os.path.join(workdir, "samples", f"step_{step:06d}.png")
+    picture = sampling.save_samples(path, samples, reference, title=f"step {step}")
+    writer.write_images(step, {"samples": picture[None]})
+    logging.info("Wrote %s", path)
+
+  def save_checkpoint(step: int) -> None:
+    checkpointer.save(
+        step, state, {"step": step, "examples_seen": step * examples_per_step, "seed": config.seed}
+    )
+
+  report_progress = periodic_actions.ReportProgress(
+      num_train_steps=config.num_train_steps, writer=writer, every_steps=config.log_every_steps
+  )
+  buffer = _MetricsBuffer()
+  step = start_step
+  t_start = t_last = time.time()
+  step_last = start_step
+  logging.info(
+      "Training %s on %s (%s examples, shape %s) for %d steps, global batch %d on %d device(s) (%s).",
+      config.model.name,
+      source.name,
+      source.num_examples,
+      source.element_shape,
+      config.num_train_steps,
+      config.batch_size,
+      mesh.devices.size,
+      config.parallel.mode,
+  )
+  with _Preemption() as preemption, open(metrics_path, "a") as metrics_file:
+    while step < config.num_train_steps:
+      host_batch = next(batches)
+      if reference is None:
+        reference = host_batch["image"][: config.num_sample_images]
+        if start_step == 0 and is_chief:
+          real_path = os.path.join(workdir, "samples", "real.png")
+          writer.write_images(0, {"real": sampling.save_samples(real_path, reference)[None]})
+      batch = parallel.host_batch_to_global(host_batch, mesh)
+      state, metrics = step_fn(state, batch, base_rng)
+      step += 1
+      if step == start_step + 1:  # Time steps from here on: the first one includes compilation.
+        jax.block_until_ready(metrics)
+        t_last, step_last = time.time(), step
+        logging.info("First step (with compilation) took %.1fs.", t_last - t_start)
+      buffer.add(step, metrics)
+      report_progress(step)
+
+      last = step == config.num_train_steps
+      log_now = step % config.log_every_steps == 0 or last
+      ckpt_now = last or preemption.requested or (
+          config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
+      )
+      if log_now or ckpt_now:
+        scalars = buffer.flush()  # Raises before a non-finite state can be saved.
+        if log_now and scalars:
+          now = time.time()
+          steps_per_sec = (step - step_last) / max(now - t_last, 1e-9)
+          t_last, step_last = now, step
+          scalars["steps_per_sec"] = steps_per_sec
+          scalars["images_per_sec"] = steps_per_sec * examples_per_step
+          writer.write_scalars(step, scalars)
+          if is_chief:
+            metrics_file.write(json.dumps({"step": step, "wall_time": now, **scalars}) + "\n")
+            metrics_file.flush()
+          eta = (config.num_train_steps - step) / max(steps_per_sec, 1e-9)
+          logging.info(
+              "step %d/%d | d_loss %.4f g_loss %.4f D(x) %.3f D(G(z)) %.3f | "
+              "%.2f steps/s %.0f img/s | ETA %s",
+              step,
+              config.num_train_steps,
+              scalars.get("d_loss", math.nan),
+              scalars.get("g_loss", math.nan),
+              scalars.get("d_real", math.nan),
+              scalars.get("d_fake", math.nan),
+              steps_per_sec,
+              scalars["images_per_sec"],
+              _format_duration(eta),
+          )
+      if (config.sample_every_steps and step % config.sample_every_steps == 0) or last:
+        with report_progress.timed("samples"):
+          write_samples(step)
+      if ckpt_now:
+        with report_progress.timed("checkpoint"):
+          save_checkpoint(step)
+      if preemption.requested:
+        logging.warning("Stopped by SIGTERM at step %d; checkpoint saved.", step)
+        break
+
+  checkpointer.wait_until_finished()
+  checkpointer.close()
+  writer.flush()
+  writer.close()
+  return state
+
+
+def _hide_gpus_from_tensorflow() -> None:
+  """TensorFlow (tf.data, TensorBoard) must not claim accelerator memory JAX needs."""
+  if "tensorflow" not in sys.modules:
+    try:
+      import tensorflow as tf
+    except ImportError:
+      return
+  else:
+    tf = sys.modules["tensorflow"]
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:  # Already initialised.
+    pass
+
+
+def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+  """Reads the resolved config and run info a training run wrote into ``workdir``."""
+  paths = [os.path.join(workdir, name) for name in ("config.json", "run_info.json")]
+  for path in paths:
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path} not found: is {workdir!r} the workdir of a training run?")
+  with open(paths[0]) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  with open(paths[1]) as f:
+    info = json.load(f)
+  return config, info
+
+
+def sample_from_workdir(
+    workdir: str, num_samples: int, output: str, seed: int | None = None
+) -> np.ndarray:
+  """Writes ``output`` (a grid or scatter plot) and ``output``.npz from the latest checkpoint.
+
+  Uses the EMA generator when the run kept one. ``seed`` None draws the run's fixed latents.
+  """
+  config, info = load_run(workdir)
+  networks = build_networks(config, tuple(info["data"]["element_shape"]), info["data"]["num_classes"])
+  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+  step = checkpointer.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"No checkpoint in {checkpointer.directory}.")
+  state, _ = checkpointer.restore(step, abstract_state(config, networks))
+  checkpointer.close()
+  z_seed = config.seed if seed is None else seed
+  z = sampling.fixed_latents(z_seed, num_samples, config.model.latent_dim)
+  generate = make_generate_fn(networks)
+  samples = np.asarray(generate(sample_params(config, state), state.generator.batch_stats, z))
+  sampling.save_samples(output, samples, title=f"{os.path.basename(workdir)} step {step}")
+  npz_path = os.path.splitext(output)[0] + ".npz"
+  np.savez_compressed(
+      npz_path, samples=samples, latents=np.asarray(z), step=step, ema=config.ema.decay > 0
+  )
+  logging.info(
+      "Wrote %s and %s (%d samples from step %d, %s params).",
+      output,
+      npz_path,
+      num_samples,
+      step,
+      "EMA" if config.ema.decay > 0 else "raw",
+  )
+  return samples

@@ -1,0 +1,107 @@
+"""Data parallelism on 8 simulated CPU devices equals one device (tests/conftest.py sets them)."""
+
+import functools
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from ganjax import losses, parallel, steps
+from ganjax.models import dcgan, mlp
+from ganjax.state import create_gan_state
+
+pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
+
+
+def _run(mode, num_devices, generator, discriminator, shape, latent, images, n_steps=2):
+  mesh = parallel.make_mesh(num_devices)
+  init = functools.partial(
+      create_gan_state,
+      generator=generator,
+      discriminator=discriminator,
+      latent_dim=latent,
+      element_shape=shape,
+      # SGD: equal gradients give equal params (Adam would amplify float rounding in tiny grads).
+      generator_optimizer=optax.sgd(0.1),
+      discriminator_optimizer=optax.sgd(0.1),
+  )
+  state = jax.jit(init, out_shardings=parallel.replicated(mesh))(jax.random.key(0))
+  step = parallel.compile_step(
+      functools.partial(
+          steps.train_step, objective=losses.non_saturating, latent_dim=latent, ema_decay=0.9
+      ),
+      mesh,
+      mode,
+  )
+  batch = parallel.host_batch_to_global({"image": images}, mesh)
+  for _ in range(n_steps):
+    state, metrics = step(state, batch, jax.random.key(1))
+  return jax.device_get(state), jax.device_get(metrics)
+
+
+def _assert_trees_close(a, b, atol):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=1e-4)
+
+
+def _mlp_with_batchnorm(shape):
+  return (
+      mlp.Generator(image_shape=shape, hidden=(32, 32), batch_norm=True),
+      mlp.Discriminator(hidden=(32, 16), dropout=0.2),
+  )
+
+
+def test_global_mode_on_8_devices_equals_1_device_with_batchnorm_and_dropout():
+  shape = (28, 28, 1)
+  images = np.random.RandomState(0).uniform(-1, 1, (16, *shape)).astype(np.float32)
+  nets = _mlp_with_batchnorm(shape)
+  one, m1 = _run("global", 1, *nets, shape, 8, images)
+  eight, m8 = _run("global", 8, *nets, shape, 8, images)
+  _assert_trees_close(one, eight, atol=1e-5)
+  _assert_trees_close(m1, m8, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_global_mode_on_8_devices_equals_1_device_dcgan():
+  shape = (32, 32, 3)
+  images = np.random.RandomState(0).uniform(-1, 1, (16, *shape)).astype(np.float32)
+  nets = (dcgan.Generator(image_shape=shape, width=4), dcgan.Discriminator(width=4))
+  one, m1 = _run("global", 1, *nets, shape, 8, images)
+  eight, m8 = _run("global", 8, *nets, shape, 8, images)
+  _assert_trees_close(one, eight, atol=1e-5)
+  _assert_trees_close(m1, m8, atol=1e-5)
+
+
+def test_shard_map_mode_equals_1_device_without_batchnorm():
+  shape = (28, 28, 1)
+  images = np.random.RandomState(0).uniform(-1, 1, (16, *shape)).astype(np.float32)
+  nets = (
+      mlp.Generator(image_shape=shape, hidden=(32, 32), batch_norm=False),
+      mlp.Discriminator(hidden=(32, 16), dropout=0.0),
+  )
+  one, m1 = _run("global", 1, *nets, shape, 8, images)
+  per_device, m8 = _run("shard_map", 8, *nets, shape, 8, images)
+  _assert_trees_close(one, per_device, atol=1e-5)
+  _assert_trees_close(m1, m8, atol=1e-5)
+
+
+def test_shard_map_mode_with_batchnorm_keeps_state_replicated_and_finite():
+  shape = (28, 28, 1)
+  images = np.random.RandomState(0).uniform(-1, 1, (16, *shape)).astype(np.float32)
+  state, metrics = _run("shard_map", 8, *_mlp_with_batchnorm(shape), shape, 8, images)
+  # Per-device BatchNorm: the running statistics are averaged, so they stay identical everywhere.
+  assert all(np.isfinite(v) for v in metrics.values())
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state))
+  assert jax.tree.leaves(state.generator.batch_stats)
+
+
+def test_batch_size_must_divide_by_devices():
+  with pytest.raises(ValueError, match="batch_size=12 does not divide by the number of devices"):
+    parallel.check_batch_size(12, parallel.make_mesh(8))
+  parallel.check_batch_size(16, parallel.make_mesh(8))
+
+
+def test_unknown_mode_lists_choices():
+  with pytest.raises(ValueError, match="global, shard_map"):
+    parallel.compile_step(lambda *a, **k: None, parallel.make_mesh(1), "pmap")

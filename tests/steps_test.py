@@ -1,0 +1,111 @@
+"""The pure steps: each network's step changes only that network; n_critic; EMA."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ganjax import losses, steps
+from ganjax.models import dcgan
+from ganjax.state import create_gan_state
+
+LATENT = 8
+SHAPE = (32, 32, 3)
+
+
+@functools.lru_cache(maxsize=None)
+def _initial_state():
+  # DCGAN 32x32: both networks carry BatchNorm statistics.
+  return create_gan_state(
+      jax.random.key(0),
+      generator=dcgan.Generator(image_shape=SHAPE, width=4),
+      discriminator=dcgan.Discriminator(width=4),
+      latent_dim=LATENT,
+      element_shape=SHAPE,
+      generator_optimizer=optax.adam(1e-2),
+      discriminator_optimizer=optax.adam(1e-2),
+  )
+
+
+def _real(n=8, seed=1):
+  return jnp.asarray(np.random.RandomState(seed).uniform(-1, 1, (n, *SHAPE)), jnp.float32)
+
+
+def _changed(a, b) -> bool:
+  return any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_discriminator_step_changes_only_discriminator():
+  state = _initial_state()
+  new, metrics = jax.jit(
+      functools.partial(
+          steps.discriminator_step, objective=losses.non_saturating, latent_dim=LATENT
+      )
+  )(state, _real(), jax.random.key(3))
+  assert _changed(state.discriminator.params, new.discriminator.params)
+  assert _changed(state.discriminator.opt_state, new.discriminator.opt_state)
+  assert _changed(state.discriminator.batch_stats, new.discriminator.batch_stats)
+  assert not _changed(state.generator, new.generator)
+  assert not _changed(state.ema_params, new.ema_params)
+  assert int(new.step) == int(state.step)
+  assert {"d_loss", "d_real", "d_fake", "d_grad_norm"} <= set(metrics)
+
+
+def test_generator_step_changes_only_generator():
+  state = _initial_state()
+  new, metrics = jax.jit(
+      functools.partial(
+          steps.generator_step, objective=losses.non_saturating, latent_dim=LATENT, ema_decay=0.5
+      )
+  )(state, _real(), jax.random.key(4))
+  assert _changed(state.generator.params, new.generator.params)
+  assert _changed(state.generator.batch_stats, new.generator.batch_stats)
+  assert not _changed(state.discriminator, new.discriminator)
+  assert int(new.step) == int(state.step) + 1
+  # EMA after one update: 0.5 * old + 0.5 * new.
+  expected = jax.tree.map(lambda o, n: 0.5 * o + 0.5 * n, state.ema_params, new.generator.params)
+  for e, x in zip(jax.tree.leaves(expected), jax.tree.leaves(new.ema_params)):
+    np.testing.assert_allclose(e, x, rtol=1e-6, atol=1e-7)
+  assert {"g_loss", "g_grad_norm"} <= set(metrics)
+
+
+def test_split_critic_batches_keeps_rows_local():
+  x = jnp.arange(12)
+  parts = steps.split_critic_batches(x, 3)
+  np.testing.assert_array_equal(parts[0], [0, 3, 6, 9])
+  np.testing.assert_array_equal(parts[2], [2, 5, 8, 11])
+  with pytest.raises(ValueError, match="n_critic=5"):
+    steps.split_critic_batches(x, 5)
+
+
+@pytest.mark.parametrize("n_critic", [1, 3])
+def test_train_step_runs_n_critic_discriminator_updates(n_critic):
+  state = _initial_state()
+  step = jax.jit(
+      functools.partial(
+          steps.train_step, objective=losses.non_saturating, latent_dim=LATENT, n_critic=n_critic
+      )
+  )
+  new, metrics = step(state, {"image": _real(4 * n_critic)}, jax.random.key(0))
+  # Adam's step counter counts the updates each network received.
+  assert int(new.discriminator.opt_state[0].count) == n_critic
+  assert int(new.generator.opt_state[0].count) == 1
+  assert int(new.step) == 1
+  assert all(np.isfinite(v) for v in jax.device_get(metrics).values())
+
+
+def test_train_step_is_deterministic_and_depends_on_step():
+  state = _initial_state()
+  step = jax.jit(
+      functools.partial(steps.train_step, objective=losses.non_saturating, latent_dim=LATENT)
+  )
+  batch = {"image": _real(4)}
+  a, _ = step(state, batch, jax.random.key(0))
+  b, _ = step(state, batch, jax.random.key(0))
+  assert not _changed(a, b)
+  shifted = state.replace(step=jnp.asarray(7, jnp.int32))
+  c, _ = step(shifted, batch, jax.random.key(0))
+  assert _changed(a.generator.params, c.generator.params)  # New step -> new latents.

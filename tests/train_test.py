@@ -1,0 +1,128 @@
+"""train_and_evaluate end to end on tiny settings: outputs, exact resume, failures."""
+
+import glob
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from conftest import load_config
+
+from ganjax import checkpoint, train
+
+
+def _tiny(name, arg="runlocal", **overrides):
+  config = load_config(name, arg)
+  config.parallel.num_devices = 1
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return config
+
+
+def _leaves(state):
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state))]
+
+
+@pytest.mark.parametrize(
+    "name, arg",
+    [
+        ("dcgan", "runlocal"),
+        ("vanilla_gan", "runlocal"),
+        ("gaussian_mixture", "dataset=ring,runlocal"),
+        ("gaussian_mixture", "dataset=grid,runlocal"),
+    ],
+)
+def test_train_writes_every_output(tmp_path, name, arg):
+  config = _tiny(name, arg)
+  workdir = str(tmp_path / "run")
+  state = train.train_and_evaluate(config, workdir)
+  assert int(state.step) == config.num_train_steps
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["model"]["name"] == config.model.name
+  with open(os.path.join(workdir, "run_info.json")) as f:
+    info = json.load(f)
+  assert info["data"]["name"] and info["data"]["element_shape"]
+  assert info["devices"]["count"] == 1 and "jax" in info["versions"]
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    lines = [json.loads(line) for line in f]
+  assert [r["step"] for r in lines] == list(
+      range(config.log_every_steps, config.num_train_steps + 1, config.log_every_steps)
+  )
+  assert {"d_loss", "g_loss", "d_real", "d_fake", "steps_per_sec", "wall_time"} <= set(lines[-1])
+  assert os.path.exists(os.path.join(workdir, "samples", f"step_{config.num_train_steps:06d}.png"))
+  assert os.path.exists(os.path.join(workdir, "samples", "real.png"))
+  assert glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
+  assert ckpt.latest_step() == config.num_train_steps
+
+
+def test_resume_is_bit_identical(tmp_path):
+  full = _tiny("dcgan", num_train_steps=6, checkpoint_every_steps=3)
+  uninterrupted = train.train_and_evaluate(full, str(tmp_path / "a"))
+  # An interrupted run: stops after the checkpoint at step 3, then the same command again.
+  interrupted = str(tmp_path / "b")
+  train.train_and_evaluate(_tiny("dcgan", num_train_steps=3, checkpoint_every_steps=3), interrupted)
+  resumed = train.train_and_evaluate(full, interrupted)
+  for a, b in zip(_leaves(uninterrupted), _leaves(resumed), strict=True):
+    np.testing.assert_array_equal(a, b)
+  with open(os.path.join(interrupted, "run_info.json")) as f:
+    assert json.load(f)["resumed_from_step"] == 3
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(_tiny("vanilla_gan", num_train_steps=3), workdir)
+  exploding = _tiny("vanilla_gan", num_train_steps=12)
+  exploding.optim.d.learning_rate = 1e30  # Same optimizer structure, so the checkpoint restores.
+  with pytest.raises(train.NonFiniteLossError, match=r"at step \d+"):
+    train.train_and_evaluate(exploding, workdir)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
+  assert ckpt.latest_step() == 3
+  config = _tiny("vanilla_gan")
+  networks = train.build_networks(config, (28, 28, 1), 10)
+  state, position = ckpt.restore(3, train.abstract_state(config, networks))
+  assert position["step"] == 3
+  assert all(np.all(np.isfinite(x)) for x in _leaves(state))
+
+
+def test_checkpoint_shape_mismatch_names_the_arrays(tmp_path):
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(_tiny("vanilla_gan", num_train_steps=3), workdir)
+  wider = _tiny("vanilla_gan", num_train_steps=6, **{"model.generator.hidden": (48, 32)})
+  with pytest.raises(checkpoint.CheckpointMismatchError, match=r"generator/params/Dense_0/kernel: checkpoint \(64, 32\), config \(64, 48\)"):
+    train.train_and_evaluate(wider, workdir)
+
+
+def test_sample_mode_writes_grid_and_npz(tmp_path):
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(_tiny("dcgan", **{"ema.decay": 0.9}), workdir)
+  output = str(tmp_path / "grid.png")
+  samples = train.sample_from_workdir(workdir, 10, output)
+  assert samples.shape == (10, 28, 28, 1)
+  assert samples.min() >= -1 and samples.max() <= 1
+  data = np.load(str(tmp_path / "grid.npz"))
+  np.testing.assert_array_equal(data["samples"], samples)
+  assert bool(data["ema"])
+  from PIL import Image
+
+  assert Image.open(output).size[0] > 28
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"data.name": "no_such_data"}, "no_such_data"),
+        ({"model.name": "no_such_model"}, "no_such_model"),
+        ({"loss.name": "no_such_loss"}, "no_such_loss"),
+        ({"parallel.mode": "pmap"}, "global, shard_map"),
+        ({"batch_size": 0}, "batch_size"),
+    ],
+)
+def test_bad_config_values_fail_with_the_choices(tmp_path, override, message):
+  with pytest.raises(ValueError, match=message):
+    train.train_and_evaluate(_tiny("dcgan", **override), str(tmp_path / "run"))
