@@ -102,6 +102,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.ema = ml_collections.ConfigDict()
   # Decay of the EMA of generator params (0 = off: samples use the raw params).
   config.ema.decay = 0.0
+  # Ramp the decay up as (1 + t) / (10 + t), so the EMA does not keep the initial weights.
+  config.ema.warmup = True
 
   config.parallel = ml_collections.ConfigDict()
   # "global" (jit over a mesh, XLA places reductions) or "shard_map" (per-device code with pmean).

@@ -114,9 +114,13 @@ def generator_step(
     objective: losses.Objective,
     latent_dim: int,
     ema_decay: float,
+    ema_warmup: bool = False,
     axis_name: str | None = None,
 ) -> tuple[GANState, Metrics]:
-  """One update of G through a fixed D; then the EMA of G's params and ``step + 1``."""
+  """One update of G through a fixed D; then the EMA of G's params and ``step + 1``.
+
+  With ``ema_warmup`` the decay at step t is ``min(ema_decay, (1 + t) / (10 + t))``.
+  """
   g, d = state.generator, state.discriminator
   z = _local_latents(jax.random.fold_in(rng, _G_LATENT), real.shape[0], latent_dim, axis_name)
   dropout_real, dropout_fake = jax.random.split(
@@ -136,9 +140,11 @@ def generator_step(
   grads, (metrics, stats) = jax.grad(loss_fn, has_aux=True)(g.params)
   metrics["g_grad_norm"] = optax.global_norm(_pmean(grads, axis_name))
   new_g = _apply_update(g, grads, stats, axis_name)
-  ema = jax.tree.map(
-      lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, new_g.params
-  )
+  decay = ema_decay
+  if ema_warmup:  # TF's ExponentialMovingAverage(num_updates=...): early params are not frozen in.
+    step = state.step.astype(jnp.float32)
+    decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
+  ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, new_g.params)
   new_state = state.replace(generator=new_g, ema_params=ema, step=state.step + 1)
   return new_state, _pmean(metrics, axis_name)
 
@@ -164,6 +170,7 @@ def train_step(
     latent_dim: int,
     n_critic: int = 1,
     ema_decay: float = 0.0,
+    ema_warmup: bool = False,
     axis_name: str | None = None,
 ) -> tuple[GANState, Metrics]:
   """``n_critic`` discriminator updates, then one generator update.
@@ -176,6 +183,7 @@ def train_step(
     latent_dim: size of the generator's latent input.
     n_critic: discriminator updates per generator update (Arjovsky et al. 2017).
     ema_decay: decay of the generator EMA; 0 keeps ``ema_params`` equal to the params.
+    ema_warmup: ramp the EMA decay up as ``(1 + t) / (10 + t)`` until it reaches ``ema_decay``.
     axis_name: the mesh axis inside ``shard_map``; None under a global-view ``jit``.
 
   Returns:
@@ -200,6 +208,7 @@ def train_step(
       objective=objective,
       latent_dim=latent_dim,
       ema_decay=ema_decay,
+      ema_warmup=ema_warmup,
       axis_name=axis_name,
   )
   return state, {**metrics, **g_metrics}
@@ -213,4 +222,5 @@ def make_train_step(config, objective: losses.Objective):
       latent_dim=config.model.latent_dim,
       n_critic=config.n_critic,
       ema_decay=config.ema.decay,
+      ema_warmup=config.ema.warmup,
   )

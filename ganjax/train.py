@@ -389,7 +389,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
         scalars = buffer.flush()  # Raises before a non-finite state can be saved.
         if log_now and scalars:
           now = time.time()
-          steps_per_sec = (step - step_last) / max(now - t_last, 1e-9)
+          if step > step_last:
+            steps_per_sec = (step - step_last) / max(now - t_last, 1e-9)
+          else:  # Only the (compiling) first step ran since the last log.
+            steps_per_sec = 1.0 / max(now - t_start, 1e-9)
           t_last, step_last = now, step
           scalars["steps_per_sec"] = steps_per_sec
           scalars["images_per_sec"] = steps_per_sec * examples_per_step

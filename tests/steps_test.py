@@ -109,3 +109,20 @@ def test_train_step_is_deterministic_and_depends_on_step():
   shifted = state.replace(step=jnp.asarray(7, jnp.int32))
   c, _ = step(shifted, batch, jax.random.key(0))
   assert _changed(a.generator.params, c.generator.params)  # New step -> new latents.
+
+
+def test_ema_warmup_ramps_the_decay():
+  state = _initial_state().replace(step=jnp.asarray(0, jnp.int32))
+  new, _ = steps.generator_step(
+      state,
+      _real(),
+      jax.random.key(4),
+      objective=losses.non_saturating,
+      latent_dim=LATENT,
+      ema_decay=0.999,
+      ema_warmup=True,
+  )
+  # At step 0 the decay is min(0.999, 1 / 10) = 0.1.
+  expected = jax.tree.map(lambda o, n: 0.1 * o + 0.9 * n, state.ema_params, new.generator.params)
+  for e, x in zip(jax.tree.leaves(expected), jax.tree.leaves(new.ema_params)):
+    np.testing.assert_allclose(e, x, rtol=1e-5, atol=1e-7)
