@@ -79,13 +79,15 @@ class Generator(nn.Module):
     width: channel multiplier w (Radford's ngf).
     leaky_slope: negative slope of the hidden activations; ``None`` = the layout's reference (0.3
       at 28 pixels, 0 = ReLU at 32/64 pixels).
-    conv_impl: convolution implementation (see :data:`ganjax.models.layers.CONV_IMPLS`).
+    conv_impl: convolution implementation (see :data:`ganjax.models.layers.CONV_IMPLS`); the
+      default ``"auto"`` computes strided transposed convolutions by the sub-pixel decomposition on
+      the CPU and with XLA's own lowering elsewhere. Parameters do not depend on it.
   """
 
   image_shape: tuple[int, int, int]
   width: int = 64
   leaky_slope: float | None = None
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, z: jax.Array, labels: jax.Array | None = None, *, train: bool) -> jax.Array:
@@ -133,13 +135,14 @@ class Discriminator(nn.Module):
       pixels, 0.2 at 32/64 pixels).
     dropout: dropout rate after each LeakyReLU; ``None`` = the layout's reference (0.3 at 28
       pixels, none at 32/64 pixels).
-    conv_impl: convolution implementation (see :data:`ganjax.models.layers.CONV_IMPLS`).
+    conv_impl: convolution implementation (see :data:`ganjax.models.layers.CONV_IMPLS`); all
+      implementations use XLA's own lowering for plain convolutions today.
   """
 
   width: int = 64
   leaky_slope: float | None = None
   dropout: float | None = None
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, labels: jax.Array | None = None, *, train: bool) -> jax.Array:
