@@ -7,6 +7,9 @@ typed values; :func:`base_config` holds the fields every experiment has, each wi
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -80,6 +83,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.name = "dcgan"
   # Size of the generator's latent vector z.
   config.model.latent_dim = 100
+  # Compute dtype: float32, or bfloat16 (mixed precision: params, optimizer, losses stay float32).
+  config.model.dtype = "float32"
   # Keyword arguments of the model module's Generator (besides image_shape).
   config.model.generator = ml_collections.ConfigDict()
   # Keyword arguments of the model module's Discriminator.
@@ -113,3 +118,14 @@ def base_config() -> ml_collections.ConfigDict:
   # Call jax.distributed.initialize() for a multi-host run.
   config.parallel.distributed = False
   return config
+
+
+def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """``get_config(arg)`` of the config file at ``path``, as ``--config=path:arg`` loads it."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"Config file {path!r} does not exist.")
+  name = os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(f"ganjax_config_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)

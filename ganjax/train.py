@@ -60,11 +60,27 @@ def build_networks(
 ) -> Networks:
   """Instantiates ``ganjax.models.<config.model.name>``'s Generator and Discriminator."""
   module = models.get_model_module(config.model.name)
+  dtype = config.model.get("dtype", "float32")
   generator = module.Generator(
-      image_shape=tuple(element_shape), **_module_kwargs(config.model.generator)
+      image_shape=tuple(element_shape),
+      **_with_dtype(module.Generator, dtype, _module_kwargs(config.model.generator)),
   )
-  discriminator = module.Discriminator(**_module_kwargs(config.model.discriminator))
+  discriminator = module.Discriminator(
+      **_with_dtype(module.Discriminator, dtype, _module_kwargs(config.model.discriminator))
+  )
   return Networks(generator, discriminator, tuple(element_shape), num_classes)
+
+
+def _with_dtype(network: type, dtype: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+  """Adds ``config.model.dtype`` to a network's kwargs; models without that field run float32."""
+  if any(field.name == "dtype" for field in dataclasses.fields(network)):
+    return {"dtype": dtype, **kwargs}
+  if dtype != "float32":
+    raise ValueError(
+        f"config.model.dtype={dtype!r} is not supported by {network.__module__}.{network.__name__}"
+        " (it has no dtype field); valid: 'float32'."
+    )
+  return kwargs
 
 
 def state_factory(config: ml_collections.ConfigDict, networks: Networks):
