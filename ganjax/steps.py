@@ -140,11 +140,13 @@ def generator_step(
   grads, (metrics, stats) = jax.grad(loss_fn, has_aux=True)(g.params)
   metrics["g_grad_norm"] = optax.global_norm(_pmean(grads, axis_name))
   new_g = _apply_update(g, grads, stats, axis_name)
-  decay = ema_decay
-  if ema_warmup:  # TF's ExponentialMovingAverage(num_updates=...): early params are not frozen in.
-    step = state.step.astype(jnp.float32)
-    decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
-  ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, new_g.params)
+  ema = state.ema_params  # ema_decay 0: the EMA is off and costs nothing (samples use the params).
+  if ema_decay > 0:
+    decay = ema_decay
+    if ema_warmup:  # TF's ExponentialMovingAverage(num_updates=...): early params are not frozen in.
+      step = state.step.astype(jnp.float32)
+      decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
+    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, new_g.params)
   new_state = state.replace(generator=new_g, ema_params=ema, step=state.step + 1)
   return new_state, _pmean(metrics, axis_name)
 
@@ -182,7 +184,7 @@ def train_step(
     objective: the adversarial objective (``ganjax.losses``).
     latent_dim: size of the generator's latent input.
     n_critic: discriminator updates per generator update (Arjovsky et al. 2017).
-    ema_decay: decay of the generator EMA; 0 keeps ``ema_params`` equal to the params.
+    ema_decay: decay of the generator EMA; 0 turns it off (``ema_params`` stay as they are).
     ema_warmup: ramp the EMA decay up as ``(1 + t) / (10 + t)`` until it reaches ``ema_decay``.
     axis_name: the mesh axis inside ``shard_map``; None under a global-view ``jit``.
 
