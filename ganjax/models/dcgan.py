@@ -28,6 +28,9 @@ The generator chooses its layout from ``image_shape``, the discriminator from it
 0.3 and dropout 0.3 at 28 pixels; at 32/64 pixels ReLU, i.e. slope 0, in G, slope 0.2 in D and no
 dropout). A number overrides them in every layout; dropout then follows each LeakyReLU of D.
 BatchNorm uses momentum 0.9 and eps 1e-5 (see :mod:`ganjax.models.layers`).
+
+``dtype="bfloat16"`` computes in bfloat16 (mixed precision): parameters, BatchNorm statistics and
+the returned images / logits stay float32.
 """
 
 from __future__ import annotations
@@ -80,14 +83,17 @@ class Generator(nn.Module):
     leaky_slope: negative slope of the hidden activations; ``None`` = the layout's reference (0.3
       at 28 pixels, 0 = ReLU at 32/64 pixels).
     conv_impl: convolution implementation (see :data:`ganjax.models.layers.CONV_IMPLS`); the
-      default ``"auto"`` computes strided transposed convolutions by the sub-pixel decomposition on
-      the CPU and with XLA's own lowering elsewhere. Parameters do not depend on it.
+      default ``"auto"`` uses the fast CPU formulations (``"fast"``) on the CPU and XLA's own
+      lowering elsewhere. Parameters do not depend on it.
+    dtype: computation dtype, ``"float32"`` or ``"bfloat16"`` (parameters stay float32; the
+      images are returned as float32).
   """
 
   image_shape: tuple[int, int, int]
   width: int = 64
   leaky_slope: float | None = None
   conv_impl: str = "auto"
+  dtype: str = "float32"
 
   @nn.compact
   def __call__(self, z: jax.Array, labels: jax.Array | None = None, *, train: bool) -> jax.Array:
@@ -96,34 +102,35 @@ class Generator(nn.Module):
       raise ValueError(f"DCGAN needs image_shape (H, W, C), got {self.image_shape}.")
     height, width, channels = self.image_shape
     size = check_image_size(height, width)
-    w, impl = self.width, self.conv_impl
+    w, impl, dtype = self.width, self.conv_impl, self.dtype
     layers.check_choice("conv_impl", impl, layers.CONV_IMPLS)
+    layers.check_choice("dtype", dtype, layers.DTYPES)
 
     if size == 28:
       slope = _pick(self.leaky_slope, _TUTORIAL_DEFAULTS[0])
-      kw = dict(use_bias=False, kernel_init=_keras_init, impl=impl)
-      x = nn.Dense(7 * 7 * 4 * w, use_bias=False, kernel_init=_keras_init)(z)
-      x = nn.leaky_relu(layers.batch_norm(train)(x), slope)
+      kw = dict(use_bias=False, kernel_init=_keras_init, impl=impl, dtype=dtype)
+      x = layers.dense(7 * 7 * 4 * w, use_bias=False, kernel_init=_keras_init, dtype=dtype)(z)
+      x = nn.leaky_relu(layers.batch_norm(train, dtype=dtype)(x), slope)
       x = x.reshape(z.shape[0], 7, 7, 4 * w)
       x = layers.conv_transpose(2 * w, 5, 1, "SAME", **kw)(x)  # 7x7
-      x = nn.leaky_relu(layers.batch_norm(train)(x), slope)
+      x = nn.leaky_relu(layers.batch_norm(train, dtype=dtype)(x), slope)
       x = layers.conv_transpose(w, 5, 2, "SAME", **kw)(x)  # 14x14
-      x = nn.leaky_relu(layers.batch_norm(train)(x), slope)
+      x = nn.leaky_relu(layers.batch_norm(train, dtype=dtype)(x), slope)
       x = layers.conv_transpose(channels, 5, 2, "SAME", **kw)(x)  # 28x28
-      return jnp.tanh(x)
+      return jnp.tanh(x).astype(jnp.float32)
 
     slope = _pick(self.leaky_slope, _RADFORD_DEFAULTS[0])
-    kw = dict(use_bias=False, kernel_init=layers.dcgan_init(), impl=impl)
-    scale_init = layers.dcgan_scale_init()
+    kw = dict(use_bias=False, kernel_init=layers.dcgan_init(), impl=impl, dtype=dtype)
+    bn = dict(scale_init=layers.dcgan_scale_init(), dtype=dtype)
     stage_channels = radford_channels(size, w)
     x = z.reshape(z.shape[0], 1, 1, z.shape[-1])
     x = layers.conv_transpose(stage_channels[0], 4, 1, "VALID", **kw)(x)  # 4x4
-    x = nn.leaky_relu(layers.batch_norm(train, scale_init=scale_init)(x), slope)
+    x = nn.leaky_relu(layers.batch_norm(train, **bn)(x), slope)
     for features in stage_channels[1:]:
       x = layers.conv_transpose(features, 4, 2, "SAME", **kw)(x)  # doubles H and W
-      x = nn.leaky_relu(layers.batch_norm(train, scale_init=scale_init)(x), slope)
+      x = nn.leaky_relu(layers.batch_norm(train, **bn)(x), slope)
     x = layers.conv_transpose(channels, 4, 2, "SAME", **kw)(x)  # size x size
-    return jnp.tanh(x)
+    return jnp.tanh(x).astype(jnp.float32)
 
 
 class Discriminator(nn.Module):
@@ -135,14 +142,17 @@ class Discriminator(nn.Module):
       pixels, 0.2 at 32/64 pixels).
     dropout: dropout rate after each LeakyReLU; ``None`` = the layout's reference (0.3 at 28
       pixels, none at 32/64 pixels).
-    conv_impl: convolution implementation (see :data:`ganjax.models.layers.CONV_IMPLS`); all
-      implementations use XLA's own lowering for plain convolutions today.
+    conv_impl: convolution implementation (see :data:`ganjax.models.layers.CONV_IMPLS`);
+      parameters do not depend on it.
+    dtype: computation dtype, ``"float32"`` or ``"bfloat16"`` (parameters stay float32; the
+      logits are returned as float32).
   """
 
   width: int = 64
   leaky_slope: float | None = None
   dropout: float | None = None
   conv_impl: str = "auto"
+  dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x: jax.Array, labels: jax.Array | None = None, *, train: bool) -> jax.Array:
@@ -150,8 +160,9 @@ class Discriminator(nn.Module):
     if x.ndim != 4:
       raise ValueError(f"DCGAN discriminator needs (B, H, W, C) images, got shape {x.shape}.")
     size = check_image_size(x.shape[1], x.shape[2])
-    w, impl = self.width, self.conv_impl
+    w, impl, dtype = self.width, self.conv_impl, self.dtype
     layers.check_choice("conv_impl", impl, layers.CONV_IMPLS)
+    layers.check_choice("dtype", dtype, layers.DTYPES)
     defaults = _TUTORIAL_DEFAULTS if size == 28 else _RADFORD_DEFAULTS
     slope = _pick(self.leaky_slope, defaults[1])
     rate = _pick(self.dropout, defaults[2])
@@ -161,18 +172,18 @@ class Discriminator(nn.Module):
       return layers.Dropout(rate)(h, deterministic=not train) if rate > 0 else h
 
     if size == 28:
-      kw = dict(use_bias=True, kernel_init=_keras_init, impl=impl)
+      kw = dict(use_bias=True, kernel_init=_keras_init, impl=impl, dtype=dtype)
       x = activate(layers.conv(w, 5, 2, "SAME", **kw)(x))  # 14x14
       x = activate(layers.conv(2 * w, 5, 2, "SAME", **kw)(x))  # 7x7
       x = x.reshape(x.shape[0], -1)
-      return nn.Dense(1, kernel_init=_keras_init)(x)[:, 0]
+      return layers.dense(1, kernel_init=_keras_init, dtype=dtype)(x)[:, 0].astype(jnp.float32)
 
-    kw = dict(use_bias=False, kernel_init=layers.dcgan_init(), impl=impl)
-    scale_init = layers.dcgan_scale_init()
+    kw = dict(use_bias=False, kernel_init=layers.dcgan_init(), impl=impl, dtype=dtype)
+    bn = dict(scale_init=layers.dcgan_scale_init(), dtype=dtype)
     for i, features in enumerate(reversed(radford_channels(size, w))):
       x = layers.conv(features, 4, 2, "SAME", **kw)(x)  # halves H and W
       if i > 0:  # Radford: no BatchNorm on the discriminator's input layer.
-        x = layers.batch_norm(train, scale_init=scale_init)(x)
+        x = layers.batch_norm(train, **bn)(x)
       x = activate(x)
     x = layers.conv(1, 4, 1, "VALID", **kw)(x)  # 4x4 -> 1x1
-    return x.reshape(x.shape[0])
+    return x.reshape(x.shape[0]).astype(jnp.float32)

@@ -13,6 +13,8 @@ For 2-D point data (``image_shape=(2,)``, the Gaussian-mixture mode-collapse stu
 
 Dense layers use flax's default initialisation (LeCun normal kernels, zero biases); BatchNorm uses
 :func:`ganjax.models.layers.batch_norm` (momentum 0.9, eps 1e-5, PyTorch's defaults).
+``dtype="bfloat16"`` computes in bfloat16; parameters and the returned samples / logits stay
+float32.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Generator(nn.Module):
     batch_norm: BatchNorm after each hidden Dense layer.
     leaky_slope: negative slope of the hidden LeakyReLUs.
     output_activation: ``"tanh"`` (images in [-1, 1]) or ``"linear"`` (unbounded points).
+    dtype: computation dtype, ``"float32"`` or ``"bfloat16"`` (parameters stay float32).
   """
 
   image_shape: tuple[int, ...]
@@ -45,20 +48,22 @@ class Generator(nn.Module):
   batch_norm: bool = True
   leaky_slope: float = 0.2
   output_activation: str = "tanh"
+  dtype: str = "float32"
 
   @nn.compact
   def __call__(self, z: jax.Array, labels: jax.Array | None = None, *, train: bool) -> jax.Array:
     del labels  # Conditioning comes with the conditional variants.
     layers.check_choice("output_activation", self.output_activation, tuple(OUTPUT_ACTIVATIONS))
+    layers.check_choice("dtype", self.dtype, layers.DTYPES)
     x = z
     for features in self.hidden:
-      x = nn.Dense(features)(x)
+      x = layers.dense(features, dtype=self.dtype)(x)
       if self.batch_norm:
-        x = layers.batch_norm(train)(x)
+        x = layers.batch_norm(train, dtype=self.dtype)(x)
       x = nn.leaky_relu(x, self.leaky_slope)
-    x = nn.Dense(math.prod(self.image_shape))(x)
+    x = layers.dense(math.prod(self.image_shape), dtype=self.dtype)(x)
     x = OUTPUT_ACTIVATIONS[self.output_activation](x)
-    return x.reshape(z.shape[0], *self.image_shape)
+    return x.reshape(z.shape[0], *self.image_shape).astype(jnp.float32)
 
 
 class Discriminator(nn.Module):
@@ -68,18 +73,21 @@ class Discriminator(nn.Module):
     hidden: widths of the hidden layers.
     leaky_slope: negative slope of the hidden LeakyReLUs.
     dropout: dropout rate after each hidden activation (0 disables it).
+    dtype: computation dtype, ``"float32"`` or ``"bfloat16"`` (parameters stay float32).
   """
 
   hidden: tuple[int, ...] = (512, 256, 128)
   leaky_slope: float = 0.1
   dropout: float = 0.2
+  dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x: jax.Array, labels: jax.Array | None = None, *, train: bool) -> jax.Array:
     del labels
+    layers.check_choice("dtype", self.dtype, layers.DTYPES)
     x = x.reshape(x.shape[0], -1)
     for features in self.hidden:
-      x = nn.leaky_relu(nn.Dense(features)(x), self.leaky_slope)
+      x = nn.leaky_relu(layers.dense(features, dtype=self.dtype)(x), self.leaky_slope)
       if self.dropout > 0:
         x = layers.Dropout(self.dropout)(x, deterministic=not train)
-    return nn.Dense(1)(x)[:, 0]
+    return layers.dense(1, dtype=self.dtype)(x)[:, 0].astype(jnp.float32)
