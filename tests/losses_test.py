@@ -1,4 +1,10 @@
-"""Objectives against closed forms (written out with numpy, independent of optax)."""
+"""Objectives against closed forms (written out with numpy in float64, independent of optax)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -12,19 +18,228 @@ def _sigmoid(x):
   return 1.0 / (1.0 + np.exp(-x))
 
 
-REAL = np.array([2.0, -1.0, 0.5, 30.0], np.float32)
-FAKE = np.array([-3.0, 0.0, 1.5, -40.0], np.float32)
+def _softplus(x):
+  """log(1 + exp(x)), exact in float64 for any x."""
+  return np.logaddexp(0.0, x)
+
+
+def _bce(logits, target):
+  """Mean BCE of sigmoid(logits) against a constant target: t softplus(-x) + (1-t) softplus(x)."""
+  return np.mean(target * _softplus(-logits) + (1.0 - target) * _softplus(logits))
+
+
+# Fixed logits, with large magnitudes on both sides (every real/fake pairing of sign occurs).
+REAL = np.array([2.0, -1.0, 0.5, 30.0, -40.0, 0.0], np.float32)
+FAKE = np.array([-3.0, 0.0, 1.5, -40.0, 30.0, 40.0], np.float32)
+LOG2 = math.log(2.0)
+
+
+class Reference(NamedTuple):
+  """An objective written out in numpy (float64) and its known properties."""
+
+  d_loss: Callable  # (real, fake, alpha) -> D loss; alpha is the label smoothing.
+  g_loss: Callable  # (fake, real) -> G loss.
+  indifferent: tuple[float, float]  # (D loss, G loss) at all-zero logits, in closed form.
+  smoothing: bool = False  # Whether label smoothing is supported.
+  # Logit values the losses pull towards: the gradient has the sign of (logit - target), so +inf
+  # means "always push up" (gradient <= 0) and -inf "always push down" (gradient >= 0).
+  d_real_target: float = math.inf
+  d_fake_target: float = -math.inf
+  g_fake_target: float = math.inf
+
+
+def _bce_d(r, f, a):
+  return 0.5 * (_bce(r, 1.0 - a) + _bce(f, 0.0))
+
+
+def _ra_d(r, f, a):
+  return 0.5 * (_bce(r - f.mean(), 1.0 - a) + _bce(f - r.mean(), 0.0))
+
+
+def _ra_g(f, r):
+  return 0.5 * (_bce(f - r.mean(), 1.0) + _bce(r - f.mean(), 0.0))
+
+
+REFERENCES = {
+    "minimax": Reference(_bce_d, lambda f, r: -np.mean(_softplus(f)), (LOG2, -LOG2), True),
+    "non_saturating": Reference(_bce_d, lambda f, r: np.mean(_softplus(-f)), (LOG2, LOG2), True),
+    "wgan": Reference(lambda r, f, a: f.mean() - r.mean(), lambda f, r: -f.mean(), (0.0, 0.0)),
+    "wgan_gp": Reference(lambda r, f, a: f.mean() - r.mean(), lambda f, r: -f.mean(), (0.0, 0.0)),
+    "hinge": Reference(
+        lambda r, f, a: np.mean(np.maximum(0.0, 1.0 - r)) + np.mean(np.maximum(0.0, 1.0 + f)),
+        lambda f, r: -f.mean(),
+        (2.0, 0.0),
+    ),
+    "least_squares": Reference(
+        lambda r, f, a: 0.5 * np.mean((r - 1.0) ** 2) + 0.5 * np.mean(f**2),
+        lambda f, r: 0.5 * np.mean((f - 1.0) ** 2),
+        (0.5, 0.5),
+        d_real_target=1.0,
+        d_fake_target=0.0,
+        g_fake_target=1.0,
+    ),
+    "relativistic": Reference(
+        lambda r, f, a: _bce(r - f, 1.0 - a), lambda f, r: _bce(f - r, 1.0), (LOG2, LOG2), True
+    ),
+    "relativistic_average": Reference(_ra_d, _ra_g, (LOG2, LOG2), True),
+}
+
+OBJECTIVES = sorted(losses.available_objectives())
+
+
+def _reference(name: str) -> Reference:
+  if name not in REFERENCES:
+    pytest.fail(f"Objective {name!r} has no numpy reference in REFERENCES; add one.")
+  return REFERENCES[name]
+
+
+def _numeric_grad(fn, x, h=1e-5):
+  """Central differences of a float64 numpy function."""
+  grad = np.zeros_like(x)
+  for i in range(x.size):
+    step = np.zeros_like(x)
+    step[i] = h
+    grad[i] = (fn(x + step) - fn(x - step)) / (2 * h)
+  return grad
+
+
+def _check_sign(grad, logits, target, what):
+  """The gradient has the sign of (logit - target) (or is zero) elementwise."""
+  assert np.all(np.isfinite(grad)), what
+  assert np.all(grad * np.sign(logits - target) >= 0), (what, grad, logits)
+  assert np.abs(grad).sum() > 0, what
+
+
+@pytest.mark.parametrize("name", OBJECTIVES)
+def test_objective_values_and_gradients(name):
+  ref = _reference(name)
+  objective = losses.get_objective(name)
+  real, fake = jnp.asarray(REAL), jnp.asarray(FAKE)
+  r64, f64 = REAL.astype(np.float64), FAKE.astype(np.float64)
+  d_fn = jax.jit(lambda r, f: objective.discriminator(r, f))
+  g_fn = jax.jit(lambda f, r: objective.generator(f, r))
+
+  d_loss, d_metrics = d_fn(real, fake)
+  g_loss, g_metrics = g_fn(fake, real)
+  assert np.isfinite(d_loss) and np.isfinite(g_loss)
+  np.testing.assert_allclose(d_loss, ref.d_loss(r64, f64, 0.0), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(g_loss, ref.g_loss(f64, r64), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(d_metrics["d_loss"], d_loss)
+  np.testing.assert_allclose(g_metrics["g_loss"], g_loss)
+  assert all(np.isfinite(v) for v in {**d_metrics, **g_metrics}.values())
+  np.testing.assert_allclose(d_metrics["d_real_logit"], r64.mean(), rtol=1e-6)
+  np.testing.assert_allclose(d_metrics["d_fake_logit"], f64.mean(), rtol=1e-6)
+
+  # Gradients: finite, with the expected sign, and equal to the float64 reference's.
+  grad_real = jax.grad(lambda r: objective.discriminator(r, fake)[0])(real)
+  grad_fake = jax.grad(lambda f: objective.discriminator(real, f)[0])(fake)
+  grad_g = jax.grad(lambda f: objective.generator(f, real)[0])(fake)
+  _check_sign(np.asarray(grad_real), r64, ref.d_real_target, "dD/dreal")
+  _check_sign(np.asarray(grad_fake), f64, ref.d_fake_target, "dD/dfake")
+  _check_sign(np.asarray(grad_g), f64, ref.g_fake_target, "dG/dfake")
+  np.testing.assert_allclose(
+      grad_real, _numeric_grad(lambda r: ref.d_loss(r, f64, 0.0), r64), atol=1e-5
+  )
+  np.testing.assert_allclose(
+      grad_fake, _numeric_grad(lambda f: ref.d_loss(r64, f, 0.0), f64), atol=1e-5
+  )
+  np.testing.assert_allclose(grad_g, _numeric_grad(lambda f: ref.g_loss(f, r64), f64), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", OBJECTIVES)
+def test_indifferent_discriminator(name):
+  """All-zero logits (D cannot tell real from fake) give each objective's closed-form value."""
+  d_expected, g_expected = _reference(name).indifferent
+  objective = losses.get_objective(name)
+  zeros = jnp.zeros(8)
+  d_loss, d_metrics = objective.discriminator(zeros, zeros)
+  g_loss, _ = objective.generator(zeros, zeros)
+  np.testing.assert_allclose(d_loss, d_expected, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(g_loss, g_expected, rtol=1e-6, atol=1e-7)
+  for key in ("d_real", "d_fake"):  # Probabilities, where reported, are 1/2.
+    if key in d_metrics:
+      np.testing.assert_allclose(d_metrics[key], 0.5, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", OBJECTIVES)
+def test_label_smoothing(name):
+  ref = _reference(name)
+  alpha = 0.1
+  assert losses.supports_label_smoothing(losses.get_objective(name)) == ref.smoothing
+  if not ref.smoothing:
+    with pytest.raises(ValueError, match=name) as e:
+      losses.get_objective(name, label_smoothing=alpha)
+    assert "non_saturating" in str(e.value) and "0.1" in str(e.value)
+    return
+  smoothed = losses.get_objective(name, label_smoothing=alpha)
+  plain = losses.get_objective(name)
+  assert smoothed.generator is plain.generator
+  assert smoothed.generator_needs_real_logits == plain.generator_needs_real_logits
+  r64, f64 = REAL.astype(np.float64), FAKE.astype(np.float64)
+  loss, _ = smoothed.discriminator(jnp.asarray(REAL), jnp.asarray(FAKE))
+  np.testing.assert_allclose(loss, ref.d_loss(r64, f64, alpha), rtol=1e-5, atol=1e-6)
+  assert not np.isclose(loss, ref.d_loss(r64, f64, 0.0), rtol=1e-4)
+
+
+def test_smoothed_discriminator_is_optimal_at_the_smoothed_target():
+  """With target 1 - alpha the real term's minimum moves to logit log((1 - alpha) / alpha)."""
+  alpha = 0.2
+  objective = losses.get_objective("non_saturating", label_smoothing=alpha)
+  at_target = jnp.full((4,), math.log((1 - alpha) / alpha))
+  loss, metrics = objective.discriminator(at_target, jnp.zeros(4))
+  grad = jax.grad(lambda r: objective.discriminator(r, jnp.zeros(4))[0])(at_target)
+  np.testing.assert_allclose(grad, 0.0, atol=1e-7)
+  entropy = -(alpha * math.log(alpha) + (1 - alpha) * math.log(1 - alpha))
+  np.testing.assert_allclose(metrics["d_loss_real"], entropy, rtol=1e-5)
+  np.testing.assert_allclose(metrics["d_loss_fake"], LOG2, rtol=1e-6)
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0, 1.5, float("nan")])
+def test_invalid_label_smoothing_raises(value):
+  with pytest.raises(ValueError, match="label_smoothing") as e:
+    losses.get_objective("non_saturating", label_smoothing=value)
+  assert str(value) in str(e.value)
+
+
+def test_objective_fields():
+  objectives = losses.available_objectives()
+  assert set(REFERENCES) == set(objectives)
+  for name, objective in objectives.items():
+    assert losses.get_objective(name) is objective  # No smoothing: the module-level objective.
+    expected = (("gradient_penalty", 10.0),) if name == "wgan_gp" else ()
+    assert objective.implied_regularizers == expected, name
+    assert objective.generator_needs_real_logits == name.startswith("relativistic"), name
+    for doc in (objective.discriminator.__doc__, objective.generator.__doc__):
+      assert doc and "20" in doc, name  # The math and a paper (with its year).
+
+
+def test_relativistic_losses_need_matching_real_logits():
+  with pytest.raises(ValueError, match="real logits"):
+    losses.relativistic.generator(jnp.zeros(4), None)
+  with pytest.raises(ValueError, match="real logits"):
+    losses.relativistic_average.generator(jnp.zeros(4), None)
+  with pytest.raises(ValueError, match="shapes"):
+    losses.relativistic.discriminator(jnp.zeros(4), jnp.zeros((4, 1)))
+
+
+def test_low_precision_logits_are_upcast():
+  logits = jnp.asarray(REAL, jnp.bfloat16)
+  for name, objective in losses.available_objectives().items():
+    d_loss, _ = objective.discriminator(logits, logits)
+    g_loss, _ = objective.generator(logits, logits)
+    assert d_loss.dtype == jnp.float32 and g_loss.dtype == jnp.float32, name
 
 
 def test_discriminator_bce_closed_form():
   loss, metrics = losses.non_saturating.discriminator(jnp.asarray(REAL), jnp.asarray(FAKE))
-  expected_real = -np.mean(np.log(_sigmoid(REAL.astype(np.float64))))
-  expected_fake = -np.mean(np.log1p(-_sigmoid(FAKE.astype(np.float64))))
+  r64, f64 = REAL.astype(np.float64), FAKE.astype(np.float64)
+  expected_real = np.mean(_softplus(-r64))  # -log sigmoid(x)
+  expected_fake = np.mean(_softplus(f64))  # -log(1 - sigmoid(x))
   np.testing.assert_allclose(metrics["d_loss_real"], expected_real, rtol=1e-5)
   np.testing.assert_allclose(metrics["d_loss_fake"], expected_fake, rtol=1e-5)
   np.testing.assert_allclose(loss, 0.5 * (expected_real + expected_fake), rtol=1e-5)
-  np.testing.assert_allclose(metrics["d_real"], _sigmoid(REAL).mean(), rtol=1e-5)
-  np.testing.assert_allclose(metrics["d_fake"], _sigmoid(FAKE).mean(), rtol=1e-5)
+  np.testing.assert_allclose(metrics["d_real"], _sigmoid(r64).mean(), rtol=1e-5)
+  np.testing.assert_allclose(metrics["d_fake"], _sigmoid(f64).mean(), rtol=1e-5)
 
 
 def test_indifferent_discriminator_loss_is_log2():
@@ -38,11 +253,11 @@ def test_generator_losses_closed_form():
   ns, _ = losses.non_saturating.generator(fake, None)
   mm, _ = losses.minimax.generator(fake, None)
   f64 = FAKE.astype(np.float64)
-  np.testing.assert_allclose(ns, -np.mean(np.log(_sigmoid(f64))), rtol=1e-5)
-  np.testing.assert_allclose(mm, np.mean(np.log1p(-_sigmoid(f64))), rtol=1e-5)
+  np.testing.assert_allclose(ns, np.mean(_softplus(-f64)), rtol=1e-5)
+  np.testing.assert_allclose(mm, -np.mean(_softplus(f64)), rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", sorted(losses.available_objectives()))
+@pytest.mark.parametrize("name", OBJECTIVES)
 def test_losses_are_finite_for_extreme_logits(name):
   objective = losses.get_objective(name)
   extreme = jnp.array([-1e4, -100.0, 0.0, 100.0, 1e4])
@@ -68,3 +283,4 @@ def test_unknown_loss_lists_choices():
   with pytest.raises(ValueError, match="non_saturating") as e:
     losses.get_objective("wgan-typo")
   assert "wgan-typo" in str(e.value)
+  assert "relativistic_average" in str(e.value)

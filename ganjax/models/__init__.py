@@ -21,7 +21,7 @@ import pkgutil
 from types import ModuleType
 
 # Modules of this package that hold shared code rather than an architecture.
-_NOT_ARCHITECTURES = frozenset({"layers"})
+_NOT_ARCHITECTURES = frozenset({"blocks", "layers"})
 
 
 def _candidate_names() -> list[str]:
