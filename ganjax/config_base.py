@@ -52,6 +52,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.batch_size = 64
   # Discriminator updates per generator update (each on its own real batch).
   config.n_critic = 1
+  # Unrolled GAN: G's loss looks through this many differentiable D updates (Metz et al. 2017).
+  config.unrolled_steps = 0
   # Write scalars (TensorBoard, metrics.jsonl) and a progress line every this many steps.
   config.log_every_steps = 100
   # Write a grid of samples from a fixed latent batch every this many steps.
@@ -62,6 +64,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3
   # Number of samples in each sample grid.
   config.num_sample_images = 64
+  # Evaluate every this many steps (0 = only at the end); 2-D mixtures: mode coverage.
+  config.eval_every_steps = 0
+  # Generator samples per evaluation (the PacGAN mode-coverage protocol uses 2,500).
+  config.eval_num_samples = 2500
 
   config.data = ml_collections.ConfigDict()
   # Dataset name: embedded_mnist, mnist, fashion_mnist, cifar10, celeb_a (any TFDS name), idx,
@@ -85,14 +91,48 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.latent_dim = 100
   # Compute dtype: float32, or bfloat16 (mixed precision: params, optimizer, losses stay float32).
   config.model.dtype = "float32"
+  # PacGAN (Lin et al. 2018): D judges packs of this many samples, concatenated (1 = off).
+  config.model.pack = 1
   # Keyword arguments of the model module's Generator (besides image_shape).
   config.model.generator = ml_collections.ConfigDict()
   # Keyword arguments of the model module's Discriminator.
   config.model.discriminator = ml_collections.ConfigDict()
 
   config.loss = ml_collections.ConfigDict()
-  # Adversarial objective in ganjax/losses.py (non_saturating, minimax).
+  # Adversarial objective in ganjax/losses.py: non_saturating, minimax, wgan, wgan_gp, hinge,
+  # least_squares, relativistic, relativistic_average.
   config.loss.name = "non_saturating"
+  # One-sided label smoothing of D's real targets (Salimans et al. 2016); BCE objectives only.
+  config.loss.label_smoothing = 0.0
+
+  config.regularizer = ml_collections.ConfigDict()
+  # Weights of D's penalties (ganjax/regularizers.py); None = the objective's default (WGAN-GP:
+  # gradient_penalty 10, others off), 0 = off.
+  # WGAN-GP gradient penalty (Gulrajani et al. 2017).
+  config.regularizer.gradient_penalty = config_dict.placeholder(float)
+  # R1: zero-centred gradient penalty on real data, gamma (Mescheder et al. 2018).
+  config.regularizer.r1 = config_dict.placeholder(float)
+  # R2: the same on generated data.
+  config.regularizer.r2 = config_dict.placeholder(float)
+  # DRAGAN penalty around perturbed real data (Kodali et al. 2017).
+  config.regularizer.dragan = config_dict.placeholder(float)
+  # Balanced consistency regularization on real and fake data (bCR, Zhao et al. 2021).
+  config.regularizer.consistency = config_dict.placeholder(float)
+  # Lazy regularization: penalties every this many D steps, weighted up (Karras et al. 2020).
+  config.regularizer.lazy_interval = 1
+  # WGAN weight clipping of D's parameters to [-c, c] after each update; 0 = off.
+  config.regularizer.weight_clip = 0.0
+
+  config.augment = ml_collections.ConfigDict()
+  # DiffAugment policy for every D input, real and fake (Zhao et al. 2020): "" or a comma list
+  # of color, translation, cutout.
+  config.augment.policy = ""
+  # The augmentation T of the consistency penalty (same names).
+  config.augment.consistency_policy = "translation"
+  # Stddev of Gaussian instance noise added to D's inputs (Sonderby et al. 2017); 0 = off.
+  config.augment.instance_noise = 0.0
+  # Decay the instance noise linearly to 0 over this many steps (0 = constant).
+  config.augment.instance_noise_steps = 0
 
   config.optim = ml_collections.ConfigDict()
   # Generator optimizer: any optax optimizer by name, with its keyword arguments.

@@ -14,7 +14,8 @@ its own slice of the global batch and :func:`host_batch_to_global` assembles the
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np

@@ -3,7 +3,9 @@
 ``train_step(state, batch, rng) -> (state, metrics)`` performs ``n_critic`` discriminator updates and
 one generator update. Each network's TrainState (params, optimizer state, BatchNorm statistics) is
 changed only by its own step: the discriminator step runs G in train mode but drops G's updated
-statistics, and vice versa.
+statistics, and vice versa. An unrolled generator step (``unrolled_steps > 0``; Metz et al. 2017,
+"Unrolled Generative Adversarial Networks") looks through differentiable copies of D's updates
+and discards them.
 
 The same functions run in both parallel modes (see ``ganjax.parallel``): under a global-view
 ``jax.jit`` (``axis_name=None``; XLA inserts the cross-device reductions), and per device inside
@@ -17,6 +19,7 @@ takes its slice, so both parallel modes draw the same latents as a single device
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -24,14 +27,95 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ganjax import losses
+from ganjax import augment, losses, regularizers
 from ganjax.state import GANState, TrainState
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
 # Purposes folded into the per-step key.
-_D_LATENT, _D_DROPOUT, _G_LATENT, _G_DROPOUT = 0, 1, 2, 3
+_D_LATENT, _D_DROPOUT, _G_LATENT, _G_DROPOUT, _D_PENALTY, _D_INPUTS, _G_INPUTS, _G_UNROLL = range(8)
+
+
+@dataclasses.dataclass(frozen=True)
+class Regularization:
+  """What the discriminator sees and which penalties its loss carries (static; hashable).
+
+  Attributes:
+    penalties: ``(name, weight)`` pairs of penalties in :data:`ganjax.regularizers.PENALTIES`
+      added to D's loss (``weight * penalty``).
+    lazy_interval: compute the penalties only every this many D steps, with ``weight *
+      lazy_interval`` (lazy regularization, Karras et al. 2020); 1 = every step.
+    augment_policy: DiffAugment policy (Zhao et al. 2020) applied to every input of D, real and
+      fake, in both steps; ``""`` = none.
+    consistency_policy: the augmentation T of the ``consistency`` penalty (bCR, Zhao et al. 2021).
+    instance_noise: stddev of Gaussian noise added to every input of D (Sonderby et al. 2017),
+      decayed linearly to 0 over ``instance_noise_steps`` generator steps (0 = constant).
+    instance_noise_steps: length of that decay.
+  """
+
+  penalties: tuple[tuple[str, float], ...] = ()
+  lazy_interval: int = 1
+  augment_policy: str = ""
+  consistency_policy: str = "translation"
+  instance_noise: float = 0.0
+  instance_noise_steps: int = 0
+
+  def __post_init__(self):
+    for name, _ in self.penalties:
+      regularizers.get_regularizer(name)  # Unknown names fail with the valid ones.
+    regularizers.lazy_regularization(1.0, self.lazy_interval)  # Validates the interval.
+    augment.parse_policy(self.augment_policy)
+    augment.parse_policy(self.consistency_policy)
+    if self.instance_noise < 0 or self.instance_noise_steps < 0:
+      raise ValueError(
+          f"instance_noise ({self.instance_noise}) and instance_noise_steps "
+          f"({self.instance_noise_steps}) must be >= 0."
+      )
+
+  def discriminator_input(self, x: jax.Array, rng: jax.Array, step: jax.Array) -> jax.Array:
+    """``x`` as D sees it: DiffAugment, then instance noise (both off by default)."""
+    if self.augment_policy:
+      x = augment.diff_augment(x, jax.random.fold_in(rng, 0), self.augment_policy)
+    if self.instance_noise > 0:
+      stddev = self.instance_noise
+      if self.instance_noise_steps:
+        stddev = regularizers.annealed_stddev(stddev, step, self.instance_noise_steps)
+      x = regularizers.instance_noise(x, jax.random.fold_in(rng, 1), stddev)
+    return x
+
+  def penalty(self, d_fn, real, fake, rng, d_step) -> tuple[jax.Array, Metrics]:
+    """The weighted sum of the penalties at D step ``d_step``, and their metrics."""
+    if not self.penalties:
+      return jnp.zeros((), jnp.float32), {}
+
+    def unweighted(real, fake, rng):
+      total, metrics = jnp.zeros((), jnp.float32), {}
+      for i, (name, weight) in enumerate(self.penalties):
+        value, m = self._one_penalty(name, d_fn, real, fake, jax.random.fold_in(rng, i))
+        total += weight * value
+        metrics.update(m)
+      return total, metrics
+
+    lazy = regularizers.lazy_regularization(1.0, self.lazy_interval)
+    total, metrics = lazy(d_step, unweighted, real, fake, rng)
+    return total, {**metrics, "d_penalty": total}
+
+  def _one_penalty(self, name, d_fn, real, fake, rng):
+    penalty = regularizers.get_regularizer(name)
+    if penalty.inputs == ("x", "x_augmented"):  # Consistency: on real and on fake data alike.
+      total, metrics = jnp.zeros((), jnp.float32), {}
+      for i, (x, role) in enumerate(((real, "real"), (fake, "fake"))):
+        augmented = augment.diff_augment(x, jax.random.fold_in(rng, i), self.consistency_policy)
+        value, m = penalty.fn(d_fn, x, augmented)
+        total += value
+        metrics.update({f"{k}_{role}": v for k, v in m.items()})
+      return total, metrics
+    by_role = {"real": real, "fake": fake, "rng": rng}
+    return penalty.fn(d_fn, *(by_role[role] for role in penalty.inputs))
+
+
+NO_REGULARIZATION = Regularization()
 
 
 def _apply(ts: TrainState, params, x, labels, *, train: bool, rng: jax.Array | None):
@@ -74,6 +158,40 @@ def _apply_update(ts: TrainState, grads, batch_stats, axis_name: str | None) -> 
   return ts.apply_gradients(grads=grads, batch_stats=_pmean(batch_stats, axis_name))
 
 
+def _discriminator_loss(
+    params,
+    d: TrainState,
+    real: jax.Array,
+    fake: jax.Array,
+    keys: tuple[jax.Array, jax.Array, jax.Array, jax.Array],
+    *,
+    objective: losses.Objective,
+    regularization: Regularization,
+    d_step: jax.Array | int,
+) -> tuple[jax.Array, tuple[Metrics, Any]]:
+  """D's loss at ``params`` on D-ready inputs: the objective's plus the weighted penalties.
+
+  ``keys``: dropout on real, dropout on fake, the penalties' key, dropout in the penalties.
+  Returns ``(loss, (metrics, new batch_stats))``.
+  """
+  dropout_real, dropout_fake, penalty_key, dropout_penalty = keys
+  real_logits, stats = _apply(d, params, real, None, train=True, rng=dropout_real)
+  fake_logits, stats = _apply(
+      d.replace(batch_stats=stats), params, fake, None, train=True, rng=dropout_fake
+  )
+  loss, metrics = objective.discriminator(real_logits, fake_logits)
+  if regularization.penalties:
+    # Penalties see D as the loss does (train mode), but leave its statistics alone.
+    def d_fn(x):
+      d_now = d.replace(batch_stats=stats)
+      return _apply(d_now, params, x, None, train=True, rng=dropout_penalty)[0]
+
+    penalty, penalty_metrics = regularization.penalty(d_fn, real, fake, penalty_key, d_step)
+    loss = loss + penalty
+    metrics = {**metrics, **penalty_metrics}
+  return loss, (metrics, stats)
+
+
 def discriminator_step(
     state: GANState,
     real: jax.Array,
@@ -81,9 +199,15 @@ def discriminator_step(
     *,
     objective: losses.Objective,
     latent_dim: int,
+    regularization: Regularization = NO_REGULARIZATION,
+    d_step: jax.Array | int = 0,
     axis_name: str | None = None,
 ) -> tuple[GANState, Metrics]:
-  """One update of D on a real batch and a batch of fresh generator samples."""
+  """One update of D on a real batch and a batch of fresh generator samples.
+
+  ``d_step`` counts D updates (for lazy regularization); the loss is the objective's plus the
+  weighted penalties of ``regularization``.
+  """
   g, d = state.generator, state.discriminator
   z = _local_latents(jax.random.fold_in(rng, _D_LATENT), real.shape[0], latent_dim, axis_name)
   fake, _ = _apply(g, g.params, z, None, train=True, rng=None)  # G's new statistics are dropped.
@@ -91,19 +215,63 @@ def discriminator_step(
   dropout_real, dropout_fake = jax.random.split(
       _device_key(jax.random.fold_in(rng, _D_DROPOUT), axis_name)
   )
-
-  def loss_fn(params):
-    real_logits, stats = _apply(d, params, real, None, train=True, rng=dropout_real)
-    fake_logits, stats = _apply(
-        d.replace(batch_stats=stats), params, fake, None, train=True, rng=dropout_fake
-    )
-    loss, metrics = objective.discriminator(real_logits, fake_logits)
-    return loss, (metrics, stats)
-
+  inputs_key = _device_key(jax.random.fold_in(rng, _D_INPUTS), axis_name)
+  real = regularization.discriminator_input(real, jax.random.fold_in(inputs_key, 0), state.step)
+  fake = regularization.discriminator_input(fake, jax.random.fold_in(inputs_key, 1), state.step)
+  penalty_key, dropout_penalty = jax.random.split(
+      _device_key(jax.random.fold_in(rng, _D_PENALTY), axis_name)
+  )
+  loss_fn = functools.partial(
+      _discriminator_loss,
+      d=d,
+      real=real,
+      fake=fake,
+      keys=(dropout_real, dropout_fake, penalty_key, dropout_penalty),
+      objective=objective,
+      regularization=regularization,
+      d_step=d_step,
+  )
   grads, (metrics, stats) = jax.grad(loss_fn, has_aux=True)(d.params)
   metrics["d_grad_norm"] = optax.global_norm(_pmean(grads, axis_name))
   new_d = _apply_update(d, grads, stats, axis_name)
   return state.replace(discriminator=new_d), _pmean(metrics, axis_name)
+
+
+def unrolled_discriminator_params(
+    d: TrainState,
+    real: jax.Array,
+    fake: jax.Array,
+    rng: jax.Array,
+    *,
+    unrolled_steps: int,
+    objective: losses.Objective,
+    regularization: Regularization = NO_REGULARIZATION,
+    axis_name: str | None = None,
+):
+  """D's parameters after ``unrolled_steps`` differentiable updates (Metz et al. 2017).
+
+  Metz, Poole, Pfau, Sohl-Dickstein, "Unrolled Generative Adversarial Networks", ICLR 2017,
+  arXiv:1611.02163, Eq. (6)-(7): ``theta_D^{k+1} = theta_D^k + eta^k * d f(theta_G, theta_D^k) /
+  d theta_D^k``, here with D's own optimizer (``d.tx``, from its current ``opt_state``), on the
+  real batch ``real`` and the generated batch ``fake`` (both as D sees them). ``fake`` is not
+  stopped, so the returned parameters are a differentiable function of the generator's parameters
+  that produced it. Every unrolled update uses D's current ``batch_stats`` (their updates are
+  dropped) and its penalties at their plain weight (no lazy regularization). Nothing of ``d``
+  changes; the caller discards the result after the generator's loss.
+
+  Differentiating through Adam is finite only where no gradient entry is exactly 0 at an all-zero
+  second moment (``d sqrt(v) / dv``); optax's ``eps_root > 0`` removes that corner case.
+  """
+  reg = dataclasses.replace(regularization, lazy_interval=1)
+  params, opt_state = d.params, d.opt_state
+  for k in range(unrolled_steps):
+    keys = tuple(jax.random.split(_device_key(jax.random.fold_in(rng, k), axis_name), 4))
+    grads, _ = jax.grad(_discriminator_loss, has_aux=True)(
+        params, d, real, fake, keys, objective=objective, regularization=reg, d_step=0
+    )
+    updates, opt_state = d.tx.update(_pmean(grads, axis_name), opt_state, params)
+    params = optax.apply_updates(params, updates)
+  return params
 
 
 def generator_step(
@@ -115,26 +283,53 @@ def generator_step(
     latent_dim: int,
     ema_decay: float,
     ema_warmup: bool = False,
+    regularization: Regularization = NO_REGULARIZATION,
+    unrolled_steps: int = 0,
     axis_name: str | None = None,
 ) -> tuple[GANState, Metrics]:
   """One update of G through a fixed D; then the EMA of G's params and ``step + 1``.
 
-  With ``ema_warmup`` the decay at step t is ``min(ema_decay, (1 + t) / (10 + t))``.
+  With ``ema_warmup`` the decay at step t is ``min(ema_decay, (1 + t) / (10 + t))``. D sees its
+  inputs as in the D step (``regularization.discriminator_input``: DiffAugment, instance noise).
+  With ``unrolled_steps = k > 0`` (static) G's loss is taken through D after ``k`` differentiable
+  updates on ``real`` and G's samples (:func:`unrolled_discriminator_params`; Metz et al. 2017),
+  and the gradient flows through those updates; the state's D is left unchanged.
   """
+  if unrolled_steps < 0:
+    raise ValueError(f"unrolled_steps must be >= 0, got {unrolled_steps}.")
   g, d = state.generator, state.discriminator
   z = _local_latents(jax.random.fold_in(rng, _G_LATENT), real.shape[0], latent_dim, axis_name)
   dropout_real, dropout_fake = jax.random.split(
       _device_key(jax.random.fold_in(rng, _G_DROPOUT), axis_name)
   )
-  # Only objectives that compare with real data (relativistic ones) need D(x) in the G step.
+  # Only objectives that compare with real data (relativistic ones) need D(x) in the G step, and
+  # only they and the unrolled D updates need the real batch.
+  inputs_key = _device_key(jax.random.fold_in(rng, _G_INPUTS), axis_name)
   real_logits = None
-  if objective.generator_needs_real_logits:
+  if objective.generator_needs_real_logits or unrolled_steps:
+    real = regularization.discriminator_input(real, jax.random.fold_in(inputs_key, 0), state.step)
+  if objective.generator_needs_real_logits and not unrolled_steps:
     real_logits, _ = _apply(d, d.params, real, None, train=True, rng=dropout_real)
 
   def loss_fn(params):
     fake, stats = _apply(g, params, z, None, train=True, rng=None)
-    fake_logits, _ = _apply(d, d.params, fake, None, train=True, rng=dropout_fake)
-    loss, metrics = objective.generator(fake_logits, real_logits)
+    fake = regularization.discriminator_input(fake, jax.random.fold_in(inputs_key, 1), state.step)
+    d_params, logits_real = d.params, real_logits
+    if unrolled_steps:
+      d_params = unrolled_discriminator_params(
+          d,
+          real,
+          fake,
+          jax.random.fold_in(rng, _G_UNROLL),
+          unrolled_steps=unrolled_steps,
+          objective=objective,
+          regularization=regularization,
+          axis_name=axis_name,
+      )
+      if objective.generator_needs_real_logits:
+        logits_real, _ = _apply(d, d_params, real, None, train=True, rng=dropout_real)
+    fake_logits, _ = _apply(d, d_params, fake, None, train=True, rng=dropout_fake)
+    loss, metrics = objective.generator(fake_logits, logits_real)
     return loss, (metrics, stats)
 
   grads, (metrics, stats) = jax.grad(loss_fn, has_aux=True)(g.params)
@@ -173,6 +368,8 @@ def train_step(
     n_critic: int = 1,
     ema_decay: float = 0.0,
     ema_warmup: bool = False,
+    regularization: Regularization = NO_REGULARIZATION,
+    unrolled_steps: int = 0,
     axis_name: str | None = None,
 ) -> tuple[GANState, Metrics]:
   """``n_critic`` discriminator updates, then one generator update.
@@ -186,6 +383,9 @@ def train_step(
     n_critic: discriminator updates per generator update (Arjovsky et al. 2017).
     ema_decay: decay of the generator EMA; 0 turns it off (``ema_params`` stay as they are).
     ema_warmup: ramp the EMA decay up as ``(1 + t) / (10 + t)`` until it reaches ``ema_decay``.
+    regularization: D's penalties and input transformations (:class:`Regularization`).
+    unrolled_steps: the generator's loss looks through this many unrolled D updates (Metz et al.
+      2017, "Unrolled Generative Adversarial Networks"); 0 = off.
     axis_name: the mesh axis inside ``shard_map``; None under a global-view ``jit``.
 
   Returns:
@@ -201,6 +401,8 @@ def train_step(
         jax.random.fold_in(rng, 2 * i),
         objective=objective,
         latent_dim=latent_dim,
+        regularization=regularization,
+        d_step=state.step * n_critic + i,
         axis_name=axis_name,
     )
   state, g_metrics = generator_step(
@@ -211,9 +413,40 @@ def train_step(
       latent_dim=latent_dim,
       ema_decay=ema_decay,
       ema_warmup=ema_warmup,
+      regularization=regularization,
+      unrolled_steps=unrolled_steps,
       axis_name=axis_name,
   )
   return state, {**metrics, **g_metrics}
+
+
+def regularization_from_config(config, objective: losses.Objective) -> Regularization:
+  """The :class:`Regularization` of ``config.regularizer`` / ``config.augment``.
+
+  A penalty's weight is ``config.regularizer.<name>`` when set (0 turns it off), else the weight
+  the objective implies (``objective.implied_regularizers``, e.g. WGAN-GP's gradient penalty 10).
+  """
+  weights = dict(objective.implied_regularizers)
+  reg = config.get("regularizer", {})
+  for name, weight in reg.items():
+    if name in _REGULARIZER_OPTIONS:
+      continue
+    regularizers.get_regularizer(name)  # An unknown name lists the valid ones.
+    if weight is not None:
+      weights[name] = float(weight)
+  aug = config.get("augment", {})
+  return Regularization(
+      penalties=tuple((k, v) for k, v in sorted(weights.items()) if v),
+      lazy_interval=int(reg.get("lazy_interval", 1)),
+      augment_policy=aug.get("policy", "") or "",
+      consistency_policy=aug.get("consistency_policy", "translation"),
+      instance_noise=float(aug.get("instance_noise", 0.0)),
+      instance_noise_steps=int(aug.get("instance_noise_steps", 0)),
+  )
+
+
+# Fields of config.regularizer that are options, not penalty weights.
+_REGULARIZER_OPTIONS = frozenset({"lazy_interval", "weight_clip"})
 
 
 def make_train_step(config, objective: losses.Objective):
@@ -225,4 +458,6 @@ def make_train_step(config, objective: losses.Objective):
       n_critic=config.n_critic,
       ema_decay=config.ema.decay,
       ema_warmup=config.ema.warmup,
+      regularization=regularization_from_config(config, objective),
+      unrolled_steps=config.get("unrolled_steps", 0),
   )

@@ -3,7 +3,9 @@
 Builds the data source, the networks and the GAN state, resumes from the latest checkpoint, runs the
 jit-compiled step over the device mesh, and writes everything a researcher looks at into the
 workdir: ``config.json``, ``run_info.json``, TensorBoard events, ``metrics.jsonl``,
-``samples/step_NNNNNN.png`` and ``checkpoints/``.
+``samples/step_NNNNNN.png`` and ``checkpoints/``. On the 2-D Gaussian mixtures the run is also
+evaluated (mode coverage: ``modes``, ``hq_fraction``, ``reverse_kl``) every
+``config.eval_every_steps`` and at the end, as TensorBoard scalars and lines of ``metrics.jsonl``.
 """
 
 from __future__ import annotations
@@ -20,16 +22,19 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
 
 from ganjax import checkpoint as checkpoint_lib
 from ganjax import data as data_lib
-from ganjax import losses, models, parallel, sampling, steps
+from ganjax import losses, models, parallel, regularizers, sampling, steps
+from ganjax import metrics as metrics_lib
 from ganjax import state as state_lib
+from ganjax.data import gaussian_mixture
+from ganjax.models import blocks
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -58,7 +63,11 @@ def _module_kwargs(config_dict: ml_collections.ConfigDict) -> dict[str, Any]:
 def build_networks(
     config: ml_collections.ConfigDict, element_shape: tuple[int, ...], num_classes: int | None
 ) -> Networks:
-  """Instantiates ``ganjax.models.<config.model.name>``'s Generator and Discriminator."""
+  """Instantiates ``ganjax.models.<config.model.name>``'s Generator and Discriminator.
+
+  With ``config.model.pack = m > 1`` the discriminator is wrapped in :class:`blocks.Packed`
+  (PacGAN, Lin et al. 2018): it sees ``m`` samples per input and returns ``B / m`` logits.
+  """
   module = models.get_model_module(config.model.name)
   dtype = config.model.get("dtype", "float32")
   generator = module.Generator(
@@ -68,6 +77,9 @@ def build_networks(
   discriminator = module.Discriminator(
       **_with_dtype(module.Discriminator, dtype, _module_kwargs(config.model.discriminator))
   )
+  pack = config.model.get("pack", 1)
+  if pack > 1:
+    discriminator = blocks.Packed(discriminator, pack=pack)
   return Networks(generator, discriminator, tuple(element_shape), num_classes)
 
 
@@ -83,6 +95,22 @@ def _with_dtype(network: type, dtype: str, kwargs: dict[str, Any]) -> dict[str, 
   return kwargs
 
 
+def discriminator_optimizer(config: ml_collections.ConfigDict):
+  """``config.optim.d``, followed by WGAN weight clipping when ``regularizer.weight_clip`` > 0."""
+  tx = state_lib.make_optimizer(config.optim.d)
+  clip = config.get("regularizer", {}).get("weight_clip", 0.0)
+  if clip:
+    tx = optax.chain(tx, regularizers.weight_clipping(clip))
+  return tx
+
+
+def get_objective(config: ml_collections.ConfigDict) -> losses.Objective:
+  """``config.loss``'s objective, with its label smoothing."""
+  return losses.get_objective(
+      config.loss.name, label_smoothing=config.loss.get("label_smoothing", 0.0)
+  )
+
+
 def state_factory(config: ml_collections.ConfigDict, networks: Networks):
   """Returns ``init(rng) -> GANState`` for these networks and the config's optimizers."""
 
@@ -94,7 +122,7 @@ def state_factory(config: ml_collections.ConfigDict, networks: Networks):
         latent_dim=config.model.latent_dim,
         element_shape=networks.element_shape,
         generator_optimizer=state_lib.make_optimizer(config.optim.g),
-        discriminator_optimizer=state_lib.make_optimizer(config.optim.d),
+        discriminator_optimizer=discriminator_optimizer(config),
         num_classes=networks.num_classes,
     )
 
@@ -134,6 +162,45 @@ def make_generate_fn(networks: Networks):
     return networks.generator.apply(variables, z, None, train=False)
 
   return generate
+
+
+def eval_latents(config) -> jax.Array:
+  """The fixed latents of every evaluation: ``eval_num_samples`` draws derived from the seed."""
+  key = jax.random.fold_in(jax.random.key(config.seed), 0xE7A1)
+  return jax.random.normal(key, (config.get("eval_num_samples", 2500), config.model.latent_dim))
+
+
+def evaluate_modes(generate, params, batch_stats, latents, dataset_name: str) -> dict[str, Any]:
+  """Mode coverage of the generator's samples on a 2-D Gaussian mixture (PacGAN protocol).
+
+  Srivastava et al. 2017, "VEEGAN"; Lin et al. 2018, "PacGAN": ``modes`` captured, the fraction
+  of high-quality samples ``hq_fraction`` (0..1) and ``reverse_kl`` (see
+  :func:`ganjax.metrics.mixture_mode_coverage`), for the samples of ``latents`` in inference mode.
+  """
+  samples = np.asarray(generate(params, batch_stats, latents))
+  result = metrics_lib.mixture_mode_coverage(samples.reshape(len(samples), -1), dataset_name)
+  return {
+      "modes": int(result["modes"]),
+      "hq_fraction": float(result["hq_fraction"]),
+      "reverse_kl": float(result["reverse_kl"]),
+  }
+
+
+def make_evaluator(config, source, generate):
+  """``evaluate(state) -> scalars`` for this run's data, or None when it has no evaluation.
+
+  Active for the 2-D Gaussian mixtures (``source.name`` in ``gaussian_mixture.NAMES``): mode
+  coverage of the EMA generator when EMA is on (:func:`sample_params`), on fixed latents.
+  """
+  if source.name not in gaussian_mixture.NAMES:
+    return None
+  latents = eval_latents(config)
+
+  def evaluate(state) -> dict[str, Any]:
+    params = sample_params(config, state)
+    return evaluate_modes(generate, params, state.generator.batch_stats, latents, source.name)
+
+  return evaluate
 
 
 def _versions() -> dict[str, str]:
@@ -215,17 +282,35 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for key in ("num_train_steps", "batch_size", "n_critic", "log_every_steps"):
     if config[key] < 1:
       raise ValueError(f"config.{key} must be >= 1, got {config[key]}.")
-  for key in ("sample_every_steps", "checkpoint_every_steps"):
-    if config[key] < 0:
+  for key in ("sample_every_steps", "checkpoint_every_steps", "eval_every_steps"):
+    if config.get(key, 0) < 0:
       raise ValueError(f"config.{key} must be >= 0 (0 = only at the end), got {config[key]}.")
+  if config.get("eval_num_samples", 1) < 1:
+    raise ValueError(f"config.eval_num_samples must be >= 1, got {config.eval_num_samples}.")
+  if config.get("unrolled_steps", 0) < 0:
+    raise ValueError(f"config.unrolled_steps must be >= 0, got {config.unrolled_steps}.")
+  check_pack(config.model.get("pack", 1), config.batch_size)
   if config.parallel.mode not in parallel.MODES:
     raise ValueError(
         f"Unknown parallel.mode {config.parallel.mode!r}; valid choices: {', '.join(parallel.MODES)}."
     )
   if not 0.0 <= config.ema.decay < 1.0:
     raise ValueError(f"ema.decay must be in [0, 1), got {config.ema.decay}.")
-  losses.get_objective(config.loss.name)
+  if config.get("regularizer", {}).get("weight_clip", 0.0) < 0:
+    raise ValueError(f"regularizer.weight_clip must be >= 0, got {config.regularizer.weight_clip}.")
+  steps.regularization_from_config(config, get_objective(config))
   models.get_model_module(config.model.name)
+
+
+def check_pack(pack: int, batch_size: int, num_devices: int = 1) -> None:
+  """PacGAN packs consecutive samples on each device: its share of a D batch divides by ``pack``."""
+  if pack < 1:
+    raise ValueError(f"config.model.pack must be >= 1 (1 = no packing), got {pack}.")
+  if batch_size % (pack * num_devices):
+    raise ValueError(
+        f"batch_size={batch_size} does not split into packs of model.pack={pack} samples on each "
+        f"of {num_devices} device(s); use a multiple of {pack * num_devices}."
+    )
 
 
 class _MetricsBuffer:
@@ -303,6 +388,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
 
   mesh = parallel.make_mesh(config.parallel.num_devices or None)
   parallel.check_batch_size(config.batch_size, mesh)
+  check_pack(config.model.get("pack", 1), config.batch_size, mesh.devices.size)
   examples_per_step = config.batch_size * config.n_critic
   source = data_lib.create_source(
       config.data,
@@ -312,7 +398,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       process_count=jax.process_count(),
   )
   networks = build_networks(config, source.element_shape, source.num_classes)
-  objective = losses.get_objective(config.loss.name)
+  objective = get_objective(config)
 
   checkpointer = checkpoint_lib.Checkpointer(
       os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints, async_save=False
@@ -339,6 +425,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   step_fn = parallel.compile_step(steps.make_train_step(config, objective), mesh, config.parallel.mode)
   generate = make_generate_fn(networks)
+  evaluate = make_evaluator(config, source, generate)
   fixed_z = sampling.fixed_latents(config.seed, config.num_sample_images, config.model.latent_dim)
   base_rng = jax.random.fold_in(jax.random.key(config.seed), 0x7EA1)
   batches = source.batches(start_step)
@@ -354,6 +441,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     picture = sampling.save_samples(path, samples, reference, title=f"step {step}")
     writer.write_images(step, {"samples": picture[None]})
     logging.info("Wrote %s", path)
+
+  def write_evaluation(step: int, metrics_file) -> None:
+    scalars = evaluate(state)
+    now = time.time()
+    writer.write_scalars(step, scalars)
+    if is_chief:
+      metrics_file.write(json.dumps({"step": step, "wall_time": now, **scalars}) + "\n")
+      metrics_file.flush()
+    logging.info("step %d/%d | eval %s", step, config.num_train_steps, json.dumps(scalars))
 
   def save_checkpoint(step: int) -> None:
     checkpointer.save(
@@ -433,6 +529,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       if (config.sample_every_steps and step % config.sample_every_steps == 0) or last:
         with report_progress.timed("samples"):
           write_samples(step)
+      eval_every = config.get("eval_every_steps", 0)
+      if evaluate is not None and ((eval_every and step % eval_every == 0) or last):
+        with report_progress.timed("eval"):
+          write_evaluation(step, metrics_file)
       if ckpt_now:
         with report_progress.timed("checkpoint"):
           save_checkpoint(step)

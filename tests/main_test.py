@@ -9,7 +9,6 @@ import time
 
 import jax
 import numpy as np
-import pytest
 from conftest import REPO_ROOT
 
 from ganjax import checkpoint, train

@@ -35,6 +35,12 @@ CASES = [
     Case("dcgan", (28, 28, 1), dict(width=8), dict(width=8), True),  # Tutorial: dropout 0.3.
     Case("dcgan", (32, 32, 3), dict(width=8), dict(width=8), False),  # Radford: no dropout.
     Case("dcgan", (64, 64, 3), dict(width=8), dict(width=8, dropout=0.25), True),
+    # SNGAN ResNet / standard CNN: spectral norm (power-iteration state) in D, BatchNorm in G.
+    Case("resnet", (32, 32, 3), dict(width=8), dict(width=8), False),
+    Case("resnet", (48, 48, 3), dict(width=2), dict(width=2), False),
+    Case("resnet", (64, 64, 1), dict(width=2), dict(width=2), False),
+    Case("sndcgan", (32, 32, 3), dict(width=4), dict(width=4), False),
+    Case("sndcgan", (48, 48, 3), dict(width=4), dict(width=4), False),
 ]
 CASE_IDS = [f"{c.name}-{'x'.join(map(str, c.shape))}" for c in CASES]
 DCGAN_64 = CASE_IDS.index("dcgan-64x64x3")

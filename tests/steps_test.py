@@ -9,14 +9,14 @@ import optax
 import pytest
 
 from ganjax import losses, steps
-from ganjax.models import dcgan
+from ganjax.models import dcgan, mlp
 from ganjax.state import create_gan_state
 
 LATENT = 8
 SHAPE = (32, 32, 3)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _initial_state():
   # DCGAN 32x32: both networks carry BatchNorm statistics.
   return create_gan_state(
@@ -126,3 +126,111 @@ def test_ema_warmup_ramps_the_decay():
   expected = jax.tree.map(lambda o, n: 0.1 * o + 0.9 * n, state.ema_params, new.generator.params)
   for e, x in zip(jax.tree.leaves(expected), jax.tree.leaves(new.ema_params)):
     np.testing.assert_allclose(e, x, rtol=1e-5, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------------------------
+# Unrolled GAN (Metz et al. 2017).
+
+
+def _tiny_mlp_state(d_optimizer):
+  generator = mlp.Generator(
+      image_shape=(2,), hidden=(4,), batch_norm=False, output_activation="linear"
+  )
+  discriminator = mlp.Discriminator(hidden=(4,), dropout=0.0)
+  state = create_gan_state(
+      jax.random.key(0),
+      generator=generator,
+      discriminator=discriminator,
+      latent_dim=2,
+      element_shape=(2,),
+      generator_optimizer=optax.sgd(1.0),  # new params = params - grad.
+      discriminator_optimizer=d_optimizer,
+  )
+  return state, generator, discriminator
+
+
+def _g_step(state, real, rng, unrolled_steps, latent_dim=2):
+  fn = functools.partial(
+      steps.generator_step,
+      objective=losses.non_saturating,
+      latent_dim=latent_dim,
+      ema_decay=0.0,
+      unrolled_steps=unrolled_steps,
+  )
+  return jax.jit(fn)(state, real, rng)[0]
+
+
+def test_unrolled_generator_gradient_matches_hand_unrolled_sgd():
+  lr, k = 0.5, 3
+  state, generator, discriminator = _tiny_mlp_state(optax.sgd(lr))
+  real = jnp.asarray(np.random.RandomState(0).normal(size=(8, 2)), jnp.float32)
+  rng = jax.random.key(5)
+  z = steps._local_latents(jax.random.fold_in(rng, steps._G_LATENT), 8, 2, None)
+  objective = losses.non_saturating
+
+  def d_logits(d_params, x):
+    return discriminator.apply({"params": d_params}, x, train=True)
+
+  def reference_loss(g_params, unrolled):
+    fake = generator.apply({"params": g_params}, z, train=True)
+    d_params = state.discriminator.params
+    for _ in range(unrolled):  # Metz et al. Eq. (6): plain gradient steps of D's loss.
+      d_grads = jax.grad(
+          lambda p: objective.discriminator(d_logits(p, real), d_logits(p, fake))[0]
+      )(d_params)
+      d_params = jax.tree.map(lambda p, g: p - lr * g, d_params, d_grads)
+    return objective.generator(d_logits(d_params, fake), None)[0]
+
+  def step_grads(new):
+    return jax.tree.map(lambda a, b: a - b, state.generator.params, new.generator.params)
+
+  results = {}
+  for unrolled in (0, k):
+    new = _g_step(state, real, rng, unrolled)
+    expected = jax.grad(reference_loss)(state.generator.params, unrolled)
+    for e, g in zip(jax.tree.leaves(expected), jax.tree.leaves(step_grads(new)), strict=True):
+      np.testing.assert_allclose(g, e, atol=1e-5, rtol=1e-4)
+    assert not _changed(state.discriminator, new.discriminator)  # Unrolled params discarded.
+    results[unrolled] = step_grads(new)
+  difference = max(
+      float(np.max(np.abs(a - b)))
+      for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[k]), strict=True)
+  )
+  assert difference > 1e-4
+
+
+def test_unrolled_steps_zero_is_the_plain_generator_step():
+  state = _initial_state()
+  fn = functools.partial(
+      steps.generator_step, objective=losses.non_saturating, latent_dim=LATENT, ema_decay=0.5
+  )
+  plain, _ = jax.jit(fn)(state, _real(), jax.random.key(4))
+  zero, _ = jax.jit(functools.partial(fn, unrolled_steps=0))(state, _real(), jax.random.key(4))
+  assert not _changed(plain, zero)
+
+
+def test_unrolled_train_step_with_adam_leaves_d_to_its_own_step():
+  state, _, _ = _tiny_mlp_state(optax.adam(1e-2))
+  batch = {"image": jnp.asarray(np.random.RandomState(1).normal(size=(8, 2)), jnp.float32)}
+  step = jax.jit(
+      functools.partial(
+          steps.train_step, objective=losses.non_saturating, latent_dim=2, unrolled_steps=2
+      )
+  )
+  new, metrics = step(state, batch, jax.random.key(0))
+  assert all(np.isfinite(v) for v in jax.device_get(metrics).values())
+  assert int(new.discriminator.opt_state[0].count) == 1  # Only the real D step updated D.
+  plain, _ = jax.jit(
+      functools.partial(steps.train_step, objective=losses.non_saturating, latent_dim=2)
+  )(state, batch, jax.random.key(0))
+  # Same D update; different G update (the unrolled gradient).
+  assert not _changed(plain.discriminator, new.discriminator)
+  assert _changed(plain.generator.params, new.generator.params)
+
+
+def test_unrolled_generator_step_with_batchnorm_discriminator():
+  state = _initial_state()  # DCGAN: D has BatchNorm statistics.
+  new = _g_step(state, _real(), jax.random.key(4), 1, latent_dim=LATENT)
+  assert not _changed(state.discriminator, new.discriminator)  # Statistics updates dropped.
+  assert _changed(state.generator.params, new.generator.params)
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(new.generator.params))

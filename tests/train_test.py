@@ -49,16 +49,57 @@ def test_train_writes_every_output(tmp_path, name, arg):
   assert info["data"]["name"] and info["data"]["element_shape"]
   assert info["devices"]["count"] == 1 and "jax" in info["versions"]
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    lines = [json.loads(line) for line in f]
+    records = [json.loads(line) for line in f]
+  lines = [r for r in records if "d_loss" in r]  # Training scalars; evaluations have own lines.
   assert [r["step"] for r in lines] == list(
       range(config.log_every_steps, config.num_train_steps + 1, config.log_every_steps)
   )
   assert {"d_loss", "g_loss", "d_real", "d_fake", "steps_per_sec", "wall_time"} <= set(lines[-1])
+  evaluations = [r for r in records if "modes" in r]
+  if config.data.name in ("ring", "grid"):  # Mode coverage every eval_every_steps and at the end.
+    assert [r["step"] for r in evaluations] == list(
+        range(config.eval_every_steps, config.num_train_steps + 1, config.eval_every_steps)
+    )
+  else:
+    assert not evaluations
   assert os.path.exists(os.path.join(workdir, "samples", f"step_{config.num_train_steps:06d}.png"))
   assert os.path.exists(os.path.join(workdir, "samples", "real.png"))
   assert glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
   assert ckpt.latest_step() == config.num_train_steps
+
+
+def test_pacgan_on_ring_writes_mode_coverage(tmp_path):
+  config = _tiny("gaussian_mixture", "dataset=ring,method=pacgan2,runlocal", num_train_steps=4)
+  config.eval_every_steps = 2
+  config.eval_num_samples = 500
+  workdir = str(tmp_path / "run")
+  state = train.train_and_evaluate(config, workdir)
+  assert int(state.step) == 4
+  # PacGAN's D takes packs of 2 points: its first layer sees 4 inputs.
+  assert state.discriminator.params["discriminator"]["Dense_0"]["kernel"].shape[0] == 4
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    evaluations = [r for r in map(json.loads, f) if "modes" in r]
+  assert [r["step"] for r in evaluations] == [2, 4]
+  for r in evaluations:
+    assert {"wall_time", "modes", "hq_fraction", "reverse_kl"} <= set(r)
+    assert 0 <= r["modes"] <= 8 and 0.0 <= r["hq_fraction"] <= 1.0
+    assert r["reverse_kl"] >= 0.0  # +inf (written as Infinity) when no sample is HQ.
+
+
+def test_evaluate_modes_uses_fixed_latents_and_the_mixture():
+  config = _tiny("gaussian_mixture", "dataset=ring,runlocal")
+  modes = train.gaussian_mixture.mixture_modes("ring")
+
+  def generate(params, batch_stats, z):  # A "generator" that puts sample i on mode i mod 8.
+    del params, batch_stats
+    return modes[np.arange(len(z)) % len(modes)]
+
+  z = train.eval_latents(config)
+  assert z.shape == (2500, config.model.latent_dim)
+  np.testing.assert_array_equal(z, train.eval_latents(config))
+  result = train.evaluate_modes(generate, None, None, z[:16], "ring")
+  assert result == {"modes": 8, "hq_fraction": 1.0, "reverse_kl": 0.0}
 
 
 def test_resume_is_bit_identical(tmp_path):

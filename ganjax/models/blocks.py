@@ -50,7 +50,25 @@ _ONES = nn.initializers.ones_init()
 # --------------------------------------------------------------------------------------------
 
 
-def spectral_norm(layer: nn.Module, *, n_steps: int = 1, enabled: bool = True) -> nn.SpectralNorm:
+class SpectralNorm(nn.SpectralNorm):
+  """flax's ``nn.SpectralNorm``, except that initialisation keeps the weights as drawn.
+
+  flax 0.12's wrapper writes the *normalised* weights ``W / sigma_hat`` back as the parameters when
+  the model is initialised (``map_variables`` stores its transformed input), with ``sigma_hat`` a
+  one-step estimate from the random ``u``: the kernels would not follow their initialiser and the
+  first train-mode estimate of ``sigma`` would be 1. Here initialisation only creates ``u`` and
+  ``sigma``, so the parameters are the initialiser's draw and the layer normalises them in every
+  forward pass, as Miyato et al.'s code does. Variables, names and the power iteration are flax's.
+  """
+
+  def _spectral_normalize(self, path, vs, update_stats):
+    if not self.is_initializing():
+      return super()._spectral_normalize(path, vs, update_stats)
+    super()._spectral_normalize(path, vs, update_stats=False)  # Creates u and sigma.
+    return jnp.asarray(vs)
+
+
+def spectral_norm(layer: nn.Module, *, n_steps: int = 1, enabled: bool = True) -> SpectralNorm:
   """Wraps ``layer`` so that each of its weight matrices is divided by its spectral norm.
 
   Spectral normalisation (Miyato, Kataoka, Koyama, Yoshida, "Spectral Normalization for Generative
@@ -65,7 +83,8 @@ def spectral_norm(layer: nn.Module, *, n_steps: int = 1, enabled: bool = True) -
   ``u`` and ``v`` are constants for the gradient (``stop_gradient``); the gradient flows through
   ``sigma``'s dependence on ``W``, as in the paper. Biases and other vectors are not normalised.
 
-  This is flax's ``nn.SpectralNorm`` (its implementation matches the paper in flax 0.12), used with
+  This is flax's ``nn.SpectralNorm`` (its implementation matches the paper in flax 0.12) with the
+  parameters kept as initialised (:class:`SpectralNorm`), used with
   ``collection_name="batch_stats"``. The returned module is called as
   ``module(*args, update_stats=train, **kwargs)`` and:
 
@@ -85,7 +104,7 @@ def spectral_norm(layer: nn.Module, *, n_steps: int = 1, enabled: bool = True) -
   """
   if enabled and n_steps < 1:
     raise ValueError(f"Spectral normalisation needs n_steps >= 1 power iterations, got {n_steps}.")
-  return nn.SpectralNorm(
+  return SpectralNorm(
       layer,
       n_steps=n_steps if enabled else 0,
       epsilon=SN_EPSILON,
@@ -500,3 +519,68 @@ class ClassifierHead(nn.Module):
         self.num_classes, dtype=self.dtype, n_steps=self.n_steps, enabled=self.spectral_norm
     )
     return layer(h, update_stats=train)
+
+
+# --------------------------------------------------------------------------------------------
+# Packing (PacGAN).
+# --------------------------------------------------------------------------------------------
+
+
+def pack_samples(x: jax.Array, pack: int) -> jax.Array:
+  """Concatenates every ``pack`` consecutive samples into one discriminator input (PacGAN).
+
+  Lin, Khetan, Fanti, Oh, "PacGAN: The power of two samples in generative adversarial networks",
+  NeurIPS 2018, arXiv:1712.04086, Sec. 3. Rows ``pack * i .. pack * i + pack - 1`` become packed
+  example ``i``: vectors ``(B, F) -> (B / pack, pack * F)`` (sample ``j`` of a pack fills features
+  ``j * F .. j * F + F - 1``); images ``(B, H, W, C) -> (B / pack, H, W, pack * C)`` (channels
+  ``j * C .. j * C + C - 1``), i.e. concatenation along the last axis for any rank. Grouping
+  consecutive rows means a batch sharded on its leading axis packs in place when each device's
+  share divides by ``pack``.
+
+  Raises:
+    ValueError: ``pack < 1``, or a batch ``B`` that does not divide by ``pack``.
+  """
+  if pack < 1:
+    raise ValueError(f"pack must be >= 1, got {pack}.")
+  if x.ndim < 2:
+    raise ValueError(f"pack_samples expects a batch (B, ...), got shape {x.shape}.")
+  b = x.shape[0]
+  if b % pack:
+    raise ValueError(
+        f"A batch of B={b} samples does not divide into packs of m={pack} (PacGAN); use a batch "
+        f"size that is a multiple of {pack}."
+    )
+  grouped = x.reshape(b // pack, pack, *x.shape[1:])
+  grouped = jnp.moveaxis(grouped, 1, -2)  # (B/m, ..., m, C)
+  return grouped.reshape(*grouped.shape[:-2], pack * x.shape[-1])
+
+
+class Packed(nn.Module):
+  """Wraps any discriminator so that it judges packs of ``pack`` samples (PacGAN).
+
+  Reference: Lin et al. 2018, "PacGAN: The power of two samples in generative adversarial
+  networks", arXiv:1712.04086. Inputs ``(B, ...)`` are packed with :func:`pack_samples` and the
+  wrapped ``discriminator`` returns ``B / pack`` logits, one per pack; real and generated batches
+  are packed separately by calling the module on each. The wrapped network's variables live under
+  ``discriminator/``. Called as ``(x, labels=None, *, train)``; ``labels`` (which unconditional
+  models ignore) are passed on as the label of each pack's first sample.
+
+  At initialisation only (``create_gan_state`` uses a dummy batch of 2), a batch that does not
+  divide by ``pack`` is padded with zero rows, so any pack size initialises; the parameter shapes
+  do not depend on the batch size.
+  """
+
+  discriminator: nn.Module
+  pack: int = 2
+
+  @nn.compact
+  def __call__(self, x: jax.Array, labels: jax.Array | None = None, *, train: bool) -> jax.Array:
+    if self.is_initializing() and x.ndim >= 2 and x.shape[0] % self.pack:
+      pad = self.pack - x.shape[0] % self.pack
+      x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+      if labels is not None:
+        labels = jnp.pad(jnp.asarray(labels), [(0, pad)] + [(0, 0)] * (jnp.ndim(labels) - 1))
+    packed = pack_samples(x, self.pack)
+    if labels is not None:
+      labels = jnp.asarray(labels)[:: self.pack]
+    return self.discriminator(packed, labels, train=train)

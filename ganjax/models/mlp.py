@@ -7,6 +7,9 @@ The defaults are the seed tutorials' vanilla GAN for 28x28 MNIST with a 64-d lat
 * G: z(64) -> 256 -> 512 -> 1024 -> 784, each hidden layer Dense (with bias) -> BatchNorm ->
   LeakyReLU(0.2), then tanh, reshaped to ``image_shape``;
 * D: 784 -> 512 -> 256 -> 128 -> 1, each hidden layer Dense -> LeakyReLU(0.1) -> Dropout(0.2).
+  ``minibatch`` inserts a batch-statistics block before the final Dense layer (off by default):
+  minibatch discrimination (Salimans et al. 2016, arXiv:1606.03498) or the minibatch standard
+  deviation (Karras et al. 2018, arXiv:1710.10196), from :mod:`ganjax.models.blocks`.
 
 For 2-D point data (``image_shape=(2,)``, the Gaussian-mixture mode-collapse studies) set
 ``output_activation="linear"`` so the generator can reach points outside [-1, 1].
@@ -25,10 +28,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ganjax.models import layers
+from ganjax.models import blocks, layers
 
 # Generator output activations by name.
 OUTPUT_ACTIVATIONS = {"tanh": jnp.tanh, "linear": lambda x: x}
+# Batch-statistics features of the discriminator (``Discriminator.minibatch``).
+MINIBATCH_CHOICES = ("none", "minibatch_discrimination", "mbstd")
 
 
 class Generator(nn.Module):
@@ -73,21 +78,36 @@ class Discriminator(nn.Module):
     hidden: widths of the hidden layers.
     leaky_slope: negative slope of the hidden LeakyReLUs.
     dropout: dropout rate after each hidden activation (0 disables it).
+    minibatch: features of the whole batch appended before the final Dense layer:
+      ``"none"``, ``"minibatch_discrimination"`` (:class:`blocks.MinibatchDiscrimination`, Salimans
+      et al. 2016, Sec. 3.2) or ``"mbstd"`` (:class:`blocks.MinibatchStdDev`, Karras et al. 2018).
+    minibatch_kernels: number of kernels B of minibatch discrimination.
+    minibatch_kernel_dim: dimension C of each minibatch-discrimination kernel.
+    mbstd_group_size: group size of the minibatch standard deviation (must divide the batch).
     dtype: computation dtype, ``"float32"`` or ``"bfloat16"`` (parameters stay float32).
   """
 
   hidden: tuple[int, ...] = (512, 256, 128)
   leaky_slope: float = 0.1
   dropout: float = 0.2
+  minibatch: str = "none"
+  minibatch_kernels: int = 100
+  minibatch_kernel_dim: int = 5
+  mbstd_group_size: int = 4
   dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x: jax.Array, labels: jax.Array | None = None, *, train: bool) -> jax.Array:
     del labels
     layers.check_choice("dtype", self.dtype, layers.DTYPES)
+    layers.check_choice("minibatch", self.minibatch, MINIBATCH_CHOICES)
     x = x.reshape(x.shape[0], -1)
     for features in self.hidden:
       x = nn.leaky_relu(layers.dense(features, dtype=self.dtype)(x), self.leaky_slope)
       if self.dropout > 0:
         x = layers.Dropout(self.dropout)(x, deterministic=not train)
+    if self.minibatch == "minibatch_discrimination":
+      x = blocks.MinibatchDiscrimination(self.minibatch_kernels, self.minibatch_kernel_dim)(x)
+    elif self.minibatch == "mbstd":
+      x = blocks.MinibatchStdDev(group_size=self.mbstd_group_size)(x)
     return layers.dense(1, dtype=self.dtype)(x)[:, 0].astype(jnp.float32)

@@ -1,0 +1,213 @@
+"""The 2-D mode-collapse methods: PacGAN packing, minibatch features in the MLP D, the configs."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import load_config
+
+from ganjax import losses, parallel, state, steps, train
+from ganjax.models import blocks, mlp
+
+METHODS = (
+    "gan",
+    "pacgan2",
+    "pacgan3",
+    "pacgan4",
+    "unrolled5",
+    "minibatch_discrimination",
+    "mbstd",
+    "wgan_gp",
+)
+
+
+def _count(tree) -> int:
+  return sum(x.size for x in jax.tree.leaves(tree))
+
+
+# ----------------------------------------------------------------------------------------------
+# PacGAN packing.
+
+
+@pytest.mark.parametrize(
+    "shape, pack", [((6, 3), 1), ((6, 3), 2), ((6, 3), 3), ((4, 5, 3, 2), 2), ((6, 2, 2, 1), 3)]
+)
+def test_pack_samples_concatenates_consecutive_rows(shape, pack):
+  x = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+  expected = np.stack(
+      [
+          np.concatenate([x[i * pack + j] for j in range(pack)], axis=-1)
+          for i in range(shape[0] // pack)
+      ]
+  )
+  got = np.asarray(blocks.pack_samples(jnp.asarray(x), pack))
+  assert got.shape == (shape[0] // pack, *shape[1:-1], pack * shape[-1])
+  np.testing.assert_array_equal(got, expected)
+
+
+def test_pack_samples_rejects_a_batch_that_does_not_divide():
+  with pytest.raises(ValueError, match=r"B=5 .* m=2"):
+    blocks.pack_samples(jnp.zeros((5, 2)), 2)
+  with pytest.raises(ValueError, match="pack must be >= 1"):
+    blocks.pack_samples(jnp.zeros((4, 2)), 0)
+
+
+def test_packed_discriminator_returns_one_logit_per_pack():
+  inner = mlp.Discriminator(hidden=(8,), dropout=0.0)
+  packed = blocks.Packed(inner, pack=3)
+  # Initialisation with a batch of 2 (as create_gan_state does) pads to one pack.
+  variables = packed.init(jax.random.key(0), jnp.zeros((2, 2)), train=False)
+  assert variables["params"]["discriminator"]["Dense_0"]["kernel"].shape == (6, 8)
+  x = jax.random.normal(jax.random.key(1), (9, 2))
+  logits = packed.apply(variables, x, train=True)
+  assert logits.shape == (3,)
+  inner_vars = {"params": variables["params"]["discriminator"]}
+  expected = inner.apply(inner_vars, x.reshape(3, 6), train=True)
+  np.testing.assert_allclose(logits, expected, rtol=1e-6)
+  with pytest.raises(ValueError, match=r"B=8 .* m=3"):
+    packed.apply(variables, x[:8], train=True)
+
+
+def test_pack_is_validated_against_batch_size_and_devices():
+  config = load_config("gaussian_mixture", "dataset=ring,method=pacgan2,runlocal")
+  config.batch_size = 31
+  with pytest.raises(ValueError, match=r"batch_size=31 .*model.pack=2"):
+    train.validate_config(config)
+  train.check_pack(2, 16, 8)
+  with pytest.raises(ValueError, match=r"batch_size=12 .*model.pack=2.* 4 device"):
+    train.check_pack(2, 12, 4)
+
+
+# ----------------------------------------------------------------------------------------------
+# Minibatch discrimination / minibatch stddev in the MLP discriminator.
+
+
+@pytest.mark.parametrize(
+    "minibatch, extra",
+    [("none", 0), ("minibatch_discrimination", 16 * 3 * 2 + 3), ("mbstd", 1)],
+)
+def test_mlp_discriminator_minibatch_options(minibatch, extra):
+  d = mlp.Discriminator(
+      hidden=(16,),
+      dropout=0.0,
+      minibatch=minibatch,
+      minibatch_kernels=3,
+      minibatch_kernel_dim=2,
+      mbstd_group_size=4,
+  )
+  x = jax.random.normal(jax.random.key(0), (8, 2))
+  variables = d.init(jax.random.key(1), x[:2], train=False)
+  base = mlp.Discriminator(hidden=(16,), dropout=0.0).init(jax.random.key(1), x, train=False)
+  assert _count(variables) == _count(base) + extra
+  logits = d.apply(variables, x, train=True)
+  assert logits.shape == (8,) and np.all(np.isfinite(logits))
+  if minibatch != "none":  # A batch feature: one example's logit depends on the others.
+    other = d.apply(variables, x.at[1:].multiply(3.0), train=True)
+    assert not np.allclose(logits[0], other[0])
+
+
+def test_mlp_discriminator_invalid_minibatch_lists_the_choices():
+  d = mlp.Discriminator(hidden=(4,), minibatch="minibatch_std")
+  with pytest.raises(ValueError, match="none, minibatch_discrimination, mbstd"):
+    d.init(jax.random.key(0), jnp.zeros((2, 2)), train=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# configs/gaussian_mixture.py
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_gaussian_mixture_config_methods(method):
+  config = load_config("gaussian_mixture", f"dataset=grid,method={method},runlocal")
+  train.validate_config(config)
+  full = load_config("gaussian_mixture", f"dataset=ring,method={method}")
+  train.validate_config(full)
+  assert full.eval_num_samples == 2500 and 0 < full.eval_every_steps < full.num_train_steps
+  expected = {
+      "pacgan2": ("model.pack", 2),
+      "pacgan3": ("model.pack", 3),
+      "pacgan4": ("model.pack", 4),
+      "unrolled5": ("unrolled_steps", 5),
+      "minibatch_discrimination": ("model.discriminator.minibatch", method),
+      "mbstd": ("model.discriminator.minibatch", method),
+      "wgan_gp": ("loss.name", "wgan_gp"),
+  }
+  if method in expected:
+    key, value = expected[method]
+    node = full
+    for part in key.split("."):
+      node = node[part]
+    assert node == value
+  if method == "wgan_gp":
+    assert full.n_critic == 5
+    assert full.optim.d.to_dict() == dict(name="adam", learning_rate=1e-4, b1=0.5, b2=0.9)
+    assert full.optim.g.to_dict() == full.optim.d.to_dict()
+  assert full.batch_size % full.model.pack == 0
+  step_fn = steps.make_train_step(full, train.get_objective(full))
+  assert step_fn.keywords["unrolled_steps"] == full.unrolled_steps
+  # The networks build and initialise (shapes only).
+  networks = train.build_networks(config, (2,), 25)
+  shapes = train.abstract_state(config, networks)
+  assert _count(shapes.discriminator.params) > 0
+
+
+def test_gaussian_mixture_default_method_is_gan():
+  default = load_config("gaussian_mixture", "dataset=ring")
+  gan = load_config("gaussian_mixture", "dataset=ring,method=gan")
+  assert default.to_dict() == gan.to_dict()
+  assert default.model.pack == 1 and default.unrolled_steps == 0
+  assert default.loss.name == "non_saturating" and default.n_critic == 1
+  assert default.batch_size == 500
+  with pytest.raises(ValueError, match="gan, pacgan2, pacgan3, pacgan4, unrolled5"):
+    load_config("gaussian_mixture", "method=veegan")
+
+
+# ----------------------------------------------------------------------------------------------
+# Packing and unrolling are parallel-mode independent.
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
+def test_packed_unrolled_step_on_8_devices_equals_1_device():
+  shape, latent = (2,), 2
+  generator = mlp.Generator(
+      image_shape=shape, hidden=(8,), batch_norm=False, output_activation="linear"
+  )
+  discriminator = blocks.Packed(mlp.Discriminator(hidden=(8,), dropout=0.0), pack=2)
+  images = np.random.RandomState(0).normal(size=(16, *shape)).astype(np.float32)
+
+  def run(mode, num_devices):
+    mesh = parallel.make_mesh(num_devices)
+    init = functools.partial(
+        state.create_gan_state,
+        generator=generator,
+        discriminator=discriminator,
+        latent_dim=latent,
+        element_shape=shape,
+        generator_optimizer=optax.sgd(0.1),
+        discriminator_optimizer=optax.sgd(0.1),
+    )
+    s = jax.jit(init, out_shardings=parallel.replicated(mesh))(jax.random.key(0))
+    step = parallel.compile_step(
+        functools.partial(
+            steps.train_step,
+            objective=losses.non_saturating,
+            latent_dim=latent,
+            unrolled_steps=2,
+        ),
+        mesh,
+        mode,
+    )
+    batch = parallel.host_batch_to_global({"image": images}, mesh)
+    for _ in range(2):
+      s, metrics = step(s, batch, jax.random.key(1))
+    return jax.device_get((s, metrics))
+
+  one = run("global", 1)
+  for mode in ("global", "shard_map"):
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(run(mode, 8)), strict=True):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-4)
