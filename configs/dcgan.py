@@ -5,7 +5,8 @@ The default trains the 28x28 DCGAN on the 5,000 real MNIST digits shipped inside
 
   python -m ganjax.main --config=configs/dcgan.py --workdir=runs/dcgan
 
-That quickstart uses half the seed width (w = 32: G 128-64-32, D 32-64 channels) and a generator EMA,
+That quickstart uses half the seed width (w = 32: G 128-64-32, D 32-64 channels) and a generator
+EMA,
 because the seed-size network (w = 64) trains at about a quarter of the speed on a CPU and does not
 reach clean digits within 10 minutes; every other dataset uses the seed sizes (w = 64). Use
 ``--config.model.generator.width=64 --config.model.discriminator.width=64`` for the seed network.

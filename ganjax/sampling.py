@@ -23,7 +23,8 @@ def interpolate_latents(z0: jax.Array, z1: jax.Array, num: int) -> jax.Array:
   omega = jnp.arccos(jnp.clip(jnp.dot(a, b), -1.0, 1.0))
   so = jnp.sin(omega)
   linear = (1.0 - t) * z0 + t * z1
-  spherical = (jnp.sin((1.0 - t) * omega) * z0 + jnp.sin(t * omega) * z1) / jnp.where(so == 0, 1, so)
+  numerator = jnp.sin((1.0 - t) * omega) * z0 + jnp.sin(t * omega) * z1
+  spherical = numerator / jnp.where(so == 0, 1, so)
   return jnp.where(so < 1e-6, linear, spherical)
 
 

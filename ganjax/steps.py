@@ -1,16 +1,16 @@
 """Pure training steps: ``discriminator_step``, ``generator_step`` and ``train_step``.
 
-``train_step(state, batch, rng) -> (state, metrics)`` performs ``n_critic`` discriminator updates and
-one generator update. Each network's TrainState (params, optimizer state, BatchNorm statistics) is
-changed only by its own step: the discriminator step runs G in train mode but drops G's updated
-statistics, and vice versa. An unrolled generator step (``unrolled_steps > 0``; Metz et al. 2017,
-"Unrolled Generative Adversarial Networks") looks through differentiable copies of D's updates
-and discards them.
+``train_step(state, batch, rng) -> (state, metrics)`` performs ``n_critic`` discriminator updates
+and one generator update. Each network's TrainState (params, optimizer state, BatchNorm
+statistics) is changed only by its own step: the discriminator step runs G in train mode but
+drops G's updated statistics, and vice versa. An unrolled generator step (``unrolled_steps > 0``;
+Metz et al. 2017, "Unrolled Generative Adversarial Networks") looks through differentiable copies
+of D's updates and discards them.
 
 The same functions run in both parallel modes (see ``ganjax.parallel``): under a global-view
 ``jax.jit`` (``axis_name=None``; XLA inserts the cross-device reductions), and per device inside
-``jax.shard_map`` (``axis_name="data"``), where gradients, metrics and BatchNorm running averages are
-averaged explicitly with ``lax.pmean`` — the pmap programming model.
+``jax.shard_map`` (``axis_name="data"``), where gradients, metrics and BatchNorm running averages
+are averaged explicitly with ``lax.pmean`` — the pmap programming model.
 
 Randomness: the step folds ``state.step`` into the run's key, then a purpose id, so the same seed
 gives the same run, also across a resume. Latents are drawn for the *global* batch and each device
@@ -338,7 +338,7 @@ def generator_step(
   ema = state.ema_params  # ema_decay 0: the EMA is off and costs nothing (samples use the params).
   if ema_decay > 0:
     decay = ema_decay
-    if ema_warmup:  # TF's ExponentialMovingAverage(num_updates=...): early params are not frozen in.
+    if ema_warmup:  # As TF's ExponentialMovingAverage(num_updates=...): early params fade out.
       step = state.step.astype(jnp.float32)
       decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
     ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, new_g.params)

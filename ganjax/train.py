@@ -292,7 +292,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   check_pack(config.model.get("pack", 1), config.batch_size)
   if config.parallel.mode not in parallel.MODES:
     raise ValueError(
-        f"Unknown parallel.mode {config.parallel.mode!r}; valid choices: {', '.join(parallel.MODES)}."
+        f"Unknown parallel.mode {config.parallel.mode!r}; valid choices: "
+        f"{', '.join(parallel.MODES)}."
     )
   if not 0.0 <= config.ema.decay < 1.0:
     raise ValueError(f"ema.decay must be in [0, 1), got {config.ema.decay}.")
@@ -408,7 +409,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     state, data_position = checkpointer.restore(
         start_step, abstract_state(config, networks, mesh)
     )
-    logging.info("Resumed from the checkpoint at step %d (data position %s).", start_step, data_position)
+    logging.info(
+        "Resumed from the checkpoint at step %d (data position %s).", start_step, data_position
+    )
   else:
     state = create_state(config, networks, mesh)
 
@@ -423,7 +426,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       workdir, just_logging=not is_chief, asynchronous=False
   )
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  step_fn = parallel.compile_step(steps.make_train_step(config, objective), mesh, config.parallel.mode)
+  train_step = steps.make_train_step(config, objective)
+  step_fn = parallel.compile_step(train_step, mesh, config.parallel.mode)
   generate = make_generate_fn(networks)
   evaluate = make_evaluator(config, source, generate)
   fixed_z = sampling.fixed_latents(config.seed, config.num_sample_images, config.model.latent_dim)
@@ -464,7 +468,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   t_start = t_last = time.time()
   step_last = start_step
   logging.info(
-      "Training %s on %s (%s examples, shape %s) for %d steps, global batch %d on %d device(s) (%s).",
+      "Training %s on %s (%s examples, shape %s) for %d steps, global batch %d on %d device(s) "
+      "(%s).",
       config.model.name,
       source.name,
       source.num_examples,
@@ -583,7 +588,8 @@ def sample_from_workdir(
   Uses the EMA generator when the run kept one. ``seed`` None draws the run's fixed latents.
   """
   config, info = load_run(workdir)
-  networks = build_networks(config, tuple(info["data"]["element_shape"]), info["data"]["num_classes"])
+  data_info = info["data"]
+  networks = build_networks(config, tuple(data_info["element_shape"]), data_info["num_classes"])
   checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
   step = checkpointer.latest_step()
   if step is None:

@@ -41,7 +41,9 @@ def _final_params(workdir):
 def test_train_then_sample(tmp_path):
   workdir = str(tmp_path / "dcgan")
   out = _run(
-      "--config=configs/dcgan.py:runlocal", f"--workdir={workdir}", "--config.parallel.num_devices=1"
+      "--config=configs/dcgan.py:runlocal",
+      f"--workdir={workdir}",
+      "--config.parallel.num_devices=1",
   )
   assert "steps/s" in out and "img/s" in out and "ETA" in out
   output = str(tmp_path / "grid.png")

@@ -123,7 +123,7 @@ def test_penalty_gradient_matches_a_hand_written_loss():
   for got, base, g in zip(
       jax.tree.leaves(new.discriminator.params),
       jax.tree.leaves(plain.discriminator.params),
-      jax.tree.leaves(r1_grads),
+      jax.tree.leaves(r1_grads), strict=True,
   ):
     np.testing.assert_allclose(got - base, -g, rtol=1e-4, atol=1e-6)
 

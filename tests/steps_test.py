@@ -35,7 +35,8 @@ def _real(n=8, seed=1):
 
 
 def _changed(a, b) -> bool:
-  return any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+  return any(not np.array_equal(x, y) for x, y in pairs)
 
 
 def test_discriminator_step_changes_only_discriminator():
@@ -67,7 +68,7 @@ def test_generator_step_changes_only_generator():
   assert int(new.step) == int(state.step) + 1
   # EMA after one update: 0.5 * old + 0.5 * new.
   expected = jax.tree.map(lambda o, n: 0.5 * o + 0.5 * n, state.ema_params, new.generator.params)
-  for e, x in zip(jax.tree.leaves(expected), jax.tree.leaves(new.ema_params)):
+  for e, x in zip(jax.tree.leaves(expected), jax.tree.leaves(new.ema_params), strict=True):
     np.testing.assert_allclose(e, x, rtol=1e-6, atol=1e-7)
   assert {"g_loss", "g_grad_norm"} <= set(metrics)
 
@@ -124,7 +125,7 @@ def test_ema_warmup_ramps_the_decay():
   )
   # At step 0 the decay is min(0.999, 1 / 10) = 0.1.
   expected = jax.tree.map(lambda o, n: 0.1 * o + 0.9 * n, state.ema_params, new.generator.params)
-  for e, x in zip(jax.tree.leaves(expected), jax.tree.leaves(new.ema_params)):
+  for e, x in zip(jax.tree.leaves(expected), jax.tree.leaves(new.ema_params), strict=True):
     np.testing.assert_allclose(e, x, rtol=1e-5, atol=1e-7)
 
 

@@ -135,7 +135,8 @@ def test_checkpoint_shape_mismatch_names_the_arrays(tmp_path):
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(_tiny("vanilla_gan", num_train_steps=3), workdir)
   wider = _tiny("vanilla_gan", num_train_steps=6, **{"model.generator.hidden": (48, 32)})
-  with pytest.raises(checkpoint.CheckpointMismatchError, match=r"generator/params/Dense_0/kernel: checkpoint \(64, 32\), config \(64, 48\)"):
+  expected = r"generator/params/Dense_0/kernel: checkpoint \(64, 32\), config \(64, 48\)"
+  with pytest.raises(checkpoint.CheckpointMismatchError, match=expected):
     train.train_and_evaluate(wider, workdir)
 
 
