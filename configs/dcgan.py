@@ -50,6 +50,8 @@ def get_config(arg=None):
   # Base channel count w (ngf/ndf): 28x28 uses 4w-2w-w in G and w-2w in D; 32/64 follow Radford.
   config.model.generator.width = 64
   config.model.discriminator.width = 64
+  # Spectral normalization of every D layer (Miyato et al. 2018), e.g. with loss.name=hinge.
+  config.model.discriminator.spectral_norm = False
   config.loss.name = "non_saturating"
   # Adam(2e-4, b1=0.5) for both networks, as in Radford et al. 2016.
   config.optim.g.learning_rate = 2e-4

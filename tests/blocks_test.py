@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ganjax import models
-from ganjax.models import blocks, layers
+from ganjax.models import blocks, dcgan, layers, mlp
 
 
 def _rng(seed: int = 0) -> np.random.Generator:
@@ -420,3 +420,49 @@ def test_blocks_is_not_an_architecture():
   assert "blocks" not in models.available_models()
   with pytest.raises(ValueError, match="Unknown model name 'blocks'"):
     models.get_model_module("blocks")
+
+
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda sn: dcgan.Discriminator(width=4, dropout=0.0, spectral_norm=sn), (2, 28, 28, 1)),
+        (lambda sn: dcgan.Discriminator(width=4, dropout=0.0, spectral_norm=sn), (2, 32, 32, 3)),
+        (lambda sn: mlp.Discriminator(hidden=(8, 8), dropout=0.0, spectral_norm=sn), (2, 2)),
+    ],
+    ids=["dcgan28", "dcgan32", "mlp"],
+)
+def test_spectral_norm_switch_of_the_discriminators(make, shape):
+  """Same parameters with and without SN; with it, every kernel's sigma converges to ||W||_2."""
+  x = jnp.asarray(np.random.RandomState(0).normal(size=shape), jnp.float32)
+  plain = make(False).init(jax.random.key(0), x, train=False)
+  variables = make(True).init(jax.random.key(0), x, train=False)
+  assert jax.tree.map(jnp.shape, plain["params"]) == jax.tree.map(jnp.shape, variables["params"])
+  kernels = {
+      "/".join(str(getattr(k, "key", k)) for k in path[:-1]): leaf
+      for path, leaf in jax.tree_util.tree_leaves_with_path(variables["params"])
+      if getattr(path[-1], "key", None) == "kernel"
+  }
+  sn_state = {
+      k.split("/")[0]: v
+      for module in variables["batch_stats"].values()
+      if isinstance(module, dict)
+      for k, v in module.items()
+      if k.endswith("/sigma")
+  }
+  assert set(sn_state) == {k.split("/")[-1] for k in kernels}  # Every kernel is normalised.
+  apply = jax.jit(
+      lambda v: make(True).apply(v, x, train=True, mutable=["batch_stats"])[1]["batch_stats"]
+  )
+  stats = variables["batch_stats"]
+  for _ in range(200):  # Power iteration converges slowly when the top singular values are close.
+    stats = apply({**variables, "batch_stats": stats})
+  sigmas = {
+      k.split("/")[0]: float(v)
+      for module in stats.values()
+      if isinstance(module, dict)
+      for k, v in module.items()
+      if k.endswith("/sigma")
+  }
+  for name, kernel in kernels.items():
+    matrix = np.asarray(kernel).reshape(-1, kernel.shape[-1])
+    np.testing.assert_allclose(sigmas[name.split("/")[-1]], np.linalg.norm(matrix, 2), rtol=2e-3)

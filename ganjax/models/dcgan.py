@@ -39,7 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ganjax.models import layers
+from ganjax.models import blocks, layers
 
 SUPPORTED_SIZES = (28, 32, 64)
 
@@ -146,6 +146,9 @@ class Discriminator(nn.Module):
       parameters do not depend on it.
     dtype: computation dtype, ``"float32"`` or ``"bfloat16"`` (parameters stay float32; the
       logits are returned as float32).
+    spectral_norm: spectrally normalise every convolution and the dense layer (Miyato et al.
+      2018; :func:`ganjax.models.blocks.spectral_norm`, one power iteration per call, state in
+      ``batch_stats``). Parameter names and shapes do not depend on it.
   """
 
   width: int = 64
@@ -153,6 +156,7 @@ class Discriminator(nn.Module):
   dropout: float | None = None
   conv_impl: str = "auto"
   dtype: str = "float32"
+  spectral_norm: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, labels: jax.Array | None = None, *, train: bool) -> jax.Array:
@@ -171,19 +175,25 @@ class Discriminator(nn.Module):
       h = nn.leaky_relu(h, slope)
       return layers.Dropout(rate)(h, deterministic=not train) if rate > 0 else h
 
+    def apply(layer, h):
+      if not self.spectral_norm:
+        return layer(h)
+      return blocks.spectral_norm(layer)(h, update_stats=train)
+
     if size == 28:
       kw = dict(use_bias=True, kernel_init=_keras_init, impl=impl, dtype=dtype)
-      x = activate(layers.conv(w, 5, 2, "SAME", **kw)(x))  # 14x14
-      x = activate(layers.conv(2 * w, 5, 2, "SAME", **kw)(x))  # 7x7
+      x = activate(apply(layers.conv(w, 5, 2, "SAME", **kw), x))  # 14x14
+      x = activate(apply(layers.conv(2 * w, 5, 2, "SAME", **kw), x))  # 7x7
       x = x.reshape(x.shape[0], -1)
-      return layers.dense(1, kernel_init=_keras_init, dtype=dtype)(x)[:, 0].astype(jnp.float32)
+      x = apply(layers.dense(1, kernel_init=_keras_init, dtype=dtype), x)
+      return x[:, 0].astype(jnp.float32)
 
     kw = dict(use_bias=False, kernel_init=layers.dcgan_init(), impl=impl, dtype=dtype)
     bn = dict(scale_init=layers.dcgan_scale_init(), dtype=dtype)
     for i, features in enumerate(reversed(radford_channels(size, w))):
-      x = layers.conv(features, 4, 2, "SAME", **kw)(x)  # halves H and W
+      x = apply(layers.conv(features, 4, 2, "SAME", **kw), x)  # halves H and W
       if i > 0:  # Radford: no BatchNorm on the discriminator's input layer.
         x = layers.batch_norm(train, **bn)(x)
       x = activate(x)
-    x = layers.conv(1, 4, 1, "VALID", **kw)(x)  # 4x4 -> 1x1
+    x = apply(layers.conv(1, 4, 1, "VALID", **kw), x)  # 4x4 -> 1x1
     return x.reshape(x.shape[0]).astype(jnp.float32)

@@ -85,6 +85,9 @@ class Discriminator(nn.Module):
     minibatch_kernel_dim: dimension C of each minibatch-discrimination kernel.
     mbstd_group_size: group size of the minibatch standard deviation (must divide the batch).
     dtype: computation dtype, ``"float32"`` or ``"bfloat16"`` (parameters stay float32).
+    spectral_norm: spectrally normalise every Dense layer (Miyato et al. 2018;
+      :func:`ganjax.models.blocks.spectral_norm`, state in ``batch_stats``). Parameter names and
+      shapes do not depend on it.
   """
 
   hidden: tuple[int, ...] = (512, 256, 128)
@@ -95,6 +98,7 @@ class Discriminator(nn.Module):
   minibatch_kernel_dim: int = 5
   mbstd_group_size: int = 4
   dtype: str = "float32"
+  spectral_norm: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, labels: jax.Array | None = None, *, train: bool) -> jax.Array:
@@ -102,12 +106,19 @@ class Discriminator(nn.Module):
     layers.check_choice("dtype", self.dtype, layers.DTYPES)
     layers.check_choice("minibatch", self.minibatch, MINIBATCH_CHOICES)
     x = x.reshape(x.shape[0], -1)
+
+    def dense(features, h):
+      layer = layers.dense(features, dtype=self.dtype)
+      if not self.spectral_norm:
+        return layer(h)
+      return blocks.spectral_norm(layer)(h, update_stats=train)
+
     for features in self.hidden:
-      x = nn.leaky_relu(layers.dense(features, dtype=self.dtype)(x), self.leaky_slope)
+      x = nn.leaky_relu(dense(features, x), self.leaky_slope)
       if self.dropout > 0:
         x = layers.Dropout(self.dropout)(x, deterministic=not train)
     if self.minibatch == "minibatch_discrimination":
       x = blocks.MinibatchDiscrimination(self.minibatch_kernels, self.minibatch_kernel_dim)(x)
     elif self.minibatch == "mbstd":
       x = blocks.MinibatchStdDev(group_size=self.mbstd_group_size)(x)
-    return layers.dense(1, dtype=self.dtype)(x)[:, 0].astype(jnp.float32)
+    return dense(1, x)[:, 0].astype(jnp.float32)
