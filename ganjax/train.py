@@ -368,6 +368,15 @@ class _Preemption:
     return False
 
 
+def _discriminator_outputs(scalars: dict[str, float]) -> str:
+  """D's mean verdicts for the progress line: probabilities for classifier objectives (D(x),
+  D(G(z))), raw critic outputs for the others (WGAN, hinge, LSGAN: C(x), C(G(z)))."""
+  if "d_real" in scalars:
+    return f"D(x) {scalars['d_real']:.3f} D(G(z)) {scalars.get('d_fake', math.nan):.3f}"
+  real, fake = scalars.get("d_real_logit", math.nan), scalars.get("d_fake_logit", math.nan)
+  return f"C(x) {real:.3f} C(G(z)) {fake:.3f}"
+
+
 def _format_duration(seconds: float) -> str:
   seconds = int(max(0, seconds))
   h, rem = divmod(seconds, 3600)
@@ -519,14 +528,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
             metrics_file.flush()
           eta = (config.num_train_steps - step) / max(steps_per_sec, 1e-9)
           logging.info(
-              "step %d/%d | d_loss %.4f g_loss %.4f D(x) %.3f D(G(z)) %.3f | "
-              "%.2f steps/s %.0f img/s | ETA %s",
+              "step %d/%d | d_loss %.4f g_loss %.4f %s | %.2f steps/s %.0f img/s | ETA %s",
               step,
               config.num_train_steps,
               scalars.get("d_loss", math.nan),
               scalars.get("g_loss", math.nan),
-              scalars.get("d_real", math.nan),
-              scalars.get("d_fake", math.nan),
+              _discriminator_outputs(scalars),
               steps_per_sec,
               scalars["images_per_sec"],
               _format_duration(eta),

@@ -168,3 +168,10 @@ def test_sample_mode_writes_grid_and_npz(tmp_path):
 def test_bad_config_values_fail_with_the_choices(tmp_path, override, message):
   with pytest.raises(ValueError, match=message):
     train.train_and_evaluate(_tiny("dcgan", **override), str(tmp_path / "run"))
+
+
+def test_progress_line_shows_probabilities_or_critic_outputs():
+  bce = {"d_real": 0.75, "d_fake": 0.25}
+  assert train._discriminator_outputs(bce) == "D(x) 0.750 D(G(z)) 0.250"
+  hinge = {"d_real_logit": 1.5, "d_fake_logit": -0.5}  # WGAN / hinge / LSGAN report no sigmoid.
+  assert train._discriminator_outputs(hinge) == "C(x) 1.500 C(G(z)) -0.500"
