@@ -88,26 +88,6 @@ _RESIDUAL_INIT = layers.variance_scaling(2.0, "fan_avg", "uniform")
 _GLOROT = layers.glorot_uniform()
 
 
-def spectral_norm(layer: nn.Module, *, enabled: bool = True) -> nn.Module:
-  """:func:`ganjax.models.blocks.spectral_norm` with one power iteration per call; ``enabled=False``
-  gives the identity wrapper (same parameters, no ``"batch_stats"`` entry)."""
-  return blocks.spectral_norm(layer, n_steps=1, enabled=enabled)
-
-
-def sn_conv(
-    features: int, kernel_size: int, *, init, impl: str, dtype: str, enabled: bool
-) -> nn.Module:
-  """A stride-1 ``"SAME"`` :func:`ganjax.models.layers.conv` with a bias, wrapped by
-  :func:`spectral_norm`."""
-  layer = layers.conv(features, kernel_size, 1, "SAME", kernel_init=init, impl=impl, dtype=dtype)
-  return spectral_norm(layer, enabled=enabled)
-
-
-def sn_dense(features: int, *, init, dtype: str | None, enabled: bool) -> nn.Module:
-  """A :func:`ganjax.models.layers.dense` with a bias, wrapped by :func:`spectral_norm`."""
-  return spectral_norm(layers.dense(features, kernel_init=init, dtype=dtype), enabled=enabled)
-
-
 def check_image_size(height: int, width: int) -> int:
   """Returns the image size; raises ``ValueError`` unless the image is square and supported."""
   if height != width or height not in SUPPORTED_SIZES:
@@ -186,8 +166,8 @@ class GeneratorBlock(nn.Module):
       )
 
     def conv(features, kernel_size, init):
-      return sn_conv(
-          features, kernel_size, init=init, impl=self.conv_impl, dtype=self.dtype,
+      return blocks.sn_conv(
+          features, kernel_size, kernel_init=init, impl=self.conv_impl, dtype=self.dtype,
           enabled=self.spectral_norm,
       )
 
@@ -228,8 +208,8 @@ class DiscriminatorBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     def conv(features, kernel_size, init):
-      return sn_conv(
-          features, kernel_size, init=init, impl=self.conv_impl, dtype=self.dtype,
+      return blocks.sn_conv(
+          features, kernel_size, kernel_init=init, impl=self.conv_impl, dtype=self.dtype,
           enabled=self.spectral_norm,
       )
 
@@ -285,8 +265,8 @@ class Generator(nn.Module):
     start, stage_channels = generator_layout(size, w)
     common = dict(conv_impl=self.conv_impl, dtype=self.dtype)
 
-    x = sn_dense(
-        start * start * stage_channels[0], init=_GLOROT, dtype=self.dtype,
+    x = blocks.sn_dense(
+        start * start * stage_channels[0], kernel_init=_GLOROT, dtype=self.dtype,
         enabled=self.spectral_norm,
     )(z, update_stats=train)
     x = x.reshape(z.shape[0], start, start, stage_channels[0])
@@ -296,8 +276,8 @@ class Generator(nn.Module):
           name=f"block{i + 1}", **common,
       )(x, labels, train=train)
     x = nn.relu(layers.batch_norm(train, dtype=self.dtype)(x))
-    x = sn_conv(
-        channels, 3, init=_GLOROT, impl=self.conv_impl, dtype=self.dtype,
+    x = blocks.sn_conv(
+        channels, 3, kernel_init=_GLOROT, impl=self.conv_impl, dtype=self.dtype,
         enabled=self.spectral_norm,
     )(x, update_stats=train)
     return jnp.tanh(x).astype(jnp.float32)
@@ -343,12 +323,12 @@ class Discriminator(nn.Module):
           conv_impl=self.conv_impl, dtype=self.dtype, name=f"block{i + 1}",
       )(h, train=train)
     phi = jnp.sum(nn.relu(h).astype(jnp.float32), axis=(1, 2))  # Global sum pooling.
-    out = sn_dense(1, init=_GLOROT, dtype=None, enabled=self.spectral_norm)(
+    out = blocks.sn_dense(1, kernel_init=_GLOROT, enabled=self.spectral_norm)(
         phi, update_stats=train
     )[:, 0]
     if self.num_classes is None:
       return out
     # Projection (Miyato & Koyama 2018, Eq. 3): + <V[y], phi>, V spectrally normalised too.
     embed = nn.Embed(self.num_classes, phi.shape[-1], embedding_init=_GLOROT)
-    v = spectral_norm(embed, enabled=self.spectral_norm)(labels, update_stats=train)
+    v = blocks.spectral_norm(embed, enabled=self.spectral_norm)(labels, update_stats=train)
     return out + jnp.sum(v * phi, axis=-1)

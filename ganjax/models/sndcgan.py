@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from ganjax.models import layers
-from ganjax.models.resnet import spectral_norm
+from ganjax.models.blocks import spectral_norm
 
 SUPPORTED_SIZES = (32, 48)
 
