@@ -155,18 +155,11 @@ def sn_conv(
   size and stride, as in the paper. Called as
   ``sn_conv(...)(x, update_stats=train)``; see :func:`spectral_norm`.
   """
-  layer = layers.conv(
-      features,
-      kernel_size,
-      stride,
-      padding,
-      use_bias=use_bias,
-      kernel_init=kernel_init,
-      bias_init=bias_init,
-      impl=impl,
-      dtype=dtype,
+  return _spectral_conv(
+      layers.conv, features, kernel_size, stride, padding, use_bias=use_bias,
+      kernel_init=kernel_init, bias_init=bias_init, impl=impl, dtype=dtype, n_steps=n_steps,
+      enabled=enabled,
   )
-  return spectral_norm(layer, n_steps=n_steps, enabled=enabled)
 
 
 def sn_conv_transpose(
@@ -190,17 +183,16 @@ def sn_conv_transpose(
   convolutions (``spectral_norm(..., dim=1)``: ``(out, in * k * k)``, the same entries). Called
   as ``sn_conv_transpose(...)(x, update_stats=train)``; see :func:`spectral_norm`.
   """
-  layer = layers.conv_transpose(
-      features,
-      kernel_size,
-      stride,
-      padding,
-      use_bias=use_bias,
-      kernel_init=kernel_init,
-      bias_init=bias_init,
-      impl=impl,
-      dtype=dtype,
+  return _spectral_conv(
+      layers.conv_transpose, features, kernel_size, stride, padding, use_bias=use_bias,
+      kernel_init=kernel_init, bias_init=bias_init, impl=impl, dtype=dtype, n_steps=n_steps,
+      enabled=enabled,
   )
+
+
+def _spectral_conv(factory, features, kernel_size, stride, padding, *, n_steps, enabled, **kw):
+  """``spectral_norm(factory(...))`` for the square-kernel factories of :mod:`layers`."""
+  layer = factory(features, kernel_size, stride, padding, **kw)
   return spectral_norm(layer, n_steps=n_steps, enabled=enabled)
 
 
