@@ -1,0 +1,167 @@
+"""Tests for ganjax.metrics.manifold: improved precision/recall and density/coverage."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.spatial.distance
+
+from ganjax import metrics
+from ganjax.metrics import manifold
+
+
+def radii_reference(features, k):
+  distances = scipy.spatial.distance.cdist(features, features)
+  np.fill_diagonal(distances, np.inf)  # Exclude the sample itself.
+  return np.sort(distances, axis=1)[:, k - 1]
+
+
+def precision_recall_reference(real, fake, k):
+  """Kynkäänniemi et al. 2019 by brute force: closed k-NN balls."""
+  distances = scipy.spatial.distance.cdist(real, fake)  # (N, M)
+  precision = np.mean(np.any(distances <= radii_reference(real, k)[:, None], axis=0))
+  recall = np.mean(np.any(distances <= radii_reference(fake, k)[None, :], axis=1))
+  return precision, recall
+
+
+def density_coverage_reference(real, fake, k):
+  """Naeem et al. 2020 by brute force (as in their prdc code): open k-NN balls of the reals."""
+  distances = scipy.spatial.distance.cdist(real, fake)  # (N, M)
+  radii = radii_reference(real, k)
+  density = np.sum(distances < radii[:, None]) / (k * len(fake))
+  coverage = np.mean(np.min(distances, axis=1) < radii)
+  return density, coverage
+
+
+def clusters(rng, centres, per_cluster, scale=1.0):
+  return np.concatenate([c + scale * rng.normal(size=(per_cluster, len(c))) for c in centres])
+
+
+def test_package_exports():
+  assert metrics.precision_recall is manifold.precision_recall
+  assert metrics.density_coverage is manifold.density_coverage
+
+
+def test_hand_computed_one_dimensional_example():
+  # k = 1. Real radii: 0 -> 1, 1 -> 1, 3 -> 2, 7 -> 4. Fake radii: -1 -> 1.5, 0.5 -> 1.5,
+  # 5 -> 4.5, 11.5 -> 6.5. All values are exact in float64, so the ball boundaries are exact too.
+  real = np.array([[0.0], [1.0], [3.0], [7.0]])
+  fake = np.array([[0.5], [5.0], [11.5], [-1.0]])
+  # Precision (closed balls): 0.5 in B(0, 1); 5 on the boundary of B(3, 2); -1 on the boundary of
+  # B(0, 1); 11.5 outside B(7, 4). Recall: every real is within 4.5 of 5 or 1.5 of 0.5.
+  assert metrics.precision_recall(real, fake, k=1) == (0.75, 1.0)
+  # Density (open balls): 0.5 lies in B(0, 1) and B(1, 1); 5 in B(7, 4) only (the boundary of
+  # B(3, 2) does not count); -1 and 11.5 in none: 3 / (1 * 4). Coverage: the nearest fake of 3 is
+  # at distance 2 = its radius, so 3 is not covered; 0, 1 and 7 are.
+  assert metrics.density_coverage(real, fake, k=1) == (0.75, 0.75)
+  assert precision_recall_reference(real, fake, 1) == (0.75, 1.0)
+  assert density_coverage_reference(real, fake, 1) == (0.75, 0.75)
+
+
+@pytest.mark.parametrize("batch_size", [7, 1024])
+@pytest.mark.parametrize("seed", range(3))
+def test_matches_brute_force_reference(seed, batch_size):
+  rng = np.random.default_rng(seed)
+  # With batch_size 7 both sets take 9 blocks (the kernels compile once for both); the last fake
+  # block is mostly padding.
+  real = rng.normal(size=(63, 5)).astype(np.float32)
+  fake = rng.normal(0.3, 1.2, size=(57, 5)).astype(np.float32)
+  # Each k compiles the kernels anew: the defaults (3 and 5) only, to keep the test fast.
+  precision, recall = metrics.precision_recall(real, fake, batch_size=batch_size)
+  expected = precision_recall_reference(real.astype(np.float64), fake.astype(np.float64), 3)
+  assert (precision, recall) == pytest.approx(expected, abs=1e-12)
+  assert isinstance(precision, float) and isinstance(recall, float)
+  assert 0.0 < precision < 1.0 and 0.0 < recall < 1.0
+  result = metrics.density_coverage(jnp.asarray(real), fake, batch_size=batch_size)
+  expected = density_coverage_reference(real.astype(np.float64), fake.astype(np.float64), 5)
+  assert tuple(result) == pytest.approx(expected, abs=1e-12)
+  assert 0.0 < result.coverage < 1.0 and 0.0 < result.density
+
+
+def test_radii_match_reference_for_every_block_size():
+  rng = np.random.default_rng(3)
+  features = rng.normal(size=(23, 4))
+  # Blocks of 4 rows, the last partial, and two padding blocks; then one block of all 23.
+  for block, num_blocks, k in [(4, 8, 1), (4, 8, 22), (23, 1, 4)]:
+    with manifold.jax.enable_x64(True):
+      blocks = manifold._blocks(features, block, num_blocks)
+      squared = np.asarray(manifold._radii(blocks, k)).reshape(-1)[:23]
+    np.testing.assert_allclose(np.sqrt(squared), radii_reference(features, k), rtol=1e-12)
+
+
+def test_identical_sets():
+  rng = np.random.default_rng(4)
+  features = clusters(rng, [np.zeros(4), np.full(4, 5.0)], 50)
+  assert metrics.precision_recall(features, features) == (1.0, 1.0)
+  density, coverage = metrics.density_coverage(features, features)
+  assert coverage == 1.0
+  assert density == pytest.approx(density_coverage_reference(features, features, 5)[0])
+
+
+def test_disjoint_far_apart_clouds_score_zero():
+  rng = np.random.default_rng(5)
+  real = rng.normal(size=(100, 4))
+  fake = rng.normal(size=(80, 4)) + 1000.0
+  assert metrics.precision_recall(real, fake) == (0.0, 0.0)
+  assert metrics.density_coverage(real, fake) == (0.0, 0.0)
+
+
+def test_fake_copies_half_of_the_real_clusters():
+  rng = np.random.default_rng(6)
+  centres = [np.array([100.0 * i, 0.0, -50.0 * i, 0.0]) for i in range(4)]
+  real = clusters(rng, centres, 25)
+  fake = real[:50]  # Exact copies of the samples of clusters 0 and 1.
+  # Every fake is in the ball of its copy; a real is in a fake ball iff its cluster is copied.
+  assert metrics.precision_recall(real, fake) == (1.0, 0.5)
+  density, coverage = metrics.density_coverage(real, fake)
+  assert coverage == 0.5
+  assert density == pytest.approx(density_coverage_reference(real, fake, 5)[0])
+
+
+def test_fresh_fake_samples_of_half_of_the_clusters():
+  rng = np.random.default_rng(7)
+  centres = [np.array([100.0 * i, 0.0, -50.0 * i, 0.0]) for i in range(4)]
+  real = clusters(rng, centres, 25)
+  fake = clusters(rng, centres[:2], 50)
+  precision, recall = metrics.precision_recall(real, fake)
+  density, coverage = metrics.density_coverage(real, fake)
+  assert (precision, recall) == pytest.approx(precision_recall_reference(real, fake, 3), abs=1e-12)
+  assert (density, coverage) == pytest.approx(density_coverage_reference(real, fake, 5), abs=1e-12)
+  # With 25 reals per cluster the k-NN balls leave gaps, so precision is below 1 (0.81 here).
+  assert precision > 0.7
+  assert recall == pytest.approx(0.5, abs=0.1) and recall <= 0.5
+  assert coverage == pytest.approx(0.5, abs=0.1) and coverage <= 0.5
+  # Density: ~1 for matching distributions; here every fake sits in a real cluster.
+  assert 0.8 < density < 1.2
+
+
+def test_density_coverage_allows_a_single_fake():
+  real = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+  assert metrics.density_coverage(real, [[0.1, 0.1]], k=1) == (3.0, 1.0)
+
+
+def test_validation():
+  good = np.zeros((10, 3))
+  with pytest.raises(ValueError, match=r"real_features must be a 2-D array .*got shape \(10,\)"):
+    metrics.precision_recall(np.zeros(10), good)
+  with pytest.raises(ValueError, match=r"fake_features must have the same number of features as"):
+    metrics.density_coverage(good, np.zeros((10, 4)))
+  with pytest.raises(ValueError, match="fake_features must be finite"):
+    metrics.precision_recall(good, np.full((10, 3), np.nan))
+  with pytest.raises(
+      ValueError, match=r"k must be smaller than the number of samples in real_features \(10"
+  ):
+    metrics.density_coverage(good, good, k=10)
+  with pytest.raises(
+      ValueError, match=r"k must be smaller than the number of samples in fake_features \(3: the"
+  ):
+    metrics.precision_recall(good, np.zeros((3, 3)), k=3)
+  with pytest.raises(ValueError, match=r"fake_features must not|fake_features needs at least 1"):
+    metrics.density_coverage(good, np.zeros((0, 3)))
+  with pytest.raises(ValueError, match="k must be >= 1, got 0"):
+    metrics.precision_recall(good, good, k=0)
+  with pytest.raises(TypeError, match="k must be an int, got float"):
+    metrics.density_coverage(good, good, k=2.0)
+  with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+    metrics.precision_recall(good, good, batch_size=0)
