@@ -5,6 +5,11 @@ sigma 0.05. Samples are drawn as scatter plots over the real data. Mode coverage
 ``hq_fraction``, ``reverse_kl`` of 2,500 samples; Srivastava et al. 2017, Lin et al. 2018) is
 written to ``metrics.jsonl`` and TensorBoard every 1/10 of training and at the end.
 
+Protocol (sized so that a run takes about 1-2 minutes on one CPU core; the study of every method
+is ``experiments/mode_collapse_2d/run.py``): 5,000 steps at batch 256; G: 2-d latent, 3 x 256
+LeakyReLU(0.2), linear output; D: 3 x 200 LeakyReLU(0.2); Adam(3e-4, b1 0.5) for both with the
+learning rate decayed linearly to 0; samples and evaluations use the generator EMA (0.999).
+
   python -m ganjax.main --config=configs/gaussian_mixture.py:dataset=ring --workdir=runs/ring
   python -m ganjax.main --config=configs/gaussian_mixture.py:dataset=grid,method=pacgan2 \
       --workdir=runs/grid_pacgan2
@@ -12,11 +17,11 @@ written to ``metrics.jsonl`` and TensorBoard every 1/10 of training and at the e
 Config arguments: dataset=ring (default) | grid; method= one of
   gan                       plain non-saturating GAN (Goodfellow et al. 2014), the default;
   pacgan2, pacgan3, pacgan4 PacGAN: D judges packs of 2/3/4 samples (Lin et al. 2018); the batch
-                            is rounded down to a multiple of the pack (pacgan3: 498);
+                            is rounded down to a multiple of the pack (pacgan3: 255);
   unrolled5                 unrolled GAN, G looks through 5 D updates (Metz et al. 2017);
   minibatch_discrimination  minibatch discrimination in D (Salimans et al. 2016);
   mbstd                     minibatch standard deviation in D (Karras et al. 2018);
-  wgan_gp                   WGAN-GP, n_critic 5, Adam(1e-4, 0.5, 0.9) (Gulrajani et al. 2017);
+  wgan_gp                   WGAN-GP, n_critic 5, Adam b2 0.9 (Gulrajani et al. 2017);
 and runlocal (a few steps of tiny networks).
 """
 
@@ -43,21 +48,21 @@ def get_config(arg=None):
     raise ValueError(f"Unknown method {arg.method!r}; valid: {', '.join(METHODS)}.")
   config = base_config()
   config.data.name = arg.dataset
-  config.num_train_steps = 10000
-  config.batch_size = 500
+  config.num_train_steps = 5000
+  config.batch_size = 256
   config.log_every_steps = 500
-  config.sample_every_steps = 2000
-  config.checkpoint_every_steps = 2000
+  config.sample_every_steps = 2500
+  config.checkpoint_every_steps = 2500
   # Points in each scatter plot (the mode-coverage protocol evaluates 2,500 samples).
   config.num_sample_images = 2500
   # Mode coverage every 1/10 of training (and at the end).
-  config.eval_every_steps = 1000
+  config.eval_every_steps = 500
   # Samples per mode-coverage evaluation (the PacGAN protocol's 2,500).
   config.eval_num_samples = 2500
 
   config.model.name = "mlp"
   config.model.latent_dim = 2
-  config.model.generator.hidden = (400, 400, 400, 400)
+  config.model.generator.hidden = (256, 256, 256)
   config.model.generator.batch_norm = False
   config.model.generator.leaky_slope = 0.2
   # Points are raw coordinates (the grid spans [-4, 4]), so no tanh.
@@ -66,8 +71,10 @@ def get_config(arg=None):
   config.model.discriminator.leaky_slope = 0.2
   config.model.discriminator.dropout = 0.0
   config.loss.name = "non_saturating"
-  config.optim.g = dict(name="adam", learning_rate=1e-4, b1=0.5, b2=0.999)
-  config.optim.d = dict(name="adam", learning_rate=1e-4, b1=0.5, b2=0.999)
+  config.optim.g = dict(name="adam", learning_rate=3e-4, b1=0.5, b2=0.999, schedule="linear")
+  config.optim.d = dict(name="adam", learning_rate=3e-4, b1=0.5, b2=0.999, schedule="linear")
+  # Samples and evaluations use the EMA of G's weights (with warm-up).
+  config.ema.decay = 0.999
 
   if arg.runlocal:
     config.num_train_steps = 6
@@ -90,8 +97,9 @@ def get_config(arg=None):
   elif arg.method == "minibatch_discrimination":
     # Minibatch discrimination before D's last layer (ganjax.models.mlp.Discriminator).
     config.model.discriminator.minibatch = arg.method
-    # Number of kernels B of the minibatch features (Salimans et al. 2016: 100).
-    config.model.discriminator.minibatch_kernels = 100
+    # Number of kernels B of the minibatch features. Salimans et al. 2016 use 100 for images;
+    # the cost is O(batch^2 B C), and 100 kernels take ~50 min per 2-D run on one core, so 32.
+    config.model.discriminator.minibatch_kernels = 32
     # Dimension C of each kernel (Salimans et al. 2016: 5).
     config.model.discriminator.minibatch_kernel_dim = 5
   elif arg.method == "mbstd":
@@ -100,9 +108,10 @@ def get_config(arg=None):
     # Examples per standard-deviation group (Karras et al. 2018: 4); must divide the batch.
     config.model.discriminator.mbstd_group_size = 4
   elif arg.method == "wgan_gp":
-    # Gulrajani et al. 2017, Algorithm 1: gradient penalty 10 (implied), 5 critic updates.
+    # Gulrajani et al. 2017, Algorithm 1: gradient penalty 10 (implied), 5 critic updates,
+    # Adam b2 0.9 (the learning rate and schedule stay the protocol's).
     config.loss.name = "wgan_gp"
     config.n_critic = 5
-    config.optim.g = dict(name="adam", learning_rate=1e-4, b1=0.5, b2=0.9)
-    config.optim.d = dict(name="adam", learning_rate=1e-4, b1=0.5, b2=0.9)
+    config.optim.g.b2 = 0.9
+    config.optim.d.b2 = 0.9
   return config

@@ -68,6 +68,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 0
   # Generator samples per evaluation (the PacGAN mode-coverage protocol uses 2,500).
   config.eval_num_samples = 2500
+  # pytorch-fid's FID Inception weights (pt_inception-2015-12-05-6726825d.pth); converted once to
+  # a cached Flax file (ganjax.metrics.inception.load_inception).
+  config.eval_inception_weights = config_dict.placeholder(str)
 
   config.data = ml_collections.ConfigDict()
   # Dataset name: embedded_mnist, mnist, fashion_mnist, cifar10, celeb_a (any TFDS name), idx,
@@ -93,6 +96,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.dtype = "float32"
   # PacGAN (Lin et al. 2018): D judges packs of this many samples, concatenated (1 = off).
   config.model.pack = 1
+  # Class-conditional GAN: G and D get the data's labels (data with labels only). How the labels
+  # enter is the networks' ``conditioning`` field (G: concat | batchnorm; D: concat | projection |
+  # acgan); their ``num_classes`` comes from the data.
+  config.model.conditional = False
   # Keyword arguments of the model module's Generator (besides image_shape).
   config.model.generator = ml_collections.ConfigDict()
   # Keyword arguments of the model module's Discriminator.
@@ -104,6 +111,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.loss.name = "non_saturating"
   # One-sided label smoothing of D's real targets (Salimans et al. 2016); BCE objectives only.
   config.loss.label_smoothing = 0.0
+  # Weight of the auxiliary classifier's cross-entropy when D is an ACGAN (Odena et al. 2017).
+  config.loss.classifier_weight = 1.0
 
   config.regularizer = ml_collections.ConfigDict()
   # Weights of D's penalties (ganjax/regularizers.py); None = the objective's default (WGAN-GP:
@@ -135,13 +144,14 @@ def base_config() -> ml_collections.ConfigDict:
   config.augment.instance_noise_steps = 0
 
   config.optim = ml_collections.ConfigDict()
-  # Generator optimizer: any optax optimizer by name, with its keyword arguments.
+  # Generator optimizer: any optax optimizer by name, with its keyword arguments, and the
+  # learning-rate schedule over the run: constant | linear | cosine (decay to 0).
   config.optim.g = ml_collections.ConfigDict(
-      {"name": "adam", "learning_rate": 2e-4, "b1": 0.5, "b2": 0.999}
+      {"name": "adam", "learning_rate": 2e-4, "b1": 0.5, "b2": 0.999, "schedule": "constant"}
   )
-  # Discriminator optimizer, same form.
+  # Discriminator optimizer, same form (its schedule counts all n_critic updates per step).
   config.optim.d = ml_collections.ConfigDict(
-      {"name": "adam", "learning_rate": 2e-4, "b1": 0.5, "b2": 0.999}
+      {"name": "adam", "learning_rate": 2e-4, "b1": 0.5, "b2": 0.999, "schedule": "constant"}
   )
 
   config.ema = ml_collections.ConfigDict()

@@ -16,6 +16,23 @@ def fixed_latents(seed: int, num: int, latent_dim: int) -> jax.Array:
   return jax.random.normal(jax.random.fold_in(jax.random.key(seed), 0x5A3), (num, latent_dim))
 
 
+def class_grid_inputs(
+    seed: int, num_classes: int, num_samples: int, latent_dim: int
+) -> tuple[jax.Array, jax.Array]:
+  """Latents and labels of a class-conditional grid: one class per row, one latent per column.
+
+  ``max(1, num_samples // num_classes)`` columns; row ``k`` holds class ``k`` and column ``j``
+  the ``j``-th fixed latent (:func:`fixed_latents`) for every class. Returns ``(z, labels)`` in
+  row-major order, ``num_classes * columns`` of each.
+  """
+  if num_classes < 1:
+    raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
+  columns = max(1, num_samples // num_classes)
+  z = jnp.tile(fixed_latents(seed, columns, latent_dim), (num_classes, 1))
+  labels = jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), columns)
+  return z, labels
+
+
 def interpolate_latents(z0: jax.Array, z1: jax.Array, num: int) -> jax.Array:
   """Spherical interpolation (White 2016, "Sampling Generative Networks") from z0 to z1."""
   t = jnp.linspace(0.0, 1.0, num)[:, None]
@@ -98,10 +115,17 @@ def save_scatter(
   return picture
 
 
-def save_samples(path: str, samples: np.ndarray, reference: np.ndarray | None = None, title=""):
-  """Images as a grid, 2-D points as a scatter plot; returns the picture as uint8 HWC."""
+def save_samples(
+    path: str,
+    samples: np.ndarray,
+    reference: np.ndarray | None = None,
+    title: str = "",
+    num_columns: int | None = None,
+):
+  """Images as a grid (``num_columns`` wide; None = square-ish), 2-D points as a scatter plot;
+  returns the picture as uint8 HWC."""
   samples = np.asarray(samples)
   if samples.ndim == 2 and samples.shape[-1] == 2:
     return save_scatter(path, samples, reference, title=title)
-  grid = save_image_grid(path, samples)
+  grid = save_image_grid(path, samples, num_columns)
   return grid if grid.shape[-1] == 3 else np.repeat(grid, 3, axis=-1)

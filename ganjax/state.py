@@ -37,19 +37,41 @@ class GANState:
   ema_params: Any
 
 
-def make_optimizer(optim_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+# Learning-rate schedules of ``make_optimizer`` (the ``schedule`` key of an optimizer config).
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+def make_optimizer(
+    optim_config: ml_collections.ConfigDict, total_updates: int | None = None
+) -> optax.GradientTransformation:
   """Builds an optax optimizer from ``{name: "adam", learning_rate: ..., **kwargs}``.
 
   Any optax optimizer function works by name (``adam``, ``adamw``, ``sgd``, ``rmsprop``, ...).
+  The optional key ``schedule`` shapes the learning rate over the run's ``total_updates`` updates
+  of this optimizer: ``"constant"`` (the default), ``"linear"`` decay to 0 (as in SNGAN's and
+  Mimicry's training, Miyato et al. 2018) or ``"cosine"`` decay to 0 (Loshchilov & Hutter 2017).
   """
   kwargs = dict(optim_config)
   name = kwargs.pop("name")
+  schedule = kwargs.pop("schedule", "constant") or "constant"
   optimizer = getattr(optax, name, None)
   if not callable(optimizer) or name.startswith("_"):
     raise ValueError(
         f"Unknown optimizer name {name!r}; use an optax optimizer function such as "
         "'adam', 'adamw', 'sgd', 'rmsprop', 'lion'."
     )
+  if schedule not in SCHEDULES:
+    raise ValueError(f"Unknown learning-rate schedule {schedule!r}; valid: {', '.join(SCHEDULES)}.")
+  if schedule != "constant":
+    if not total_updates or total_updates < 1:
+      raise ValueError(f"schedule={schedule!r} needs the number of updates, got {total_updates}.")
+    peak = kwargs.get("learning_rate")
+    if not isinstance(peak, int | float):
+      raise ValueError(f"schedule={schedule!r} needs a numeric learning_rate, got {peak!r}.")
+    if schedule == "linear":
+      kwargs["learning_rate"] = optax.linear_schedule(peak, 0.0, total_updates)
+    else:
+      kwargs["learning_rate"] = optax.cosine_decay_schedule(peak, total_updates)
   try:
     return optimizer(**kwargs)
   except TypeError as e:

@@ -7,6 +7,12 @@ drops G's updated statistics, and vice versa. An unrolled generator step (``unro
 Metz et al. 2017, "Unrolled Generative Adversarial Networks") looks through differentiable copies
 of D's updates and discards them.
 
+Class-conditional GANs (``conditional=True``; Mirza & Osindero 2014) take the batch's ``"label"``:
+G generates each fake for the label of the real example at the same position, so real and fake
+batches have the same classes, and D (and its penalties) see those labels. A discriminator that
+returns ``(logits, class_logits)`` (ACGAN, Odena et al. 2017) adds ``classifier_weight`` times the
+cross-entropy of its class predictions on real and fake to its loss, and G adds it on fake.
+
 The same functions run in both parallel modes (see ``ganjax.parallel``): under a global-view
 ``jax.jit`` (``axis_name=None``; XLA inserts the cross-device reductions), and per device inside
 ``jax.shard_map`` (``axis_name="data"``), where gradients, metrics and BatchNorm running averages
@@ -132,6 +138,18 @@ def _apply(ts: TrainState, params, x, labels, *, train: bool, rng: jax.Array | N
   return ts.apply_fn(variables, x, labels, train=train, rngs=rngs), ts.batch_stats
 
 
+def _split_outputs(out) -> tuple[jax.Array, jax.Array | None]:
+  """A discriminator's output as ``(logits, class_logits or None)`` (ACGAN returns both)."""
+  if isinstance(out, tuple):
+    return out
+  return out, None
+
+
+def _classification_loss(class_logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """ACGAN's class term: the mean cross-entropy of D's class logits (Odena et al. 2017, Eq. 2)."""
+  return optax.softmax_cross_entropy_with_integer_labels(class_logits, labels).mean()
+
+
 def _device_index(axis_name: str | None) -> jax.Array | int:
   return 0 if axis_name is None else jax.lax.axis_index(axis_name)
 
@@ -165,26 +183,39 @@ def _discriminator_loss(
     fake: jax.Array,
     keys: tuple[jax.Array, jax.Array, jax.Array, jax.Array],
     *,
+    labels: jax.Array | None = None,
     objective: losses.Objective,
     regularization: Regularization,
     d_step: jax.Array | int,
+    classifier_weight: float = 1.0,
 ) -> tuple[jax.Array, tuple[Metrics, Any]]:
   """D's loss at ``params`` on D-ready inputs: the objective's plus the weighted penalties.
 
   ``keys``: dropout on real, dropout on fake, the penalties' key, dropout in the penalties.
+  ``labels``: the classes of both ``real`` and ``fake`` (conditional GANs), else None.
   Returns ``(loss, (metrics, new batch_stats))``.
   """
   dropout_real, dropout_fake, penalty_key, dropout_penalty = keys
-  real_logits, stats = _apply(d, params, real, None, train=True, rng=dropout_real)
-  fake_logits, stats = _apply(
-      d.replace(batch_stats=stats), params, fake, None, train=True, rng=dropout_fake
+  real_out, stats = _apply(d, params, real, labels, train=True, rng=dropout_real)
+  fake_out, stats = _apply(
+      d.replace(batch_stats=stats), params, fake, labels, train=True, rng=dropout_fake
   )
+  real_logits, real_classes = _split_outputs(real_out)
+  fake_logits, fake_classes = _split_outputs(fake_out)
   loss, metrics = objective.discriminator(real_logits, fake_logits)
+  if real_classes is not None:
+    class_loss = _classification_loss(real_classes, labels) + _classification_loss(
+        fake_classes, labels
+    )
+    loss = loss + classifier_weight * class_loss
+    accuracy = jnp.mean(jnp.argmax(real_classes, axis=-1) == labels)
+    metrics = {**metrics, "d_class_loss": class_loss, "d_class_accuracy_real": accuracy}
   if regularization.penalties:
     # Penalties see D as the loss does (train mode), but leave its statistics alone.
     def d_fn(x):
       d_now = d.replace(batch_stats=stats)
-      return _apply(d_now, params, x, None, train=True, rng=dropout_penalty)[0]
+      out = _apply(d_now, params, x, labels, train=True, rng=dropout_penalty)[0]
+      return _split_outputs(out)[0]
 
     penalty, penalty_metrics = regularization.penalty(d_fn, real, fake, penalty_key, d_step)
     loss = loss + penalty
@@ -201,16 +232,19 @@ def discriminator_step(
     latent_dim: int,
     regularization: Regularization = NO_REGULARIZATION,
     d_step: jax.Array | int = 0,
+    labels: jax.Array | None = None,
+    classifier_weight: float = 1.0,
     axis_name: str | None = None,
 ) -> tuple[GANState, Metrics]:
   """One update of D on a real batch and a batch of fresh generator samples.
 
   ``d_step`` counts D updates (for lazy regularization); the loss is the objective's plus the
-  weighted penalties of ``regularization``.
+  weighted penalties of ``regularization``. ``labels`` (conditional GANs): the real batch's
+  classes, which the fakes are generated for.
   """
   g, d = state.generator, state.discriminator
   z = _local_latents(jax.random.fold_in(rng, _D_LATENT), real.shape[0], latent_dim, axis_name)
-  fake, _ = _apply(g, g.params, z, None, train=True, rng=None)  # G's new statistics are dropped.
+  fake, _ = _apply(g, g.params, z, labels, train=True, rng=None)  # G's new stats are dropped.
   fake = jax.lax.stop_gradient(fake)
   dropout_real, dropout_fake = jax.random.split(
       _device_key(jax.random.fold_in(rng, _D_DROPOUT), axis_name)
@@ -227,9 +261,11 @@ def discriminator_step(
       real=real,
       fake=fake,
       keys=(dropout_real, dropout_fake, penalty_key, dropout_penalty),
+      labels=labels,
       objective=objective,
       regularization=regularization,
       d_step=d_step,
+      classifier_weight=classifier_weight,
   )
   grads, (metrics, stats) = jax.grad(loss_fn, has_aux=True)(d.params)
   metrics["d_grad_norm"] = optax.global_norm(_pmean(grads, axis_name))
@@ -246,6 +282,8 @@ def unrolled_discriminator_params(
     unrolled_steps: int,
     objective: losses.Objective,
     regularization: Regularization = NO_REGULARIZATION,
+    labels: jax.Array | None = None,
+    classifier_weight: float = 1.0,
     axis_name: str | None = None,
 ):
   """D's parameters after ``unrolled_steps`` differentiable updates (Metz et al. 2017).
@@ -267,7 +305,16 @@ def unrolled_discriminator_params(
   for k in range(unrolled_steps):
     keys = tuple(jax.random.split(_device_key(jax.random.fold_in(rng, k), axis_name), 4))
     grads, _ = jax.grad(_discriminator_loss, has_aux=True)(
-        params, d, real, fake, keys, objective=objective, regularization=reg, d_step=0
+        params,
+        d,
+        real,
+        fake,
+        keys,
+        labels=labels,
+        objective=objective,
+        regularization=reg,
+        d_step=0,
+        classifier_weight=classifier_weight,
     )
     updates, opt_state = d.tx.update(_pmean(grads, axis_name), opt_state, params)
     params = optax.apply_updates(params, updates)
@@ -285,9 +332,13 @@ def generator_step(
     ema_warmup: bool = False,
     regularization: Regularization = NO_REGULARIZATION,
     unrolled_steps: int = 0,
+    labels: jax.Array | None = None,
+    classifier_weight: float = 1.0,
     axis_name: str | None = None,
 ) -> tuple[GANState, Metrics]:
   """One update of G through a fixed D; then the EMA of G's params and ``step + 1``.
+
+  ``labels`` (conditional GANs): the classes G generates for (those of the real batch ``real``).
 
   With ``ema_warmup`` the decay at step t is ``min(ema_decay, (1 + t) / (10 + t))``. D sees its
   inputs as in the D step (``regularization.discriminator_input``: DiffAugment, instance noise).
@@ -309,10 +360,11 @@ def generator_step(
   if objective.generator_needs_real_logits or unrolled_steps:
     real = regularization.discriminator_input(real, jax.random.fold_in(inputs_key, 0), state.step)
   if objective.generator_needs_real_logits and not unrolled_steps:
-    real_logits, _ = _apply(d, d.params, real, None, train=True, rng=dropout_real)
+    real_out, _ = _apply(d, d.params, real, labels, train=True, rng=dropout_real)
+    real_logits = _split_outputs(real_out)[0]
 
   def loss_fn(params):
-    fake, stats = _apply(g, params, z, None, train=True, rng=None)
+    fake, stats = _apply(g, params, z, labels, train=True, rng=None)
     fake = regularization.discriminator_input(fake, jax.random.fold_in(inputs_key, 1), state.step)
     d_params, logits_real = d.params, real_logits
     if unrolled_steps:
@@ -324,12 +376,20 @@ def generator_step(
           unrolled_steps=unrolled_steps,
           objective=objective,
           regularization=regularization,
+          labels=labels,
+          classifier_weight=classifier_weight,
           axis_name=axis_name,
       )
       if objective.generator_needs_real_logits:
-        logits_real, _ = _apply(d, d_params, real, None, train=True, rng=dropout_real)
-    fake_logits, _ = _apply(d, d_params, fake, None, train=True, rng=dropout_fake)
+        real_out, _ = _apply(d, d_params, real, labels, train=True, rng=dropout_real)
+        logits_real = _split_outputs(real_out)[0]
+    fake_out, _ = _apply(d, d_params, fake, labels, train=True, rng=dropout_fake)
+    fake_logits, fake_classes = _split_outputs(fake_out)
     loss, metrics = objective.generator(fake_logits, logits_real)
+    if fake_classes is not None:
+      class_loss = _classification_loss(fake_classes, labels)
+      loss = loss + classifier_weight * class_loss
+      metrics = {**metrics, "g_class_loss": class_loss}
     return loss, (metrics, stats)
 
   grads, (metrics, stats) = jax.grad(loss_fn, has_aux=True)(g.params)
@@ -370,13 +430,16 @@ def train_step(
     ema_warmup: bool = False,
     regularization: Regularization = NO_REGULARIZATION,
     unrolled_steps: int = 0,
+    conditional: bool = False,
+    classifier_weight: float = 1.0,
     axis_name: str | None = None,
 ) -> tuple[GANState, Metrics]:
   """``n_critic`` discriminator updates, then one generator update.
 
   Args:
     state: the GAN state (replicated).
-    batch: ``{"image": (n_critic * B, ...)}``, sharded on its leading axis.
+    batch: ``{"image": (n_critic * B, ...)}`` (and ``"label"``: ``(n_critic * B,)`` int for
+      conditional GANs), sharded on its leading axis.
     rng: the run's base key; the step number is folded in here.
     objective: the adversarial objective (``ganjax.losses``).
     latent_dim: size of the generator's latent input.
@@ -386,6 +449,8 @@ def train_step(
     regularization: D's penalties and input transformations (:class:`Regularization`).
     unrolled_steps: the generator's loss looks through this many unrolled D updates (Metz et al.
       2017, "Unrolled Generative Adversarial Networks"); 0 = off.
+    conditional: class-conditional GAN: G and D get the batch's labels.
+    classifier_weight: weight of the ACGAN class loss (when D returns class logits).
     axis_name: the mesh axis inside ``shard_map``; None under a global-view ``jit``.
 
   Returns:
@@ -393,8 +458,16 @@ def train_step(
   """
   rng = jax.random.fold_in(rng, state.step)
   real_batches = split_critic_batches(batch["image"], n_critic)
+  label_batches = [None] * n_critic
+  if conditional:
+    if "label" not in batch:
+      raise ValueError(
+          "A conditional GAN needs labelled batches ({'image', 'label'}); this batch has keys "
+          f"{sorted(batch)}."
+      )
+    label_batches = split_critic_batches(batch["label"], n_critic)
   metrics: dict[str, Any] = {}
-  for i, real in enumerate(real_batches):
+  for i, (real, labels) in enumerate(zip(real_batches, label_batches, strict=True)):
     state, metrics = discriminator_step(
         state,
         real,
@@ -403,6 +476,8 @@ def train_step(
         latent_dim=latent_dim,
         regularization=regularization,
         d_step=state.step * n_critic + i,
+        labels=labels,
+        classifier_weight=classifier_weight,
         axis_name=axis_name,
     )
   state, g_metrics = generator_step(
@@ -415,6 +490,8 @@ def train_step(
       ema_warmup=ema_warmup,
       regularization=regularization,
       unrolled_steps=unrolled_steps,
+      labels=label_batches[-1],
+      classifier_weight=classifier_weight,
       axis_name=axis_name,
   )
   return state, {**metrics, **g_metrics}
@@ -460,4 +537,6 @@ def make_train_step(config, objective: losses.Objective):
       ema_warmup=config.ema.warmup,
       regularization=regularization_from_config(config, objective),
       unrolled_steps=config.get("unrolled_steps", 0),
+      conditional=bool(config.model.get("conditional", False)),
+      classifier_weight=float(config.loss.get("classifier_weight", 1.0)),
   )

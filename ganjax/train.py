@@ -48,7 +48,7 @@ class Networks:
   generator: Any
   discriminator: Any
   element_shape: tuple[int, ...]
-  num_classes: int | None
+  num_classes: int | None  # The number of classes of a conditional GAN; None when unconditional.
 
 
 def _module_kwargs(config_dict: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -67,20 +67,59 @@ def build_networks(
 
   With ``config.model.pack = m > 1`` the discriminator is wrapped in :class:`blocks.Packed`
   (PacGAN, Lin et al. 2018): it sees ``m`` samples per input and returns ``B / m`` logits.
+  With ``config.model.conditional`` both networks get ``num_classes`` (the data's number of
+  classes, ``num_classes``) and become class-conditional.
   """
   module = models.get_model_module(config.model.name)
   dtype = config.model.get("dtype", "float32")
-  generator = module.Generator(
-      image_shape=tuple(element_shape),
-      **_with_dtype(module.Generator, dtype, _module_kwargs(config.model.generator)),
-  )
-  discriminator = module.Discriminator(
-      **_with_dtype(module.Discriminator, dtype, _module_kwargs(config.model.discriminator))
-  )
+  g_kwargs = _with_dtype(module.Generator, dtype, _module_kwargs(config.model.generator))
+  d_kwargs = _with_dtype(module.Discriminator, dtype, _module_kwargs(config.model.discriminator))
+  conditional = bool(config.model.get("conditional", False))
+  if conditional:
+    check_conditional(config.model.name, module, num_classes)
+    g_kwargs["num_classes"] = d_kwargs["num_classes"] = num_classes
+  generator = module.Generator(image_shape=tuple(element_shape), **g_kwargs)
+  discriminator = module.Discriminator(**d_kwargs)
   pack = config.model.get("pack", 1)
   if pack > 1:
+    if conditional:
+      raise ValueError(
+          f"config.model.pack={pack} (PacGAN) cannot be combined with model.conditional=True: a "
+          "pack mixes examples of different classes. Use pack=1 for a conditional GAN."
+      )
     discriminator = blocks.Packed(discriminator, pack=pack)
-  return Networks(generator, discriminator, tuple(element_shape), num_classes)
+  return Networks(
+      generator, discriminator, tuple(element_shape), num_classes if conditional else None
+  )
+
+
+def check_conditional(model_name: str, module: Any, num_classes: int | None) -> None:
+  """A conditional GAN needs labelled data and a model whose networks take ``num_classes``."""
+  if not num_classes:
+    raise ValueError(
+        "config.model.conditional=True needs labelled data, but this dataset has no labels "
+        f"(num_classes={num_classes!r}). Use a labelled dataset (e.g. an image folder with class "
+        "subfolders) or set model.conditional=False."
+    )
+  for network in (module.Generator, module.Discriminator):
+    if not any(f.name == "num_classes" for f in dataclasses.fields(network)):
+      raise ValueError(
+          f"config.model.conditional=True, but model {model_name!r} has no class-conditional "
+          f"{network.__name__}; conditional models: {', '.join(conditional_models())}."
+      )
+
+
+def conditional_models() -> list[str]:
+  """Names of the model modules whose networks can be class-conditional."""
+  names = []
+  for name in models.available_models():
+    module = models.get_model_module(name)
+    if all(
+        any(f.name == "num_classes" for f in dataclasses.fields(n))
+        for n in (module.Generator, module.Discriminator)
+    ):
+      names.append(name)
+  return names
 
 
 def _with_dtype(network: type, dtype: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -97,7 +136,7 @@ def _with_dtype(network: type, dtype: str, kwargs: dict[str, Any]) -> dict[str, 
 
 def discriminator_optimizer(config: ml_collections.ConfigDict):
   """``config.optim.d``, followed by WGAN weight clipping when ``regularizer.weight_clip`` > 0."""
-  tx = state_lib.make_optimizer(config.optim.d)
+  tx = state_lib.make_optimizer(config.optim.d, config.num_train_steps * config.n_critic)
   clip = config.get("regularizer", {}).get("weight_clip", 0.0)
   if clip:
     tx = optax.chain(tx, regularizers.weight_clipping(clip))
@@ -121,7 +160,7 @@ def state_factory(config: ml_collections.ConfigDict, networks: Networks):
         discriminator=networks.discriminator,
         latent_dim=config.model.latent_dim,
         element_shape=networks.element_shape,
-        generator_optimizer=state_lib.make_optimizer(config.optim.g),
+        generator_optimizer=state_lib.make_optimizer(config.optim.g, config.num_train_steps),
         discriminator_optimizer=discriminator_optimizer(config),
         num_classes=networks.num_classes,
     )
@@ -152,16 +191,32 @@ def sample_params(config, state: state_lib.GANState):
 
 
 def make_generate_fn(networks: Networks):
-  """jit-compiled ``generate(params, batch_stats, z) -> samples`` in inference mode."""
+  """jit-compiled ``generate(params, batch_stats, z, labels=None) -> samples`` in inference mode.
+
+  ``labels`` are the classes of a conditional generator (ignored by unconditional ones).
+  """
 
   @jax.jit
-  def generate(params, batch_stats, z):
+  def generate(params, batch_stats, z, labels=None):
     variables = {"params": params}
     if batch_stats:
       variables["batch_stats"] = batch_stats
-    return networks.generator.apply(variables, z, None, train=False)
+    return networks.generator.apply(variables, z, labels, train=False)
 
   return generate
+
+
+def sample_inputs(seed: int, num_samples: int, latent_dim: int, num_classes: int | None):
+  """The fixed ``(latents, labels, num_columns)`` of a run's sample pictures.
+
+  Unconditional: ``num_samples`` latents, no labels, a square-ish grid. Conditional: a grid with
+  one class per row and ``max(1, num_samples // num_classes)`` columns; each column repeats one
+  latent, so a row shows the class and a column one "style".
+  """
+  if not num_classes:
+    return sampling.fixed_latents(seed, num_samples, latent_dim), None, None
+  z, labels = sampling.class_grid_inputs(seed, num_classes, num_samples, latent_dim)
+  return z, labels, z.shape[0] // num_classes
 
 
 def eval_latents(config) -> jax.Array:
@@ -170,14 +225,23 @@ def eval_latents(config) -> jax.Array:
   return jax.random.normal(key, (config.get("eval_num_samples", 2500), config.model.latent_dim))
 
 
-def evaluate_modes(generate, params, batch_stats, latents, dataset_name: str) -> dict[str, Any]:
+def eval_labels(config, num_classes: int | None) -> jax.Array | None:
+  """The classes of the evaluation samples of a conditional GAN (each class equally often)."""
+  if not num_classes:
+    return None
+  return jax.numpy.arange(config.get("eval_num_samples", 2500), dtype=jax.numpy.int32) % num_classes
+
+
+def evaluate_modes(
+    generate, params, batch_stats, latents, dataset_name: str, labels=None
+) -> dict[str, Any]:
   """Mode coverage of the generator's samples on a 2-D Gaussian mixture (PacGAN protocol).
 
   Srivastava et al. 2017, "VEEGAN"; Lin et al. 2018, "PacGAN": ``modes`` captured, the fraction
   of high-quality samples ``hq_fraction`` (0..1) and ``reverse_kl`` (see
   :func:`ganjax.metrics.mixture_mode_coverage`), for the samples of ``latents`` in inference mode.
   """
-  samples = np.asarray(generate(params, batch_stats, latents))
+  samples = np.asarray(generate(params, batch_stats, latents, labels))
   result = metrics_lib.mixture_mode_coverage(samples.reshape(len(samples), -1), dataset_name)
   return {
       "modes": int(result["modes"]),
@@ -186,7 +250,7 @@ def evaluate_modes(generate, params, batch_stats, latents, dataset_name: str) ->
   }
 
 
-def make_evaluator(config, source, generate):
+def make_evaluator(config, source, generate, num_classes: int | None = None):
   """``evaluate(state) -> scalars`` for this run's data, or None when it has no evaluation.
 
   Active for the 2-D Gaussian mixtures (``source.name`` in ``gaussian_mixture.NAMES``): mode
@@ -194,11 +258,12 @@ def make_evaluator(config, source, generate):
   """
   if source.name not in gaussian_mixture.NAMES:
     return None
-  latents = eval_latents(config)
+  latents, labels = eval_latents(config), eval_labels(config, num_classes)
 
   def evaluate(state) -> dict[str, Any]:
     params = sample_params(config, state)
-    return evaluate_modes(generate, params, state.generator.batch_stats, latents, source.name)
+    batch_stats = state.generator.batch_stats
+    return evaluate_modes(generate, params, batch_stats, latents, source.name, labels)
 
   return evaluate
 
@@ -261,7 +326,8 @@ def run_info(config, source, networks: Networks, state, mesh) -> dict[str, Any]:
           "name": source.name,
           "num_examples": source.num_examples,
           "element_shape": list(networks.element_shape),
-          "num_classes": networks.num_classes,
+          "num_classes": source.num_classes,
+          "conditional": networks.num_classes is not None,
       },
       "parameters": {
           "generator": state_lib.parameter_count(state.generator.params),
@@ -438,20 +504,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   train_step = steps.make_train_step(config, objective)
   step_fn = parallel.compile_step(train_step, mesh, config.parallel.mode)
   generate = make_generate_fn(networks)
-  evaluate = make_evaluator(config, source, generate)
-  fixed_z = sampling.fixed_latents(config.seed, config.num_sample_images, config.model.latent_dim)
+  evaluate = make_evaluator(config, source, generate, networks.num_classes)
+  fixed_z, fixed_labels, grid_columns = sample_inputs(
+      config.seed, config.num_sample_images, config.model.latent_dim, networks.num_classes
+  )
   base_rng = jax.random.fold_in(jax.random.key(config.seed), 0x7EA1)
   batches = source.batches(start_step)
   reference = None
 
   def write_samples(step: int) -> None:
     samples = np.asarray(
-        generate(sample_params(config, state), state.generator.batch_stats, fixed_z)
+        generate(sample_params(config, state), state.generator.batch_stats, fixed_z, fixed_labels)
     )
     if not is_chief:
       return
     path = os.path.join(workdir, "samples", f"step_{step:06d}.png")
-    picture = sampling.save_samples(path, samples, reference, title=f"step {step}")
+    picture = sampling.save_samples(
+        path, samples, reference, title=f"step {step}", num_columns=grid_columns
+    )
     writer.write_images(step, {"samples": picture[None]})
     logging.info("Wrote %s", path)
 
@@ -604,13 +674,25 @@ def sample_from_workdir(
   state, _ = checkpointer.restore(step, abstract_state(config, networks))
   checkpointer.close()
   z_seed = config.seed if seed is None else seed
-  z = sampling.fixed_latents(z_seed, num_samples, config.model.latent_dim)
+  z, labels, columns = sample_inputs(
+      z_seed, num_samples, config.model.latent_dim, networks.num_classes
+  )
   generate = make_generate_fn(networks)
-  samples = np.asarray(generate(sample_params(config, state), state.generator.batch_stats, z))
-  sampling.save_samples(output, samples, title=f"{os.path.basename(workdir)} step {step}")
+  samples = np.asarray(
+      generate(sample_params(config, state), state.generator.batch_stats, z, labels)
+  )
+  sampling.save_samples(
+      output, samples, title=f"{os.path.basename(workdir)} step {step}", num_columns=columns
+  )
   npz_path = os.path.splitext(output)[0] + ".npz"
+  extra = {} if labels is None else {"labels": np.asarray(labels)}
   np.savez_compressed(
-      npz_path, samples=samples, latents=np.asarray(z), step=step, ema=config.ema.decay > 0
+      npz_path,
+      samples=samples,
+      latents=np.asarray(z),
+      step=step,
+      ema=config.ema.decay > 0,
+      **extra,
   )
   logging.info(
       "Wrote %s and %s (%d samples from step %d, %s params).",

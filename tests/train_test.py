@@ -91,8 +91,8 @@ def test_evaluate_modes_uses_fixed_latents_and_the_mixture():
   config = _tiny("gaussian_mixture", "dataset=ring,runlocal")
   modes = train.gaussian_mixture.mixture_modes("ring")
 
-  def generate(params, batch_stats, z):  # A "generator" that puts sample i on mode i mod 8.
-    del params, batch_stats
+  def generate(params, batch_stats, z, labels=None):  # Puts sample i on mode i mod 8.
+    del params, batch_stats, labels
     return modes[np.arange(len(z)) % len(modes)]
 
   z = train.eval_latents(config)

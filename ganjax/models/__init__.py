@@ -5,11 +5,15 @@ Every architecture module exposes two flax linen modules:
 * ``Generator(image_shape, **hyperparameters)``, applied as ``G.apply(variables, z, labels=None,
   train=...)``: latents ``(B, latent_dim)`` -> samples ``(B, *image_shape)`` in [-1, 1];
 * ``Discriminator(**hyperparameters)``, applied as ``D.apply(variables, x, labels=None,
-  train=...)``: samples -> logits ``(B,)``; it reads the input resolution from ``x.shape``.
+  train=...)``: samples -> logits ``(B,)`` (an ACGAN discriminator returns ``(logits,
+  class_logits)``); it reads the input resolution from ``x.shape``.
 
 BatchNorm running averages live in the ``"batch_stats"`` collection and are used when
 ``train=False``; dropout draws from the ``"dropout"`` rng stream and is off when ``train=False``.
-``labels`` is accepted by every model and ignored by the unconditional ones.
+``labels`` is accepted by every model and ignored by the unconditional ones. Models with
+class-conditional networks have a ``num_classes`` field on both (``None`` = unconditional), which
+training sets from the data when ``config.model.conditional`` is on, and a ``conditioning`` field
+(see :mod:`ganjax.models.blocks`).
 
 A new architecture is one new module here plus one config; there is no registry to edit.
 """

@@ -276,9 +276,11 @@ class MinibatchDiscrimination(nn.Module):
         (f.shape[-1], self.num_kernels, self.kernel_dim),
         jnp.float32,
     )
-    m = jnp.einsum("na,abc->nbc", f.astype(jnp.float32), t)
-    l1 = jnp.sum(jnp.abs(m[:, None] - m[None, :]), axis=-1)  # (N, N, B)
-    o = jnp.sum(jnp.exp(-l1), axis=1)
+    # M laid out as (B, C, N): the L1 distances accumulate over C as (B, N, N) planes, which
+    # XLA:CPU runs about 6x faster than one (N, N, B, C) broadcast reduced over its last axis.
+    m = jnp.einsum("na,abc->bcn", f.astype(jnp.float32), t)
+    l1 = sum(jnp.abs(m[:, c, :, None] - m[:, c, None, :]) for c in range(self.kernel_dim))
+    o = jnp.sum(jnp.exp(-l1), axis=2).T  # (N, B)
     if not self.include_self:
       o = o - 1.0
     return jnp.concatenate([f, o.astype(f.dtype)], axis=-1)
@@ -511,6 +513,78 @@ class ClassifierHead(nn.Module):
         self.num_classes, dtype=self.dtype, n_steps=self.n_steps, enabled=self.spectral_norm
     )
     return layer(h, update_stats=train)
+
+
+# How labels reach the networks of the conditional models (their ``conditioning`` fields):
+# the generator by a concatenated label code or conditional BatchNorm; the discriminator by
+# concatenation to its input, a projection head or an auxiliary classifier (ACGAN).
+GENERATOR_CONDITIONING = ("concat", "batchnorm")
+DISCRIMINATOR_CONDITIONING = ("concat", "projection", "acgan")
+
+
+def check_conditioning(
+    who: str, num_classes: int | None, conditioning: str, choices: tuple[str, ...]
+) -> bool:
+  """Validates a network's conditioning fields; returns whether it is class-conditional."""
+  layers.check_choice(f"{who} conditioning", conditioning, choices)
+  if num_classes is None:
+    return False
+  if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+    raise ValueError(f"{who}: num_classes must be a positive integer or None, got {num_classes!r}.")
+  return True
+
+
+def generator_norm(
+    x: jax.Array,
+    labels: jax.Array | None,
+    *,
+    train: bool,
+    num_classes: int | None,
+    scale_init: Initializer = _ONES,
+    dtype: Any = None,
+) -> jax.Array:
+  """The generator's BatchNorm: plain, or class-conditional when ``num_classes`` is set.
+
+  Call from inside an ``@nn.compact`` method. Conditional BatchNorm (:class:`ConditionalBatchNorm`,
+  de Vries et al. 2017; Miyato & Koyama 2018) replaces BatchNorm's scale and offset by per-class
+  ones.
+  """
+  if num_classes is None:
+    return layers.batch_norm(train, scale_init=scale_init, dtype=dtype)(x)
+  return ConditionalBatchNorm(num_classes, dtype=dtype)(x, labels, train=train)
+
+
+def discriminator_head(
+    features: jax.Array,
+    labels: jax.Array | None,
+    linear: Callable[[jax.Array], jax.Array],
+    *,
+    train: bool,
+    num_classes: int | None,
+    conditioning: str,
+    spectral_norm: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+  """The discriminator's output on its last features ``(B, ...)``, for every conditioning.
+
+  Call from inside an ``@nn.compact`` method. ``linear`` maps the features to ``(B,)`` logits (the
+  unconditional output layer). Unconditional or ``"concat"`` (labels went in with the input):
+  ``linear(features)``. ``"projection"``: :class:`ProjectionHead` on the flattened features
+  instead (Miyato & Koyama 2018). ``"acgan"``: ``(linear(features), class_logits)`` with the
+  class logits of a :class:`ClassifierHead` (Odena et al. 2017); the training steps add its
+  cross-entropy to both players' losses.
+  """
+  if num_classes is None or conditioning == "concat":
+    return linear(features)
+  if conditioning == "projection":
+    head = ProjectionHead(num_classes, spectral_norm=spectral_norm)
+    return head(features, labels, train=train).astype(jnp.float32)
+  if conditioning == "acgan":
+    class_logits = ClassifierHead(num_classes, spectral_norm=spectral_norm)(features, train=train)
+    return linear(features), class_logits.astype(jnp.float32)
+  raise ValueError(
+      f"Unknown discriminator conditioning {conditioning!r}; valid choices: "
+      f"{', '.join(DISCRIMINATOR_CONDITIONING)}."
+  )
 
 
 # --------------------------------------------------------------------------------------------

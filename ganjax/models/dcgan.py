@@ -29,6 +29,13 @@ The generator chooses its layout from ``image_shape``, the discriminator from it
 dropout). A number overrides them in every layout; dropout then follows each LeakyReLU of D.
 BatchNorm uses momentum 0.9 and eps 1e-5 (see :mod:`ganjax.models.layers`).
 
+Class-conditional variants (``num_classes`` set): G conditions by a label code concatenated to z
+(``conditioning="concat"``, Mirza & Osindero 2014) or by conditional BatchNorm in place of every
+BatchNorm (``"batchnorm"``); D by one-hot label maps concatenated to the input channels
+(``"concat"``), a projection head on the flattened last features (``"projection"``, Miyato &
+Koyama 2018; it replaces the final layer) or an auxiliary classifier next to the final layer
+(``"acgan"``, Odena et al. 2017; D then returns ``(logits, class_logits)``).
+
 ``dtype="bfloat16"`` computes in bfloat16 (mixed precision): parameters, BatchNorm statistics and
 the returned images / logits stay float32.
 """
@@ -87,6 +94,11 @@ class Generator(nn.Module):
       lowering elsewhere. Parameters do not depend on it.
     dtype: computation dtype, ``"float32"`` or ``"bfloat16"`` (parameters stay float32; the
       images are returned as float32).
+    num_classes: ``None`` (unconditional; labels ignored) or the number of classes; labels
+      ``(B,)`` are then required.
+    conditioning: ``"concat"`` (label code concatenated to z) or ``"batchnorm"`` (conditional
+      BatchNorm).
+    label_dim: size of the learned label embedding of ``"concat"``; ``None`` = one-hot.
   """
 
   image_shape: tuple[int, int, int]
@@ -94,10 +106,24 @@ class Generator(nn.Module):
   leaky_slope: float | None = None
   conv_impl: str = "auto"
   dtype: str = "float32"
+  num_classes: int | None = None
+  conditioning: str = "concat"
+  label_dim: int | None = None
 
   @nn.compact
   def __call__(self, z: jax.Array, labels: jax.Array | None = None, *, train: bool) -> jax.Array:
-    del labels  # Conditioning comes with the conditional variants.
+    conditional = blocks.check_conditioning(
+        "DCGAN Generator", self.num_classes, self.conditioning, blocks.GENERATOR_CONDITIONING
+    )
+    if conditional and self.conditioning == "concat":
+      z = blocks.LabelEmbedding(self.num_classes, self.label_dim)(z, labels)
+    cbn_classes = self.num_classes if conditional and self.conditioning == "batchnorm" else None
+
+    def norm(h, **kw):
+      return blocks.generator_norm(
+          h, labels, train=train, num_classes=cbn_classes, dtype=self.dtype, **kw
+      )
+
     if len(self.image_shape) != 3:
       raise ValueError(f"DCGAN needs image_shape (H, W, C), got {self.image_shape}.")
     height, width, channels = self.image_shape
@@ -110,25 +136,25 @@ class Generator(nn.Module):
       slope = _pick(self.leaky_slope, _TUTORIAL_DEFAULTS[0])
       kw = dict(use_bias=False, kernel_init=_keras_init, impl=impl, dtype=dtype)
       x = layers.dense(7 * 7 * 4 * w, use_bias=False, kernel_init=_keras_init, dtype=dtype)(z)
-      x = nn.leaky_relu(layers.batch_norm(train, dtype=dtype)(x), slope)
+      x = nn.leaky_relu(norm(x), slope)
       x = x.reshape(z.shape[0], 7, 7, 4 * w)
       x = layers.conv_transpose(2 * w, 5, 1, "SAME", **kw)(x)  # 7x7
-      x = nn.leaky_relu(layers.batch_norm(train, dtype=dtype)(x), slope)
+      x = nn.leaky_relu(norm(x), slope)
       x = layers.conv_transpose(w, 5, 2, "SAME", **kw)(x)  # 14x14
-      x = nn.leaky_relu(layers.batch_norm(train, dtype=dtype)(x), slope)
+      x = nn.leaky_relu(norm(x), slope)
       x = layers.conv_transpose(channels, 5, 2, "SAME", **kw)(x)  # 28x28
       return jnp.tanh(x).astype(jnp.float32)
 
     slope = _pick(self.leaky_slope, _RADFORD_DEFAULTS[0])
     kw = dict(use_bias=False, kernel_init=layers.dcgan_init(), impl=impl, dtype=dtype)
-    bn = dict(scale_init=layers.dcgan_scale_init(), dtype=dtype)
+    scale_init = layers.dcgan_scale_init()
     stage_channels = radford_channels(size, w)
     x = z.reshape(z.shape[0], 1, 1, z.shape[-1])
     x = layers.conv_transpose(stage_channels[0], 4, 1, "VALID", **kw)(x)  # 4x4
-    x = nn.leaky_relu(layers.batch_norm(train, **bn)(x), slope)
+    x = nn.leaky_relu(norm(x, scale_init=scale_init), slope)
     for features in stage_channels[1:]:
       x = layers.conv_transpose(features, 4, 2, "SAME", **kw)(x)  # doubles H and W
-      x = nn.leaky_relu(layers.batch_norm(train, **bn)(x), slope)
+      x = nn.leaky_relu(norm(x, scale_init=scale_init), slope)
     x = layers.conv_transpose(channels, 4, 2, "SAME", **kw)(x)  # size x size
     return jnp.tanh(x).astype(jnp.float32)
 
@@ -149,6 +175,11 @@ class Discriminator(nn.Module):
     spectral_norm: spectrally normalise every convolution and the dense layer (Miyato et al.
       2018; :func:`ganjax.models.blocks.spectral_norm`, one power iteration per call, state in
       ``batch_stats``). Parameter names and shapes do not depend on it.
+    num_classes: ``None`` (unconditional; labels ignored) or the number of classes; labels
+      ``(B,)`` are then required.
+    conditioning: ``"concat"`` (one-hot label maps as extra input channels), ``"projection"``
+      (projection head) or ``"acgan"`` (auxiliary classifier; returns ``(logits,
+      class_logits)``).
   """
 
   width: int = 64
@@ -157,12 +188,35 @@ class Discriminator(nn.Module):
   conv_impl: str = "auto"
   dtype: str = "float32"
   spectral_norm: bool = False
+  num_classes: int | None = None
+  conditioning: str = "projection"
 
   @nn.compact
-  def __call__(self, x: jax.Array, labels: jax.Array | None = None, *, train: bool) -> jax.Array:
-    del labels
+  def __call__(
+      self, x: jax.Array, labels: jax.Array | None = None, *, train: bool
+  ) -> jax.Array | tuple[jax.Array, jax.Array]:
     if x.ndim != 4:
       raise ValueError(f"DCGAN discriminator needs (B, H, W, C) images, got shape {x.shape}.")
+    conditional = blocks.check_conditioning(
+        "DCGAN Discriminator",
+        self.num_classes,
+        self.conditioning,
+        blocks.DISCRIMINATOR_CONDITIONING,
+    )
+    if conditional and self.conditioning == "concat":
+      x = blocks.LabelEmbedding(self.num_classes)(x, labels)
+
+    def head(h, linear):
+      return blocks.discriminator_head(
+          h,
+          labels,
+          linear,
+          train=train,
+          num_classes=self.num_classes if conditional else None,
+          conditioning=self.conditioning,
+          spectral_norm=self.spectral_norm,
+      )
+
     size = check_image_size(x.shape[1], x.shape[2])
     w, impl, dtype = self.width, self.conv_impl, self.dtype
     layers.check_choice("conv_impl", impl, layers.CONV_IMPLS)
@@ -185,8 +239,8 @@ class Discriminator(nn.Module):
       x = activate(apply(layers.conv(w, 5, 2, "SAME", **kw), x))  # 14x14
       x = activate(apply(layers.conv(2 * w, 5, 2, "SAME", **kw), x))  # 7x7
       x = x.reshape(x.shape[0], -1)
-      x = apply(layers.dense(1, kernel_init=_keras_init, dtype=dtype), x)
-      return x[:, 0].astype(jnp.float32)
+      dense = layers.dense(1, kernel_init=_keras_init, dtype=dtype)
+      return head(x, lambda h: apply(dense, h)[:, 0].astype(jnp.float32))
 
     kw = dict(use_bias=False, kernel_init=layers.dcgan_init(), impl=impl, dtype=dtype)
     bn = dict(scale_init=layers.dcgan_scale_init(), dtype=dtype)
@@ -195,5 +249,12 @@ class Discriminator(nn.Module):
       if i > 0:  # Radford: no BatchNorm on the discriminator's input layer.
         x = layers.batch_norm(train, **bn)(x)
       x = activate(x)
-    x = apply(layers.conv(1, 4, 1, "VALID", **kw), x)  # 4x4 -> 1x1
-    return x.reshape(x.shape[0]).astype(jnp.float32)
+    final = layers.conv(1, 4, 1, "VALID", **kw)  # 4x4 -> 1x1
+
+    def logits(h):
+      return apply(final, h).reshape(h.shape[0]).astype(jnp.float32)
+
+    # The projection head works on the flattened 4x4 features (a linear map, like the final conv).
+    if conditional and self.conditioning == "projection":
+      x = x.reshape(x.shape[0], -1)
+    return head(x, logits)

@@ -11,6 +11,13 @@ The defaults are the seed tutorials' vanilla GAN for 28x28 MNIST with a 64-d lat
   minibatch discrimination (Salimans et al. 2016, arXiv:1606.03498) or the minibatch standard
   deviation (Karras et al. 2018, arXiv:1710.10196), from :mod:`ganjax.models.blocks`.
 
+Class-conditional variants (``num_classes`` set; Mirza & Osindero 2014, arXiv:1411.1784): G
+conditions by concatenating a label code to z (``conditioning="concat"``) or by conditional
+BatchNorm (``"batchnorm"``); D by concatenating the one-hot label to its input (``"concat"``), a
+projection head (``"projection"``, Miyato & Koyama 2018) or an auxiliary classifier (``"acgan"``,
+Odena et al. 2017; D then returns ``(logits, class_logits)``). See
+:mod:`ganjax.models.blocks`.
+
 For 2-D point data (``image_shape=(2,)``, the Gaussian-mixture mode-collapse studies) set
 ``output_activation="linear"`` so the generator can reach points outside [-1, 1].
 
@@ -46,6 +53,11 @@ class Generator(nn.Module):
     leaky_slope: negative slope of the hidden LeakyReLUs.
     output_activation: ``"tanh"`` (images in [-1, 1]) or ``"linear"`` (unbounded points).
     dtype: computation dtype, ``"float32"`` or ``"bfloat16"`` (parameters stay float32).
+    num_classes: ``None`` (unconditional; labels ignored) or the number of classes; labels
+      ``(B,)`` are then required.
+    conditioning: how labels reach G: ``"concat"`` (a label code concatenated to z) or
+      ``"batchnorm"`` (conditional BatchNorm in every hidden layer; needs ``batch_norm``).
+    label_dim: size of the learned label embedding of ``"concat"``; ``None`` = one-hot.
   """
 
   image_shape: tuple[int, ...]
@@ -54,17 +66,34 @@ class Generator(nn.Module):
   leaky_slope: float = 0.2
   output_activation: str = "tanh"
   dtype: str = "float32"
+  num_classes: int | None = None
+  conditioning: str = "concat"
+  label_dim: int | None = None
 
   @nn.compact
   def __call__(self, z: jax.Array, labels: jax.Array | None = None, *, train: bool) -> jax.Array:
-    del labels  # Conditioning comes with the conditional variants.
     layers.check_choice("output_activation", self.output_activation, tuple(OUTPUT_ACTIVATIONS))
     layers.check_choice("dtype", self.dtype, layers.DTYPES)
+    conditional = blocks.check_conditioning(
+        "MLP Generator", self.num_classes, self.conditioning, blocks.GENERATOR_CONDITIONING
+    )
+    num_classes = None
     x = z
+    if conditional and self.conditioning == "concat":
+      x = blocks.LabelEmbedding(self.num_classes, self.label_dim)(x, labels)
+    elif conditional:
+      if not self.batch_norm:
+        raise ValueError(
+            "MLP Generator: conditioning='batchnorm' needs batch_norm=True; use "
+            "conditioning='concat' for a generator without BatchNorm."
+        )
+      num_classes = self.num_classes
     for features in self.hidden:
       x = layers.dense(features, dtype=self.dtype)(x)
       if self.batch_norm:
-        x = layers.batch_norm(train, dtype=self.dtype)(x)
+        x = blocks.generator_norm(
+            x, labels, train=train, num_classes=num_classes, dtype=self.dtype
+        )
       x = nn.leaky_relu(x, self.leaky_slope)
     x = layers.dense(math.prod(self.image_shape), dtype=self.dtype)(x)
     x = OUTPUT_ACTIVATIONS[self.output_activation](x)
@@ -88,6 +117,11 @@ class Discriminator(nn.Module):
     spectral_norm: spectrally normalise every Dense layer (Miyato et al. 2018;
       :func:`ganjax.models.blocks.spectral_norm`, state in ``batch_stats``). Parameter names and
       shapes do not depend on it.
+    num_classes: ``None`` (unconditional; labels ignored) or the number of classes; labels
+      ``(B,)`` are then required.
+    conditioning: how labels reach D: ``"concat"`` (one-hot label concatenated to the input),
+      ``"projection"`` (projection head) or ``"acgan"`` (auxiliary classifier; returns
+      ``(logits, class_logits)``).
   """
 
   hidden: tuple[int, ...] = (512, 256, 128)
@@ -99,13 +133,21 @@ class Discriminator(nn.Module):
   mbstd_group_size: int = 4
   dtype: str = "float32"
   spectral_norm: bool = False
+  num_classes: int | None = None
+  conditioning: str = "projection"
 
   @nn.compact
-  def __call__(self, x: jax.Array, labels: jax.Array | None = None, *, train: bool) -> jax.Array:
-    del labels
+  def __call__(
+      self, x: jax.Array, labels: jax.Array | None = None, *, train: bool
+  ) -> jax.Array | tuple[jax.Array, jax.Array]:
     layers.check_choice("dtype", self.dtype, layers.DTYPES)
     layers.check_choice("minibatch", self.minibatch, MINIBATCH_CHOICES)
+    conditional = blocks.check_conditioning(
+        "MLP Discriminator", self.num_classes, self.conditioning, blocks.DISCRIMINATOR_CONDITIONING
+    )
     x = x.reshape(x.shape[0], -1)
+    if conditional and self.conditioning == "concat":
+      x = blocks.LabelEmbedding(self.num_classes)(x, labels)
 
     def dense(features, h):
       layer = layers.dense(features, dtype=self.dtype)
@@ -121,4 +163,12 @@ class Discriminator(nn.Module):
       x = blocks.MinibatchDiscrimination(self.minibatch_kernels, self.minibatch_kernel_dim)(x)
     elif self.minibatch == "mbstd":
       x = blocks.MinibatchStdDev(group_size=self.mbstd_group_size)(x)
-    return dense(1, x)[:, 0].astype(jnp.float32)
+    return blocks.discriminator_head(
+        x,
+        labels,
+        lambda h: dense(1, h)[:, 0].astype(jnp.float32),
+        train=train,
+        num_classes=self.num_classes if conditional else None,
+        conditioning=self.conditioning,
+        spectral_norm=self.spectral_norm,
+    )

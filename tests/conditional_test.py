@@ -1,0 +1,311 @@
+"""Class-conditional GANs: conditional networks, the ACGAN loss, labels in the steps, configs."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import load_config
+from PIL import Image
+
+from ganjax import losses, sampling, state, steps, train
+from ganjax.data import gaussian_mixture
+from ganjax.models import blocks, dcgan, mlp
+
+K = 10
+LATENT = 8
+
+# (module, image shape, small hyperparameters)
+_NETS = [
+    (mlp, (28, 28, 1), {"hidden": (16, 12)}),
+    (dcgan, (28, 28, 1), {"width": 4}),
+    (dcgan, (32, 32, 3), {"width": 4}),
+]
+_NET_IDS = ["mlp", "dcgan28", "dcgan32"]
+
+
+def _count(variables):
+  return state.parameter_count(variables["params"])
+
+
+def _init(module, x, labels):
+  return module.init(jax.random.key(0), x, labels, train=False)
+
+
+def _perturb(variables, scale=0.5):
+  """Random params everywhere (fresh conditional BatchNorm is the identity for every class)."""
+  leaves, tree = jax.tree.flatten(variables["params"])
+  keys = jax.random.split(jax.random.key(7), len(leaves))
+  leaves = [p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys, strict=True)]
+  return {**variables, "params": jax.tree.unflatten(tree, leaves)}
+
+
+@pytest.mark.parametrize("module, shape, kw", _NETS, ids=_NET_IDS)
+@pytest.mark.parametrize("conditioning", blocks.GENERATOR_CONDITIONING)
+def test_conditional_generator_parameters_and_label_dependence(module, shape, kw, conditioning):
+  z, labels = jnp.ones((2, LATENT)), jnp.array([1, 3], jnp.int32)
+  plain = module.Generator(image_shape=shape, **kw)
+  cond = module.Generator(image_shape=shape, num_classes=K, conditioning=conditioning, **kw)
+  plain_vars = jax.eval_shape(lambda: _init(plain, z, None))
+  cond_vars = _init(cond, z, labels)
+  params = plain_vars["params"]
+  if conditioning == "concat":  # One-hot y concatenated to z: K more rows in the first layer.
+    first = params["Dense_0"]["kernel"] if "Dense_0" in params else None
+    if first is None:  # 32/64-pixel DCGAN: z is a 1x1 map into a transposed conv.
+      first = params["ConvTranspose_0"]["kernel"]
+      extra = K * first.shape[-1] * first.shape[0] * first.shape[1]
+    else:
+      extra = K * first.shape[-1]
+  else:  # BatchNorm's scale/offset (2C) -> per-class gain/bias (2KC) in every norm layer.
+    channels = [p["scale"].shape[-1] for n, p in params.items() if n.startswith("BatchNorm")]
+    assert channels
+    extra = sum(2 * (K - 1) * c for c in channels)
+  assert _count(cond_vars) == _count(plain_vars) + extra
+  cond_vars = _perturb(cond_vars)
+  apply = jax.jit(lambda y: cond.apply(cond_vars, z, y, train=False))
+  out, swapped = apply(labels), apply(labels[::-1])
+  assert out.shape == (2, *shape)
+  assert float(jnp.abs(out - swapped).max()) > 1e-3  # The label changes the sample.
+  same = apply(jnp.array([1, 1], jnp.int32))
+  np.testing.assert_allclose(same[0], same[1], atol=1e-6)  # Same z, same label: same sample.
+
+
+@pytest.mark.parametrize("module, shape, kw", _NETS, ids=_NET_IDS)
+@pytest.mark.parametrize("conditioning", blocks.DISCRIMINATOR_CONDITIONING)
+def test_conditional_discriminator_outputs_and_parameters(module, shape, kw, conditioning):
+  x, labels = jax.random.normal(jax.random.key(1), (2, *shape)), jnp.array([1, 3], jnp.int32)
+  plain = module.Discriminator(**kw)
+  cond = module.Discriminator(num_classes=K, conditioning=conditioning, **kw)
+  plain_vars, cond_vars = _init(plain, x, None), _init(cond, x, labels)
+  out = cond.apply(cond_vars, x, labels, train=False)
+  swapped = cond.apply(cond_vars, x, labels[::-1], train=False)
+  if conditioning == "acgan":
+    logits, class_logits = out
+    assert logits.shape == (2,) and class_logits.shape == (2, K)
+    # The adversarial output ignores y; the classifier predicts it from x alone.
+    np.testing.assert_allclose(logits, swapped[0], atol=1e-6)
+    np.testing.assert_allclose(class_logits, swapped[1], atol=1e-6)
+    features = cond_vars["params"]["ClassifierHead_0"]["Dense_0"]["kernel"].shape[0]
+    assert _count(cond_vars) == _count(plain_vars) + features * K + K
+    return
+  assert out.shape == (2,)
+  assert float(jnp.abs(out - swapped).max()) > 1e-4  # D's verdict depends on the label.
+  if conditioning == "projection":  # psi stays linear; the embedding V adds K x F parameters.
+    features = cond_vars["params"]["ProjectionHead_0"]["Embed_0"]["embedding"].shape[-1]
+    # The 32/64-pixel DCGAN's final conv has no bias; the projection's linear psi has one.
+    bias = 1 if module is dcgan and shape[0] != 28 else 0
+    assert _count(cond_vars) == _count(plain_vars) + K * features + bias
+  else:  # One-hot label maps / entries as K more input channels / features of the first layer.
+    params = plain_vars["params"]
+    first = params["Conv_0" if "Conv_0" in params else "Dense_0"]["kernel"]
+    per_input = first.shape[-1] * (first.shape[0] * first.shape[1] if first.ndim == 4 else 1)
+    assert _count(cond_vars) == _count(plain_vars) + K * per_input
+
+
+@pytest.mark.parametrize(
+    "network",
+    [
+        lambda: mlp.Generator(image_shape=(4,), hidden=(8,), num_classes=K),
+        lambda: dcgan.Discriminator(width=4, num_classes=K),
+        lambda: mlp.Discriminator(hidden=(8,), num_classes=K, conditioning="concat"),
+    ],
+)
+def test_conditional_networks_need_labels(network):
+  module = network()
+  x = jnp.ones((2, 4)) if isinstance(module, mlp.Generator) else jnp.ones((2, 28, 28, 1))
+  with pytest.raises(ValueError, match="needs labels"):
+    module.init(jax.random.key(0), x, None, train=False)
+
+
+def test_unknown_conditioning_lists_the_choices():
+  with pytest.raises(ValueError, match="'film'.*concat, projection, acgan"):
+    mlp.Discriminator(hidden=(8,), num_classes=K, conditioning="film").init(
+        jax.random.key(0), jnp.ones((2, 4)), jnp.zeros((2,), jnp.int32), train=False
+    )
+  with pytest.raises(ValueError, match="batch_norm=True"):
+    mlp.Generator(
+        image_shape=(4,), hidden=(8,), batch_norm=False, num_classes=K, conditioning="batchnorm"
+    ).init(jax.random.key(0), jnp.ones((2, 4)), jnp.zeros((2,), jnp.int32), train=False)
+
+
+def _tiny_state(d_conditioning, num_classes=K, shape=(6,)):
+  g = mlp.Generator(image_shape=shape, hidden=(16,), num_classes=num_classes)
+  d = mlp.Discriminator(
+      hidden=(16,), dropout=0.0, num_classes=num_classes, conditioning=d_conditioning
+  )
+  import optax
+
+  return state.create_gan_state(
+      jax.random.key(0),
+      generator=g,
+      discriminator=d,
+      latent_dim=LATENT,
+      element_shape=shape,
+      generator_optimizer=optax.sgd(0.1),
+      discriminator_optimizer=optax.sgd(0.1),
+      num_classes=num_classes,
+  )
+
+
+def test_acgan_class_loss_matches_cross_entropy_and_reaches_both_players():
+  s = _tiny_state("acgan")
+  real = jax.random.normal(jax.random.key(2), (8, 6))
+  labels = jnp.arange(8, dtype=jnp.int32) % K
+  objective = losses.get_objective("non_saturating")
+  rng = jax.random.key(3)
+  _, d_metrics = steps.discriminator_step(
+      s, real, rng, objective=objective, latent_dim=LATENT, labels=labels
+  )
+  # Independent reference: the same fakes, D's class logits, and numpy's log-softmax.
+  z = steps._local_latents(jax.random.fold_in(rng, steps._D_LATENT), 8, LATENT, None)
+  g_vars = {"params": s.generator.params, "batch_stats": s.generator.batch_stats}
+  fake, _ = s.generator.apply_fn(g_vars, z, labels, train=True, mutable=["batch_stats"])
+  d_vars = {"params": s.discriminator.params}
+
+  def cross_entropy(x):
+    class_logits = np.asarray(s.discriminator.apply_fn(d_vars, x, labels, train=True)[1], float)
+    log_p = class_logits - np.log(np.exp(class_logits).sum(-1, keepdims=True))
+    return -log_p[np.arange(8), np.asarray(labels)].mean()
+
+  expected = cross_entropy(real) + cross_entropy(fake)
+  np.testing.assert_allclose(float(d_metrics["d_class_loss"]), expected, rtol=1e-5)
+
+  # The class term reaches G: with the adversarial loss's weight unchanged, a larger classifier
+  # weight changes G's gradient.
+  def g_grad_norm(weight):
+    _, m = steps.generator_step(
+        s,
+        real,
+        rng,
+        objective=objective,
+        latent_dim=LATENT,
+        ema_decay=0.0,
+        labels=labels,
+        classifier_weight=weight,
+    )
+    return float(m["g_grad_norm"]), float(m["g_class_loss"])
+
+  (n0, c0), (n1, c1) = g_grad_norm(0.0), g_grad_norm(10.0)
+  assert c0 == pytest.approx(c1) and c0 > 0
+  assert abs(n1 - n0) > 1e-3
+
+
+@pytest.mark.parametrize("d_conditioning", ["projection", "concat"])
+def test_labels_reach_discriminator_in_train_step(d_conditioning):
+  s = _tiny_state(d_conditioning)
+  real = jax.random.normal(jax.random.key(2), (8, 6))
+  labels = jnp.arange(8, dtype=jnp.int32) % K
+  step = jax.jit(
+      lambda st, batch: steps.train_step(
+          st,
+          batch,
+          jax.random.key(4),
+          objective=losses.get_objective("non_saturating"),
+          latent_dim=LATENT,
+          conditional=True,
+      )
+  )
+  a, _ = step(s, {"image": real, "label": labels})
+  b, _ = step(s, {"image": real, "label": (labels + 1) % K})
+  diff = jax.tree.map(lambda x, y: float(jnp.abs(x - y).max()), a.discriminator.params,
+                      b.discriminator.params)
+  assert max(jax.tree.leaves(diff)) > 1e-6  # Other labels, other update.
+  with pytest.raises(ValueError, match="labelled batches"):
+    steps.train_step(
+        s,
+        {"image": real},
+        jax.random.key(4),
+        objective=losses.get_objective("non_saturating"),
+        latent_dim=LATENT,
+        conditional=True,
+    )
+
+
+def test_class_grid_has_one_class_per_row_and_one_latent_per_column():
+  z, labels = sampling.class_grid_inputs(0, num_classes=4, num_samples=13, latent_dim=5)
+  assert z.shape == (12, 5) and labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+  grid_z = np.asarray(z).reshape(4, 3, 5)
+  np.testing.assert_array_equal(grid_z, np.broadcast_to(grid_z[:1], grid_z.shape))
+  np.testing.assert_array_equal(grid_z[0], np.asarray(sampling.fixed_latents(0, 3, 5)))
+  z, labels = sampling.class_grid_inputs(0, num_classes=10, num_samples=4, latent_dim=2)
+  assert z.shape == (10, 2)  # At least one column.
+
+
+def test_build_networks_rejects_impossible_conditional_setups():
+  config = load_config("cgan", "runlocal")
+  with pytest.raises(ValueError, match="needs labelled data"):
+    train.build_networks(config, (28, 28, 1), None)
+  config.model.name = "sndcgan"
+  with pytest.raises(ValueError, match="no class-conditional.*conditional models: .*dcgan"):
+    train.build_networks(config, (32, 32, 3), 10)
+  assert "sndcgan" not in train.conditional_models()
+  assert {"dcgan", "mlp", "resnet"} <= set(train.conditional_models())
+  config = load_config("cgan", "runlocal")
+  config.model.pack = 2
+  with pytest.raises(ValueError, match="pack=2.*conditional"):
+    train.build_networks(config, (28, 28, 1), 10)
+
+
+@pytest.mark.parametrize("arg", ["", "generator=batchnorm,discriminator=acgan", "arch=mlp"])
+def test_cgan_config_trains_and_draws_one_class_per_row(tmp_path, arg):
+  config = load_config("cgan", ",".join(filter(None, [arg, "runlocal"])))
+  config.parallel.num_devices = 1
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, "run_info.json")) as f:
+    assert json.load(f)["data"]["conditional"] is True
+  grid = np.asarray(Image.open(os.path.join(workdir, "samples", "step_000006.png")))
+  # runlocal: 20 samples of 10 classes -> 10 rows of 2 columns of 28-pixel digits (+2 padding).
+  assert grid.shape[:2] == (10 * 30 + 2, 2 * 30 + 2)
+  samples = train.sample_from_workdir(workdir, 30, str(tmp_path / "grid.png"))
+  assert samples.shape == (30, 28, 28, 1)
+  assert np.load(str(tmp_path / "grid.npz"))["labels"].tolist() == [
+      k for k in range(10) for _ in range(3)
+  ]
+
+
+def test_cgan_trains_on_an_image_folder_with_class_subfolders(tmp_path):
+  rng = np.random.default_rng(0)
+  for k, name in enumerate(["cat", "dog", "frog"]):
+    os.makedirs(tmp_path / "data" / name)
+    for i in range(6):
+      pixels = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) // (k + 1)
+      Image.fromarray(pixels).save(tmp_path / "data" / name / f"{i}.png")
+  config = load_config("cgan", "dataset=folder,runlocal")
+  config.parallel.num_devices = 1
+  config.data.dir = str(tmp_path / "data")
+  config.num_train_steps = 2
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, "run_info.json")) as f:
+    assert json.load(f)["data"]["num_classes"] == 3
+  grid = np.asarray(Image.open(os.path.join(workdir, "samples", "step_000002.png")))
+  assert grid.shape[:2] == (3 * 34 + 2, 6 * 34 + 2)  # 20 samples / 3 classes = 6 per row.
+
+
+def test_conditional_gan_learns_which_mode_each_label_means(tmp_path):
+  """On the ring, the label is the mode index: G(z, k) must land on mode k."""
+  config = load_config("gaussian_mixture", "dataset=ring")
+  config.parallel.num_devices = 1
+  config.model.conditional = True
+  config.model.discriminator.conditioning = "projection"
+  config.model.latent_dim = 4
+  config.model.generator.hidden = (64, 64)
+  config.model.discriminator.hidden = (64, 64)
+  config.optim.g.learning_rate = config.optim.d.learning_rate = 1e-3
+  config.batch_size = 256
+  config.num_train_steps = 1200
+  config.log_every_steps = 600
+  config.sample_every_steps = config.checkpoint_every_steps = config.eval_every_steps = 0
+  final = train.train_and_evaluate(config, str(tmp_path / "run"))
+  networks = train.build_networks(config, (2,), 8)
+  generate = train.make_generate_fn(networks)
+  labels = jnp.arange(800, dtype=jnp.int32) % 8
+  z = jax.random.normal(jax.random.key(5), (800, 4))
+  points = np.asarray(generate(final.generator.params, final.generator.batch_stats, z, labels))
+  modes = gaussian_mixture.mixture_modes("ring")
+  nearest = np.argmin(((points[:, None, :] - modes[None]) ** 2).sum(-1), axis=1)
+  # Unconditional sampling would match the label 1/8 of the time.
+  assert np.mean(nearest == np.asarray(labels)) > 0.9
