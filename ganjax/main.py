@@ -2,6 +2,11 @@
 
   python -m ganjax.main --config=configs/dcgan.py --workdir=runs/dcgan
   python -m ganjax.main --mode=sample --workdir=runs/dcgan --num_samples=64 --output=grid.png
+  python -m ganjax.main --config=configs/classifier.py:dataset=mnist \
+      --config.data.dir=../shared/data/mnist --workdir=runs/classifier_mnist
+
+A config with ``task = "classifier"`` (configs/classifier.py) trains the domain classifier of
+``ganjax.classifier`` instead of a GAN.
 """
 
 from absl import app, flags, logging
@@ -24,7 +29,12 @@ def main(argv):
   if FLAGS.mode == "train":
     if FLAGS.config is None:
       raise app.UsageError("--config is required to train, e.g. --config=configs/dcgan.py")
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if FLAGS.config.get("task", "gan") == "classifier":
+      from ganjax import classifier
+
+      classifier.train_classifier(FLAGS.config, FLAGS.workdir)
+    else:
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   else:
     output = FLAGS.output or f"{FLAGS.workdir.rstrip('/')}/sample.png"
     train.sample_from_workdir(FLAGS.workdir, FLAGS.num_samples, output)
