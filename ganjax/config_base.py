@@ -71,6 +71,21 @@ def base_config() -> ml_collections.ConfigDict:
   # pytorch-fid's FID Inception weights (pt_inception-2015-12-05-6726825d.pth); converted once to
   # a cached Flax file (ganjax.metrics.inception.load_inception).
   config.eval_inception_weights = config_dict.placeholder(str)
+  # Image data: the feature extractor of the evaluation (ganjax/evaluation.py): inception |
+  # classifier; None picks inception when its weights are set, else the classifier when
+  # eval_classifier_workdir is set, else image runs are not evaluated during training.
+  config.eval_extractor = config_dict.placeholder(str)
+  # Workdir of a trained domain classifier (configs/classifier.py) for classifier_fid etc.
+  config.eval_classifier_workdir = config_dict.placeholder(str)
+  # Metrics by name (fid | classifier_fid, kid, is, precision_recall, density_coverage,
+  # stacked_mnist_modes, intra_class_fid); None = the extractor's defaults.
+  config.eval_metrics = config_dict.placeholder(tuple)
+  # Real samples of the cached reference statistics (capped at the split's size).
+  config.eval_num_real = 50000
+  # Generated samples per generator call during evaluation.
+  config.eval_batch_size = 250
+  # Where reference statistics are cached; None = WORKDIR/../.ganjax_reference_stats.
+  config.eval_reference_dir = config_dict.placeholder(str)
 
   config.data = ml_collections.ConfigDict()
   # Dataset name: embedded_mnist, mnist, fashion_mnist, cifar10, celeb_a (any TFDS name), idx,

@@ -250,22 +250,54 @@ def evaluate_modes(
   }
 
 
-def make_evaluator(config, source, generate, num_classes: int | None = None):
-  """``evaluate(state) -> scalars`` for this run's data, or None when it has no evaluation.
+def make_evaluator(config, source, generate, num_classes: int | None = None, workdir=None):
+  """``evaluate(state, step) -> scalars`` for this run's data, or None when it has none.
 
-  Active for the 2-D Gaussian mixtures (``source.name`` in ``gaussian_mixture.NAMES``): mode
-  coverage of the EMA generator when EMA is on (:func:`sample_params`), on fixed latents.
+  The 2-D Gaussian mixtures (``source.name`` in ``gaussian_mixture.NAMES``): mode coverage of the
+  EMA generator when EMA is on (:func:`sample_params`), on fixed latents. Image data, when a
+  feature extractor is configured (``eval_extractor``, ``eval_inception_weights`` or
+  ``eval_classifier_workdir``): the ``eval_metrics`` of :mod:`ganjax.evaluation` on
+  ``eval_num_samples`` samples; the values and their protocol are also written to
+  ``WORKDIR/eval/step_NNNNNN.json``.
   """
-  if source.name not in gaussian_mixture.NAMES:
+  if source.name in gaussian_mixture.NAMES:
+    latents, labels = eval_latents(config), eval_labels(config, num_classes)
+
+    def evaluate_mixture(state, step) -> dict[str, Any]:
+      del step
+      params = sample_params(config, state)
+      batch_stats = state.generator.batch_stats
+      return evaluate_modes(generate, params, batch_stats, latents, source.name, labels)
+
+    return evaluate_mixture
+  if not any(
+      config.get(f)
+      for f in ("eval_extractor", "eval_inception_weights", "eval_classifier_workdir")
+  ):
     return None
-  latents, labels = eval_latents(config), eval_labels(config, num_classes)
+  from ganjax import evaluation
 
-  def evaluate(state) -> dict[str, Any]:
-    params = sample_params(config, state)
-    batch_stats = state.generator.batch_stats
-    return evaluate_modes(generate, params, batch_stats, latents, source.name, labels)
+  extractor = evaluation.get_extractor(config, evaluation.default_extractor_name(config))
 
-  return evaluate
+  def evaluate_images(state, step) -> dict[str, Any]:
+    result = evaluation.evaluate_generator(
+        config,
+        generate,
+        sample_params(config, state),
+        state.generator.batch_stats,
+        num_samples=config.eval_num_samples,
+        metrics=config.get("eval_metrics") or None,
+        extractor=extractor,
+        num_classes=num_classes,
+        step=step,
+        workdir=workdir,
+    )
+    if workdir is not None and jax.process_index() == 0:
+      os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+      _write_json(os.path.join(workdir, "eval", f"step_{step:06d}.json"), result)
+    return result["values"]
+
+  return evaluate_images
 
 
 def _versions() -> dict[str, str]:
@@ -504,7 +536,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   train_step = steps.make_train_step(config, objective)
   step_fn = parallel.compile_step(train_step, mesh, config.parallel.mode)
   generate = make_generate_fn(networks)
-  evaluate = make_evaluator(config, source, generate, networks.num_classes)
+  evaluate = make_evaluator(config, source, generate, networks.num_classes, workdir)
   fixed_z, fixed_labels, grid_columns = sample_inputs(
       config.seed, config.num_sample_images, config.model.latent_dim, networks.num_classes
   )
@@ -526,7 +558,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     logging.info("Wrote %s", path)
 
   def write_evaluation(step: int, metrics_file) -> None:
-    scalars = evaluate(state)
+    scalars = evaluate(state, step)
     now = time.time()
     writer.write_scalars(step, scalars)
     if is_chief:

@@ -1,0 +1,301 @@
+"""ganjax.evaluation: metric selection, reference caching, protocols, evaluating a workdir."""
+
+import hashlib
+import json
+import os
+
+import flax
+import jax
+import numpy as np
+import pytest
+from conftest import load_config
+
+from ganjax import classifier, config_base, data, evaluation, train
+
+NUM_REAL = 300
+# A random-weight classifier has dead ReLU features: singular covariances are expected here.
+pytestmark = pytest.mark.filterwarnings("ignore::ganjax.metrics.RankDeficientWarning")
+
+
+@pytest.fixture(scope="module")
+def classifier_workdir(tmp_path_factory):
+  """A classifier trained 0 steps (random weights), saved as train_classifier saves one."""
+  workdir = str(tmp_path_factory.mktemp("classifier"))
+  params = jax.device_get(classifier.init_params(jax.random.key(0)))
+  params_bytes = flax.serialization.to_bytes(params)
+  with open(os.path.join(workdir, classifier.PARAMS_FILE), "wb") as f:
+    f.write(params_bytes)
+  with open(os.path.join(workdir, classifier.EVAL_FILE), "w") as f:
+    json.dump(
+        {
+            "test_accuracy": 0.1,
+            "params_file": classifier.PARAMS_FILE,
+            "params_sha256": hashlib.sha256(params_bytes).hexdigest(),
+            "model": {"num_classes": classifier.NUM_CLASSES},
+        },
+        f,
+    )
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def extractor(classifier_workdir):
+  return evaluation.classifier_extractor(classifier_workdir)
+
+
+def _config(tmp_path, classifier_workdir=None, **data_fields):
+  config = config_base.base_config()
+  config.data.name = "embedded_mnist"
+  config.data.update(data_fields)
+  config.model.latent_dim = 4
+  config.eval_num_real = NUM_REAL
+  config.eval_reference_dir = str(tmp_path / "reference")
+  if classifier_workdir:
+    config.eval_classifier_workdir = classifier_workdir
+  return config
+
+
+def _counting(extractor):
+  calls = []
+
+  def fn(images):
+    calls.append(len(images))
+    return extractor.fn(images)
+
+  return evaluation.Extractor(extractor.name, fn, extractor.protocol), calls
+
+
+def _real_images(config, num):
+  """The first ``num`` real examples of the reference order (seed REFERENCE_SEED, epoch 0)."""
+  source = data.create_source(config.data, seed=evaluation.REFERENCE_SEED, batch_size=num)
+  return next(source.batches(0))
+
+
+def _replay(images):
+  """A "generator" that returns ``images`` in order, whatever the latents."""
+  position = [0]
+
+  def generate(params, batch_stats, z, labels=None):
+    del params, batch_stats, labels
+    out = images[position[0] : position[0] + len(z)]
+    position[0] += len(z)
+    return np.concatenate([out, np.zeros((len(z) - len(out), *images.shape[1:]), np.float32)])
+
+  return generate
+
+
+def test_metric_selection_and_errors():
+  check = evaluation.check_metrics
+  assert check("classifier_fid,kid", "classifier", data_name="mnist", num_classes=None) == [
+      "classifier_fid",
+      "kid",
+  ]
+  with pytest.raises(ValueError, match="Unknown metric 'bogus'; valid: fid, classifier_fid, kid"):
+    check(["bogus"], "inception", data_name="mnist", num_classes=None)
+  with pytest.raises(ValueError, match="use 'classifier_fid'"):
+    check(["fid"], "classifier", data_name="mnist", num_classes=None)
+  with pytest.raises(ValueError, match="use 'fid'"):
+    check(["classifier_fid"], "inception", data_name="mnist", num_classes=None)
+  with pytest.raises(ValueError, match="needs the classifier extractor"):
+    check(["stacked_mnist_modes"], "inception", data_name="stacked_mnist", num_classes=None)
+  with pytest.raises(ValueError, match="data.name='stacked_mnist'"):
+    check(["stacked_mnist_modes"], "classifier", data_name="mnist", num_classes=None)
+  with pytest.raises(ValueError, match="class-conditional"):
+    check(["intra_class_fid"], "classifier", data_name="mnist", num_classes=None)
+  assert evaluation.default_metrics("inception", "cifar10")[0] == "fid"
+  assert "stacked_mnist_modes" in evaluation.default_metrics("classifier", "stacked_mnist")
+  assert "intra_class_fid" in evaluation.default_metrics("classifier", "mnist", conditional=True)
+  with pytest.raises(ValueError, match="Unknown feature extractor 'vgg'; valid: inception"):
+    evaluation.get_extractor(config_base.base_config(), "vgg")
+
+
+def test_inception_errors_clearly_without_weights(tmp_path):
+  config = _config(tmp_path)
+  with pytest.raises(FileNotFoundError, match="config.eval_inception_weights"):
+    evaluation.get_extractor(config, "inception")
+  config.eval_inception_weights = str(tmp_path / "missing.pth")
+  with pytest.raises(FileNotFoundError, match="missing.pth.*config.eval_inception_weights"):
+    evaluation.evaluate_generator(
+        config, None, None, None, num_samples=10, metrics=["fid"], extractor="inception"
+    )
+  with pytest.raises(ValueError, match="eval_inception_weights.*eval_classifier_workdir"):
+    evaluation.default_extractor_name(config_base.base_config())
+
+
+def test_classifier_extractor_outputs_and_missing_workdir(tmp_path, extractor):
+  with pytest.raises(FileNotFoundError, match="config.eval_classifier_workdir"):
+    evaluation.get_extractor(_config(tmp_path), "classifier")
+  images = np.random.default_rng(0).uniform(-1, 1, (5, 28, 28, 3)).astype(np.float32)
+  out = extractor.fn(images)
+  assert out["features"].shape == (5, 3 * classifier.FEATURE_DIM)
+  assert out["probabilities"].shape == (5, 1000)
+  np.testing.assert_allclose(out["probabilities"].sum(-1), 1.0, rtol=1e-5)
+  assert out["digits"].shape == (5, 3)
+  params = classifier.init_params(jax.random.key(0))  # The fixture's classifier.
+  np.testing.assert_array_equal(out["digits"], classifier.classify_channels(params, images))
+  assert extractor.protocol["extractor"] == "classifier"
+  assert extractor.protocol["feature_dim"] == classifier.FEATURE_DIM
+
+
+def test_reference_cache_is_reused_and_keyed(tmp_path, extractor):
+  config = _config(tmp_path)
+  counted, calls = _counting(extractor)
+  directory = str(tmp_path / "ref")
+  first = evaluation.reference_statistics(config, counted, directory, chunk=128)
+  assert not first["cached"] and sum(calls) == NUM_REAL
+  assert first["mean"].shape == (128,) and first["cov"].shape == (128, 128)
+  assert first["features"].shape == (NUM_REAL, 128) and first["labels"].shape == (NUM_REAL,)
+  second = evaluation.reference_statistics(config, counted, directory, chunk=128)
+  assert second["cached"] and sum(calls) == NUM_REAL  # Not recomputed.
+  assert second["path"] == first["path"]
+  np.testing.assert_array_equal(second["cov"], first["cov"])
+  with np.load(first["path"]) as f:
+    assert json.loads(str(f["key"]))["num_real"] == NUM_REAL
+  # A changed key (fewer real samples, other weights) is another file.
+  other = evaluation.reference_statistics(config, counted, directory, num_real=200)
+  assert other["path"] != first["path"] and not other["cached"]
+  reweighted = evaluation.Extractor(
+      counted.name, counted.fn, {**counted.protocol, "weights_sha256": "0" * 64}
+  )
+  assert evaluation.reference_statistics(config, reweighted, directory)["path"] not in (
+      first["path"],
+      other["path"],
+  )
+  # A file whose stored key differs from its name's key is recomputed, not trusted.
+  os.replace(other["path"], first["path"])
+  calls.clear()
+  again = evaluation.reference_statistics(config, counted, directory)
+  assert not again["cached"] and sum(calls) == NUM_REAL
+  np.testing.assert_allclose(again["mean"], first["mean"], rtol=1e-12)
+
+
+def test_fid_of_the_reference_against_itself_is_zero(tmp_path, extractor):
+  config = _config(tmp_path)
+  real = _real_images(config, NUM_REAL)["image"]
+  result = evaluation.evaluate_generator(
+      config,
+      _replay(real),
+      None,
+      None,
+      num_samples=NUM_REAL,
+      metrics=["classifier_fid", "precision_recall", "density_coverage", "kid", "is"],
+      extractor=extractor,
+      batch_size=64,
+      step=7,
+  )
+  values, protocol = result["values"], result["protocol"]
+  assert "fid" not in values
+  assert abs(values["classifier_fid"]) < 1e-6
+  assert values["precision"] == 1.0 and values["recall"] == 1.0 and values["coverage"] == 1.0
+  assert abs(values["kid"]) < 1e-3 and values["is"] >= 1.0
+  assert protocol["extractor"] == "classifier" and protocol["weights_sha256"]
+  assert protocol["num_real"] == NUM_REAL and protocol["num_generated"] == NUM_REAL
+  assert protocol["reference"]["split"] == "train" and protocol["step"] == 7
+  assert protocol["generator"] == "raw" and protocol["seed"] == config.seed  # ema.decay = 0.
+  json.dumps(result)  # Serialisable as it is.
+
+
+def test_conditional_and_stacked_mnist_metrics(tmp_path, extractor):
+  config = _config(tmp_path)
+  images = _real_images(config, 200)["image"]
+  result = evaluation.evaluate_generator(
+      config,
+      _replay(images),
+      None,
+      None,
+      num_samples=200,
+      metrics=["intra_class_fid"],
+      extractor=extractor,
+      num_classes=10,
+  )
+  assert np.isfinite(result["values"]["intra_class_fid"])
+  assert len(result["details"]["intra_class_fid_per_class"]) == 10
+  stacked = _config(tmp_path, name="stacked_mnist")
+  rgb = np.random.default_rng(1).uniform(-1, 1, (50, 28, 28, 3)).astype(np.float32)
+  result = evaluation.evaluate_generator(
+      stacked,
+      _replay(rgb),
+      None,
+      None,
+      num_samples=50,
+      metrics=["stacked_mnist_modes", "is"],
+      extractor=extractor,
+      num_real=200,
+  )
+  assert 1 <= result["values"]["stacked_mnist_modes"] <= 50
+  assert result["protocol"]["reference"]["resolution"] == [28, 28, 3]
+
+
+def test_evaluate_workdir_writes_values_and_protocol(tmp_path, classifier_workdir):
+  config = load_config("dcgan", "runlocal")
+  config.parallel.num_devices = 1
+  config.num_train_steps = 3
+  # Evaluation during training (at the end): metrics.jsonl, TensorBoard and eval/step_N.json.
+  config.eval_classifier_workdir = classifier_workdir
+  config.eval_metrics = ("classifier_fid", "is")
+  config.eval_num_samples = 100
+  config.eval_num_real = NUM_REAL
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    evaluations = [r for r in map(json.loads, f) if "classifier_fid" in r]
+  assert [r["step"] for r in evaluations] == [3] and np.isfinite(evaluations[0]["is"])
+  with open(os.path.join(workdir, "eval", "step_000003.json")) as f:
+    during = json.load(f)
+  assert during["values"]["classifier_fid"] == evaluations[0]["classifier_fid"]
+  assert during["protocol"]["num_generated"] == 100
+  overrides = {
+      "eval_classifier_workdir": classifier_workdir,
+      "eval_num_real": NUM_REAL,
+      "eval_batch_size": 64,
+  }
+  result = evaluation.evaluate_workdir(
+      workdir, num_samples=150, metrics="classifier_fid,kid", config_overrides=overrides
+  )
+  path = os.path.join(workdir, "eval", "step_000003.json")
+  assert result["path"] == path
+  with open(path) as f:
+    written = json.load(f)
+  assert set(written["values"]) == {"classifier_fid", "kid", "kid_std"}
+  assert np.isfinite(written["values"]["classifier_fid"])
+  protocol = written["protocol"]
+  assert protocol["step"] == 3 and protocol["num_generated"] == 150
+  assert protocol["generator"] == "ema" and protocol["extractor"] == "classifier"
+  assert protocol["reference"]["dataset"] == "embedded_mnist"
+  assert os.path.isdir(os.path.join(tmp_path, ".ganjax_reference_stats"))  # The default place.
+  with pytest.raises(FileNotFoundError, match="No checkpoint for step 2"):
+    evaluation.evaluate_workdir(workdir, step=2, config_overrides=overrides)
+
+
+def test_inception_extractor_plumbing(tmp_path, monkeypatch):
+  """The Inception extractor with stand-ins for the weights file and the network."""
+  from ganjax.metrics import inception
+
+  seen = {}
+
+  def fake_load(path, cache_dir=None):
+    seen["path"] = path
+    return inception.InceptionWeights(variables={}, sha256="ab" * 32, path=path)
+
+  def fake_extract(variables, images, batch_size=50):
+    images = np.asarray(images)
+    seen["range"] = (images.min(), images.max())
+    num = len(images)
+    return {
+        "pool3": np.tile(images.reshape(num, -1)[:, :1], (1, inception.NUM_FEATURES)),
+        "logits": np.zeros((num, inception.NUM_LOGITS), np.float32),
+        "logits_unbiased": np.zeros((num, inception.NUM_LOGITS), np.float32),
+    }
+
+  monkeypatch.setattr(inception, "load_inception", fake_load)
+  monkeypatch.setattr(inception, "extract_features", fake_extract)
+  config = _config(tmp_path)
+  config.eval_inception_weights = str(tmp_path / "w.pth")
+  extractor = evaluation.get_extractor(config, "inception")
+  out = extractor.fn(np.full((3, 8, 8, 1), -1.0, np.float32))
+  assert seen["path"] == config.eval_inception_weights and seen["range"] == (0.0, 0.0)
+  assert out["features"].shape == (3, inception.NUM_FEATURES)
+  np.testing.assert_allclose(out["probabilities"], 1 / inception.NUM_LOGITS, rtol=1e-6)
+  assert extractor.protocol["resize"] == "bilinear 299, pytorch-fid"
+  assert extractor.protocol["weights_sha256"] == "ab" * 32
+  assert extractor.protocol["feature_dim"] == inception.NUM_FEATURES
