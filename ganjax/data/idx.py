@@ -112,6 +112,28 @@ def claims(data_config: ml_collections.ConfigDict) -> bool:
   return data_config.get("name") == "idx" or holds_idx_files(data_config.get("dir"))
 
 
+def load_split(
+    directory: str, split: str, name: str | None = None
+) -> tuple[np.ndarray, np.ndarray, str, str]:
+  """Reads and checks the uint8 images and labels of ``split`` in ``directory``.
+
+  Returns ``(images (N, H, W), labels (N,), images_path, labels_path)``.
+  """
+  images_path, labels_path = find_idx_files(directory, split, name)
+  images = read_idx(images_path, expected_ndim=3)
+  labels = read_idx(labels_path, expected_ndim=1)
+  if images.dtype != np.uint8 or labels.dtype != np.uint8:
+    raise ValueError(
+        f"IDX files must hold unsigned bytes; got {images.dtype} in {images_path} and "
+        f"{labels.dtype} in {labels_path}."
+    )
+  if len(images) != len(labels):
+    raise ValueError(
+        f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels."
+    )
+  return images, labels, images_path, labels_path
+
+
 def create(
     data_config: ml_collections.ConfigDict,
     *,
@@ -127,18 +149,7 @@ def create(
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"IDX data.dir {directory!r} is not a folder.")
   split = data_config.get("split", "train") or "train"
-  images_path, labels_path = find_idx_files(directory, split, data_config.get("name"))
-  images = read_idx(images_path, expected_ndim=3)
-  labels = read_idx(labels_path, expected_ndim=1)
-  if images.dtype != np.uint8 or labels.dtype != np.uint8:
-    raise ValueError(
-        f"IDX files must hold unsigned bytes; got {images.dtype} in {images_path} and "
-        f"{labels.dtype} in {labels_path}."
-    )
-  if len(images) != len(labels):
-    raise ValueError(
-        f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels."
-    )
+  images, labels, images_path, labels_path = load_split(directory, split, data_config.get("name"))
   native_shape = images.shape[1:3]
   image_size = data_config.get("image_size")
   images = preprocessing.resize_images(images, image_size)

@@ -84,18 +84,7 @@ def load_digits(
           f"stacked_mnist data.dir {directory!r} is not a folder; point it at MNIST IDX files "
           "(e.g. train-images-idx3-ubyte.gz) or leave it None for the embedded digits."
       )
-    images_path, labels_path = idx.find_idx_files(directory, split)
-    images = idx.read_idx(images_path, expected_ndim=3)
-    labels = idx.read_idx(labels_path, expected_ndim=1)
-    if images.dtype != np.uint8 or labels.dtype != np.uint8:
-      raise ValueError(
-          f"IDX files must hold unsigned bytes; got {images.dtype} in {images_path} and "
-          f"{labels.dtype} in {labels_path}."
-      )
-    if len(images) != len(labels):
-      raise ValueError(
-          f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels."
-      )
+    images, labels, images_path, labels_path = idx.load_split(directory, split)
     provenance = {
         "digits": "idx",
         "digits_path": os.path.abspath(images_path),
