@@ -8,6 +8,7 @@ message naming every mismatching array.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -130,3 +131,68 @@ def _key_name(key) -> str:
     if hasattr(key, attr):
       return str(getattr(key, attr))
   return str(key)
+
+
+# Metrics where a larger value is better; for every other metric (FID, KID, reverse KL) smaller is.
+HIGHER_IS_BETTER = frozenset(
+    {"is", "precision", "recall", "density", "coverage", "modes", "hq_fraction",
+     "stacked_mnist_modes"}
+)
+BEST_DIRECTORY = "checkpoints_best"
+
+
+class BestCheckpoint:
+  """Keeps the checkpoint with the best value of one evaluation metric, next to the latest ones.
+
+  Saves into ``WORKDIR/checkpoints_best`` (one checkpoint) and records ``{metric, value, step}``
+  in its ``best.json``, so a resumed run keeps comparing against the best so far. StudioGAN's
+  logs show a DCGAN's final FID can be 3x worse than its best; this keeps the best one.
+  """
+
+  def __init__(self, workdir: str, metric: str):
+    self.metric = metric
+    self.higher_is_better = metric in HIGHER_IS_BETTER
+    self.directory = os.path.join(workdir, BEST_DIRECTORY)
+    self._checkpointer = Checkpointer(self.directory, max_to_keep=1, async_save=False)
+    self.record = read_best(workdir)
+
+  def is_better(self, value: float) -> bool:
+    if not np.isfinite(value):
+      return False
+    if self.record is None or self.record.get("metric") != self.metric:
+      return True
+    best = self.record["value"]
+    return value > best if self.higher_is_better else value < best
+
+  def update(self, step: int, scalars: dict[str, float], state: Any, data_position) -> bool:
+    """Saves ``state`` when ``scalars[metric]`` beats the best so far; returns whether it did."""
+    if self.metric not in scalars:
+      raise KeyError(
+          f"eval_best_metric={self.metric!r} is not among the evaluation's values "
+          f"{sorted(scalars)}."
+      )
+    value = float(scalars[self.metric])
+    if not self.is_better(value):
+      return False
+    self._checkpointer.save(step, state, data_position)
+    self._checkpointer.wait_until_finished()
+    self.record = {"metric": self.metric, "value": value, "step": step}
+    tmp = os.path.join(self.directory, "best.json.tmp")
+    with open(tmp, "w") as f:
+      json.dump(self.record, f)
+    os.replace(tmp, os.path.join(self.directory, "best.json"))
+    logging.info("New best %s = %.6g at step %d (saved in %s).", self.metric, value, step,
+                 self.directory)
+    return True
+
+  def close(self) -> None:
+    self._checkpointer.close()
+
+
+def read_best(workdir: str) -> dict[str, Any] | None:
+  """``{metric, value, step}`` of a run's best checkpoint, or None when it has none."""
+  path = os.path.join(workdir, BEST_DIRECTORY, "best.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)

@@ -86,6 +86,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = 250
   # Where reference statistics are cached; None = WORKDIR/../.ganjax_reference_stats.
   config.eval_reference_dir = config_dict.placeholder(str)
+  # Keep the checkpoint with the best value of this evaluation metric (e.g. classifier_fid, fid,
+  # hq_fraction) in WORKDIR/checkpoints_best; None = only the latest checkpoints.
+  config.eval_best_metric = config_dict.placeholder(str)
 
   config.data = ml_collections.ConfigDict()
   # Dataset name: embedded_mnist, mnist, fashion_mnist, cifar10, celeb_a (any TFDS name), idx,

@@ -699,7 +699,8 @@ def evaluate_workdir(
 
   Args:
     workdir: The training run's workdir.
-    step: The checkpoint step; None for the latest.
+    step: The checkpoint step; None for the latest; ``"best"`` for the run's best checkpoint
+      (``config.eval_best_metric``, in ``WORKDIR/checkpoints_best``).
     metrics: Metric names (None: :func:`default_metrics`, or ``config.eval_metrics``).
     num_samples: Generated samples (default ``config.eval_num_samples``).
     extractor: An :class:`Extractor` or a name (default :func:`default_extractor_name`).
@@ -716,7 +717,15 @@ def evaluate_workdir(
   networks = train_lib.build_networks(
       config, tuple(data_info["element_shape"]), data_info["num_classes"]
   )
-  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+  directory = "checkpoints"
+  if step == "best":
+    best = checkpoint_lib.read_best(workdir)
+    if best is None:
+      raise FileNotFoundError(
+          f"{workdir} has no best checkpoint; train with config.eval_best_metric set."
+      )
+    directory, step = checkpoint_lib.BEST_DIRECTORY, int(best["step"])
+  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, directory), async_save=False)
   try:
     if step is None:
       step = checkpointer.latest_step()

@@ -25,7 +25,9 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_integer("num_samples", 64, "--mode=sample: number of samples.")
 flags.DEFINE_string("output", None, "--mode=sample: output PNG (default WORKDIR/sample.png).")
-flags.DEFINE_integer("step", None, "--mode=evaluate: checkpoint step (default: the latest).")
+flags.DEFINE_string(
+    "step", None, "--mode=evaluate: checkpoint step, or 'best' (default: the latest)."
+)
 flags.DEFINE_list("metrics", None, "--mode=evaluate: metric names (default: the extractor's).")
 flags.DEFINE_integer("eval_num_samples", None, "--mode=evaluate: generated samples.")
 flags.DEFINE_string("eval_inception_weights", None, "--mode=evaluate: FID Inception weights.")
@@ -57,7 +59,7 @@ def main(argv):
     }
     result = evaluation.evaluate_workdir(
         FLAGS.workdir,
-        step=FLAGS.step,
+        step=_parse_step(FLAGS.step),
         metrics=FLAGS.metrics,
         num_samples=FLAGS.eval_num_samples,
         config_overrides=overrides,
@@ -67,6 +69,15 @@ def main(argv):
     output = FLAGS.output or f"{FLAGS.workdir.rstrip('/')}/sample.png"
     train.sample_from_workdir(FLAGS.workdir, FLAGS.num_samples, output)
   logging.info("Done.")
+
+
+def _parse_step(step: str | None) -> int | str | None:
+  if step is None or step == "best":
+    return step
+  try:
+    return int(step)
+  except ValueError:
+    raise app.UsageError(f"--step must be a step number or 'best', got {step!r}.") from None
 
 
 if __name__ == "__main__":

@@ -557,8 +557,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     writer.write_images(step, {"samples": picture[None]})
     logging.info("Wrote %s", path)
 
+  best = None
+  if evaluate is not None and config.get("eval_best_metric"):
+    best = checkpoint_lib.BestCheckpoint(workdir, config.eval_best_metric)
+
   def write_evaluation(step: int, metrics_file) -> None:
     scalars = evaluate(state, step)
+    if best is not None:
+      best.update(step, scalars, state, data_position(step))
     now = time.time()
     writer.write_scalars(step, scalars)
     if is_chief:
@@ -566,10 +572,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       metrics_file.flush()
     logging.info("step %d/%d | eval %s", step, config.num_train_steps, json.dumps(scalars))
 
+  def data_position(step: int) -> dict[str, Any]:
+    return {"step": step, "examples_seen": step * examples_per_step, "seed": config.seed}
+
   def save_checkpoint(step: int) -> None:
-    checkpointer.save(
-        step, state, {"step": step, "examples_seen": step * examples_per_step, "seed": config.seed}
-    )
+    checkpointer.save(step, state, data_position(step))
 
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=config.num_train_steps, writer=writer, every_steps=config.log_every_steps
@@ -656,6 +663,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
 
   checkpointer.wait_until_finished()
   checkpointer.close()
+  if best is not None:
+    best.close()
   writer.flush()
   writer.close()
   return state

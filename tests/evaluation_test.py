@@ -235,6 +235,7 @@ def test_evaluate_workdir_writes_values_and_protocol(tmp_path, classifier_workdi
   config.eval_metrics = ("classifier_fid", "is")
   config.eval_num_samples = 100
   config.eval_num_real = NUM_REAL
+  config.eval_best_metric = "classifier_fid"
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(config, workdir)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
@@ -263,6 +264,10 @@ def test_evaluate_workdir_writes_values_and_protocol(tmp_path, classifier_workdi
   assert protocol["generator"] == "ema" and protocol["extractor"] == "classifier"
   assert protocol["reference"]["dataset"] == "embedded_mnist"
   assert os.path.isdir(os.path.join(tmp_path, ".ganjax_reference_stats"))  # The default place.
+  best = evaluation.evaluate_workdir(
+      workdir, step="best", metrics="classifier_fid", num_samples=100, config_overrides=overrides
+  )
+  assert best["protocol"]["step"] == 3  # The only evaluation is the best one.
   with pytest.raises(FileNotFoundError, match="No checkpoint for step 2"):
     evaluation.evaluate_workdir(workdir, step=2, config_overrides=overrides)
 

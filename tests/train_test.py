@@ -175,3 +175,39 @@ def test_progress_line_shows_probabilities_or_critic_outputs():
   assert train._discriminator_outputs(bce) == "D(x) 0.750 D(G(z)) 0.250"
   hinge = {"d_real_logit": 1.5, "d_fake_logit": -0.5}  # WGAN / hinge / LSGAN report no sigmoid.
   assert train._discriminator_outputs(hinge) == "C(x) 1.500 C(G(z)) -0.500"
+
+
+@pytest.mark.parametrize("metric, pick", [("hq_fraction", max), ("modes", max)])
+def test_best_checkpoint_follows_the_chosen_metric(tmp_path, metric, pick):
+  config = _tiny("gaussian_mixture", "dataset=ring,runlocal")
+  config.num_train_steps = 8
+  config.eval_every_steps = 2
+  config.checkpoint_every_steps = 4
+  config.eval_best_metric = metric
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    evaluations = [r for r in map(json.loads, f) if "modes" in r]
+  values = [r[metric] for r in evaluations if np.isfinite(r[metric])]
+  best = checkpoint.read_best(workdir)
+  assert best["metric"] == metric and best["value"] == pick(values)
+  # The first evaluation reaching the best value is kept; its checkpoint is the only one there.
+  first = next(r["step"] for r in evaluations if r[metric] == best["value"])
+  assert best["step"] == first
+  best_dir = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints_best"), async_save=False)
+  assert best_dir.all_steps() == [first]
+  best_dir.close()
+
+
+def test_best_checkpoint_direction_and_non_finite_values(tmp_path):
+  fid = checkpoint.BestCheckpoint(str(tmp_path / "a"), "fid")
+  assert fid.is_better(50.0) and not fid.is_better(float("nan"))
+  fid.record = {"metric": "fid", "value": 50.0, "step": 1}
+  assert fid.is_better(49.9) and not fid.is_better(50.0) and not fid.is_better(60.0)
+  precision = checkpoint.BestCheckpoint(str(tmp_path / "b"), "precision")
+  precision.record = {"metric": "precision", "value": 0.5, "step": 1}
+  assert precision.is_better(0.6) and not precision.is_better(0.4)
+  with pytest.raises(KeyError, match="eval_best_metric='fid' is not among"):
+    fid.update(2, {"kid": 1.0}, None, {})
+  fid.close()
+  precision.close()
