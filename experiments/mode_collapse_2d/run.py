@@ -234,6 +234,12 @@ def main(argv=None) -> int:
   parser.add_argument("--methods", default=",".join(methods_all))
   parser.add_argument("--seeds", type=int, default=5)
   parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+  parser.add_argument("--note", default="", help="a remark added under the protocol")
+  parser.add_argument(
+      "--collect_only",
+      action="store_true",
+      help="run nothing: make the table and plots from the finished runs in --out",
+  )
   args = parser.parse_args(argv)
   datasets = [d for d in args.datasets.split(",") if d]
   methods = [m for m in args.methods.split(",") if m]
@@ -246,6 +252,13 @@ def main(argv=None) -> int:
   jobs = [(d, m, s) for s in range(args.seeds) for d in datasets for m in methods]
   cores = list(range(max(1, args.jobs)))
   records = []
+  if args.collect_only:
+    for d, m, s in jobs:
+      path = os.path.join(args.out, "runs", d, m, f"seed_{s}", "study_record.json")
+      if os.path.exists(path):
+        with open(path) as f:
+          records.append(json.load(f))
+    jobs = []
   with concurrent.futures.ThreadPoolExecutor(len(cores)) as pool:
     free = list(cores)
     futures = {}
@@ -271,7 +284,8 @@ def main(argv=None) -> int:
     machine = f"{model}, {os.cpu_count()} cores, CPU only"
   except (OSError, StopIteration):
     pass
-  text = markdown(records, methods, datasets, protocol_text(config_module), machine)
+  protocol = protocol_text(config_module) + (f"\n\n{args.note}" if args.note else "")
+  text = markdown(records, methods, datasets, protocol, machine)
   with open(os.path.join(args.out, "results.md"), "w") as f:
     f.write(text + "\n")
   print(text)
