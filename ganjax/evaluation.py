@@ -42,7 +42,6 @@ import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 from absl import logging
@@ -82,7 +81,6 @@ KID_SUBSET_SIZE = 1000
 _REFERENCE_VERSION = 1
 # A fixed data seed for the reference subset, so that every run shares the same reference files.
 REFERENCE_SEED = 0
-_LATENT_PURPOSE = 0xE7A1  # The same derivation as ganjax.train.eval_latents.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -488,10 +486,8 @@ def reference_statistics(
 # Evaluation.
 
 
-def evaluation_latents(seed: int, num_samples: int, latent_dim: int) -> jax.Array:
-  """The fixed latents of an evaluation (as :func:`ganjax.train.eval_latents` for the seed)."""
-  key = jax.random.fold_in(jax.random.key(seed), _LATENT_PURPOSE)
-  return jax.random.normal(key, (num_samples, latent_dim))
+# The fixed latents of an evaluation: the same draws as the training loop's evaluations.
+evaluation_latents = train_lib.evaluation_latents
 
 
 def generate_outputs(
@@ -675,14 +671,6 @@ def _compute(
 # A training run's workdir.
 
 
-def _write_json(path: str, obj: Any) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, default=str)
-  os.replace(tmp, path)
-
-
 def evaluate_workdir(
     workdir: str,
     step: int | None = None,
@@ -757,7 +745,7 @@ def evaluate_workdir(
   )
   path = os.path.join(workdir, "eval", f"step_{step:06d}.json")
   record = {**result, "workdir": os.path.abspath(workdir)}
-  _write_json(path, record)
+  train_lib._write_json(path, record)
   logging.info(
       "Evaluation of %s step %d: %s (written to %s).",
       workdir, step, ", ".join(f"{k} {v:.4g}" for k, v in result["values"].items()), path,

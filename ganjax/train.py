@@ -102,7 +102,7 @@ def check_conditional(model_name: str, module: Any, num_classes: int | None) -> 
         "subfolders) or set model.conditional=False."
     )
   for network in (module.Generator, module.Discriminator):
-    if not any(f.name == "num_classes" for f in dataclasses.fields(network)):
+    if not _takes_num_classes(network):
       raise ValueError(
           f"config.model.conditional=True, but model {model_name!r} has no class-conditional "
           f"{network.__name__}; conditional models: {', '.join(conditional_models())}."
@@ -114,12 +114,13 @@ def conditional_models() -> list[str]:
   names = []
   for name in models.available_models():
     module = models.get_model_module(name)
-    if all(
-        any(f.name == "num_classes" for f in dataclasses.fields(n))
-        for n in (module.Generator, module.Discriminator)
-    ):
+    if _takes_num_classes(module.Generator) and _takes_num_classes(module.Discriminator):
       names.append(name)
   return names
+
+
+def _takes_num_classes(network: type) -> bool:
+  return any(f.name == "num_classes" for f in dataclasses.fields(network))
 
 
 def _with_dtype(network: type, dtype: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -219,10 +220,17 @@ def sample_inputs(seed: int, num_samples: int, latent_dim: int, num_classes: int
   return z, labels, z.shape[0] // num_classes
 
 
+def evaluation_latents(seed: int, num_samples: int, latent_dim: int) -> jax.Array:
+  """The fixed latents of every evaluation of a run with this seed."""
+  key = jax.random.fold_in(jax.random.key(seed), 0xE7A1)
+  return jax.random.normal(key, (num_samples, latent_dim))
+
+
 def eval_latents(config) -> jax.Array:
   """The fixed latents of every evaluation: ``eval_num_samples`` draws derived from the seed."""
-  key = jax.random.fold_in(jax.random.key(config.seed), 0xE7A1)
-  return jax.random.normal(key, (config.get("eval_num_samples", 2500), config.model.latent_dim))
+  return evaluation_latents(
+      config.seed, config.get("eval_num_samples", 2500), config.model.latent_dim
+  )
 
 
 def eval_labels(config, num_classes: int | None) -> jax.Array | None:
@@ -293,7 +301,6 @@ def make_evaluator(config, source, generate, num_classes: int | None = None, wor
         workdir=workdir,
     )
     if workdir is not None and jax.process_index() == 0:
-      os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
       _write_json(os.path.join(workdir, "eval", f"step_{step:06d}.json"), result)
     return result["values"]
 
@@ -369,6 +376,8 @@ def run_info(config, source, networks: Networks, state, mesh) -> dict[str, Any]:
 
 
 def _write_json(path: str, obj: Any) -> None:
+  """Writes ``obj`` as JSON atomically (creating the folder)."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=2, default=str)
