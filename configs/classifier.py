@@ -7,7 +7,8 @@ test accuracy at seed 0, in 7 minutes on one busy CPU core):
   python -m ganjax.main --config=configs/classifier.py:dataset=mnist \
       --config.data.dir=../shared/data/mnist --workdir=runs/classifier_mnist
 
-``config.task = "classifier"`` tells ganjax.main to call
+Rerunning the command with the same workdir resumes from the latest checkpoint in
+WORKDIR/checkpoints. ``config.task = "classifier"`` tells ganjax.main to call
 ``ganjax.classifier.train_classifier(config, workdir)`` instead of training a GAN.
 
 Config arguments (after ":"), e.g. ``configs/classifier.py:dataset=fashion_mnist,runlocal``:
@@ -48,6 +49,8 @@ def get_config(arg=None):
   config.eval_batch_size = 256
   # Log loss, accuracy, steps/s and ETA every this many steps.
   config.log_every_steps = 100
+  # Checkpoint into WORKDIR/checkpoints (a rerun resumes) every this many steps; 0 = at the end.
+  config.checkpoint_every_steps = 500
 
   # The data fields shared by every ganjax config (name, dir, split, image_size, ...); the
   # classifier trains on data.split and evaluates on the 'test' split (embedded_mnist: on the
@@ -72,4 +75,5 @@ def get_config(arg=None):
     config.num_train_steps = 6
     config.batch_size = 16
     config.log_every_steps = 2
+    config.checkpoint_every_steps = 4
   return config

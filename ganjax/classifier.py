@@ -23,10 +23,13 @@ Training (:func:`train_classifier`, config ``configs/classifier.py``): Adam on t
 cross-entropy, on ``config.data``'s train split; evaluation on its ``test`` split. The embedded
 5,000 MNIST digits have no test split: the last :data:`HOLDOUT_PER_CLASS` digits of each class (in
 the file's order) are held out as the test set and never trained on. The workdir receives
-``config.json``, the parameters (:data:`PARAMS_FILE`, flax msgpack) and :data:`EVAL_FILE` (test
-accuracy, dataset, the parameters' sha256); :func:`load_classifier` reads them back. Training runs
-on one device (a small CNN needs no more) and does not resume: a new run overwrites the workdir's
-classifier.
+``config.json``, TensorBoard scalars and ``metrics.jsonl`` (clu's metric writers, as
+:mod:`ganjax.train` writes them), orbax checkpoints in ``checkpoints/``, the parameters
+(:data:`PARAMS_FILE`, flax msgpack) and :data:`EVAL_FILE` (test accuracy, dataset, the parameters'
+sha256); :func:`load_classifier` reads them back. Training runs on one device (a small CNN needs
+no more) and resumes from the workdir's latest checkpoint: a killed run rerun with the same config
+ends with the same parameters. Inference (:func:`predict` and the functions built on it) shards
+each batch over all devices, or over a given mesh.
 """
 
 from __future__ import annotations
@@ -49,9 +52,14 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from clu import metric_writers
 from flax.training import train_state
+from jax.sharding import Mesh
 
+from ganjax import checkpoint as checkpoint_lib
 from ganjax import data as data_lib
+from ganjax import parallel
+from ganjax import train as train_lib
 from ganjax.data import embedded, preprocessing
 from ganjax.data.source import DataSource, array_source
 from ganjax.models import layers
@@ -63,6 +71,9 @@ FEATURE_DIM = 128
 HOLDOUT_PER_CLASS = 50
 PARAMS_FILE = "classifier_params.msgpack"
 EVAL_FILE = "classifier_eval.json"
+# Orbax checkpoints of the training state (a rerun resumes from the latest), and the scalars.
+CHECKPOINT_DIR = "checkpoints"
+METRICS_FILE = "metrics.jsonl"
 SCHEDULES = ("constant", "cosine")
 
 ApplyFn = Callable[[Any, Any], tuple[jax.Array, jax.Array]]
@@ -126,41 +137,67 @@ def apply(params: Any, images: Any) -> tuple[jax.Array, jax.Array]:
   return _apply_fn(_num_classes(params))(params, jnp.asarray(images, jnp.float32))
 
 
-def predict(params: Any, images: Any, *, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def predict(
+    params: Any, images: Any, *, batch_size: int = 256, mesh: Mesh | None = None
+) -> tuple[np.ndarray, np.ndarray]:
   """``(logits, features)`` as float32 numpy arrays for any number of images, in batches.
 
-  The last batch is padded to ``batch_size``, so one compilation serves every call.
+  Each batch is sharded on its leading axis over ``mesh``'s ``data`` axis (default: all
+  devices), with the parameters replicated. ``batch_size`` is rounded up to a multiple of the
+  number of devices and the last batch is padded to it, so one compilation serves every call with
+  the same batch size and mesh. The result equals that of one device (to float32 round-off).
   """
   check_images(images)
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
   images = np.asarray(images, np.float32)
   num = len(images)
+  num_classes = _num_classes(params)
+  if not num:
+    return np.zeros((0, num_classes), np.float32), np.zeros((0, FEATURE_DIM), np.float32)
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  devices = mesh.devices.size
+  batch_size = -(-batch_size // devices) * devices
+  params = jax.device_put(params, parallel.replicated(mesh))  # A no-op when already there.
+  sharding = parallel.batch_sharded(mesh)
+  apply_fn = _apply_fn(num_classes)
   logits, features = [], []
   for start in range(0, num, batch_size):
     chunk = images[start : start + batch_size]
     size = len(chunk)
     if size < batch_size:
       chunk = np.concatenate([chunk, np.zeros((batch_size - size, *IMAGE_SHAPE), np.float32)])
-    chunk_logits, chunk_features = apply(params, chunk)
-    logits.append(np.asarray(chunk_logits)[:size])
-    features.append(np.asarray(chunk_features)[:size])
-  if not num:
-    return np.zeros((0, _num_classes(params)), np.float32), np.zeros((0, FEATURE_DIM), np.float32)
-  return np.concatenate(logits), np.concatenate(features)
+    chunk_logits, chunk_features = apply_fn(params, jax.device_put(chunk, sharding))
+    logits.append(chunk_logits)
+    features.append(chunk_features)
+  # Fetched after every batch is dispatched; the padding is dropped on the host.
+  return (
+      np.concatenate([np.asarray(x) for x in logits])[:num],
+      np.concatenate([np.asarray(x) for x in features])[:num],
+  )
 
 
-def classify(params: Any, images: Any, *, batch_size: int = 256) -> np.ndarray:
-  """Predicted classes (N,) int32 of (N, 28, 28, 1) images in [-1, 1]."""
-  return predict(params, images, batch_size=batch_size)[0].argmax(axis=-1).astype(np.int32)
+def classify(
+    params: Any, images: Any, *, batch_size: int = 256, mesh: Mesh | None = None
+) -> np.ndarray:
+  """Predicted classes (N,) int32 of (N, 28, 28, 1) images in [-1, 1], as :func:`predict`."""
+  logits = predict(params, images, batch_size=batch_size, mesh=mesh)[0]
+  return logits.argmax(axis=-1).astype(np.int32)
 
 
-def classifier_features(params: Any, images: Any, *, batch_size: int = 256) -> np.ndarray:
-  """The (N, 128) penultimate activations, for a Fréchet distance on MNIST-like data."""
-  return predict(params, images, batch_size=batch_size)[1]
+def classifier_features(
+    params: Any, images: Any, *, batch_size: int = 256, mesh: Mesh | None = None
+) -> np.ndarray:
+  """The (N, 128) penultimate activations, for a Fréchet distance on MNIST-like data.
+
+  Batched and sharded over ``mesh`` (default: all devices) as :func:`predict`.
+  """
+  return predict(params, images, batch_size=batch_size, mesh=mesh)[1]
 
 
-def classify_channels(params: Any, images: Any, *, batch_size: int = 256) -> np.ndarray:
+def classify_channels(
+    params: Any, images: Any, *, batch_size: int = 256, mesh: Mesh | None = None
+) -> np.ndarray:
   """The digit in each channel of (N, 28, 28, 3) Stacked MNIST images: (N, 3) int32.
 
   Every channel is classified on its own as a grayscale image; row ``i`` is
@@ -173,7 +210,7 @@ def classify_channels(params: Any, images: Any, *, batch_size: int = 256) -> np.
     )
   num, height, width, channels = images.shape
   gray = np.moveaxis(images, -1, 1).reshape(num * channels, height, width, 1)
-  return classify(params, gray, batch_size=batch_size).reshape(num, channels)
+  return classify(params, gray, batch_size=batch_size, mesh=mesh).reshape(num, channels)
 
 
 def _num_classes(params: Any) -> int:
@@ -188,12 +225,32 @@ def _num_classes(params: Any) -> int:
 def make_optimizer(
     optim: ml_collections.ConfigDict, num_steps: int
 ) -> optax.GradientTransformation:
-  """Adam with the learning rate ``optim.learning_rate``, constant or cosine-decayed to 0."""
+  """Adam with the learning rate ``optim.learning_rate``, constant or cosine-decayed to 0.
+
+  The same settings give the same object (and so a training state whose jitted step is reused).
+  """
   layers.check_choice("optim.schedule", optim.schedule, SCHEDULES)
-  learning_rate = optim.learning_rate
-  if optim.schedule == "cosine":
-    learning_rate = optax.cosine_decay_schedule(optim.learning_rate, max(num_steps, 1))
-  return optax.adam(learning_rate, b1=optim.get("b1", 0.9), b2=optim.get("b2", 0.999))
+  return _adam(
+      float(optim.learning_rate),
+      optim.schedule,
+      float(optim.get("b1", 0.9)),
+      float(optim.get("b2", 0.999)),
+      max(num_steps, 1) if optim.schedule == "cosine" else 0,
+  )
+
+
+@functools.cache
+def _adam(
+    learning_rate: float, schedule: str, b1: float, b2: float, num_steps: int
+) -> optax.GradientTransformation:
+  if schedule == "cosine":
+    learning_rate = optax.cosine_decay_schedule(learning_rate, num_steps)
+  return optax.adam(learning_rate, b1=b1, b2=b2)
+
+
+@functools.cache
+def _model(num_classes: int, dropout: float) -> Classifier:
+  return Classifier(num_classes, dropout)
 
 
 def create_train_state(
@@ -203,10 +260,14 @@ def create_train_state(
     num_classes: int = NUM_CLASSES,
     dropout: float = 0.5,
 ) -> train_state.TrainState:
-  """A flax ``TrainState`` of a freshly initialised :class:`Classifier` and the optimizer ``tx``."""
-  model = Classifier(num_classes, dropout)
+  """A flax ``TrainState`` of a freshly initialised :class:`Classifier` and the optimizer ``tx``.
+
+  Its step is an int32 array, as a restored checkpoint's is (so both use one compiled step).
+  """
+  model = _model(num_classes, dropout)
   params = model.init(rng, jnp.zeros((1, *IMAGE_SHAPE)))["params"]
-  return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+  state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+  return state.replace(step=jnp.zeros((), jnp.int32))
 
 
 def train_step(
@@ -226,6 +287,10 @@ def train_step(
   state = state.apply_gradients(grads=grads)
   accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
   return state, {"loss": loss, "accuracy": accuracy, "grad_norm": optax.global_norm(grads)}
+
+
+# One jitted step for every run of a process: the same config reuses its compilation.
+_jit_train_step = jax.jit(train_step, donate_argnums=0)
 
 
 def embedded_holdout() -> tuple[np.ndarray, np.ndarray]:
@@ -323,6 +388,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for key in ("num_train_steps", "batch_size", "log_every_steps"):
     if config[key] < 1:
       raise ValueError(f"config.{key} must be >= 1, got {config[key]}.")
+  if config.get("checkpoint_every_steps", 0) < 0:
+    raise ValueError(
+        "config.checkpoint_every_steps must be >= 0 (0 = only at the end), got "
+        f"{config.checkpoint_every_steps}."
+    )
   if not 0.0 <= config.model.dropout < 1.0:
     raise ValueError(f"config.model.dropout must be in [0, 1), got {config.model.dropout}.")
   if config.optim.learning_rate <= 0:
@@ -333,18 +403,33 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains the classifier on ``config.data``, evaluates it on the test split, saves it.
 
-  Writes ``config.json``, :data:`PARAMS_FILE` and :data:`EVAL_FILE` into ``workdir``.
+  Writes into ``workdir``: ``config.json``; TensorBoard scalars and ``metrics.jsonl`` lines
+  (training loss, accuracy, gradient norm, steps/s and img/s every ``config.log_every_steps``,
+  the test accuracy at the end); orbax checkpoints of the training state in
+  ``checkpoints/`` (:data:`CHECKPOINT_DIR`) every ``config.checkpoint_every_steps`` and at the
+  end; :data:`PARAMS_FILE` and :data:`EVAL_FILE`.
+
+  A rerun in the same workdir resumes from the latest checkpoint, with the data order continued
+  from its step (``source.batches(step)``) and dropout keyed by the step, so it ends with the same
+  parameters as an uninterrupted run of the same config.
 
   Returns:
     The evaluation written to :data:`EVAL_FILE`: ``test_accuracy``, ``num_test_examples``,
     ``dataset`` (the test split's provenance), ``params_sha256``, training statistics.
+
+  Raises:
+    ValueError: a bad config, or a checkpoint in ``workdir`` beyond ``config.num_train_steps``.
+    checkpoint.CheckpointMismatchError: a checkpoint that does not fit the classifier.
+    FloatingPointError: a non-finite loss (training stops; the last checkpoint is kept).
   """
   validate_config(config)
   os.makedirs(workdir, exist_ok=True)
   source, test_images, test_labels, test_description = load_splits(
       config.data, seed=config.seed, batch_size=config.batch_size
   )
-  _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+  is_chief = jax.process_index() == 0
+  if is_chief:
+    _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
 
   num_steps = config.num_train_steps
   tx = make_optimizer(config.optim, num_steps)
@@ -352,64 +437,38 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict[st
   state = create_train_state(
       jax.random.fold_in(rng, 0), tx, num_classes=NUM_CLASSES, dropout=config.model.dropout
   )
-  dropout_rng = jax.random.fold_in(rng, 1)
-  step_fn = jax.jit(train_step, donate_argnums=0)
-  epoch_steps = source.num_examples // config.batch_size
-  logging.info(
-      "Training the classifier (%d parameters) on %s (%d examples, %d steps = %.2f epochs, batch "
-      "%d); test set: %d examples.",
-      parameter_count(state.params),
-      source.name,
-      source.num_examples,
-      num_steps,
-      num_steps / epoch_steps,
-      config.batch_size,
-      len(test_labels),
+  # Committed to one device, as a restored state is: fresh and resumed runs share a compilation.
+  state = jax.device_put(state, jax.local_devices()[0])
+  checkpointer = checkpoint_lib.Checkpointer(
+      os.path.join(workdir, CHECKPOINT_DIR), async_save=False
   )
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=not is_chief, asynchronous=False
+  )
+  try:
+    start_step, state = _restore(checkpointer, state, config)
+    state, stats = _train_loop(
+        config, source, state, rng, start_step, checkpointer, writer, workdir, is_chief
+    )
+    jax.block_until_ready(state.params)
 
-  batches = source.batches(0)
-  window: list[dict[str, jax.Array]] = []
-  t_start = t_last = time.time()
-  step_last = 0
-  last_scalars: dict[str, float] = {}
-  for step in range(1, num_steps + 1):
-    batch = next(batches)
-    state, metrics = step_fn(state, batch, dropout_rng)
-    window.append(metrics)
-    if step == 1:
-      jax.block_until_ready(metrics)
-      t_last, step_last = time.time(), 1
-      logging.info("First step (with compilation) took %.1fs.", t_last - t_start)
-    if step % config.log_every_steps == 0 or step == num_steps:
-      fetched = jax.device_get(window)
-      window = []
-      last_scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-      if not np.isfinite(last_scalars["loss"]):
-        raise FloatingPointError(f"Non-finite classifier loss at step {step}: {last_scalars}.")
-      now = time.time()
-      steps_per_sec = (step - step_last) / max(now - t_last, 1e-9) if step > step_last else 0.0
-      t_last, step_last = now, step
-      eta = (num_steps - step) / steps_per_sec if steps_per_sec else float("nan")
-      logging.info(
-          "step %d/%d | loss %.4f accuracy %.4f | %.2f steps/s %.0f img/s | ETA %s",
-          step,
-          num_steps,
-          last_scalars["loss"],
-          last_scalars["accuracy"],
-          steps_per_sec,
-          steps_per_sec * config.batch_size,
-          _format_duration(eta),
-      )
-  jax.block_until_ready(state.params)
-  train_seconds = time.time() - t_start
+    t_eval = time.time()
+    predictions = classify(
+        state.params, test_images, batch_size=config.get("eval_batch_size", 256)
+    )
+    eval_seconds = time.time() - t_eval
+    test_accuracy = float(np.mean(predictions == test_labels))
+    writer.write_scalars(num_steps, {"test_accuracy": test_accuracy})
+    if is_chief:
+      _append_jsonl(workdir, num_steps, {"test_accuracy": test_accuracy})
+  finally:
+    checkpointer.close()
+    writer.flush()
+    writer.close()
 
-  t_eval = time.time()
-  predictions = classify(state.params, test_images, batch_size=config.get("eval_batch_size", 256))
-  eval_seconds = time.time() - t_eval
-  test_accuracy = float(np.mean(predictions == test_labels))
   params_bytes = flax.serialization.to_bytes(jax.device_get(state.params))
   params_path = os.path.join(workdir, PARAMS_FILE)
-  _write_bytes(params_path, params_bytes)
+  epoch_steps = source.num_examples // config.batch_size
   evaluation = {
       "test_accuracy": test_accuracy,
       "num_test_examples": int(len(test_labels)),
@@ -430,26 +489,149 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict[st
           "batch_size": config.batch_size,
           "epochs": num_steps / epoch_steps,
           "seed": config.seed,
-          "final_loss": last_scalars.get("loss"),
-          "final_accuracy": last_scalars.get("accuracy"),
-          "wall_time_s": train_seconds,
+          "final_loss": stats["scalars"].get("loss"),
+          "final_accuracy": stats["scalars"].get("accuracy"),
+          "resumed_from_step": start_step,
+          "wall_time_s": stats["seconds"],
       },
       "eval_wall_time_s": eval_seconds,
       "devices": {"platform": jax.devices()[0].platform, "kind": jax.devices()[0].device_kind},
       "command": sys.argv,
   }
-  _write_json(os.path.join(workdir, EVAL_FILE), evaluation)
+  if is_chief:
+    _write_bytes(params_path, params_bytes)
+    _write_json(os.path.join(workdir, EVAL_FILE), evaluation)
   logging.info(
       "Classifier test accuracy %.4f (%d of %d wrong) on %s; trained in %s; saved %s (sha256 %s).",
       test_accuracy,
       evaluation["num_test_errors"],
       len(test_labels),
       config.data.name,
-      _format_duration(train_seconds),
+      _format_duration(stats["seconds"]),
       params_path,
       evaluation["params_sha256"],
   )
   return evaluation
+
+
+def _restore(
+    checkpointer: checkpoint_lib.Checkpointer,
+    state: train_state.TrainState,
+    config: ml_collections.ConfigDict,
+) -> tuple[int, train_state.TrainState]:
+  """``(start step, state)``: the latest checkpoint's, or ``(0, state)`` when there is none."""
+  start_step = checkpointer.latest_step() or 0
+  if not start_step:
+    return 0, state
+  if start_step > config.num_train_steps:
+    raise ValueError(
+        f"{checkpointer.directory} holds a checkpoint at step {start_step}, beyond "
+        f"config.num_train_steps={config.num_train_steps}; use a new workdir or at least "
+        f"{start_step} steps."
+    )
+  state, position = checkpointer.restore(start_step, state)
+  trained_for = position.get("num_train_steps")
+  if trained_for not in (None, config.num_train_steps) and config.optim.schedule != "constant":
+    logging.warning(
+        "The checkpoint was written by a run of %d steps, this one has %d: the %s learning-rate "
+        "schedule differs from the checkpoint on.",
+        trained_for,
+        config.num_train_steps,
+        config.optim.schedule,
+    )
+  logging.info("Resumed the classifier from the checkpoint at step %d (%s).", start_step, position)
+  return start_step, state
+
+
+def _train_loop(
+    config: ml_collections.ConfigDict,
+    source: DataSource,
+    state: train_state.TrainState,
+    rng: jax.Array,
+    start_step: int,
+    checkpointer: checkpoint_lib.Checkpointer,
+    writer: metric_writers.MetricWriter,
+    workdir: str,
+    is_chief: bool,
+) -> tuple[train_state.TrainState, dict[str, Any]]:
+  """Steps ``start_step + 1 .. num_train_steps``: logs scalars, saves checkpoints."""
+  num_steps = config.num_train_steps
+  dropout_rng = jax.random.fold_in(rng, 1)
+  step_fn = _jit_train_step
+  logging.info(
+      "Training the classifier (%d parameters) on %s (%d examples, %d steps = %.2f epochs, batch "
+      "%d) from step %d.",
+      parameter_count(state.params),
+      source.name,
+      source.num_examples,
+      num_steps,
+      num_steps / (source.num_examples // config.batch_size),
+      config.batch_size,
+      start_step,
+  )
+  checkpoint_every = config.get("checkpoint_every_steps", 0)
+  batches = source.batches(start_step)
+  buffer = train_lib._MetricsBuffer()
+  t_start = t_last = time.time()
+  step_last = start_step
+  scalars: dict[str, float] = {}
+  for step in range(start_step + 1, num_steps + 1):
+    state, metrics = step_fn(state, next(batches), dropout_rng)
+    if step == start_step + 1:  # Time steps from here on: the first one includes compilation.
+      jax.block_until_ready(metrics)
+      t_last, step_last = time.time(), step
+      logging.info("First step (with compilation) took %.1fs.", t_last - t_start)
+    buffer.add(step, metrics)
+    last = step == num_steps
+    log_now = step % config.log_every_steps == 0 or last
+    checkpoint_now = last or (checkpoint_every and step % checkpoint_every == 0)
+    if log_now or checkpoint_now:
+      flushed = buffer.flush()  # Raises before a non-finite state can be saved.
+      if log_now and flushed:
+        scalars = flushed
+        now = time.time()
+        if step > step_last:
+          steps_per_sec = (step - step_last) / max(now - t_last, 1e-9)
+        else:  # Only the (compiling) first step ran since the last log.
+          steps_per_sec = 1.0 / max(now - t_start, 1e-9)
+        t_last, step_last = now, step
+        scalars["steps_per_sec"] = steps_per_sec
+        scalars["images_per_sec"] = steps_per_sec * config.batch_size
+        writer.write_scalars(step, scalars)
+        if is_chief:
+          _append_jsonl(workdir, step, scalars, now)
+        logging.info(
+            "step %d/%d | loss %.4f accuracy %.4f | %.2f steps/s %.0f img/s | ETA %s",
+            step,
+            num_steps,
+            scalars["loss"],
+            scalars["accuracy"],
+            steps_per_sec,
+            scalars["images_per_sec"],
+            _format_duration((num_steps - step) / max(steps_per_sec, 1e-9)),
+        )
+    if checkpoint_now:
+      checkpointer.save(
+          step,
+          state,
+          {
+              "step": step,
+              "examples_seen": step * config.batch_size,
+              "seed": config.seed,
+              "num_train_steps": num_steps,
+          },
+      )
+  checkpointer.wait_until_finished()
+  return state, {"scalars": scalars, "seconds": time.time() - t_start}
+
+
+def _append_jsonl(
+    workdir: str, step: int, scalars: dict[str, float], wall_time: float | None = None
+) -> None:
+  """One line ``{"step", "wall_time", **scalars}`` of ``WORKDIR/metrics.jsonl``."""
+  record = {"step": step, "wall_time": time.time() if wall_time is None else wall_time, **scalars}
+  with open(os.path.join(workdir, METRICS_FILE), "a") as f:
+    f.write(json.dumps(record) + "\n")
 
 
 def load_classifier(workdir: str) -> tuple[ApplyFn, Any]:

@@ -17,6 +17,10 @@ measured, the latent seed and the step.
   (N, C), the digit of every channel (each channel is classified on its own: C = 3 for Stacked
   MNIST, whose features are the 3 channels' features side by side and whose probabilities are the
   joint distribution over the 1000 digit triples).
+* **Sharding**: generation and feature extraction run in fixed-size jitted batches sharded on
+  their leading axis over a mesh with a ``data`` axis (:func:`eval_mesh`: the devices of
+  ``config.parallel.num_devices``, default all), the weights replicated; batch sizes are rounded up
+  to a multiple of the device count. The values equal one device's up to float round-off.
 * **Metrics** (by name, :data:`METRICS`): ``fid`` (Inception features only) and ``classifier_fid``
   (classifier features: a different number, never reported as FID), ``kid``, ``is`` (softmax of
   the Inception's unbiased logits as in Salimans et al.'s code, or of the classifier's logits),
@@ -42,14 +46,17 @@ import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.sharding import Mesh
 
 from ganjax import checkpoint as checkpoint_lib
 from ganjax import classifier as classifier_lib
 from ganjax import data as data_lib
 from ganjax import metrics as metrics_lib
+from ganjax import parallel
 from ganjax import train as train_lib
 from ganjax.metrics import inception as inception_lib
 
@@ -107,19 +114,35 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
   return probabilities / probabilities.sum(axis=-1, keepdims=True)
 
 
+def eval_mesh(config: ml_collections.ConfigDict) -> Mesh:
+  """The mesh an evaluation shards its batches over: ``config.parallel.num_devices`` (0 or none:
+  all devices), as training uses."""
+  num_devices = (config.get("parallel") or {}).get("num_devices") or None
+  return parallel.make_mesh(num_devices)
+
+
 def inception_extractor(
-    weights_path: str | None, *, cache_dir: str | None = None, batch_size: int = 50
+    weights_path: str | None,
+    *,
+    cache_dir: str | None = None,
+    batch_size: int = 50,
+    mesh: Mesh | None = None,
 ) -> Extractor:
   """The FID InceptionV3: 2048-d pool3 features, softmax of the 1008 unbiased logits.
+
+  Batches are sharded over ``mesh`` (default: all devices), the weights replicated on it once
+  (:func:`ganjax.metrics.inception.extract_features`).
 
   Raises:
     FileNotFoundError: no weights file; the message names ``config.eval_inception_weights``.
   """
   weights = inception_lib.load_inception(weights_path, cache_dir)
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  variables = jax.device_put(weights.variables, parallel.replicated(mesh))
 
   def fn(images: np.ndarray) -> dict[str, np.ndarray]:
     unit = inception_lib.to_unit_range(images, quantize=True)
-    out = inception_lib.extract_features(weights.variables, unit, batch_size)
+    out = inception_lib.extract_features(variables, unit, batch_size, mesh=mesh)
     return {
         "features": out["pool3"],
         "probabilities": _softmax(out["logits_unbiased"]).astype(np.float32),
@@ -137,11 +160,15 @@ def inception_extractor(
   return Extractor("inception", fn, protocol)
 
 
-def classifier_extractor(workdir: str | None, *, batch_size: int = 256) -> Extractor:
+def classifier_extractor(
+    workdir: str | None, *, batch_size: int = 256, mesh: Mesh | None = None
+) -> Extractor:
   """The MNIST classifier of ``workdir``: 128-d penultimate features per channel.
 
   Images with C channels are classified channel by channel: features (N, 128 C), probabilities
   the product of the channels' softmaxes (N, 10^C, the joint over digit tuples), digits (N, C).
+  Batches are sharded over ``mesh`` (default: all devices), the parameters replicated on it once
+  (:func:`ganjax.classifier.predict`).
 
   Raises:
     FileNotFoundError: no classifier workdir; the message names ``config.eval_classifier_workdir``.
@@ -154,6 +181,8 @@ def classifier_extractor(workdir: str | None, *, batch_size: int = 256) -> Extra
         f"config.{CLASSIFIER_CONFIG_FIELD} to its workdir."
     )
   _, params = classifier_lib.load_classifier(workdir)
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  params = jax.device_put(params, parallel.replicated(mesh))
   with open(os.path.join(workdir, classifier_lib.EVAL_FILE)) as f:
     recorded = json.load(f)
 
@@ -161,7 +190,7 @@ def classifier_extractor(workdir: str | None, *, batch_size: int = 256) -> Extra
     images = np.asarray(images, np.float32)
     num, height, width, channels = images.shape
     gray = np.moveaxis(images, -1, 1).reshape(num * channels, height, width, 1)
-    logits, features = classifier_lib.predict(params, gray, batch_size=batch_size)
+    logits, features = classifier_lib.predict(params, gray, batch_size=batch_size, mesh=mesh)
     probabilities = _softmax(logits).reshape(num, channels, -1)
     joint = probabilities[:, 0]
     for c in range(1, channels):
@@ -185,13 +214,19 @@ def classifier_extractor(workdir: str | None, *, batch_size: int = 256) -> Extra
   return Extractor("classifier", fn, protocol)
 
 
-def get_extractor(config: ml_collections.ConfigDict, name: str) -> Extractor:
-  """The extractor ``name`` ("inception" or "classifier") set up from the config's fields."""
+def get_extractor(
+    config: ml_collections.ConfigDict, name: str, *, mesh: Mesh | None = None
+) -> Extractor:
+  """The extractor ``name`` ("inception" or "classifier") set up from the config's fields.
+
+  Its batches are sharded over ``mesh`` (default: :func:`eval_mesh`).
+  """
+  if name not in EXTRACTORS:
+    raise ValueError(f"Unknown feature extractor {name!r}; valid: {', '.join(EXTRACTORS)}.")
+  mesh = eval_mesh(config) if mesh is None else mesh
   if name == "inception":
-    return inception_extractor(config.get(inception_lib.WEIGHTS_CONFIG_FIELD))
-  if name == "classifier":
-    return classifier_extractor(config.get(CLASSIFIER_CONFIG_FIELD))
-  raise ValueError(f"Unknown feature extractor {name!r}; valid: {', '.join(EXTRACTORS)}.")
+    return inception_extractor(config.get(inception_lib.WEIGHTS_CONFIG_FIELD), mesh=mesh)
+  return classifier_extractor(config.get(CLASSIFIER_CONFIG_FIELD), mesh=mesh)
 
 
 def default_extractor_name(config: ml_collections.ConfigDict) -> str:
@@ -499,14 +534,24 @@ def generate_outputs(
     extractor: Extractor,
     *,
     batch_size: int,
+    mesh: Mesh | None = None,
 ) -> dict[str, np.ndarray]:
   """Extractor outputs of the samples of ``latents`` (and ``labels``), in fixed-size batches.
 
-  The last batch is padded (and the padding dropped), so one compilation serves every batch.
+  The generator runs sharded over ``mesh`` (default: all devices): the latents (and labels) of
+  each batch are split on their leading axis, ``params`` and ``batch_stats`` replicated (BatchNorm
+  uses its running averages, so every sample is computed on its own, as on one device).
+  ``batch_size`` is rounded up to a multiple of the number of devices and the last batch is
+  padded (and the padding dropped), so one compilation serves every batch.
   """
   num = len(latents)
   latents = np.asarray(latents)
   labels = None if labels is None else np.asarray(labels, np.int32)
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  devices = mesh.devices.size
+  batch_size = -(-batch_size // devices) * devices
+  params, batch_stats = jax.device_put((params, batch_stats), parallel.replicated(mesh))
+  sharding = parallel.batch_sharded(mesh)
   parts: dict[str, list[np.ndarray]] = {}
   for start in range(0, num, batch_size):
     z = latents[start : start + batch_size]
@@ -516,6 +561,7 @@ def generate_outputs(
       z = np.concatenate([z, np.zeros((batch_size - size, *z.shape[1:]), z.dtype)])
       if y is not None:
         y = np.concatenate([y, np.zeros(batch_size - size, np.int32)])
+    z, y = jax.device_put((z, y), sharding)
     images = np.asarray(generate_fn(params, batch_stats, z, y))[:size]
     for k, v in extractor.fn(np.clip(images, -1.0, 1.0)).items():
       parts.setdefault(k, []).append(np.asarray(v))
@@ -540,6 +586,7 @@ def evaluate_generator(
     reference_split: str | None = None,
     reference_directory: str | None = None,
     workdir: str | None = None,
+    mesh: Mesh | None = None,
 ) -> dict[str, Any]:
   """Measures a generator: the named metrics of ``num_samples`` samples against the real data.
 
@@ -564,12 +611,15 @@ def evaluate_generator(
     reference_split: The real data's split (default ``config.data.split``).
     reference_directory: Where reference files are cached (default :func:`reference_dir`).
     workdir: The run's workdir, for the default reference directory.
+    mesh: The mesh the generator (and an extractor given by name) shards its batches over
+      (default: :func:`eval_mesh`); the values do not depend on it beyond float round-off.
 
   Returns:
     ``{"values": {name: float}, "protocol": {...}, "details": {...}}``.
   """
+  mesh = eval_mesh(config) if mesh is None else mesh
   if isinstance(extractor, str):
-    extractor = get_extractor(config, extractor)
+    extractor = get_extractor(config, extractor, mesh=mesh)
   data_name = config.data.get("name")
   if metrics is None:
     metrics = default_metrics(extractor.name, data_name, bool(num_classes))
@@ -590,7 +640,8 @@ def evaluate_generator(
   if num_classes:
     labels = np.arange(num_samples, dtype=np.int32) % num_classes
   fake = generate_outputs(
-      generate_fn, params, batch_stats, latents, labels, extractor, batch_size=batch_size
+      generate_fn, params, batch_stats, latents, labels, extractor, batch_size=batch_size,
+      mesh=mesh,
   )
   values, details = _compute(metrics, reference, fake, labels)
   protocol = {
@@ -612,6 +663,7 @@ def evaluate_generator(
       "latents": "normal(fold_in(key(seed), 0xE7A1), (num_generated, latent_dim))",
       "step": None if step is None else int(step),
       "generation_batch_size": int(batch_size),
+      "num_devices": int(mesh.devices.size),
       "wall_time_s": time.time() - t_start,
   }
   return {"values": values, "protocol": protocol, "details": details}
@@ -761,6 +813,7 @@ __all__ = [
     "classifier_extractor",
     "default_extractor_name",
     "default_metrics",
+    "eval_mesh",
     "evaluate_generator",
     "evaluate_workdir",
     "evaluation_latents",

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from ganjax import classifier
+from ganjax import classifier, parallel
 from ganjax import data as data_lib
 from ganjax.data import embedded, preprocessing
 from ganjax.metrics import stacked_mnist_modes
@@ -82,6 +82,26 @@ def test_predict_batches_and_pads(params):
       classifier.classify(params, images, batch_size=16), np.argmax(full_logits, -1)
   )
   np.testing.assert_array_equal(classifier.classifier_features(params, images[:0]).shape, (0, 128))
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
+def test_predict_sharded_equals_one_device(params):
+  """13 images: batches of 5 round up to 8 on 8 devices (8 + 5 padded) and to 6 on 3 (6 + 6 + 1
+  padded); the outputs equal one device's, and a repeated call compiles nothing new."""
+  images, _ = embedded_batch(13)
+  one = classifier.predict(params, images, batch_size=5, mesh=parallel.make_mesh(1))
+  eight = classifier.predict(params, images, batch_size=5)  # Default: all 8 devices.
+  compiled = classifier._apply_fn(classifier.NUM_CLASSES)._cache_size()
+  again = classifier.predict(params, images, batch_size=5, mesh=parallel.make_mesh(8))
+  assert classifier._apply_fn(classifier.NUM_CLASSES)._cache_size() == compiled
+  three = classifier.predict(params, images, batch_size=5, mesh=parallel.make_mesh(3))
+  for outputs in (eight, again, three):
+    assert outputs[0].shape == (13, 10) and outputs[1].shape == (13, 128)
+    for got, want in zip(outputs, one, strict=True):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(
+      classifier.classify(params, images, batch_size=5), np.argmax(one[0], -1)
+  )
 
 
 def test_dropout_only_in_training(params):
@@ -160,6 +180,42 @@ def test_small_run_reaches_accuracy(trained):
   with open(os.path.join(workdir, classifier.PARAMS_FILE), "rb") as f:
     assert hashlib.sha256(f.read()).hexdigest() == evaluation["params_sha256"]
   assert os.path.exists(os.path.join(workdir, "config.json"))
+
+
+def _resume_config(num_train_steps):
+  config = conftest.load_config("classifier", "runlocal")
+  config.num_train_steps = num_train_steps
+  config.checkpoint_every_steps = 2
+  config.log_every_steps = 2
+  config.optim.schedule = "constant"  # The cosine schedule depends on num_train_steps.
+  return config
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path):
+  """A run stopped at step 3 and rerun to step 5 in its workdir ends where a run of 5 steps does;
+  both write TensorBoard events and metrics.jsonl."""
+  whole = classifier.train_classifier(_resume_config(5), str(tmp_path / "whole"))
+  workdir = str(tmp_path / "resumed")
+  first = classifier.train_classifier(_resume_config(3), workdir)
+  assert first["train"]["resumed_from_step"] == 0
+  assert sorted(os.listdir(os.path.join(workdir, classifier.CHECKPOINT_DIR))) == ["2", "3"]
+  resumed = classifier.train_classifier(_resume_config(5), workdir)
+  assert resumed["train"]["resumed_from_step"] == 3
+  assert resumed["params_sha256"] == whole["params_sha256"]
+  assert resumed["test_accuracy"] == whole["test_accuracy"]
+  _, params = classifier.load_classifier(workdir)  # The final params file, as before.
+  _, whole_params = classifier.load_classifier(str(tmp_path / "whole"))
+  jax.tree.map(np.testing.assert_array_equal, params, whole_params)
+
+  with open(os.path.join(workdir, classifier.METRICS_FILE)) as f:
+    records = [json.loads(line) for line in f]
+  train_steps = [r["step"] for r in records if "loss" in r]
+  assert train_steps == [2, 3, 4, 5]  # Run 1 logs 2 and its last step 3; run 2 logs 4 and 5.
+  assert {"accuracy", "grad_norm", "steps_per_sec", "images_per_sec"} <= set(records[0])
+  assert [r["step"] for r in records if "test_accuracy" in r] == [3, 5]
+  assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
+  with pytest.raises(ValueError, match=r"checkpoint at step 5, beyond .*num_train_steps=4"):
+    classifier.train_classifier(_resume_config(4), workdir)
 
 
 def test_holdout_is_never_trained_on():

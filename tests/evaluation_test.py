@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import types
 
 import flax
 import jax
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 from conftest import load_config
 
-from ganjax import classifier, config_base, data, evaluation, train
+from ganjax import classifier, config_base, data, evaluation, parallel, train
+from ganjax.models import mlp
 
 NUM_REAL = 300
 # A random-weight classifier has dead ReLU features: singular covariances are expected here.
@@ -192,7 +194,33 @@ def test_fid_of_the_reference_against_itself_is_zero(tmp_path, extractor):
   assert protocol["num_real"] == NUM_REAL and protocol["num_generated"] == NUM_REAL
   assert protocol["reference"]["split"] == "train" and protocol["step"] == 7
   assert protocol["generator"] == "raw" and protocol["seed"] == config.seed  # ema.decay = 0.
+  assert protocol["num_devices"] == jax.device_count()  # Default: all devices.
   json.dumps(result)  # Serialisable as it is.
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
+def test_generation_and_extraction_sharded_equal_one_device(classifier_workdir):
+  """13 samples of a conditional BatchNorm generator in batches of 5: on 8 devices (a batch of 8
+  and a padded one) the generator's and the classifier's outputs equal one device's."""
+  generator = mlp.Generator(
+      image_shape=(28, 28, 1), hidden=(16,), num_classes=10, conditioning="batchnorm"
+  )
+  z = np.random.default_rng(0).normal(size=(13, 4)).astype(np.float32)
+  labels = np.arange(13, dtype=np.int32) % 10
+  variables = generator.init(jax.random.key(0), z[:1], labels[:1], train=False)
+  batch_stats = jax.tree.map(lambda x: x + 0.5, variables["batch_stats"])  # Not the identity.
+  generate = train.make_generate_fn(types.SimpleNamespace(generator=generator))
+  outputs = {}
+  for num_devices in (1, 8):
+    mesh = parallel.make_mesh(num_devices)
+    extractor = evaluation.classifier_extractor(classifier_workdir, batch_size=5, mesh=mesh)
+    outputs[num_devices] = evaluation.generate_outputs(
+        generate, variables["params"], batch_stats, z, labels, extractor, batch_size=5, mesh=mesh
+    )
+  assert outputs[8]["features"].shape == (13, classifier.FEATURE_DIM)
+  for key in ("features", "probabilities"):
+    np.testing.assert_allclose(outputs[8][key], outputs[1][key], rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(outputs[8]["digits"], outputs[1]["digits"])
 
 
 def test_conditional_and_stacked_mnist_metrics(tmp_path, extractor):
@@ -282,7 +310,7 @@ def test_inception_extractor_plumbing(tmp_path, monkeypatch):
     seen["path"] = path
     return inception.InceptionWeights(variables={}, sha256="ab" * 32, path=path)
 
-  def fake_extract(variables, images, batch_size=50):
+  def fake_extract(variables, images, batch_size=50, *, mesh=None):
     images = np.asarray(images)
     seen["range"] = (images.min(), images.max())
     num = len(images)

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT
 
+from ganjax import parallel
 from ganjax.metrics import inception
 
 TESTDATA = os.path.join(REPO_ROOT, "tests", "testdata")
@@ -63,11 +64,12 @@ def golden():
 
 @pytest.fixture(scope="module")
 def ganjax_outputs(variables):
-  """Every golden case through ganjax, and the number of compilations that took.
+  """Every golden case through ganjax, the number of compilations that took, and the inputs.
 
   Each case is resized to 299x299 by ``resize_bilinear`` (grayscale repeated to RGB first) and
-  the 4 images go through one ``extract_features`` call with batches of 3: a full batch and a
-  padded one. Their 299x299 resize inside the network is then the identity.
+  the 4 images go through one ``extract_features`` call on the default mesh (all devices: 8
+  simulated ones, tests/conftest.py) with batches of 3, rounded up to one padded batch of 8
+  sharded over the devices. Their 299x299 resize inside the network is then the identity.
   """
   cases = ref.input_cases()
   resized = []
@@ -75,14 +77,15 @@ def ganjax_outputs(variables):
     rgb = np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
     resized.append(np.asarray(inception.resize_bilinear(jnp.asarray(rgb), (299, 299))))
   compiled_before = inception._forward._cache_size()
-  outputs = inception.extract_features(variables, np.concatenate(resized), batch_size=3)
+  inputs = np.concatenate(resized)
+  outputs = inception.extract_features(variables, inputs, batch_size=3)
   compilations = inception._forward._cache_size() - compiled_before
   per_case, start = {}, 0
   for name, images in cases.items():
     stop = start + len(images)
     per_case[name] = {k: v[start:stop] for k, v in outputs.items()}
     start = stop
-  return per_case, compilations
+  return per_case, compilations, inputs, outputs
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,6 +120,17 @@ def test_matches_pytorch_fid_golden(ganjax_outputs, golden, case, key):
 
 def test_extract_features_compiles_once(ganjax_outputs):
   assert ganjax_outputs[1] == 1
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
+def test_extract_features_sharded_equals_one_device(ganjax_outputs, variables):
+  """The fixture's 8-device outputs (one padded batch of 8) equal one device's with batches of 3
+  (a full batch and a padded one)."""
+  inputs, sharded = ganjax_outputs[2], ganjax_outputs[3]
+  one = inception.extract_features(variables, inputs, 3, mesh=parallel.make_mesh(1))
+  assert {k: v.shape for k, v in one.items()} == {k: v.shape for k, v in sharded.items()}
+  for key in inception.OUTPUT_KEYS:
+    np.testing.assert_allclose(sharded[key], one[key], rtol=1e-5, atol=1e-5)
 
 
 def test_logits_unbiased_leave_out_the_bias(ganjax_outputs, variables):

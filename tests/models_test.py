@@ -201,6 +201,26 @@ def test_mlp_for_2d_points():
   assert counts == (g_params, 0, d_params, 0)
 
 
+def test_mlp_maxout_discriminator():
+  # The PacGAN/VEEGAN 2-D discriminator: 3 x 200 maxout units of 5 pieces, N(0, 0.02) kernels.
+  discriminator = mlp.Discriminator(
+      hidden=(200, 200, 200), dropout=0.0, maxout_pieces=5, kernel_init_std=0.02
+  )
+  counts = _abstract_counts(mlp.Generator(image_shape=(2,), hidden=(8,)), discriminator, (2,), 2)
+  assert counts[2] == (2 * 1000 + 1000) + 2 * (200 * 1000 + 1000) + (200 + 1)
+  # The forward pass equals a numpy maxout network with the same parameters.
+  small = mlp.Discriminator(hidden=(3,), dropout=0.0, maxout_pieces=4, kernel_init_std=0.5)
+  x = np.random.default_rng(0).normal(size=(5, 2)).astype(np.float32)
+  variables = small.init(jax.random.key(1), x, train=False)
+  p = jax.tree.map(np.asarray, variables["params"])
+  hidden = (x @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"]).reshape(5, 3, 4).max(-1)
+  expected = (hidden @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"])[:, 0]
+  np.testing.assert_allclose(small.apply(variables, x, train=False), expected, rtol=1e-5)
+  assert 0.3 < float(np.std(p["Dense_0"]["kernel"])) < 0.7  # N(0, 0.5^2) kernels.
+  with pytest.raises(ValueError, match="maxout_pieces must be >= 1, got 0"):
+    mlp.Discriminator(hidden=(3,), maxout_pieces=0).init(jax.random.key(0), x, train=False)
+
+
 def test_mlp_reshapes_to_any_sample_shape():
   generator = mlp.Generator(image_shape=(4, 5, 3), hidden=(8,))
   counts = _abstract_counts(generator, mlp.Discriminator(hidden=(8,)), (4, 5, 3), 3)

@@ -61,7 +61,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.sharding import Mesh
 
+from ganjax import parallel
 from ganjax.models import layers
 
 __all__ = [
@@ -648,22 +650,28 @@ def extract_features(
     batch_size: int = 50,
     *,
     model: InceptionV3 | None = None,
+    mesh: Mesh | None = None,
 ) -> dict[str, np.ndarray]:
-  """Runs :class:`InceptionV3` over ``images`` in jitted batches; returns numpy outputs.
+  """Runs :class:`InceptionV3` over ``images`` in jitted batches sharded over ``mesh``.
 
-  Every batch has ``batch_size`` images: the last one is padded with zeros (and the padding
-  dropped from the result), so one compilation serves the whole set and every later call with
-  the same batch size and image shape.
+  Each batch is split on its leading axis over the mesh's ``data`` axis, with the variables
+  replicated, so every device runs its share of the batch. ``batch_size`` is rounded up to a
+  multiple of the number of devices; every batch has that many images: the last one is padded
+  with zeros (and the padding dropped from the result), so one compilation serves the whole set
+  and every later call with the same batch size, image shape and mesh. The result equals that of
+  one device (to float32 round-off).
 
   Args:
     variables: The network's variables (:func:`load_inception`'s ``.variables``).
     images: ``(N, H, W, C)`` floats in [0, 1] (use :func:`to_unit_range` for ganjax's [-1, 1]),
       ``C`` 1 or 3, on the host (numpy) or a device.
-    batch_size: Images per forward pass (pytorch-fid's default is 50).
+    batch_size: Images per forward pass (pytorch-fid's default is 50), rounded up to a multiple
+      of the mesh's devices.
     model: The module to apply (default ``InceptionV3()``).
+    mesh: A mesh with a ``data`` axis (:func:`ganjax.parallel.make_mesh`); default: all devices.
 
   Returns:
-    ``{"pool3": (N, 2048), "logits": (N, 1008), "logits_unbiased": (N, 1008)}`` float32.
+    ``{"pool3": (N, 2048), "logits": (N, 1008), "logits_unbiased": (N, 1008)}`` float32 numpy.
 
   Raises:
     ValueError: a bad shape, an integer dtype, values outside [0, 1] (e.g. [-1, 1] images), or
@@ -682,7 +690,15 @@ def extract_features(
           "ganjax images in [-1, 1] are converted by to_unit_range()."
       )
   n = images.shape[0]
-  variables = jax.device_put(variables)  # Once, not with every batch.
+  widths = {"pool3": NUM_FEATURES, "logits": NUM_LOGITS, "logits_unbiased": NUM_LOGITS}
+  if not n:
+    return {key: np.zeros((0, widths[key]), np.float32) for key in OUTPUT_KEYS}
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  devices = mesh.devices.size
+  batch_size = -(-batch_size // devices) * devices
+  # Once, not with every batch (a no-op when they are already replicated on this mesh).
+  variables = jax.device_put(variables, parallel.replicated(mesh))
+  sharding = parallel.batch_sharded(mesh)
   parts: dict[str, list[np.ndarray]] = {key: [] for key in OUTPUT_KEYS}
   pending = None
   for start in range(0, n, batch_size):
@@ -690,16 +706,12 @@ def extract_features(
     if len(batch) < batch_size:
       pad = np.zeros((batch_size - len(batch), *batch.shape[1:]), np.float32)
       batch = np.concatenate([batch, pad])
-    outputs = _forward(model, variables, batch)  # Dispatched asynchronously...
+    # Dispatched asynchronously...
+    outputs = _forward(model, variables, jax.device_put(batch, sharding))
     if pending is not None:  # ... while the previous batch's outputs are fetched.
       for key in OUTPUT_KEYS:
         parts[key].append(np.asarray(pending[key]))
     pending = outputs
-  if pending is not None:
-    for key in OUTPUT_KEYS:
-      parts[key].append(np.asarray(pending[key]))
-  widths = {"pool3": NUM_FEATURES, "logits": NUM_LOGITS, "logits_unbiased": NUM_LOGITS}
-  return {
-      key: np.concatenate(parts[key])[:n] if n else np.zeros((0, widths[key]), np.float32)
-      for key in OUTPUT_KEYS
-  }
+  for key in OUTPUT_KEYS:
+    parts[key].append(np.asarray(pending[key]))
+  return {key: np.concatenate(parts[key])[:n] for key in OUTPUT_KEYS}

@@ -15,6 +15,10 @@ class-conditional networks have a ``num_classes`` field on both (``None`` = unco
 training sets from the data when ``config.model.conditional`` is on, and a ``conditioning`` field
 (see :mod:`ganjax.models.blocks`).
 
+Modules whose networks need their own data flow (LAPGAN's pyramid levels, SRGAN's low-resolution
+inputs, the VAE) name the system that trains them in a module constant ``SYSTEM`` (a module of
+:mod:`ganjax.systems`, selected by ``config.task``); they are not architectures of the GAN loop.
+
 A new architecture is one new module here plus one config; there is no registry to edit.
 """
 
@@ -37,7 +41,8 @@ def _candidate_names() -> list[str]:
 
 
 def _is_architecture(module: ModuleType) -> bool:
-  return hasattr(module, "Generator") and hasattr(module, "Discriminator")
+  has_networks = hasattr(module, "Generator") and hasattr(module, "Discriminator")
+  return has_networks and not hasattr(module, "SYSTEM")
 
 
 def available_models() -> list[str]:

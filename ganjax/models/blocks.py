@@ -201,6 +201,17 @@ def _spectral_conv(factory, features, kernel_size, stride, padding, *, n_steps, 
 # --------------------------------------------------------------------------------------------
 
 
+def maxout(x: jax.Array, pieces: int) -> jax.Array:
+  """Maxout units (Goodfellow et al. 2013, arXiv:1302.4389): the max over groups of ``pieces``.
+
+  ``x`` is ``(..., units * pieces)``, consecutive features forming one unit's pieces; returns
+  ``(..., units)``.
+  """
+  if x.shape[-1] % pieces:
+    raise ValueError(f"maxout: {x.shape[-1]} features do not split into groups of {pieces}.")
+  return x.reshape(*x.shape[:-1], x.shape[-1] // pieces, pieces).max(axis=-1)
+
+
 def check_labels(labels: Any, batch: int, num_classes: int, who: str) -> jax.Array:
   """Validates class ``labels`` for a batch of ``batch`` examples; returns them as an array.
 

@@ -7,6 +7,9 @@ The defaults are the seed tutorials' vanilla GAN for 28x28 MNIST with a 64-d lat
 * G: z(64) -> 256 -> 512 -> 1024 -> 784, each hidden layer Dense (with bias) -> BatchNorm ->
   LeakyReLU(0.2), then tanh, reshaped to ``image_shape``;
 * D: 784 -> 512 -> 256 -> 128 -> 1, each hidden layer Dense -> LeakyReLU(0.1) -> Dropout(0.2).
+  ``maxout_pieces=k`` (k > 1) makes every hidden unit a maxout unit of k linear pieces instead
+  (Goodfellow et al. 2013, arXiv:1302.4389), the discriminator of the 2-D mode-collapse studies of
+  VEEGAN (Srivastava et al. 2017) and PacGAN (Lin et al. 2018: 3 x 200 units of 5 pieces).
   ``minibatch`` inserts a batch-statistics block before the final Dense layer (off by default):
   minibatch discrimination (Salimans et al. 2016, arXiv:1606.03498) or the minibatch standard
   deviation (Karras et al. 2018, arXiv:1710.10196), from :mod:`ganjax.models.blocks`.
@@ -119,6 +122,10 @@ class Discriminator(nn.Module):
       shapes do not depend on it.
     num_classes: ``None`` (unconditional; labels ignored) or the number of classes; labels
       ``(B,)`` are then required.
+    maxout_pieces: 1 = Dense -> LeakyReLU hidden layers; k > 1 = maxout units of k pieces
+      (:func:`ganjax.models.blocks.maxout`; a hidden layer of width w then has k * w outputs).
+    kernel_init_std: ``None`` = LeCun-normal Dense kernels; a number = N(0, std^2) kernels (the
+      PacGAN/VEEGAN 2-D discriminator uses 0.02).
     conditioning: how labels reach D: ``"concat"`` (one-hot label concatenated to the input),
       ``"projection"`` (projection head) or ``"acgan"`` (auxiliary classifier; returns
       ``(logits, class_logits)``).
@@ -135,6 +142,8 @@ class Discriminator(nn.Module):
   spectral_norm: bool = False
   num_classes: int | None = None
   conditioning: str = "projection"
+  maxout_pieces: int = 1
+  kernel_init_std: float | None = None
 
   @nn.compact
   def __call__(
@@ -145,18 +154,26 @@ class Discriminator(nn.Module):
     conditional = blocks.check_conditioning(
         "MLP Discriminator", self.num_classes, self.conditioning, blocks.DISCRIMINATOR_CONDITIONING
     )
+    if self.maxout_pieces < 1:
+      raise ValueError(f"MLP Discriminator: maxout_pieces must be >= 1, got {self.maxout_pieces}.")
     x = x.reshape(x.shape[0], -1)
     if conditional and self.conditioning == "concat":
       x = blocks.LabelEmbedding(self.num_classes)(x, labels)
+    init = {}
+    if self.kernel_init_std is not None:
+      init["kernel_init"] = layers.normal(self.kernel_init_std)
 
     def dense(features, h):
-      layer = layers.dense(features, dtype=self.dtype)
+      layer = layers.dense(features, dtype=self.dtype, **init)
       if not self.spectral_norm:
         return layer(h)
       return blocks.spectral_norm(layer)(h, update_stats=train)
 
     for features in self.hidden:
-      x = nn.leaky_relu(dense(features, x), self.leaky_slope)
+      if self.maxout_pieces > 1:
+        x = blocks.maxout(dense(features * self.maxout_pieces, x), self.maxout_pieces)
+      else:
+        x = nn.leaky_relu(dense(features, x), self.leaky_slope)
       if self.dropout > 0:
         x = layers.Dropout(self.dropout)(x, deterministic=not train)
     if self.minibatch == "minibatch_discrimination":
