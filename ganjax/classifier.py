@@ -58,8 +58,7 @@ from jax.sharding import Mesh
 
 from ganjax import checkpoint as checkpoint_lib
 from ganjax import data as data_lib
-from ganjax import parallel
-from ganjax import train as train_lib
+from ganjax import loop, parallel
 from ganjax.data import embedded, preprocessing
 from ganjax.data.source import DataSource, array_source
 from ganjax.models import layers
@@ -73,7 +72,7 @@ PARAMS_FILE = "classifier_params.msgpack"
 EVAL_FILE = "classifier_eval.json"
 # Orbax checkpoints of the training state (a rerun resumes from the latest), and the scalars.
 CHECKPOINT_DIR = "checkpoints"
-METRICS_FILE = "metrics.jsonl"
+METRICS_FILE = loop.METRICS_FILE
 SCHEDULES = ("constant", "cosine")
 
 ApplyFn = Callable[[Any, Any], tuple[jax.Array, jax.Array]]
@@ -429,7 +428,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict[st
   )
   is_chief = jax.process_index() == 0
   if is_chief:
-    _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+    loop.write_config(config, workdir)
 
   num_steps = config.num_train_steps
   tx = make_optimizer(config.optim, num_steps)
@@ -500,14 +499,14 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict[st
   }
   if is_chief:
     _write_bytes(params_path, params_bytes)
-    _write_json(os.path.join(workdir, EVAL_FILE), evaluation)
+    loop.write_json(os.path.join(workdir, EVAL_FILE), evaluation)
   logging.info(
       "Classifier test accuracy %.4f (%d of %d wrong) on %s; trained in %s; saved %s (sha256 %s).",
       test_accuracy,
       evaluation["num_test_errors"],
       len(test_labels),
       config.data.name,
-      _format_duration(stats["seconds"]),
+      loop.format_duration(stats["seconds"]),
       params_path,
       evaluation["params_sha256"],
   )
@@ -569,67 +568,41 @@ def _train_loop(
       config.batch_size,
       start_step,
   )
-  checkpoint_every = config.get("checkpoint_every_steps", 0)
-  batches = source.batches(start_step)
-  buffer = train_lib._MetricsBuffer()
-  t_start = t_last = time.time()
-  step_last = start_step
-  scalars: dict[str, float] = {}
-  for step in range(start_step + 1, num_steps + 1):
-    state, metrics = step_fn(state, next(batches), dropout_rng)
-    if step == start_step + 1:  # Time steps from here on: the first one includes compilation.
-      jax.block_until_ready(metrics)
-      t_last, step_last = time.time(), step
-      logging.info("First step (with compilation) took %.1fs.", t_last - t_start)
-    buffer.add(step, metrics)
-    last = step == num_steps
-    log_now = step % config.log_every_steps == 0 or last
-    checkpoint_now = last or (checkpoint_every and step % checkpoint_every == 0)
-    if log_now or checkpoint_now:
-      flushed = buffer.flush()  # Raises before a non-finite state can be saved.
-      if log_now and flushed:
-        scalars = flushed
-        now = time.time()
-        if step > step_last:
-          steps_per_sec = (step - step_last) / max(now - t_last, 1e-9)
-        else:  # Only the (compiling) first step ran since the last log.
-          steps_per_sec = 1.0 / max(now - t_start, 1e-9)
-        t_last, step_last = now, step
-        scalars["steps_per_sec"] = steps_per_sec
-        scalars["images_per_sec"] = steps_per_sec * config.batch_size
-        writer.write_scalars(step, scalars)
-        if is_chief:
-          _append_jsonl(workdir, step, scalars, now)
-        logging.info(
-            "step %d/%d | loss %.4f accuracy %.4f | %.2f steps/s %.0f img/s | ETA %s",
-            step,
-            num_steps,
-            scalars["loss"],
-            scalars["accuracy"],
-            steps_per_sec,
-            scalars["images_per_sec"],
-            _format_duration((num_steps - step) / max(steps_per_sec, 1e-9)),
-        )
-    if checkpoint_now:
-      checkpointer.save(
-          step,
-          state,
-          {
-              "step": step,
-              "examples_seen": step * config.batch_size,
-              "seed": config.seed,
-              "num_train_steps": num_steps,
-          },
-      )
+  last_scalars: dict[str, float] = {}
+
+  def progress(scalars: dict[str, float]) -> str:
+    last_scalars.update(scalars)
+    return f"loss {scalars['loss']:.4f} accuracy {scalars['accuracy']:.4f}"
+
+  def save_checkpoint(step: int, state: train_state.TrainState) -> None:
+    position = {
+        "step": step,
+        "examples_seen": step * config.batch_size,
+        "seed": config.seed,
+        "num_train_steps": num_steps,
+    }
+    checkpointer.save(step, state, position)
+
+  t_start = time.time()
+  state = loop.run(
+      config,
+      workdir,
+      state=state,
+      start_step=start_step,
+      step_fn=lambda state, batch: step_fn(state, batch, dropout_rng),
+      batches=source.batches(start_step),
+      save_checkpoint=save_checkpoint,
+      writer=writer,
+      examples_per_step=config.batch_size,
+      progress=progress,
+  )
   checkpointer.wait_until_finished()
-  return state, {"scalars": scalars, "seconds": time.time() - t_start}
+  return state, {"scalars": last_scalars, "seconds": time.time() - t_start}
 
 
-def _append_jsonl(
-    workdir: str, step: int, scalars: dict[str, float], wall_time: float | None = None
-) -> None:
+def _append_jsonl(workdir: str, step: int, scalars: dict[str, float]) -> None:
   """One line ``{"step", "wall_time", **scalars}`` of ``WORKDIR/metrics.jsonl``."""
-  record = {"step": step, "wall_time": time.time() if wall_time is None else wall_time, **scalars}
+  record = {"step": step, "wall_time": time.time(), **scalars}
   with open(os.path.join(workdir, METRICS_FILE), "a") as f:
     f.write(json.dumps(record) + "\n")
 
@@ -675,22 +648,6 @@ def load_classifier(workdir: str) -> tuple[ApplyFn, Any]:
     raise ValueError(f"{params_path} does not hold Classifier parameters (shapes {want}).")
   params = jax.tree.map(jnp.asarray, restored)
   return _apply_fn(num_classes), params
-
-
-def _format_duration(seconds: float) -> str:
-  if not np.isfinite(seconds):
-    return "?"
-  seconds = int(max(0, seconds))
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
-
-
-def _write_json(path: str, obj: Any) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, default=str)
-  os.replace(tmp, path)
 
 
 def _write_bytes(path: str, content: bytes) -> None:

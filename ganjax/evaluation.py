@@ -55,8 +55,8 @@ from jax.sharding import Mesh
 from ganjax import checkpoint as checkpoint_lib
 from ganjax import classifier as classifier_lib
 from ganjax import data as data_lib
+from ganjax import loop, parallel
 from ganjax import metrics as metrics_lib
-from ganjax import parallel
 from ganjax import train as train_lib
 from ganjax.metrics import inception as inception_lib
 
@@ -797,7 +797,7 @@ def evaluate_workdir(
   )
   path = os.path.join(workdir, "eval", f"step_{step:06d}.json")
   record = {**result, "workdir": os.path.abspath(workdir)}
-  train_lib._write_json(path, record)
+  loop.write_json(path, record)
   logging.info(
       "Evaluation of %s step %d: %s (written to %s).",
       workdir, step, ", ".join(f"{k} {v:.4g}" for k, v in result["values"].items()), path,

@@ -11,14 +11,11 @@ evaluated (mode coverage: ``modes``, ``hq_fraction``, ``reverse_kl``) every
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import os
-import platform
-import signal
-import subprocess
 import sys
-import time
 from typing import Any
 
 import jax
@@ -26,19 +23,18 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers, periodic_actions
+from clu import metric_writers
 
 from ganjax import checkpoint as checkpoint_lib
 from ganjax import data as data_lib
-from ganjax import losses, models, parallel, regularizers, sampling, steps
+from ganjax import loop, losses, models, parallel, regularizers, sampling, steps
 from ganjax import metrics as metrics_lib
 from ganjax import state as state_lib
 from ganjax.data import gaussian_mixture
 from ganjax.models import blocks
 
-
-class NonFiniteLossError(FloatingPointError):
-  """A loss or gradient became NaN or infinite; training stopped before saving it."""
+# Raised when a loss or metric becomes NaN/inf (defined with the loop that raises it).
+NonFiniteLossError = loop.NonFiniteLossError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,65 +297,19 @@ def make_evaluator(config, source, generate, num_classes: int | None = None, wor
         workdir=workdir,
     )
     if workdir is not None and jax.process_index() == 0:
-      _write_json(os.path.join(workdir, "eval", f"step_{step:06d}.json"), result)
+      loop.write_json(os.path.join(workdir, "eval", f"step_{step:06d}.json"), result)
     return result["values"]
 
   return evaluate_images
 
 
-def _versions() -> dict[str, str]:
-  import importlib.metadata as md
-
-  out = {"python": platform.python_version()}
-  for dist in (
-      "jax",
-      "jaxlib",
-      "flax",
-      "optax",
-      "orbax-checkpoint",
-      "tensorflow-cpu",
-      "tensorflow-datasets",
-      "clu",
-      "numpy",
-  ):
-    try:
-      out[dist] = md.version(dist)
-    except md.PackageNotFoundError:
-      pass
-  return out
-
-
-def _git_revision() -> str | None:
-  here = os.path.dirname(os.path.abspath(__file__))
-  try:
-    rev = subprocess.run(
-        ["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-        timeout=10,
-    ).stdout.strip()
-  except (OSError, subprocess.SubprocessError):
-    return None
-  return (rev + ("-dirty" if dirty else "")) if rev else None
-
-
 def run_info(config, source, networks: Networks, state, mesh) -> dict[str, Any]:
   """What a reader of the results needs to know about how they were made."""
-  devices = mesh.devices.flatten().tolist()
   return {
       "command": sys.argv,
-      "versions": _versions(),
-      "git_revision": _git_revision(),
-      "devices": {
-          "platform": devices[0].platform,
-          "kind": devices[0].device_kind,
-          "count": len(devices),
-          "process_count": jax.process_count(),
-          "parallel_mode": config.parallel.mode,
-      },
+      "versions": loop.versions(),
+      "git_revision": loop.git_revision(),
+      "devices": loop.devices_info(mesh, config.parallel.mode),
       "data": {
           **source.description,
           "name": source.name,
@@ -373,15 +323,6 @@ def run_info(config, source, networks: Networks, state, mesh) -> dict[str, Any]:
           "discriminator": state_lib.parameter_count(state.discriminator.params),
       },
   }
-
-
-def _write_json(path: str, obj: Any) -> None:
-  """Writes ``obj`` as JSON atomically (creating the folder)."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, default=str)
-  os.replace(tmp, path)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -421,60 +362,6 @@ def check_pack(pack: int, batch_size: int, num_devices: int = 1) -> None:
     )
 
 
-class _MetricsBuffer:
-  """Holds per-step device metrics until the next log; finds the first non-finite step."""
-
-  def __init__(self):
-    self._pending: list[tuple[int, dict[str, jax.Array]]] = []
-
-  def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
-    self._pending.append((step, metrics))
-
-  def __len__(self) -> int:
-    return len(self._pending)
-
-  def flush(self) -> dict[str, float]:
-    """Fetches the pending metrics; raises NonFiniteLossError naming the first bad step."""
-    if not self._pending:
-      return {}
-    fetched = jax.device_get(self._pending)
-    self._pending = []
-    for step, metrics in fetched:
-      bad = {k: float(v) for k, v in metrics.items() if not np.isfinite(v)}
-      if bad:
-        raise NonFiniteLossError(
-            f"Non-finite values at step {step}: {bad}. Training stopped; the last good checkpoint "
-            "is kept. Lower the learning rates, or add a regularizer."
-        )
-    keys = fetched[-1][1].keys()
-    return {k: float(np.mean([m[k] for _, m in fetched])) for k in keys}
-
-
-class _Preemption:
-  """Turns SIGTERM into a flag the loop checks, so it can save a checkpoint before exiting."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # Not the main thread: leave signals alone.
-      self._previous = None
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM received: saving a checkpoint and stopping.")
-    self.requested = True
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-    return False
-
-
 def _discriminator_outputs(scalars: dict[str, float]) -> str:
   """D's mean verdicts for the progress line: probabilities for classifier objectives (D(x),
   D(G(z))), raw critic outputs for the others (WGAN, hinge, LSGAN: C(x), C(G(z)))."""
@@ -484,11 +371,10 @@ def _discriminator_outputs(scalars: dict[str, float]) -> str:
   return f"C(x) {real:.3f} C(G(z)) {fake:.3f}"
 
 
-def _format_duration(seconds: float) -> str:
-  seconds = int(max(0, seconds))
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+def _progress(scalars: dict[str, float]) -> str:
+  """The losses and D's verdicts for the progress line."""
+  d_loss, g_loss = scalars.get("d_loss", math.nan), scalars.get("g_loss", math.nan)
+  return f"d_loss {d_loss:.4f} g_loss {g_loss:.4f} {_discriminator_outputs(scalars)}"
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state_lib.GANState:
@@ -499,7 +385,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   validate_config(config)
   if config.parallel.distributed:
     parallel.initialize_distributed()
-  _hide_gpus_from_tensorflow()
+  loop.hide_gpus_from_tensorflow()
   os.makedirs(workdir, exist_ok=True)
   is_chief = jax.process_index() == 0
 
@@ -532,18 +418,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     state = create_state(config, networks, mesh)
 
   if is_chief:
-    _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+    loop.write_config(config, workdir)
     info = run_info(config, source, networks, state, mesh)
     info["resumed_from_step"] = start_step
-    _write_json(os.path.join(workdir, "run_info.json"), info)
+    loop.write_json(os.path.join(workdir, "run_info.json"), info)
     logging.info("Run info: %s", json.dumps(info, default=str))
 
   writer = metric_writers.create_default_writer(
       workdir, just_logging=not is_chief, asynchronous=False
   )
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
   train_step = steps.make_train_step(config, objective)
-  step_fn = parallel.compile_step(train_step, mesh, config.parallel.mode)
+  compiled_step = parallel.compile_step(train_step, mesh, config.parallel.mode)
   generate = make_generate_fn(networks)
   evaluate = make_evaluator(config, source, generate, networks.num_classes, workdir)
   fixed_z, fixed_labels, grid_columns = sample_inputs(
@@ -551,9 +436,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   )
   base_rng = jax.random.fold_in(jax.random.key(config.seed), 0x7EA1)
   batches = source.batches(start_step)
-  reference = None
+  first_batch = next(batches)
+  reference = first_batch["image"][: config.num_sample_images]
+  if start_step == 0 and is_chief:
+    real_path = os.path.join(workdir, "samples", "real.png")
+    writer.write_images(0, {"real": sampling.save_samples(real_path, reference)[None]})
 
-  def write_samples(step: int) -> None:
+  def step_fn(state, host_batch):
+    return compiled_step(state, parallel.host_batch_to_global(host_batch, mesh), base_rng)
+
+  def write_samples(step: int, state) -> None:
     samples = np.asarray(
         generate(sample_params(config, state), state.generator.batch_stats, fixed_z, fixed_labels)
     )
@@ -566,34 +458,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     writer.write_images(step, {"samples": picture[None]})
     logging.info("Wrote %s", path)
 
+  def data_position(step: int) -> dict[str, Any]:
+    return {"step": step, "examples_seen": step * examples_per_step, "seed": config.seed}
+
   best = None
   if evaluate is not None and config.get("eval_best_metric"):
     best = checkpoint_lib.BestCheckpoint(workdir, config.eval_best_metric)
 
-  def write_evaluation(step: int, metrics_file) -> None:
+  def evaluate_and_keep_best(step: int, state) -> dict[str, Any]:
     scalars = evaluate(state, step)
     if best is not None:
       best.update(step, scalars, state, data_position(step))
-    now = time.time()
-    writer.write_scalars(step, scalars)
-    if is_chief:
-      metrics_file.write(json.dumps({"step": step, "wall_time": now, **scalars}) + "\n")
-      metrics_file.flush()
-    logging.info("step %d/%d | eval %s", step, config.num_train_steps, json.dumps(scalars))
+    return scalars
 
-  def data_position(step: int) -> dict[str, Any]:
-    return {"step": step, "examples_seen": step * examples_per_step, "seed": config.seed}
-
-  def save_checkpoint(step: int) -> None:
-    checkpointer.save(step, state, data_position(step))
-
-  report_progress = periodic_actions.ReportProgress(
-      num_train_steps=config.num_train_steps, writer=writer, every_steps=config.log_every_steps
-  )
-  buffer = _MetricsBuffer()
-  step = start_step
-  t_start = t_last = time.time()
-  step_last = start_step
   logging.info(
       "Training %s on %s (%s examples, shape %s) for %d steps, global batch %d on %d device(s) "
       "(%s).",
@@ -606,69 +483,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       mesh.devices.size,
       config.parallel.mode,
   )
-  with _Preemption() as preemption, open(metrics_path, "a") as metrics_file:
-    while step < config.num_train_steps:
-      host_batch = next(batches)
-      if reference is None:
-        reference = host_batch["image"][: config.num_sample_images]
-        if start_step == 0 and is_chief:
-          real_path = os.path.join(workdir, "samples", "real.png")
-          writer.write_images(0, {"real": sampling.save_samples(real_path, reference)[None]})
-      batch = parallel.host_batch_to_global(host_batch, mesh)
-      state, metrics = step_fn(state, batch, base_rng)
-      step += 1
-      if step == start_step + 1:  # Time steps from here on: the first one includes compilation.
-        jax.block_until_ready(metrics)
-        t_last, step_last = time.time(), step
-        logging.info("First step (with compilation) took %.1fs.", t_last - t_start)
-      buffer.add(step, metrics)
-      report_progress(step)
-
-      last = step == config.num_train_steps
-      log_now = step % config.log_every_steps == 0 or last
-      ckpt_now = last or preemption.requested or (
-          config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
-      )
-      if log_now or ckpt_now:
-        scalars = buffer.flush()  # Raises before a non-finite state can be saved.
-        if log_now and scalars:
-          now = time.time()
-          if step > step_last:
-            steps_per_sec = (step - step_last) / max(now - t_last, 1e-9)
-          else:  # Only the (compiling) first step ran since the last log.
-            steps_per_sec = 1.0 / max(now - t_start, 1e-9)
-          t_last, step_last = now, step
-          scalars["steps_per_sec"] = steps_per_sec
-          scalars["images_per_sec"] = steps_per_sec * examples_per_step
-          writer.write_scalars(step, scalars)
-          if is_chief:
-            metrics_file.write(json.dumps({"step": step, "wall_time": now, **scalars}) + "\n")
-            metrics_file.flush()
-          eta = (config.num_train_steps - step) / max(steps_per_sec, 1e-9)
-          logging.info(
-              "step %d/%d | d_loss %.4f g_loss %.4f %s | %.2f steps/s %.0f img/s | ETA %s",
-              step,
-              config.num_train_steps,
-              scalars.get("d_loss", math.nan),
-              scalars.get("g_loss", math.nan),
-              _discriminator_outputs(scalars),
-              steps_per_sec,
-              scalars["images_per_sec"],
-              _format_duration(eta),
-          )
-      if (config.sample_every_steps and step % config.sample_every_steps == 0) or last:
-        with report_progress.timed("samples"):
-          write_samples(step)
-      eval_every = config.get("eval_every_steps", 0)
-      if evaluate is not None and ((eval_every and step % eval_every == 0) or last):
-        with report_progress.timed("eval"):
-          write_evaluation(step, metrics_file)
-      if ckpt_now:
-        with report_progress.timed("checkpoint"):
-          save_checkpoint(step)
-      if preemption.requested:
-        logging.warning("Stopped by SIGTERM at step %d; checkpoint saved.", step)
-        break
+  state = loop.run(
+      config,
+      workdir,
+      state=state,
+      start_step=start_step,
+      step_fn=step_fn,
+      batches=itertools.chain([first_batch], batches),
+      save_checkpoint=lambda step, state: checkpointer.save(step, state, data_position(step)),
+      writer=writer,
+      examples_per_step=examples_per_step,
+      write_samples=write_samples,
+      evaluate=None if evaluate is None else evaluate_and_keep_best,
+      progress=_progress,
+  )
 
   checkpointer.wait_until_finished()
   checkpointer.close()
@@ -677,21 +505,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   writer.flush()
   writer.close()
   return state
-
-
-def _hide_gpus_from_tensorflow() -> None:
-  """TensorFlow (tf.data, TensorBoard) must not claim accelerator memory JAX needs."""
-  if "tensorflow" not in sys.modules:
-    try:
-      import tensorflow as tf
-    except ImportError:
-      return
-  else:
-    tf = sys.modules["tensorflow"]
-  try:
-    tf.config.set_visible_devices([], "GPU")
-  except RuntimeError:  # Already initialised.
-    pass
 
 
 def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
