@@ -196,3 +196,37 @@ def read_best(workdir: str) -> dict[str, Any] | None:
     return None
   with open(path) as f:
     return json.load(f)
+
+
+def restore_from_workdir(workdir: str, step: int | str | None, abstract_state: Any):
+  """``(state, step)`` of a run's checkpoint: the latest (``step=None``), step N, or ``"best"``.
+
+  ``"best"`` reads the best-by-metric checkpoint in ``WORKDIR/checkpoints_best`` (written when
+  the run had ``config.eval_best_metric``); the others read ``WORKDIR/checkpoints``.
+
+  Raises:
+    FileNotFoundError: no such checkpoint (the message lists the steps there are).
+  """
+  directory = "checkpoints"
+  if step == "best":
+    best = read_best(workdir)
+    if best is None:
+      raise FileNotFoundError(
+          f"{workdir} has no best checkpoint; train with config.eval_best_metric set."
+      )
+    directory, step = BEST_DIRECTORY, int(best["step"])
+  checkpointer = Checkpointer(os.path.join(workdir, directory), async_save=False)
+  try:
+    if step is None:
+      step = checkpointer.latest_step()
+      if step is None:
+        raise FileNotFoundError(f"No checkpoint in {checkpointer.directory}.")
+    elif step not in checkpointer.all_steps():
+      raise FileNotFoundError(
+          f"No checkpoint for step {step} in {checkpointer.directory}; steps: "
+          f"{checkpointer.all_steps()}."
+      )
+    state, _ = checkpointer.restore(step, abstract_state)
+  finally:
+    checkpointer.close()
+  return state, step

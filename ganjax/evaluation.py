@@ -757,28 +757,9 @@ def evaluate_workdir(
   networks = train_lib.build_networks(
       config, tuple(data_info["element_shape"]), data_info["num_classes"]
   )
-  directory = "checkpoints"
-  if step == "best":
-    best = checkpoint_lib.read_best(workdir)
-    if best is None:
-      raise FileNotFoundError(
-          f"{workdir} has no best checkpoint; train with config.eval_best_metric set."
-      )
-    directory, step = checkpoint_lib.BEST_DIRECTORY, int(best["step"])
-  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, directory), async_save=False)
-  try:
-    if step is None:
-      step = checkpointer.latest_step()
-      if step is None:
-        raise FileNotFoundError(f"No checkpoint in {checkpointer.directory}.")
-    elif step not in checkpointer.all_steps():
-      raise FileNotFoundError(
-          f"No checkpoint for step {step} in {checkpointer.directory}; steps: "
-          f"{checkpointer.all_steps()}."
-      )
-    state, _ = checkpointer.restore(step, train_lib.abstract_state(config, networks))
-  finally:
-    checkpointer.close()
+  state, step = checkpoint_lib.restore_from_workdir(
+      workdir, step, train_lib.abstract_state(config, networks)
+  )
   if extractor is None:
     extractor = default_extractor_name(config)
   if metrics is None:

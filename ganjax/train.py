@@ -530,12 +530,9 @@ def sample_from_workdir(
   config, info = load_run(workdir)
   data_info = info["data"]
   networks = build_networks(config, tuple(data_info["element_shape"]), data_info["num_classes"])
-  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-  step = checkpointer.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"No checkpoint in {checkpointer.directory}.")
-  state, _ = checkpointer.restore(step, abstract_state(config, networks))
-  checkpointer.close()
+  state, step = checkpoint_lib.restore_from_workdir(
+      workdir, None, abstract_state(config, networks)
+  )
   z_seed = config.seed if seed is None else seed
   z, labels, columns = sample_inputs(
       z_seed, num_samples, config.model.latent_dim, networks.num_classes
