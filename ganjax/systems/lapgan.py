@@ -1,0 +1,825 @@
+"""LAPGAN training, sampling and evaluation (``config.task = "lapgan"``; configs/lapgan.py).
+
+Reference: Denton, Chintala, Szlam, Fergus, "Deep Generative Image Models using a Laplacian
+Pyramid of Adversarial Networks", NeurIPS 2015, arXiv:1506.05751.
+
+Every real batch is decomposed into its Laplacian pyramid (:func:`ganjax.models.lapgan.decompose`)
+and each level's GAN is trained on its own part of it, with its own loss (Sec. 3.2; the paper
+trains the levels independently): the coarse GAN on the low-pass images ``x_K``, level ``k < K``
+on the band-pass images ``h_k`` given ``l_k = u(x_{k+1})``, the upsampled *real* coarser image.
+One jit-compiled step updates every level's discriminator and then its generator (non-saturating
+loss by default, :mod:`ganjax.losses`; Adam), with an optional EMA of each generator. The state is
+a dict ``{"level_0": GANState, ..., "level_K": GANState}`` (:class:`ganjax.state.GANState`; level
+0 is the finest, level K the coarse GAN, as the paper numbers them).
+
+Samples chain the levels from a flat latent (:func:`ganjax.models.lapgan.chain`), so the whole
+pyramid is a generator ``latents (+ labels) -> images`` and :mod:`ganjax.evaluation` scores it
+exactly as it scores a DCGAN (:func:`evaluate_workdir`). The workdir holds what the GAN loop
+writes: ``config.json``, ``run_info.json``, TensorBoard events, ``metrics.jsonl`` (scalars per
+level, ``level_k/d_loss`` ...), ``checkpoints/`` and ``samples/step_NNNNNN.png``, whose column is
+one sample from coarse (top, upsampled to full size) to final (bottom), ``samples/real.png`` the
+same for the real pyramid.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import itertools
+import json
+import math
+import os
+import sys
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers
+
+from ganjax import checkpoint as checkpoint_lib
+from ganjax import data as data_lib
+from ganjax import loop, losses, parallel, sampling
+from ganjax import state as state_lib
+from ganjax import train as train_lib
+from ganjax.models import lapgan as lapgan_lib
+
+# Purposes folded into each level's per-step key.
+_D_NOISE, _G_NOISE = range(2)
+# Samples per row block of a picture when the generator is unconditional.
+_PICTURE_COLUMNS = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Pyramid:
+  """The networks of a LAPGAN and the shapes they work on.
+
+  Attributes:
+    image_shape: ``(H, W, C)`` of the data (``x_0``).
+    num_levels: ``K``, the number of band-pass levels; there are ``K + 1`` GANs.
+    latent_dim: the coarse GAN's latent size.
+    num_classes: the number of classes of a conditional LAPGAN; None when unconditional.
+    generators: ``generators[k]``: level ``k``'s generator (``k = K``: the coarse one).
+    discriminators: ``discriminators[k]``: level ``k``'s discriminator.
+  """
+
+  image_shape: tuple[int, int, int]
+  num_levels: int
+  latent_dim: int
+  num_classes: int | None
+  generators: tuple[Any, ...]
+  discriminators: tuple[Any, ...]
+
+  @property
+  def names(self) -> list[str]:
+    """State keys, ``level_0`` (finest) ... ``level_K`` (coarse)."""
+    return level_names(self.num_levels)
+
+  @property
+  def shapes(self) -> list[tuple[int, int, int]]:
+    """``(H, W, C)`` of every level, finest first."""
+    sizes = lapgan_lib.pyramid_shapes(*self.image_shape[:2], self.num_levels)
+    return [(h, w, self.image_shape[2]) for h, w in sizes]
+
+  @property
+  def latent_size(self) -> int:
+    """The length of the flat latent of the whole pyramid."""
+    return lapgan_lib.latent_size(self.image_shape, self.num_levels, self.latent_dim)
+
+
+def level_names(num_levels: int) -> list[str]:
+  return [f"level_{k}" for k in range(num_levels + 1)]
+
+
+def _kwargs(config_dict) -> dict[str, Any]:
+  def fix(v):
+    return tuple(fix(x) for x in v) if isinstance(v, list | tuple) else v
+
+  return {k: fix(v) for k, v in config_dict.to_dict().items()}
+
+
+def build_pyramid(
+    config: ml_collections.ConfigDict, image_shape: tuple[int, ...], num_classes: int | None
+) -> Pyramid:
+  """The networks of ``config.model`` for data of ``image_shape``.
+
+  Raises:
+    ValueError: image sides that do not halve ``model.num_levels`` times, non-image data, or a
+      conditional LAPGAN on unlabelled data.
+  """
+  if len(image_shape) != 3:
+    raise ValueError(f"LAPGAN needs image data (H, W, C), got examples of shape {image_shape}.")
+  num_levels = config.model.num_levels
+  shapes = lapgan_lib.pyramid_shapes(image_shape[0], image_shape[1], num_levels)
+  conditional = bool(config.model.get("conditional", False))
+  if conditional and not num_classes:
+    raise ValueError(
+        "config.model.conditional=True needs labelled data, but this dataset has no labels "
+        f"(num_classes={num_classes!r}). Use labelled data or set model.conditional=False."
+    )
+  classes = num_classes if conditional else None
+  level_g = _kwargs(config.model.level.generator)
+  level_d = _kwargs(config.model.level.discriminator)
+  generators = [
+      lapgan_lib.LevelGenerator(num_classes=classes, **level_g) for _ in range(num_levels)
+  ]
+  discriminators = [
+      lapgan_lib.LevelDiscriminator(num_classes=classes, **level_d) for _ in range(num_levels)
+  ]
+  coarse_shape = (*shapes[-1], image_shape[2])
+  generators.append(
+      lapgan_lib.CoarseGenerator(
+          image_shape=coarse_shape, num_classes=classes, **_kwargs(config.model.coarse.generator)
+      )
+  )
+  discriminators.append(
+      lapgan_lib.CoarseDiscriminator(
+          num_classes=classes, **_kwargs(config.model.coarse.discriminator)
+      )
+  )
+  return Pyramid(
+      tuple(image_shape),
+      num_levels,
+      config.model.latent_dim,
+      classes,
+      tuple(generators),
+      tuple(discriminators),
+  )
+
+
+# ----------------------------------------------------------------------------------------------
+# State.
+
+
+def _dummy_inputs(pyramid: Pyramid, k: int):
+  """Inputs of level ``k``'s generator and discriminator, batch 2 (for initialisation)."""
+  labels = jnp.zeros((2,), jnp.int32) if pyramid.num_classes else None
+  shape = pyramid.shapes[k]
+  image = jnp.zeros((2, *shape), jnp.float32)
+  if k == pyramid.num_levels:
+    return (jnp.zeros((2, pyramid.latent_dim), jnp.float32), labels), (image, labels)
+  noise = jnp.zeros((2, *shape[:2], lapgan_lib.NOISE_CHANNELS), jnp.float32)
+  return (image, noise, labels), (image, image, labels)
+
+
+def state_factory(config: ml_collections.ConfigDict, pyramid: Pyramid):
+  """Returns ``init(rng) -> {level name: GANState}`` (pure; jit it with out_shardings)."""
+
+  def init(rng):
+    states = {}
+    for k, name in enumerate(pyramid.names):
+      g_key, d_key = jax.random.split(jax.random.fold_in(rng, k))
+      g_inputs, d_inputs = _dummy_inputs(pyramid, k)
+      g, d = pyramid.generators[k], pyramid.discriminators[k]
+      g_params = g.init(g_key, *g_inputs, train=False)["params"]
+      d_params = d.init(d_key, *d_inputs, train=False)["params"]
+      states[name] = state_lib.GANState(
+          step=jnp.zeros((), jnp.int32),
+          generator=state_lib.TrainState.create(
+              apply_fn=g.apply,
+              params=g_params,
+              tx=state_lib.make_optimizer(config.optim.g, config.num_train_steps),
+          ),
+          discriminator=state_lib.TrainState.create(
+              apply_fn=d.apply,
+              params=d_params,
+              tx=state_lib.make_optimizer(config.optim.d, config.num_train_steps),
+          ),
+          ema_params=g_params,
+      )
+    # Strongly typed leaves (TrainState.create counts from a Python 0): the avals of a restored
+    # state, so a fresh and a resumed run share one compiled step.
+    return jax.tree.map(lambda x: jnp.asarray(x, jnp.result_type(x)), states)
+
+  return init
+
+
+def create_state(config, pyramid: Pyramid, mesh) -> dict[str, state_lib.GANState]:
+  """The initial state, replicated on the mesh."""
+  rng = jax.random.fold_in(jax.random.key(config.seed), 0x1A9)
+  return jax.jit(state_factory(config, pyramid), out_shardings=parallel.replicated(mesh))(rng)
+
+
+def abstract_state(config, pyramid: Pyramid, mesh=None):
+  """Shapes (and, with a mesh, replicated shardings) of the state, without allocating it."""
+  shapes = jax.eval_shape(state_factory(config, pyramid), jax.random.key(0))
+  if mesh is None:
+    return shapes
+  sharding = parallel.replicated(mesh)
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+
+def sample_params(config, state: dict[str, state_lib.GANState]) -> dict[str, Any]:
+  """Every level's generator params used for samples: the EMA when it is on."""
+  use_ema = config.ema.decay > 0
+  return {
+      name: (s.ema_params if use_ema else s.generator.params) for name, s in state.items()
+  }
+
+
+def parameter_counts(state: dict[str, state_lib.GANState]) -> dict[str, dict[str, int]]:
+  return {
+      name: {
+          "generator": state_lib.parameter_count(s.generator.params),
+          "discriminator": state_lib.parameter_count(s.discriminator.params),
+      }
+      for name, s in state.items()
+  }
+
+
+# ----------------------------------------------------------------------------------------------
+# The training step.
+
+
+def _local_normal(rng, shape, axis_name: str | None) -> jax.Array:
+  """This device's slice of normal draws made for the whole (global) batch ``shape``."""
+  # Drawn flat and reshaped: XLA:CPU compiles 4-d draws slowly (see ganjax.models.layers).
+  if axis_name is None:
+    return jax.random.normal(rng, (math.prod(shape),), jnp.float32).reshape(shape)
+  num_devices = jax.lax.psum(1, axis_name)
+  draws = jax.random.normal(rng, (num_devices * math.prod(shape),), jnp.float32)
+  draws = draws.reshape(shape[0] * num_devices, *shape[1:])
+  index = jax.lax.axis_index(axis_name)
+  return jax.lax.dynamic_slice_in_dim(draws, index * shape[0], shape[0])
+
+
+def _pmean(tree, axis_name: str | None):
+  return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
+
+
+def _level_step(
+    gan: state_lib.GANState,
+    real: jax.Array,
+    low: jax.Array | None,
+    noise_shape: tuple[int, ...],
+    labels: jax.Array | None,
+    rng: jax.Array,
+    *,
+    objective: losses.Objective,
+    ema_decay: float,
+    ema_warmup: bool,
+    axis_name: str | None,
+) -> tuple[state_lib.GANState, dict[str, jax.Array]]:
+  """One D update and one G update of one level's GAN on its part of the real pyramid.
+
+  ``low`` is the conditioning low-pass image ``l_k`` of a finer level, None for the coarse GAN.
+  """
+  g, d = gan.generator, gan.discriminator
+  conditioning = () if low is None else (low,)
+
+  def generate(params, noise):
+    return g.apply_fn({"params": params}, *conditioning, noise, labels, train=True)
+
+  def judge(params, x):
+    return d.apply_fn({"params": params}, x, *conditioning, labels, train=True)
+
+  fake = jax.lax.stop_gradient(
+      generate(g.params, _local_normal(jax.random.fold_in(rng, _D_NOISE), noise_shape, axis_name))
+  )
+
+  def d_loss(params):
+    return objective.discriminator(judge(params, real), judge(params, fake))
+
+  d_grads, d_metrics = jax.grad(d_loss, has_aux=True)(d.params)
+  d = d.apply_gradients(grads=_pmean(d_grads, axis_name))
+
+  g_noise = _local_normal(jax.random.fold_in(rng, _G_NOISE), noise_shape, axis_name)
+  real_logits = judge(d.params, real) if objective.generator_needs_real_logits else None
+
+  def g_loss(params):
+    return objective.generator(judge(d.params, generate(params, g_noise)), real_logits)
+
+  g_grads, g_metrics = jax.grad(g_loss, has_aux=True)(g.params)
+  g = g.apply_gradients(grads=_pmean(g_grads, axis_name))
+  ema = gan.ema_params
+  if ema_decay > 0:
+    decay = ema_decay
+    if ema_warmup:
+      t = gan.step.astype(jnp.float32)
+      decay = jnp.minimum(ema_decay, (1.0 + t) / (10.0 + t))
+    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, gan.ema_params, g.params)
+  new = gan.replace(generator=g, discriminator=d, ema_params=ema, step=gan.step + 1)
+  return new, _pmean({**d_metrics, **g_metrics}, axis_name)
+
+
+def train_step(
+    state: dict[str, state_lib.GANState],
+    batch: dict[str, jax.Array],
+    rng: jax.Array,
+    *,
+    pyramid: Pyramid,
+    objective: losses.Objective,
+    ema_decay: float = 0.0,
+    ema_warmup: bool = True,
+    axis_name: str | None = None,
+) -> tuple[dict[str, state_lib.GANState], dict[str, jax.Array]]:
+  """Updates every level's D and G on the Laplacian pyramid of ``batch["image"]``.
+
+  Levels are independent (Denton et al. 2015, Sec. 3.2): level ``k < K`` learns ``h_k`` given
+  the real ``l_k = u(x_{k+1})``, the coarse level learns ``x_K``. Metrics are named
+  ``level_k/<metric>``. Keys: the step, then the level, then the purpose are folded into ``rng``.
+  """
+  num_levels = pyramid.num_levels
+  step = state[f"level_{num_levels}"].step
+  rng = jax.random.fold_in(rng, step)
+  images = batch["image"]
+  labels = None
+  if pyramid.num_classes:
+    if "label" not in batch:
+      raise ValueError(
+          "A conditional LAPGAN needs labelled batches ({'image', 'label'}); this batch has "
+          f"keys {sorted(batch)}."
+      )
+    labels = batch["label"]
+  gauss = lapgan_lib.gaussian_pyramid(images, num_levels)
+  batch_size = images.shape[0]
+  new_state, metrics = {}, {}
+  for k, name in enumerate(pyramid.names):
+    if k == num_levels:
+      real, low, noise_shape = gauss[k], None, (batch_size, pyramid.latent_dim)
+    else:
+      low = lapgan_lib.upsample(gauss[k + 1], gauss[k].shape)
+      real = gauss[k] - low
+      noise_shape = (batch_size, *gauss[k].shape[1:3], lapgan_lib.NOISE_CHANNELS)
+    new_state[name], level_metrics = _level_step(
+        state[name],
+        real,
+        low,
+        noise_shape,
+        labels,
+        jax.random.fold_in(rng, k),
+        objective=objective,
+        ema_decay=ema_decay,
+        ema_warmup=ema_warmup,
+        axis_name=axis_name,
+    )
+    metrics.update({f"{name}/{key}": value for key, value in level_metrics.items()})
+  return new_state, metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# Generation.
+
+
+@functools.lru_cache(maxsize=4)
+def make_level_generate_fn(pyramid: Pyramid):
+  """jit-compiled ``generate_levels(params, z, labels=None) -> [x~_K, ..., x~_0]`` (inference).
+
+  ``params``: ``{level name: generator params}``; ``z``: flat latents ``(B, latent_size)``. One
+  function per pyramid: equal pyramids share its compilations.
+  """
+
+  @jax.jit
+  def generate_levels(params, z, labels=None):
+    def coarse(z_coarse):
+      name = f"level_{pyramid.num_levels}"
+      return pyramid.generators[-1].apply(
+          {"params": params[name]}, z_coarse, labels, train=False
+      )
+
+    def level(k, low, noise):
+      return pyramid.generators[k].apply(
+          {"params": params[f"level_{k}"]}, low, noise, labels, train=False
+      )
+
+    return lapgan_lib.chain(
+        coarse, level, z, pyramid.image_shape, pyramid.num_levels, pyramid.latent_dim
+    )
+
+  return generate_levels
+
+
+def make_generate_fn(pyramid: Pyramid):
+  """``generate(params, batch_stats, z, labels=None) -> images`` in [-1, 1], the signature of
+  :func:`ganjax.train.make_generate_fn` that :mod:`ganjax.evaluation` calls (``batch_stats`` is
+  unused: the LAPGAN networks have no BatchNorm). The final level, clipped to [-1, 1]."""
+  generate_levels = make_level_generate_fn(pyramid)
+
+  def generate(params, batch_stats, z, labels=None):
+    del batch_stats
+    return jnp.clip(generate_levels(params, z, labels)[-1], -1.0, 1.0)
+
+  return generate
+
+
+def picture_columns(pyramid: Pyramid, num_samples: int) -> int:
+  """Samples side by side in a pyramid picture: one class per column block when conditional."""
+  if pyramid.num_classes:
+    return max(1, num_samples // pyramid.num_classes)
+  return min(_PICTURE_COLUMNS, num_samples)
+
+
+def sample_inputs(pyramid: Pyramid, seed: int, num_samples: int):
+  """Fixed ``(flat latents, labels or None)`` of the sample pictures.
+
+  Conditional: ``max(1, num_samples // num_classes)`` latents repeated for every class (one
+  class per block of rows).
+  """
+  if not pyramid.num_classes:
+    return sampling.fixed_latents(seed, num_samples, pyramid.latent_size), None
+  return sampling.class_grid_inputs(seed, pyramid.num_classes, num_samples, pyramid.latent_size)
+
+
+def pyramid_picture(levels: list[np.ndarray], num_columns: int) -> np.ndarray:
+  """Arranges every level of a batch of samples as a grid of images (float, [-1, 1]).
+
+  ``levels``: ``[x_K, ..., x_0]`` (coarsest first), each ``(N, H_k, W_k, C)``. Returns the
+  ``(rows * (K + 1) * ..., H, W, C)`` images in grid order for ``num_columns`` columns: each block
+  of ``K + 1`` rows shows ``num_columns`` samples, one pyramid level per row, coarse (upsampled by
+  pixel repetition) to final, so a column reads one sample from coarse to fine.
+  """
+  final = np.asarray(levels[-1])
+  n, height, width, _ = final.shape
+  full = []
+  for x in levels:
+    x = np.asarray(x)
+    factor_h, factor_w = height // x.shape[1], width // x.shape[2]
+    full.append(np.repeat(np.repeat(x, factor_h, axis=1), factor_w, axis=2))
+  ordered = []
+  for start in range(0, n, num_columns):
+    for x in full:
+      block = x[start : start + num_columns]
+      if len(block) < num_columns:  # A white filler keeps the columns aligned.
+        filler = np.ones((num_columns - len(block), *block.shape[1:]), block.dtype)
+        block = np.concatenate([block, filler])
+      ordered.append(block)
+  return np.clip(np.concatenate(ordered), -1.0, 1.0)
+
+
+def save_pyramid_picture(path: str, levels: list[np.ndarray], num_columns: int) -> np.ndarray:
+  """Writes :func:`pyramid_picture` as a PNG grid; returns it as uint8 HWC RGB."""
+  grid = sampling.save_image_grid(path, pyramid_picture(levels, num_columns), num_columns)
+  return grid if grid.shape[-1] == 3 else np.repeat(grid, 3, axis=-1)
+
+
+def real_levels(images: np.ndarray, num_levels: int) -> list[np.ndarray]:
+  """``[x_K, ..., x_0]`` of real images, coarsest first (for ``samples/real.png``)."""
+  gauss = lapgan_lib.gaussian_pyramid(jnp.asarray(images), num_levels)
+  return [np.asarray(x) for x in reversed(gauss)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Training.
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Fails early, with the valid choices, on settings a LAPGAN run cannot use."""
+  if config.get("task") != "lapgan":
+    raise ValueError(f"ganjax.systems.lapgan trains config.task='lapgan', got {config.task!r}.")
+  for key in ("num_train_steps", "batch_size", "log_every_steps"):
+    if config[key] < 1:
+      raise ValueError(f"config.{key} must be >= 1, got {config[key]}.")
+  for key in ("sample_every_steps", "checkpoint_every_steps", "eval_every_steps"):
+    if config.get(key, 0) < 0:
+      raise ValueError(f"config.{key} must be >= 0 (0 = only at the end), got {config[key]}.")
+  if config.parallel.mode not in parallel.MODES:
+    raise ValueError(
+        f"Unknown parallel.mode {config.parallel.mode!r}; valid choices: "
+        f"{', '.join(parallel.MODES)}."
+    )
+  if not 0.0 <= config.ema.decay < 1.0:
+    raise ValueError(f"ema.decay must be in [0, 1), got {config.ema.decay}.")
+  num_levels = config.model.num_levels
+  if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 1:
+    raise ValueError(f"config.model.num_levels must be an integer >= 1, got {num_levels!r}.")
+  train_lib.get_objective(config)
+
+
+def run_info(config, source, pyramid: Pyramid, state, mesh) -> dict[str, Any]:
+  """What a reader of the results needs to know about how they were made."""
+  return {
+      "command": sys.argv,
+      "versions": loop.versions(),
+      "git_revision": loop.git_revision(),
+      "devices": loop.devices_info(mesh, config.parallel.mode),
+      "data": {
+          **source.description,
+          "name": source.name,
+          "num_examples": source.num_examples,
+          "element_shape": list(pyramid.image_shape),
+          "num_classes": source.num_classes,
+          "conditional": pyramid.num_classes is not None,
+      },
+      "pyramid": {
+          "num_levels": pyramid.num_levels,
+          "shapes": [list(s) for s in pyramid.shapes],
+          "latent_size": pyramid.latent_size,
+          "downsample": "2x2 average pooling",
+          "upsample": "bilinear (jax.image.resize, linear)",
+      },
+      "parameters": parameter_counts(state),
+  }
+
+
+def _evaluation_config(config, pyramid: Pyramid) -> ml_collections.ConfigDict:
+  """The config as :mod:`ganjax.evaluation` should see it: latents of the whole pyramid."""
+  eval_config = copy.deepcopy(config)
+  eval_config.model.latent_dim = pyramid.latent_size
+  return eval_config
+
+
+def _mark_protocol(result: dict[str, Any], pyramid: Pyramid) -> dict[str, Any]:
+  result["protocol"]["system"] = "lapgan"
+  result["protocol"]["latents"] = (
+      "normal(fold_in(key(seed), 0xE7A1), (num_generated, latent_size)): the coarse latent "
+      f"({pyramid.latent_dim}), then one noise plane per finer level, coarsest first "
+      f"(latent_size {pyramid.latent_size})"
+  )
+  return result
+
+
+def evaluate_state(
+    config, pyramid: Pyramid, state, step: int, *, extractor, metrics=None, num_samples=None,
+    workdir: str | None = None,
+) -> dict[str, Any]:
+  """:func:`ganjax.evaluation.evaluate_generator` of the chained pyramid of ``state``."""
+  from ganjax import evaluation
+
+  result = evaluation.evaluate_generator(
+      _evaluation_config(config, pyramid),
+      make_generate_fn(pyramid),
+      sample_params(config, state),
+      {},
+      num_samples=num_samples or config.get("eval_num_samples", 2500),
+      metrics=metrics if metrics is not None else (config.get("eval_metrics") or None),
+      extractor=extractor,
+      num_classes=pyramid.num_classes,
+      step=step,
+      workdir=workdir,
+  )
+  return _mark_protocol(result, pyramid)
+
+
+def _make_evaluator(config, pyramid: Pyramid, workdir: str):
+  """``evaluate(state, step) -> scalars`` when a feature extractor is configured, else None."""
+  if not any(
+      config.get(f)
+      for f in ("eval_extractor", "eval_inception_weights", "eval_classifier_workdir")
+  ):
+    return None
+  from ganjax import evaluation
+
+  extractor = evaluation.get_extractor(config, evaluation.default_extractor_name(config))
+
+  def evaluate(state, step: int) -> dict[str, float]:
+    result = evaluate_state(config, pyramid, state, step, extractor=extractor, workdir=workdir)
+    if jax.process_index() == 0:
+      loop.write_json(os.path.join(workdir, "eval", f"step_{step:06d}.json"), result)
+    return result["values"]
+
+  return evaluate
+
+
+def _progress_line(scalars: dict[str, float], num_levels: int) -> str:
+  parts = []
+  for k in reversed(range(num_levels + 1)):
+    d = scalars.get(f"level_{k}/d_loss", math.nan)
+    g = scalars.get(f"level_{k}/g_loss", math.nan)
+    parts.append(f"L{k} d {d:.3f} g {g:.3f}")
+  return " | ".join(parts)
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str
+) -> dict[str, state_lib.GANState]:
+  """Trains the LAPGAN the config describes; resumes from ``workdir`` when it holds checkpoints.
+
+  Returns the final state ``{"level_0": GANState, ..., "level_K": GANState}``.
+  """
+  validate_config(config)
+  if config.parallel.distributed:
+    parallel.initialize_distributed()
+  loop.hide_gpus_from_tensorflow()
+  os.makedirs(workdir, exist_ok=True)
+  is_chief = jax.process_index() == 0
+
+  mesh = parallel.make_mesh(config.parallel.num_devices or None)
+  parallel.check_batch_size(config.batch_size, mesh)
+  source = data_lib.create_source(
+      config.data,
+      seed=config.seed,
+      batch_size=config.batch_size,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+  )
+  pyramid = build_pyramid(config, source.element_shape, source.num_classes)
+  objective = train_lib.get_objective(config)
+
+  checkpointer = checkpoint_lib.Checkpointer(
+      os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints, async_save=False
+  )
+  start_step = checkpointer.latest_step() or 0
+  if start_step:
+    state, data_position = checkpointer.restore(start_step, abstract_state(config, pyramid, mesh))
+    logging.info("Resumed from the checkpoint at step %d (data position %s).", start_step,
+                 data_position)
+  else:
+    state = create_state(config, pyramid, mesh)
+
+  if is_chief:
+    loop.write_config(config, workdir)
+    info = run_info(config, source, pyramid, state, mesh)
+    info["resumed_from_step"] = start_step
+    loop.write_json(os.path.join(workdir, "run_info.json"), info)
+    logging.info("Run info: %s", json.dumps(info, default=str))
+
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=not is_chief, asynchronous=False
+  )
+  compiled_step = compiled_train_step(
+      pyramid, objective, config.ema.decay, config.ema.warmup, mesh, config.parallel.mode
+  )
+  generate_levels = make_level_generate_fn(pyramid)
+  evaluate = _make_evaluator(config, pyramid, workdir)
+  best = None
+  if evaluate is not None and config.get("eval_best_metric"):
+    best = checkpoint_lib.BestCheckpoint(workdir, config.eval_best_metric)
+  fixed_z, fixed_labels = sample_inputs(pyramid, config.seed, config.num_sample_images)
+  columns = picture_columns(pyramid, len(fixed_z))
+  base_rng = jax.random.fold_in(jax.random.key(config.seed), 0x7EA1)
+  batches = source.batches(start_step)
+  first_batch = next(batches)
+  if start_step == 0 and is_chief:
+    reference = first_batch["image"][: config.num_sample_images]
+    picture = save_pyramid_picture(
+        os.path.join(workdir, "samples", "real.png"),
+        real_levels(reference, pyramid.num_levels),
+        min(columns, len(reference)),
+    )
+    writer.write_images(0, {"real": picture[None]})
+
+  def step_fn(state, host_batch):
+    return compiled_step(state, parallel.host_batch_to_global(host_batch, mesh), base_rng)
+
+  def data_position(step: int) -> dict[str, Any]:
+    return {"step": step, "examples_seen": step * config.batch_size, "seed": config.seed}
+
+  def write_samples(step: int, state) -> None:
+    levels = generate_levels(sample_params(config, state), fixed_z, fixed_labels)
+    levels = [np.asarray(x) for x in levels]
+    if not is_chief:
+      return
+    path = os.path.join(workdir, "samples", f"step_{step:06d}.png")
+    picture = save_pyramid_picture(path, levels, columns)
+    writer.write_images(step, {"samples": picture[None]})
+    logging.info("Wrote %s", path)
+
+  def evaluate_and_keep_best(step: int, state) -> dict[str, Any]:
+    scalars = evaluate(state, step)
+    if best is not None:
+      best.update(step, scalars, state, data_position(step))
+    return scalars
+
+  logging.info(
+      "Training a %d-level LAPGAN (levels %s) on %s (%s examples) for %d steps, global batch %d "
+      "on %d device(s) (%s).",
+      pyramid.num_levels + 1,
+      " -> ".join(f"{h}x{w}" for h, w, _ in reversed(pyramid.shapes)),
+      source.name,
+      source.num_examples,
+      config.num_train_steps,
+      config.batch_size,
+      mesh.devices.size,
+      config.parallel.mode,
+  )
+  state = loop.run(
+      config,
+      workdir,
+      state=state,
+      start_step=start_step,
+      step_fn=step_fn,
+      batches=itertools.chain([first_batch], batches),
+      save_checkpoint=lambda step, state: checkpointer.save(step, state, data_position(step)),
+      writer=writer,
+      examples_per_step=config.batch_size,
+      write_samples=write_samples,
+      evaluate=None if evaluate is None else evaluate_and_keep_best,
+      progress=lambda scalars: _progress_line(scalars, pyramid.num_levels),
+  )
+
+  checkpointer.wait_until_finished()
+  checkpointer.close()
+  if best is not None:
+    best.close()
+  writer.flush()
+  writer.close()
+  return state
+
+
+@functools.lru_cache(maxsize=4)
+def compiled_train_step(
+    pyramid: Pyramid,
+    objective: losses.Objective,
+    ema_decay: float,
+    ema_warmup: bool,
+    mesh,
+    mode: str,
+):
+  """:func:`train_step` compiled for the mesh (:func:`ganjax.parallel.compile_step`); one
+  function per process for equal arguments, so a run resumed in-process does not recompile."""
+
+  def step_fn(state, batch, rng, *, axis_name=None):
+    return train_step(
+        state,
+        batch,
+        rng,
+        pyramid=pyramid,
+        objective=objective,
+        ema_decay=ema_decay,
+        ema_warmup=ema_warmup,
+        axis_name=axis_name,
+    )
+
+  return parallel.compile_step(step_fn, mesh, mode)
+
+
+# ----------------------------------------------------------------------------------------------
+# A trained workdir: --mode=sample and --mode=evaluate.
+
+
+def load_workdir(workdir: str, step: int | str | None = None):
+  """``(config, pyramid, state, step)`` of a LAPGAN run's checkpoint.
+
+  ``step``: None for the latest, an int, or ``"best"`` (``WORKDIR/checkpoints_best``).
+  """
+  config, info = train_lib.load_run(workdir)
+  if config.get("task") != "lapgan":
+    raise ValueError(f"{workdir!r} is a {config.get('task', 'gan')!r} run, not a LAPGAN run.")
+  data_info = info["data"]
+  pyramid = build_pyramid(config, tuple(data_info["element_shape"]), data_info["num_classes"])
+  state, step = checkpoint_lib.restore_from_workdir(workdir, step, abstract_state(config, pyramid))
+  return config, pyramid, state, step
+
+
+def sample_from_workdir(
+    workdir: str, num_samples: int, output: str, seed: int | None = None
+) -> np.ndarray:
+  """Writes ``output`` (every level of each sample, coarse to final, one column per sample),
+  ``output``\\ _final.png (the final images) and ``output``.npz from the latest checkpoint.
+
+  Uses the EMA generators when the run kept them; ``seed`` None draws the run's fixed latents.
+  Returns the final samples ``(N, H, W, C)``.
+  """
+  config, pyramid, state, step = load_workdir(workdir)
+  z, labels = sample_inputs(pyramid, config.seed if seed is None else seed, num_samples)
+  levels = make_level_generate_fn(pyramid)(sample_params(config, state), z, labels)
+  levels = [np.asarray(x) for x in levels]
+  columns = picture_columns(pyramid, len(z))
+  save_pyramid_picture(output, levels, columns)
+  stem = os.path.splitext(output)[0]
+  final = np.clip(levels[-1], -1.0, 1.0)
+  sampling.save_image_grid(stem + "_final.png", final, columns)
+  extra = {} if labels is None else {"labels": np.asarray(labels)}
+  np.savez_compressed(
+      stem + ".npz",
+      samples=final,
+      latents=np.asarray(z),
+      step=step,
+      ema=config.ema.decay > 0,
+      **{f"level_{k}": x for k, x in zip(reversed(range(len(levels))), levels, strict=True)},
+      **extra,
+  )
+  logging.info(
+      "Wrote %s, %s_final.png and %s.npz (%d samples from step %d).",
+      output, stem, stem, len(z), step,
+  )
+  return final
+
+
+def evaluate_workdir(
+    workdir: str,
+    *,
+    step: int | str | None = None,
+    metrics=None,
+    num_samples: int | None = None,
+    config_overrides: dict[str, Any] | None = None,
+    extractor=None,
+) -> dict[str, Any]:
+  """Scores the chained pyramid of a checkpoint like :func:`ganjax.evaluation.evaluate_workdir`.
+
+  Writes ``WORKDIR/eval/step_NNNNNN.json`` (values, protocol, details) and returns it with
+  ``"path"``. ``config_overrides`` sets top-level ``eval_*`` fields (e.g.
+  ``eval_classifier_workdir``); ``step`` None = latest, ``"best"`` = the best checkpoint.
+  """
+  from ganjax import evaluation
+
+  config, pyramid, state, step = load_workdir(workdir, step)
+  for field, value in (config_overrides or {}).items():
+    config[field] = value
+  if extractor is None:
+    extractor = evaluation.default_extractor_name(config)
+  result = evaluate_state(
+      config, pyramid, state, step, extractor=extractor, metrics=metrics,
+      num_samples=num_samples, workdir=workdir,
+  )
+  path = os.path.join(workdir, "eval", f"step_{step:06d}.json")
+  record = {**result, "workdir": os.path.abspath(workdir)}
+  loop.write_json(path, record)
+  logging.info(
+      "Evaluation of %s step %d: %s (written to %s).",
+      workdir, step, ", ".join(f"{k} {v:.4g}" for k, v in result["values"].items()), path,
+  )
+  return {**record, "path": path}
