@@ -31,6 +31,7 @@ from ganjax.metrics.frechet import (
     frechet_distance_from_statistics,
     intra_class_frechet_distance,
 )
+from ganjax.metrics.image_quality import psnr, ssim
 from ganjax.metrics.kernel import KernelInceptionDistance, kernel_inception_distance
 from ganjax.metrics.manifold import (
     DensityCoverage,
@@ -59,5 +60,7 @@ __all__ = [
     "mixture_mode_coverage",
     "mode_coverage",
     "precision_recall",
+    "psnr",
+    "ssim",
     "stacked_mnist_modes",
 ]
