@@ -11,6 +11,13 @@ quickstart's budget (3,500 steps at batch 64, widths w = 32):
   python -m ganjax.main --mode=evaluate --workdir=runs/vae \
       --eval_classifier_workdir=runs/classifier_mnist
 
+Measured with the defaults (2 min 47 s on one core of a 2-core CPU; final loss 104.9 nats =
+reconstruction 78.2 + KL 26.6), scored like the DCGAN quickstart (``--mode=evaluate
+--eval_num_samples=5000``, the 99.16 % MNIST classifier, the 5,000 embedded digits): VAE
+classifier_fid 251.1, kid 83.8, is 5.69, precision 0.830, recall 0.442, coverage 0.324; DCGAN
+classifier_fid 121.6, kid 42.7, is 6.67, precision 0.495, recall 0.744, coverage 0.295 (README.md,
+"Beyond one generator and one discriminator").
+
 Config arguments (after ":"), e.g. ``configs/vae.py:beta=4,latent_dim=16,runlocal``:
   dataset     embedded_mnist (default) | mnist | fashion_mnist | cifar10 | celeb_a | folder, as in
               configs/dcgan.py (mnist/fashion_mnist read IDX files from --config.data.dir when
