@@ -68,3 +68,23 @@ def test_folder_missing():
   with pytest.raises(FileNotFoundError, match="/does/not/exist"):
     sr.create_pair_source(_data(name="folder", dir="/does/not/exist"), scale=4, seed=0,
                           batch_size=2)
+
+
+def test_tfds_source_gives_pairs_and_a_test_split_held_out_set():
+  import tensorflow_datasets as tfds
+
+  config = _data(
+      name="cifar10", crop_size=16, eval_crop_size=16, eval_max_crops=4, dir=None, split="train",
+      eval_split="test", image_size=None, channels=None, cache_in_memory_max_bytes=2**30,
+  )
+  with tfds.testing.mock_data(num_examples=8):
+    source = sr.create_pair_source(config, scale=2, seed=0, batch_size=4)
+    batch = next(source.batches(0))
+    held_out = source.held_out()
+  assert batch["hr"].shape == (4, 16, 16, 3) and batch["lr"].shape == (4, 8, 8, 3)
+  np.testing.assert_array_equal(
+      preprocessing.to_uint8(batch["lr"]), sr.downsample(preprocessing.to_uint8(batch["hr"]), 2)
+  )
+  assert source.description["dataset"] == "cifar10"
+  assert len(held_out["hr"]) == 4 and held_out["lr"].shape[1:] == (8, 8, 3)
+  np.testing.assert_array_equal(held_out["bicubic"], sr.upsample(held_out["lr"], 2))
