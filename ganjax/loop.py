@@ -33,7 +33,11 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import periodic_actions
+from clu import metric_writers, periodic_actions
+
+from ganjax import checkpoint as checkpoint_lib
+from ganjax import data as data_lib
+from ganjax import parallel
 
 # Scalars of every log and evaluation, one JSON object per line.
 METRICS_FILE = "metrics.jsonl"
@@ -174,6 +178,28 @@ def devices_info(mesh, parallel_mode: str) -> dict[str, Any]:
   }
 
 
+def provenance(config: ml_collections.ConfigDict, mesh) -> dict[str, Any]:
+  """The part of ``run_info.json`` every run has: command, versions, git revision, devices."""
+  return {
+      "command": sys.argv,
+      "versions": versions(),
+      "git_revision": git_revision(),
+      "devices": devices_info(mesh, config.parallel.get("mode", "global")),
+  }
+
+
+def data_info(source, element_shape, conditional: bool) -> dict[str, Any]:
+  """The ``data`` entry of ``run_info.json``: the source's description, size and shapes."""
+  return {
+      **source.description,
+      "name": source.name,
+      "num_examples": source.num_examples,
+      "element_shape": list(element_shape),
+      "num_classes": source.num_classes,
+      "conditional": conditional,
+  }
+
+
 def hide_gpus_from_tensorflow() -> None:
   """TensorFlow (tf.data, TensorBoard) must not claim accelerator memory JAX needs."""
   if "tensorflow" not in sys.modules:
@@ -187,6 +213,59 @@ def hide_gpus_from_tensorflow() -> None:
     tf.config.set_visible_devices([], "GPU")
   except RuntimeError:  # Already initialised.
     pass
+
+
+def start(config: ml_collections.ConfigDict, workdir: str, examples_per_step: int):
+  """The start every run shares: ``(mesh, source, checkpointer)``.
+
+  Initialises multi-host JAX when ``config.parallel.distributed``, hides GPUs from TensorFlow,
+  creates ``workdir``, builds the mesh (checking that ``config.batch_size`` divides over it), the
+  data source of ``config.data`` (this host's share of ``examples_per_step`` per step) and the
+  checkpointer of ``WORKDIR/checkpoints``.
+  """
+  if config.parallel.distributed:
+    parallel.initialize_distributed()
+  hide_gpus_from_tensorflow()
+  os.makedirs(workdir, exist_ok=True)
+  mesh = parallel.make_mesh(config.parallel.num_devices or None)
+  parallel.check_batch_size(config.batch_size, mesh)
+  source = data_lib.create_source(
+      config.data,
+      seed=config.seed,
+      batch_size=examples_per_step,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+  )
+  checkpointer = checkpoint_lib.Checkpointer(
+      os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints, async_save=False
+  )
+  return mesh, source, checkpointer
+
+
+def resume_or_create(checkpointer, abstract_state: Callable[[], Any], create: Callable[[], Any]):
+  """``(state, start_step)``: the latest checkpoint's state, or ``create()`` when there is none."""
+  start_step = checkpointer.latest_step() or 0
+  if not start_step:
+    return create(), 0
+  state, data_position = checkpointer.restore(start_step, abstract_state())
+  logging.info(
+      "Resumed from the checkpoint at step %d (data position %s).", start_step, data_position
+  )
+  return state, start_step
+
+
+def record_run(config: ml_collections.ConfigDict, workdir: str, info: dict[str, Any], start_step):
+  """Writes ``config.json`` and ``run_info.json`` (with ``resumed_from_step``) on the chief, and
+  returns the run's metric writer (TensorBoard + log; log only on the other hosts)."""
+  is_chief = jax.process_index() == 0
+  if is_chief:
+    write_config(config, workdir)
+    info = {**info, "resumed_from_step": start_step}
+    write_json(os.path.join(workdir, "run_info.json"), info)
+    logging.info("Run info: %s", json.dumps(info, default=str))
+  return metric_writers.create_default_writer(
+      workdir, just_logging=not is_chief, asynchronous=False
+  )
 
 
 def _due(step: int, every: int) -> bool:

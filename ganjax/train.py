@@ -15,7 +15,6 @@ import itertools
 import json
 import math
 import os
-import sys
 from typing import Any
 
 import jax
@@ -23,10 +22,8 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers
 
 from ganjax import checkpoint as checkpoint_lib
-from ganjax import data as data_lib
 from ganjax import loop, losses, models, parallel, regularizers, sampling, steps
 from ganjax import metrics as metrics_lib
 from ganjax import state as state_lib
@@ -306,18 +303,8 @@ def make_evaluator(config, source, generate, num_classes: int | None = None, wor
 def run_info(config, source, networks: Networks, state, mesh) -> dict[str, Any]:
   """What a reader of the results needs to know about how they were made."""
   return {
-      "command": sys.argv,
-      "versions": loop.versions(),
-      "git_revision": loop.git_revision(),
-      "devices": loop.devices_info(mesh, config.parallel.mode),
-      "data": {
-          **source.description,
-          "name": source.name,
-          "num_examples": source.num_examples,
-          "element_shape": list(networks.element_shape),
-          "num_classes": source.num_classes,
-          "conditional": networks.num_classes is not None,
-      },
+      **loop.provenance(config, mesh),
+      "data": loop.data_info(source, networks.element_shape, networks.num_classes is not None),
       "parameters": {
           "generator": state_lib.parameter_count(state.generator.params),
           "discriminator": state_lib.parameter_count(state.discriminator.params),
@@ -383,50 +370,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   Returns the final state.
   """
   validate_config(config)
-  if config.parallel.distributed:
-    parallel.initialize_distributed()
-  loop.hide_gpus_from_tensorflow()
-  os.makedirs(workdir, exist_ok=True)
-  is_chief = jax.process_index() == 0
-
-  mesh = parallel.make_mesh(config.parallel.num_devices or None)
-  parallel.check_batch_size(config.batch_size, mesh)
-  check_pack(config.model.get("pack", 1), config.batch_size, mesh.devices.size)
   examples_per_step = config.batch_size * config.n_critic
-  source = data_lib.create_source(
-      config.data,
-      seed=config.seed,
-      batch_size=examples_per_step,
-      process_index=jax.process_index(),
-      process_count=jax.process_count(),
-  )
+  mesh, source, checkpointer = loop.start(config, workdir, examples_per_step)
+  check_pack(config.model.get("pack", 1), config.batch_size, mesh.devices.size)
+  is_chief = jax.process_index() == 0
   networks = build_networks(config, source.element_shape, source.num_classes)
   objective = get_objective(config)
-
-  checkpointer = checkpoint_lib.Checkpointer(
-      os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints, async_save=False
+  state, start_step = loop.resume_or_create(
+      checkpointer,
+      lambda: abstract_state(config, networks, mesh),
+      lambda: create_state(config, networks, mesh),
   )
-  start_step = checkpointer.latest_step() or 0
-  if start_step:
-    state, data_position = checkpointer.restore(
-        start_step, abstract_state(config, networks, mesh)
-    )
-    logging.info(
-        "Resumed from the checkpoint at step %d (data position %s).", start_step, data_position
-    )
-  else:
-    state = create_state(config, networks, mesh)
-
-  if is_chief:
-    loop.write_config(config, workdir)
-    info = run_info(config, source, networks, state, mesh)
-    info["resumed_from_step"] = start_step
-    loop.write_json(os.path.join(workdir, "run_info.json"), info)
-    logging.info("Run info: %s", json.dumps(info, default=str))
-
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=not is_chief, asynchronous=False
-  )
+  info = run_info(config, source, networks, state, mesh)
+  writer = loop.record_run(config, workdir, info, start_step)
   train_step = steps.make_train_step(config, objective)
   compiled_step = parallel.compile_step(train_step, mesh, config.parallel.mode)
   generate = make_generate_fn(networks)

@@ -27,10 +27,8 @@ import copy
 import dataclasses
 import functools
 import itertools
-import json
 import math
 import os
-import sys
 from typing import Any
 
 import jax
@@ -38,10 +36,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers
 
 from ganjax import checkpoint as checkpoint_lib
-from ganjax import data as data_lib
 from ganjax import loop, losses, parallel, sampling
 from ganjax import state as state_lib
 from ganjax import train as train_lib
@@ -491,18 +487,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 def run_info(config, source, pyramid: Pyramid, state, mesh) -> dict[str, Any]:
   """What a reader of the results needs to know about how they were made."""
   return {
-      "command": sys.argv,
-      "versions": loop.versions(),
-      "git_revision": loop.git_revision(),
-      "devices": loop.devices_info(mesh, config.parallel.mode),
-      "data": {
-          **source.description,
-          "name": source.name,
-          "num_examples": source.num_examples,
-          "element_shape": list(pyramid.image_shape),
-          "num_classes": source.num_classes,
-          "conditional": pyramid.num_classes is not None,
-      },
+      **loop.provenance(config, mesh),
+      "data": loop.data_info(source, pyramid.image_shape, pyramid.num_classes is not None),
       "pyramid": {
           "num_levels": pyramid.num_levels,
           "shapes": [list(s) for s in pyramid.shapes],
@@ -590,44 +576,17 @@ def train_and_evaluate(
   Returns the final state ``{"level_0": GANState, ..., "level_K": GANState}``.
   """
   validate_config(config)
-  if config.parallel.distributed:
-    parallel.initialize_distributed()
-  loop.hide_gpus_from_tensorflow()
-  os.makedirs(workdir, exist_ok=True)
+  mesh, source, checkpointer = loop.start(config, workdir, config.batch_size)
   is_chief = jax.process_index() == 0
-
-  mesh = parallel.make_mesh(config.parallel.num_devices or None)
-  parallel.check_batch_size(config.batch_size, mesh)
-  source = data_lib.create_source(
-      config.data,
-      seed=config.seed,
-      batch_size=config.batch_size,
-      process_index=jax.process_index(),
-      process_count=jax.process_count(),
-  )
   pyramid = build_pyramid(config, source.element_shape, source.num_classes)
   objective = train_lib.get_objective(config)
-
-  checkpointer = checkpoint_lib.Checkpointer(
-      os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints, async_save=False
+  state, start_step = loop.resume_or_create(
+      checkpointer,
+      lambda: abstract_state(config, pyramid, mesh),
+      lambda: create_state(config, pyramid, mesh),
   )
-  start_step = checkpointer.latest_step() or 0
-  if start_step:
-    state, data_position = checkpointer.restore(start_step, abstract_state(config, pyramid, mesh))
-    logging.info("Resumed from the checkpoint at step %d (data position %s).", start_step,
-                 data_position)
-  else:
-    state = create_state(config, pyramid, mesh)
-
-  if is_chief:
-    loop.write_config(config, workdir)
-    info = run_info(config, source, pyramid, state, mesh)
-    info["resumed_from_step"] = start_step
-    loop.write_json(os.path.join(workdir, "run_info.json"), info)
-    logging.info("Run info: %s", json.dumps(info, default=str))
-
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=not is_chief, asynchronous=False
+  writer = loop.record_run(
+      config, workdir, run_info(config, source, pyramid, state, mesh), start_step
   )
   compiled_step = compiled_train_step(
       pyramid, objective, config.ema.decay, config.ema.warmup, mesh, config.parallel.mode

@@ -50,7 +50,6 @@ import functools
 import json
 import math
 import os
-import sys
 import time
 from typing import Any, NamedTuple
 
@@ -541,10 +540,7 @@ def phase(config, step: int) -> str:
 def run_info(config, source, state, mesh) -> dict[str, Any]:
   """Versions, devices, data and network sizes of the run (``run_info.json``)."""
   return {
-      "command": sys.argv,
-      "versions": loop.versions(),
-      "git_revision": loop.git_revision(),
-      "devices": [str(d) for d in mesh.devices.flatten().tolist()],
+      **loop.provenance(config, mesh),
       "data": {
           "name": source.name,
           "scale": source.scale,

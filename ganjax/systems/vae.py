@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 import math
 import os
-import sys
 from typing import Any
 
 import jax
@@ -35,10 +33,8 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers
 
 from ganjax import checkpoint as checkpoint_lib
-from ganjax import data as data_lib
 from ganjax import loop, parallel, sampling, train
 from ganjax import state as state_lib
 from ganjax.models import vae as vae_lib
@@ -306,18 +302,8 @@ def run_info(config, source, model: vae_lib.VAE, state, mesh) -> dict[str, Any]:
   """What a reader of the results needs to know about how they were made."""
   return {
       "task": TASK,
-      "command": sys.argv,
-      "versions": loop.versions(),
-      "git_revision": loop.git_revision(),
-      "devices": loop.devices_info(mesh, config.parallel.mode),
-      "data": {
-          **source.description,
-          "name": source.name,
-          "num_examples": source.num_examples,
-          "element_shape": list(source.element_shape),
-          "num_classes": source.num_classes,
-          "conditional": False,
-      },
+      **loop.provenance(config, mesh),
+      "data": loop.data_info(source, source.element_shape, conditional=False),
       "parameters": {
           "encoder": state_lib.parameter_count(state.params["encoder"]),
           "decoder": state_lib.parameter_count(state.params["decoder"]),
@@ -332,48 +318,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   Returns the final state.
   """
   validate_config(config)
-  if config.parallel.distributed:
-    parallel.initialize_distributed()
-  loop.hide_gpus_from_tensorflow()
-  os.makedirs(workdir, exist_ok=True)
+  mesh, source, checkpointer = loop.start(config, workdir, config.batch_size)
   is_chief = jax.process_index() == 0
-
-  mesh = parallel.make_mesh(config.parallel.num_devices or None)
-  parallel.check_batch_size(config.batch_size, mesh)
-  source = data_lib.create_source(
-      config.data,
-      seed=config.seed,
-      batch_size=config.batch_size,
-      process_index=jax.process_index(),
-      process_count=jax.process_count(),
-  )
   element_shape = tuple(source.element_shape)
   model = build_model(config, element_shape)
-
-  checkpointer = checkpoint_lib.Checkpointer(
-      os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints, async_save=False
+  state, start_step = loop.resume_or_create(
+      checkpointer,
+      lambda: abstract_state(config, model, element_shape, mesh),
+      lambda: create_state(config, model, element_shape, mesh),
   )
-  start_step = checkpointer.latest_step() or 0
-  if start_step:
-    state, data_position = checkpointer.restore(
-        start_step, abstract_state(config, model, element_shape, mesh)
-    )
-    logging.info(
-        "Resumed from the checkpoint at step %d (data position %s).", start_step, data_position
-    )
-  else:
-    state = create_state(config, model, element_shape, mesh)
-
-  if is_chief:
-    loop.write_config(config, workdir)
-    info = run_info(config, source, model, state, mesh)
-    info["resumed_from_step"] = start_step
-    loop.write_json(os.path.join(workdir, "run_info.json"), info)
-    logging.info("Run info: %s", json.dumps(info, default=str))
-
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=not is_chief, asynchronous=False
-  )
+  info = run_info(config, source, model, state, mesh)
+  writer = loop.record_run(config, workdir, info, start_step)
   compiled_step = parallel.compile_step(make_train_step(config), mesh, config.parallel.mode)
   generate = make_generate_fn(model)
   reconstruct = make_reconstruct_fn(model)
