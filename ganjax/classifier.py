@@ -575,12 +575,7 @@ def _train_loop(
     return f"loss {scalars['loss']:.4f} accuracy {scalars['accuracy']:.4f}"
 
   def save_checkpoint(step: int, state: train_state.TrainState) -> None:
-    position = {
-        "step": step,
-        "examples_seen": step * config.batch_size,
-        "seed": config.seed,
-        "num_train_steps": num_steps,
-    }
+    position = {**loop.data_position(config, step, config.batch_size), "num_train_steps": num_steps}
     checkpointer.save(step, state, position)
 
   t_start = time.time()

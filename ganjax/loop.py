@@ -268,6 +268,11 @@ def record_run(config: ml_collections.ConfigDict, workdir: str, info: dict[str, 
   )
 
 
+def data_position(config: ml_collections.ConfigDict, step: int, examples_per_step: int) -> dict:
+  """Where the data stream stands after ``step`` steps (saved with every checkpoint)."""
+  return {"step": step, "examples_seen": step * examples_per_step, "seed": config.seed}
+
+
 def _due(step: int, every: int) -> bool:
   return bool(every) and step % every == 0
 
@@ -302,8 +307,9 @@ def run(
     writer: clu metric writer (TensorBoard + log) for the scalars.
     examples_per_step: Examples one step consumes (for img/s).
     write_samples: ``(step, state)``: writes the run's pictures.
-    evaluate: ``(step, state) -> scalars``: metrics of the model; the loop logs them and writes
-      them to the writer and ``metrics.jsonl``.
+    evaluate: ``(step, state) -> scalars``: metrics of the model; the loop logs them, writes
+      them to the writer and ``metrics.jsonl``, and with ``config.eval_best_metric`` keeps the
+      best-scoring state in ``WORKDIR/checkpoints_best`` (:class:`checkpoint.BestCheckpoint`).
     progress: ``scalars -> str``: the losses part of the progress line.
 
   Raises:
@@ -315,6 +321,9 @@ def run(
       num_train_steps=total, writer=writer, every_steps=config.log_every_steps
   )
   buffer = MetricsBuffer()
+  best = None
+  if evaluate is not None and config.get("eval_best_metric"):
+    best = checkpoint_lib.BestCheckpoint(workdir, config.eval_best_metric)
   step = start_step
   t_start = t_last = time.time()
   step_last = start_step
@@ -369,6 +378,8 @@ def run(
       if evaluate is not None and (_due(step, config.get("eval_every_steps", 0)) or last):
         with report_progress.timed("eval"):
           scalars = evaluate(step, state)
+          if best is not None:
+            best.update(step, scalars, state, data_position(config, step, examples_per_step))
           record(scalars)
           logging.info("step %d/%d | eval %s", step, total, json.dumps(scalars))
       if ckpt_now:
@@ -377,4 +388,6 @@ def run(
       if preemption.requested:
         logging.warning("Stopped by SIGTERM at step %d; checkpoint saved.", step)
         break
+  if best is not None:
+    best.close()
   return state

@@ -414,19 +414,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     writer.write_images(step, {"samples": picture[None]})
     logging.info("Wrote %s", path)
 
-  def data_position(step: int) -> dict[str, Any]:
-    return {"step": step, "examples_seen": step * examples_per_step, "seed": config.seed}
-
-  best = None
-  if evaluate is not None and config.get("eval_best_metric"):
-    best = checkpoint_lib.BestCheckpoint(workdir, config.eval_best_metric)
-
-  def evaluate_and_keep_best(step: int, state) -> dict[str, Any]:
-    scalars = evaluate(state, step)
-    if best is not None:
-      best.update(step, scalars, state, data_position(step))
-    return scalars
-
   logging.info(
       "Training %s on %s (%s examples, shape %s) for %d steps, global batch %d on %d device(s) "
       "(%s).",
@@ -446,18 +433,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       start_step=start_step,
       step_fn=step_fn,
       batches=itertools.chain([first_batch], batches),
-      save_checkpoint=lambda step, state: checkpointer.save(step, state, data_position(step)),
+      save_checkpoint=lambda step, state: checkpointer.save(
+          step, state, loop.data_position(config, step, examples_per_step)
+      ),
       writer=writer,
       examples_per_step=examples_per_step,
       write_samples=write_samples,
-      evaluate=None if evaluate is None else evaluate_and_keep_best,
+      evaluate=None if evaluate is None else lambda step, state: evaluate(state, step),
       progress=_progress,
   )
 
   checkpointer.wait_until_finished()
   checkpointer.close()
-  if best is not None:
-    best.close()
   writer.flush()
   writer.close()
   return state

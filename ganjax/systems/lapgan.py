@@ -593,9 +593,6 @@ def train_and_evaluate(
   )
   generate_levels = make_level_generate_fn(pyramid)
   evaluate = _make_evaluator(config, pyramid, workdir)
-  best = None
-  if evaluate is not None and config.get("eval_best_metric"):
-    best = checkpoint_lib.BestCheckpoint(workdir, config.eval_best_metric)
   fixed_z, fixed_labels = sample_inputs(pyramid, config.seed, config.num_sample_images)
   columns = picture_columns(pyramid, len(fixed_z))
   base_rng = jax.random.fold_in(jax.random.key(config.seed), 0x7EA1)
@@ -613,9 +610,6 @@ def train_and_evaluate(
   def step_fn(state, host_batch):
     return compiled_step(state, parallel.host_batch_to_global(host_batch, mesh), base_rng)
 
-  def data_position(step: int) -> dict[str, Any]:
-    return {"step": step, "examples_seen": step * config.batch_size, "seed": config.seed}
-
   def write_samples(step: int, state) -> None:
     levels = generate_levels(sample_params(config, state), fixed_z, fixed_labels)
     levels = [np.asarray(x) for x in levels]
@@ -625,12 +619,6 @@ def train_and_evaluate(
     picture = save_pyramid_picture(path, levels, columns)
     writer.write_images(step, {"samples": picture[None]})
     logging.info("Wrote %s", path)
-
-  def evaluate_and_keep_best(step: int, state) -> dict[str, Any]:
-    scalars = evaluate(state, step)
-    if best is not None:
-      best.update(step, scalars, state, data_position(step))
-    return scalars
 
   logging.info(
       "Training a %d-level LAPGAN (levels %s) on %s (%s examples) for %d steps, global batch %d "
@@ -651,18 +639,18 @@ def train_and_evaluate(
       start_step=start_step,
       step_fn=step_fn,
       batches=itertools.chain([first_batch], batches),
-      save_checkpoint=lambda step, state: checkpointer.save(step, state, data_position(step)),
+      save_checkpoint=lambda step, state: checkpointer.save(
+          step, state, loop.data_position(config, step, config.batch_size)
+      ),
       writer=writer,
       examples_per_step=config.batch_size,
       write_samples=write_samples,
-      evaluate=None if evaluate is None else evaluate_and_keep_best,
+      evaluate=None if evaluate is None else lambda step, state: evaluate(state, step),
       progress=lambda scalars: _progress_line(scalars, pyramid.num_levels),
   )
 
   checkpointer.wait_until_finished()
   checkpointer.close()
-  if best is not None:
-    best.close()
   writer.flush()
   writer.close()
   return state

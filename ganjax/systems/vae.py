@@ -361,19 +361,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     writer.write_images(step, {"samples": picture[None], "reconstructions": recon_picture[None]})
     logging.info("Wrote %s and %s", path, recon_path)
 
-  best = None
-  if evaluate is not None and config.get("eval_best_metric"):
-    best = checkpoint_lib.BestCheckpoint(workdir, config.eval_best_metric)
-
-  def data_position(step: int) -> dict[str, Any]:
-    return {"step": step, "examples_seen": step * config.batch_size, "seed": config.seed}
-
-  def evaluate_and_keep_best(step: int, state) -> dict[str, Any]:
-    scalars = evaluate(state, step)
-    if best is not None:
-      best.update(step, scalars, state, data_position(step))
-    return scalars
-
   def progress(scalars: dict[str, float]) -> str:
     return (
         f"loss {scalars['loss']:.2f} = reconstruction {scalars['reconstruction']:.2f} + "
@@ -401,18 +388,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       start_step=start_step,
       step_fn=step_fn,
       batches=itertools.chain([first_batch], batches),
-      save_checkpoint=lambda step, state: checkpointer.save(step, state, data_position(step)),
+      save_checkpoint=lambda step, state: checkpointer.save(
+          step, state, loop.data_position(config, step, config.batch_size)
+      ),
       writer=writer,
       examples_per_step=config.batch_size,
       write_samples=write_samples,
-      evaluate=None if evaluate is None else evaluate_and_keep_best,
+      evaluate=None if evaluate is None else lambda step, state: evaluate(state, step),
       progress=progress,
   )
 
   checkpointer.wait_until_finished()
   checkpointer.close()
-  if best is not None:
-    best.close()
   writer.flush()
   writer.close()
   return state
