@@ -776,6 +776,14 @@ def evaluate_workdir(
       step=step,
       workdir=workdir,
   )
+  return save_evaluation(workdir, step, result)
+
+
+def save_evaluation(workdir: str, step: int, result: dict[str, Any]) -> dict[str, Any]:
+  """Writes ``WORKDIR/eval/step_NNNNNN.json`` (the result and the workdir) and logs the values.
+
+  Returns what was written, with its ``"path"``.
+  """
   path = os.path.join(workdir, "eval", f"step_{step:06d}.json")
   record = {**result, "workdir": os.path.abspath(workdir)}
   loop.write_json(path, record)
@@ -788,6 +796,7 @@ def evaluate_workdir(
 
 __all__ = [
     "EXTRACTORS",
+    "save_evaluation",
     "METRICS",
     "Extractor",
     "check_metrics",

@@ -482,11 +482,4 @@ def evaluate_workdir(
       num_samples=num_samples or config.get("eval_num_samples", 2500),
       workdir=workdir,
   )
-  path = os.path.join(workdir, "eval", f"step_{step:06d}.json")
-  record = {**result, "workdir": os.path.abspath(workdir)}
-  loop.write_json(path, record)
-  logging.info(
-      "Evaluation of %s step %d: %s (written to %s).",
-      workdir, step, ", ".join(f"{k} {v:.4g}" for k, v in result["values"].items()), path,
-  )
-  return {**record, "path": path}
+  return evaluation.save_evaluation(workdir, step, result)
