@@ -294,6 +294,8 @@ def test_conditional_gan_learns_which_mode_each_label_means(tmp_path):
   config.model.latent_dim = 4
   config.model.generator.hidden = (64, 64)
   config.model.discriminator.hidden = (64, 64)
+  config.model.discriminator.maxout_pieces = 1
+  config.model.discriminator.kernel_init_std = None
   config.optim.g.learning_rate = config.optim.d.learning_rate = 1e-3
   config.batch_size = 256
   config.num_train_steps = 1200

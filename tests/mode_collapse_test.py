@@ -147,10 +147,13 @@ def test_gaussian_mixture_config_methods(method):
   if method == "wgan_gp":
     assert full.n_critic == 5
     assert full.optim.d.to_dict() == dict(
-        name="adam", learning_rate=3e-4, b1=0.5, b2=0.9, schedule="linear"
+        name="adam", learning_rate=1e-3, b1=0.5, b2=0.9, schedule="linear"
     )
     assert full.optim.g.to_dict() == full.optim.d.to_dict()
   assert full.batch_size % full.model.pack == 0
+  # Equal compute: the costlier methods train for fewer steps.
+  if method in ("unrolled5", "minibatch_discrimination", "wgan_gp"):
+    assert full.num_train_steps < load_config("gaussian_mixture", "dataset=ring").num_train_steps
   step_fn = steps.make_train_step(full, train.get_objective(full))
   assert step_fn.keywords["unrolled_steps"] == full.unrolled_steps
   # The networks build and initialise (shapes only).
@@ -165,7 +168,10 @@ def test_gaussian_mixture_default_method_is_gan():
   assert default.to_dict() == gan.to_dict()
   assert default.model.pack == 1 and default.unrolled_steps == 0
   assert default.loss.name == "non_saturating" and default.n_critic == 1
-  assert default.batch_size == 256 and default.ema.decay == 0.999
+  assert default.batch_size == 100 and default.ema.decay == 0.999
+  # The VEEGAN/PacGAN discriminator: maxout units of 5 pieces, N(0, 0.02^2) kernels.
+  assert default.model.discriminator.maxout_pieces == 5
+  assert default.model.discriminator.kernel_init_std == 0.02
   with pytest.raises(ValueError, match="gan, pacgan2, pacgan3, pacgan4, unrolled5"):
     load_config("gaussian_mixture", "method=veegan")
 
@@ -229,6 +235,9 @@ def _mean_modes_over_training(tmp_path, method: str, seed: int) -> float:
   # modes (Metz et al. 2017, Fig. 1), which is what packing is meant to prevent.
   config.model.generator.hidden = (128, 128)
   config.model.discriminator.hidden = (128, 128)
+  config.model.discriminator.maxout_pieces = 1  # LeakyReLU units: 5x cheaper than maxout.
+  config.model.discriminator.kernel_init_std = None
+  config.batch_size = 256
   config.optim.g.learning_rate = config.optim.d.learning_rate = 1e-3
   config.optim.g.schedule = config.optim.d.schedule = "constant"
   config.ema.decay = 0.0
@@ -250,3 +259,28 @@ def test_pacgan_covers_more_modes_than_gan_on_the_same_seed(tmp_path, seed):
   pacgan = _mean_modes_over_training(tmp_path, "pacgan4", seed)
   # Measured: seed 0 GAN 2.3 vs PacGAN4 4.3 modes; seed 1 GAN 4.5 vs 5.5.
   assert pacgan > gan, (gan, pacgan)
+
+
+@pytest.mark.parametrize("eps_root, finite", [(None, True), (0.0, False)])
+def test_unrolled_step_through_maxout_d_has_finite_generator_gradients(eps_root, finite):
+  """unrolled5 with the maxout D: G differentiates through D's Adam updates.
+
+  A maxout piece that no input selects has an exactly zero gradient, where d sqrt(v) / dv is
+  infinite; the config's ``optim.d.eps_root`` keeps the generator's gradient finite (with 0 it is
+  NaN, which is what the study's first unrolled run hit).
+  """
+  config = load_config("gaussian_mixture", "dataset=ring,method=unrolled5,runlocal")
+  config.parallel.num_devices = 1
+  assert config.optim.d.eps_root > 0
+  if eps_root is not None:
+    config.optim.d.eps_root = eps_root
+  mesh = parallel.make_mesh(1)
+  networks = train.build_networks(config, (2,), None)
+  s = train.create_state(config, networks, mesh)
+  step = parallel.compile_step(
+      steps.make_train_step(config, train.get_objective(config)), mesh, config.parallel.mode
+  )
+  rng = np.random.default_rng(0)
+  real = rng.normal(size=(config.batch_size, 2)).astype(np.float32)
+  _, metrics = step(s, parallel.host_batch_to_global({"image": real}, mesh), jax.random.key(0))
+  assert bool(np.isfinite(float(metrics["g_grad_norm"]))) == finite

@@ -95,6 +95,7 @@ def run_one(out: str, dataset: str, method: str, seed: int, core: int | None, nu
       "modes": evaluation["modes"],
       "hq_fraction": evaluation["hq_fraction"],
       "reverse_kl": evaluation["reverse_kl"],
+      "steps": num_steps,
       "wall_s": round(wall, 1),
   }
   with open(record_path, "w") as f:
@@ -133,16 +134,17 @@ def markdown(records: list[dict], methods, datasets, protocol: str, machine: str
         f"### {dataset} (target: {target_modes} modes, ≥ {100 * target_hq:.0f} % HQ, "
         "each run ≤ 3 min)",
         "",
-        "| method | seeds | modes | % high quality | reverse KL | wall time (s) | "
+        "| method | seeds | steps | modes | % high quality | reverse KL | wall time (s) | "
         "published (PacGAN Table 1) |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for method in methods:
       rows = [r for r in records if r["dataset"] == dataset and r["method"] == method]
       if not rows:
         continue
       lines.append(
-          f"| {method} | {len(rows)} | {_mean_std([r['modes'] for r in rows], '.1f')} | "
+          f"| {method} | {len(rows)} | {rows[0].get('steps', '')} | "
+          f"{_mean_std([r['modes'] for r in rows], '.1f')} | "
           f"{_mean_std([100 * r['hq_fraction'] for r in rows], '.1f')} | "
           f"{_mean_std([r['reverse_kl'] for r in rows], '.3f')} | "
           f"{_mean_std([r['wall_s'] for r in rows], '.0f')} | "
@@ -155,6 +157,7 @@ def markdown(records: list[dict], methods, datasets, protocol: str, machine: str
 def protocol_text(config_module) -> str:
   config = config_module.get_config("dataset=ring,method=gan")
   g, d = config.model.generator, config.model.discriminator
+  steps = ", ".join(f"{m} {n}" for m, n in getattr(config_module, "STEPS", {}).items()) or "none"
   return "\n".join(
       [
           "- Data: ring = 8 Gaussians on a circle of radius 1, sigma 0.01; grid = 25 Gaussians at "
@@ -162,9 +165,17 @@ def protocol_text(config_module) -> str:
           f"- Generator: MLP, latent N(0, I) of dim {config.model.latent_dim}, hidden "
           f"{tuple(g.hidden)}, LeakyReLU({g.leaky_slope}), BatchNorm {g.batch_norm}, linear "
           "output.",
-          f"- Discriminator: MLP, hidden {tuple(d.hidden)}, LeakyReLU({d.leaky_slope}), no "
-          "dropout; methods change it as `configs/gaussian_mixture.py` documents.",
-          f"- Training: {config.num_train_steps} generator steps, batch {config.batch_size} "
+          f"- Discriminator: MLP, hidden {tuple(d.hidden)}, "
+          + (
+              f"maxout units of {d.maxout_pieces} pieces"
+              if d.get("maxout_pieces", 1) > 1
+              else f"LeakyReLU({d.leaky_slope})"
+          )
+          + (f", N(0, {d.kernel_init_std}^2) kernels" if d.get("kernel_init_std") else "")
+          + ", no dropout; methods change it as `configs/gaussian_mixture.py` documents.",
+          f"- Training: {config.num_train_steps} generator steps (the costlier methods train for "
+          f"fewer so that each run stays within 3 minutes on one core: {steps}), batch "
+          f"{config.batch_size} "
           f"(PacGAN3: {config.batch_size - config.batch_size % 3}), objective "
           f"{config.loss.name}, Adam(lr {config.optim.g.learning_rate}, b1 {config.optim.g.b1}, "
           f"b2 {config.optim.g.b2}) for both, learning-rate schedule "
@@ -247,11 +258,10 @@ def main(argv=None) -> int:
     bad = [x for x in given if x not in valid]
     if bad:
       parser.error(f"unknown {name}(s) {bad}; valid: {', '.join(valid)}")
-  num_steps = config_module.get_config("dataset=ring,method=gan").num_train_steps
   # Seeds outermost: an interrupted study has every method for its first seeds.
   jobs = [(d, m, s) for s in range(args.seeds) for d in datasets for m in methods]
   cores = list(range(max(1, args.jobs)))
-  records = []
+  records, failures = [], []
   if args.collect_only:
     for d, m, s in jobs:
       path = os.path.join(args.out, "runs", d, m, f"seed_{s}", "study_record.json")
@@ -267,11 +277,16 @@ def main(argv=None) -> int:
       while pending and free:
         core = free.pop(0)
         d, m, s = pending.pop(0)
+        num_steps = config_module.get_config(f"dataset={d},method={m}").num_train_steps
         futures[pool.submit(run_one, args.out, d, m, s, core, num_steps)] = core
       done, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_COMPLETED)
       for future in done:
         free.append(futures.pop(future))
-        records.append(future.result())
+        try:
+          records.append(future.result())
+        except RuntimeError as e:  # One failed run (e.g. NaN) does not stop the study.
+          failures.append(str(e))
+          print(e, flush=True)
   records.sort(key=lambda r: (r["dataset"], methods_all.index(r["method"]), r["seed"]))
   with open(os.path.join(args.out, "results.json"), "w") as f:
     json.dump(records, f, indent=1)
@@ -286,10 +301,12 @@ def main(argv=None) -> int:
     pass
   protocol = protocol_text(config_module) + (f"\n\n{args.note}" if args.note else "")
   text = markdown(records, methods, datasets, protocol, machine)
+  if failures:
+    text += "\n## Failed runs\n\n" + "\n".join(f"- {f}" for f in failures) + "\n"
   with open(os.path.join(args.out, "results.md"), "w") as f:
     f.write(text + "\n")
   print(text)
-  return 0
+  return 1 if failures else 0
 
 
 if __name__ == "__main__":
