@@ -157,7 +157,7 @@ def markdown(records: list[dict], methods, datasets, protocol: str, machine: str
 def protocol_text(config_module) -> str:
   config = config_module.get_config("dataset=ring,method=gan")
   g, d = config.model.generator, config.model.discriminator
-  steps = ", ".join(f"{m} {n}" for m, n in getattr(config_module, "STEPS", {}).items()) or "none"
+  steps = ", ".join(f"{m} {n}" for m, n in config_module.STEPS.items())
   return "\n".join(
       [
           "- Data: ring = 8 Gaussians on a circle of radius 1, sigma 0.01; grid = 25 Gaussians at "
@@ -168,10 +168,10 @@ def protocol_text(config_module) -> str:
           f"- Discriminator: MLP, hidden {tuple(d.hidden)}, "
           + (
               f"maxout units of {d.maxout_pieces} pieces"
-              if d.get("maxout_pieces", 1) > 1
+              if d.maxout_pieces > 1
               else f"LeakyReLU({d.leaky_slope})"
           )
-          + (f", N(0, {d.kernel_init_std}^2) kernels" if d.get("kernel_init_std") else "")
+          + (f", N(0, {d.kernel_init_std}^2) kernels" if d.kernel_init_std else "")
           + ", no dropout; methods change it as `configs/gaussian_mixture.py` documents.",
           f"- Training: {config.num_train_steps} generator steps (the costlier methods train for "
           f"fewer so that each run stays within 3 minutes on one core: {steps}), batch "
