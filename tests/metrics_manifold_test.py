@@ -34,6 +34,36 @@ def density_coverage_reference(real, fake, k):
   return density, coverage
 
 
+def exact_squared_distances(a, b):
+  """(len(a), len(b)) squared distances of integer features, exact in int64."""
+  differences = np.asarray(a, np.int64)[:, None, :] - np.asarray(b, np.int64)[None, :, :]
+  return np.sum(differences * differences, axis=2)
+
+
+def exact_radii(features, k):
+  squared = exact_squared_distances(features, features)
+  np.fill_diagonal(squared, np.iinfo(np.int64).max)  # Exclude the sample itself.
+  return np.sort(squared, axis=1)[:, k - 1]
+
+
+def exact_reference(real, fake, k_pr=3, k_dc=5):
+  """All four metrics of integer features in exact arithmetic: integer squared distances and
+  radii, integer counts, one correctly rounded division each (as the metrics compute them).
+
+  Returns the metrics and the number of (real, fake) pairs exactly on a real radius, for each k.
+  """
+  squared = exact_squared_distances(real, fake)  # (N, M)
+  real_pr, fake_pr = exact_radii(real, k_pr), exact_radii(fake, k_pr)
+  real_dc = exact_radii(real, k_dc)
+  n, m = squared.shape
+  precision = int(np.sum(np.any(squared <= real_pr[:, None], axis=0))) / m  # Closed balls.
+  recall = int(np.sum(np.any(squared <= fake_pr[None, :], axis=1))) / n
+  density = int(np.sum(squared < real_dc[:, None])) / (k_dc * m)  # Open balls.
+  coverage = int(np.sum(np.min(squared, axis=1) < real_dc)) / n
+  ties = (int(np.sum(squared == real_pr[:, None])), int(np.sum(squared == real_dc[:, None])))
+  return (precision, recall), (density, coverage), ties
+
+
 def clusters(rng, centres, per_cluster, scale=1.0):
   return np.concatenate([c + scale * rng.normal(size=(per_cluster, len(c))) for c in centres])
 
@@ -77,6 +107,41 @@ def test_matches_brute_force_reference(seed, batch_size):
   expected = density_coverage_reference(real.astype(np.float64), fake.astype(np.float64), 5)
   assert tuple(result) == pytest.approx(expected, abs=1e-12)
   assert 0.0 < result.coverage < 1.0 and 0.0 < result.density
+
+
+@pytest.mark.parametrize("batch_size", [16, 1024])
+@pytest.mark.parametrize("seed", range(3))
+def test_exact_on_tied_integer_and_quantized_features(seed, batch_size):
+  # Coordinates in {0, 1, 2} (reals) and {0, .., 3} (fakes) in 4 dimensions: squared distances
+  # take only the values 0..36, so about a hundred real-fake distances equal a radius exactly. Any
+  # round-off moves some of them across it (centring on the real mean did: issue 13).
+  rng = np.random.default_rng(10 + seed)
+  real = rng.integers(0, 3, size=(60, 4))
+  fake = rng.integers(0, 4, size=(50, 4))
+  expected_pr, expected_dc, ties = exact_reference(real, fake)
+  assert min(ties) > 50
+  # The same points quantized (a 1/8 grid) and far from the origin, as float32: squared
+  # distances scale by 1/64, so the exact metrics do not change; every value is a float32.
+  offset = np.array([1000.25, -3.5, 0.0, 77.0])
+  quantized = [(x * 0.125 + offset).astype(np.float32) for x in (real, fake)]
+  for q, x in zip(quantized, (real, fake), strict=True):
+    np.testing.assert_array_equal((q.astype(np.float64) - offset) * 8, x)  # No value rounded.
+  for real_features, fake_features in [(real, fake), quantized]:
+    # Exact by construction: equal counts divided in the same way, so compare for equality.
+    pr = metrics.precision_recall(real_features, fake_features, batch_size=batch_size)
+    dc = metrics.density_coverage(real_features, fake_features, batch_size=batch_size)
+    assert tuple(pr) == expected_pr
+    assert tuple(dc) == expected_dc
+
+
+def test_radii_are_exact_integers_on_integer_features():
+  rng = np.random.default_rng(13)
+  features = rng.integers(-3, 4, size=(23, 6)) + 10**6  # Far from 0, so the centre matters.
+  for k in (1, 3, 22):
+    with manifold.jax.enable_x64(True):
+      blocks, _, _ = manifold._prepare(features, features, k, 5, True)
+      squared = np.asarray(manifold._radii(blocks, k)).reshape(-1)[:23]
+    np.testing.assert_array_equal(squared, exact_radii(features, k))
 
 
 def test_radii_match_reference_for_every_block_size():

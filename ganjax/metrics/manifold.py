@@ -14,13 +14,27 @@ sample itself excluded). With real samples ``X_1..X_N``, fake samples ``Y_1..Y_M
   ``coverage = mean_i 1[min_j ||X_i - Y_j|| < r(X_i)]``. Open balls (``<``), as in the authors'
   ``prdc`` code; default k = 5. Only the real radii are used, so k needs only N > k.
 
-The pairwise distances are computed in float64 with jax (x64 is enabled only around the
-computation), from features centred on the real mean (distances do not change, round-off does),
-in ``batch_size x batch_size`` blocks, with the reductions running over the blocks (the k smallest
+Ties are decided exactly: a sample at distance exactly equal to a radius is inside a closed ball
+and outside an open one. Discrete features (integers, fixed-point or otherwise quantized values)
+tie often, so the squared distances are computed exactly whenever they can be: the features are
+converted to float64 and centred on the coordinate-wise lower median of the real features, which
+is one of the real values, so the subtraction is exact for features on a common grid (centring on
+the mean, as this module once did, rounds ``x - mean`` and moves tied distances to either side of
+a radius). The squared distances ``||a||^2 + ||b||^2 - 2 a.b`` are then sums of products of grid
+values: every partial sum is an integer multiple of the grid spacing squared, and float64 holds it
+exactly, whatever the summation order (matmul kernel, blocking, FMA), while it stays below 2^53
+spacings squared. So the results are exact when all features (as float64) are integer multiples
+of one power of two ``2^e`` and ``2 D R^2 <= 2^53``, ``R`` being the largest ``|x - median|`` in
+units of ``2^e``: for 8-bit features (``R <= 255``) any ``D`` up to 6e10, for 16-bit ones up to
+1e6. Generic float features keep float64 round-off, relative to the squared norms of the centred
+features, as before; ties are then improbable.
+
+The pairwise distances are computed with jax (x64 is enabled only around the computation) in
+``batch_size x batch_size`` blocks, with the reductions running over the blocks (the k smallest
 distances of every row; ball counts and "inside some ball" flags), so memory stays
 ``O(batch_size^2 + (N + M) D)`` and no N x M matrix is ever built. Each metric pair makes one pass
 over the real-fake distances, plus one within-set pass per set of radii. Comparisons use squared
-distances, so no square root is taken.
+distances, so no square root is taken (it would round tied and untied distances alike).
 """
 
 from __future__ import annotations
@@ -52,7 +66,11 @@ class DensityCoverage(NamedTuple):
 
 
 def _squared_distances(rows: jax.Array, cols: jax.Array) -> jax.Array:
-  """(b, c) squared Euclidean distances, clipped at 0 against round-off."""
+  """(b, c) squared Euclidean distances, clipped at 0 against round-off.
+
+  Exact, in any summation order, when the features are on a common power-of-two grid and the sums
+  stay below 2^53 grid spacings squared (module docstring); one matmul, so fast on large ``d``.
+  """
   cross = jnp.matmul(rows, cols.T, precision=jax.lax.Precision.HIGHEST)
   squared = jnp.sum(rows * rows, axis=1)[:, None] + jnp.sum(cols * cols, axis=1)[None, :]
   return jnp.maximum(squared - 2.0 * cross, 0.0)
@@ -188,10 +206,21 @@ def _blocks(features: np.ndarray, block: int, num_blocks: int) -> _Blocks:
   )
 
 
+def _centre(real: np.ndarray) -> np.ndarray:
+  """(D,) coordinate-wise lower median of the real features: a shift that keeps ties exact.
+
+  Each coordinate of the centre is one of the real values, so on a common power-of-two grid
+  ``x - centre`` is exact (the mean is not on the grid: it would round ``x - mean``); like the
+  mean, it keeps the centred norms, hence the round-off of generic features, small.
+  """
+  middle = (len(real) - 1) // 2
+  return np.partition(real, middle, axis=0)[middle]
+
+
 def _prepare(
     real_features: Any, fake_features: Any, k: int, batch_size: int, fake_radii: bool
 ) -> tuple[_Blocks, _Blocks, int]:
-  """Validates the arguments; returns the real and fake blocks (centred on the real mean) and k."""
+  """Validates the arguments; returns the real and fake blocks (centred by ``_centre``) and k."""
   real = _checks.check_features("real_features", real_features, min_samples=2)
   fake = _checks.check_features(
       "fake_features",
@@ -209,7 +238,7 @@ def _prepare(
           f"neighbour excludes the sample itself), got k={k}."
       )
   real = real.astype(np.float64)
-  centre = np.mean(real, axis=0)
+  centre = _centre(real)
   block = min(batch_size, max(len(real), len(fake)))
   return (
       _blocks(real - centre, block, -(-len(real) // block)),
@@ -228,7 +257,10 @@ def precision_recall(
 ) -> PrecisionRecall:
   """Improved precision and recall of generated features (Kynkäänniemi et al. 2019).
 
-  See the module docstring for the definitions (k-NN balls, closed, self excluded).
+  See the module docstring for the definitions (k-NN balls, self excluded). The balls are closed,
+  as in the authors' code: a sample at distance exactly equal to a k-NN radius is inside the ball.
+  Ties are decided exactly on integer and quantized features (module docstring), so discrete
+  features give the exact-arithmetic result.
 
   Args:
     real_features: (N, D) features of real samples, N > k.
@@ -260,8 +292,11 @@ def density_coverage(
 ) -> DensityCoverage:
   """Density and coverage of generated features (Naeem et al. 2020).
 
-  See the module docstring for the definitions (k-NN balls of the real samples, open, self
-  excluded).
+  See the module docstring for the definitions (k-NN balls of the real samples, self excluded).
+  The balls are open, as in the authors' ``prdc`` code: a sample at distance exactly equal to a
+  radius is outside the ball (so a real sample with k exact duplicates among the reals has radius
+  0 and covers nothing). Ties are decided exactly on integer and quantized features (module
+  docstring), so discrete features give the exact-arithmetic result.
 
   Args:
     real_features: (N, D) features of real samples, N > k.
