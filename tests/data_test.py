@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ganjax import data
+from ganjax import data, errors
 from ganjax.data import embedded, gaussian_mixture, idx, preprocessing, source
 
 # ----------------------------------------------------------------------------------------------
@@ -450,7 +450,7 @@ def test_tfds_download_failure_names_offline_options(tmp_path, monkeypatch):
     raise OSError("Temporary failure in name resolution")
 
   monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
-  with pytest.raises(RuntimeError) as error:
+  with pytest.raises(errors.DataError) as error:
     data.create_source(make_config("mnist", dir=str(tmp_path)), seed=0, batch_size=8)
   message = str(error.value)
   assert "not prepared" in message and "name resolution" in message

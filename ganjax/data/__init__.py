@@ -8,6 +8,10 @@ There is no central registry. Every module in this package that defines
 * ``create(data_config, *, seed, batch_size, process_index, process_count) -> DataSource``
 
 is a source. Adding a source means adding one module.
+
+Every source is checked (:mod:`ganjax.data.checks`): the requests ``data.image_size`` and
+``data.channels`` must be honoured, and a dataset known by name must be what its name says (shape,
+channels, classes, split size), so a run never trains on other data than its config names.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from types import ModuleType
 
 import ml_collections
 
+from ganjax.data import checks
 from ganjax.data.source import DataSource, host_batch_size
+from ganjax.errors import ConfigError
 
 __all__ = ["DataSource", "create_source", "source_modules", "valid_names"]
 
@@ -65,20 +71,25 @@ def create_source(
     The :class:`DataSource`; ``source.batches(step)`` iterates this host's batches.
 
   Raises:
-    ValueError: unknown ``data.name`` (the message lists the valid names), or a bad batch size.
+    ConfigError: unknown ``data.name`` (the message lists the valid names), a bad batch size,
+      ``data.image_size`` or ``data.channels``.
+    DataError: the data is not what the config asks for (see :mod:`ganjax.data.checks`).
   """
   host_batch_size(batch_size, process_count)
+  checks.check_request(data_config)
   name = data_config.get("name")
   for module in source_modules():
     if module.claims(data_config):
-      return module.create(
+      source = module.create(
           data_config,
           seed=seed,
           batch_size=batch_size,
           process_index=process_index,
           process_count=process_count,
       )
-  raise ValueError(
+      checks.check_output(source, data_config)
+      return source
+  raise ConfigError(
       f"Unknown data.name {name!r}. Valid names: {', '.join(valid_names())}; any TensorFlow "
       "Datasets name (e.g. 'mnist', 'cifar10', 'celeb_a') also works through the tfds source."
   )

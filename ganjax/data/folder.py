@@ -2,16 +2,17 @@
 
 Layout: class subfolders (sorted names) become labels 0..K-1; images directly in the folder give an
 unlabelled dataset. When the folder has ``train/`` and ``test/`` subfolders, ``data.split`` picks
-one of them. Images are decoded with Pillow to RGB (or grayscale with ``data.channels = 1``),
-centre-cropped to a square and resized when ``data.image_size`` is set; otherwise all images must
-share one size. Decoding happens per batch in a thread pool; the decoded uint8 pixels are kept in
-memory when the whole set fits in ``data.cache_in_memory_max_bytes``.
+one of them; without them the whole folder is the split ``train`` and any other split fails (it
+would silently be the training images). Images are decoded with Pillow to RGB (or grayscale with
+``data.channels = 1``), centre-cropped to a square and resized when ``data.image_size`` is set;
+otherwise all images must share one size. Decoding happens per batch in a thread pool; the decoded
+uint8 pixels are kept in memory when the whole set fits in ``data.cache_in_memory_max_bytes``.
 
 An archive is extracted once under ``~/.cache/ganjax/archives/`` (``$GANJAX_CACHE_DIR`` overrides
-the cache folder) and reused by later runs. Only the first image's header is read up front (for the
-element shape); every image is validated when it is decoded, so an unreadable image, or one whose
-size differs when ``data.image_size`` is unset, stops the run at the batch that reads it, naming
-the file.
+the cache folder) and reused by later runs. When ``data.image_size`` is unset, every image's header
+is read up front (about 2 s per 50,000 images) and images of different sizes fail at once, naming
+two of them; every image is also validated when it is decoded, so an unreadable image stops the
+run at the batch that reads it, naming the file.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from ganjax.data import preprocessing
+from ganjax.data import checks, preprocessing
 from ganjax.data.source import (
     Batch,
     DataSource,
@@ -37,6 +38,7 @@ from ganjax.data.source import (
     host_batch_size,
     indexed_batches,
 )
+from ganjax.errors import ConfigError, DataError, MissingPathError
 
 NAMES = ("folder",)
 PRIORITY = 100
@@ -62,13 +64,13 @@ def create(
   """A lazily decoded source over the image folder ``data.dir``."""
   path = data_config.get("dir")
   if not path:
-    raise ValueError("data.name='folder' needs data.dir: an image folder or a .tar/.tgz archive.")
+    raise ConfigError("data.name='folder' needs data.dir: an image folder or a .tar/.tgz archive.")
   if not os.path.exists(path):
-    raise FileNotFoundError(f"Image folder data.dir {path!r} does not exist.")
+    raise MissingPathError(f"Image folder data.dir {path!r} does not exist.")
   split = data_config.get("split", "train") or "train"
   channels = data_config.get("channels") or 3
   if channels not in (1, 3):
-    raise ValueError(f"data.channels must be 1, 3 or None, got {channels}.")
+    raise ConfigError(f"data.channels must be 1, 3 or None, got {channels!r}.")
   image_size = data_config.get("image_size")
   cache_max = data_config.get("cache_in_memory_max_bytes", DEFAULT_CACHE_BYTES)
   if cache_max is None:
@@ -81,14 +83,24 @@ def create(
   check_process(process_index, process_count)
   check_batch_fits(batch_size, len(files), data_config.name)
 
-  pool = concurrent.futures.ThreadPoolExecutor(
-      min(32, (os.cpu_count() or 1) + 4), thread_name_prefix="ganjax-decode"
-  )
   if image_size:
     shape = (image_size, image_size, channels)
   else:
-    width, height = _probe_size(files[0])
+    width, height = check_same_size(files)
     shape = (height, width, channels)
+  checked = checks.check_native(
+      data_config.name,
+      split,
+      where=f"data.dir={path!r} holds",
+      shape=shape,
+      num_examples=len(files),
+      labels=labels,
+      num_classes=len(class_names) if labels is not None else None,
+  )
+  checked_note = checked.note if image_size else f"{checked.note}; all images {width}x{height}"
+  pool = concurrent.futures.ThreadPoolExecutor(
+      min(32, (os.cpu_count() or 1) + 4), thread_name_prefix="ganjax-decode"
+  )
   num_examples = len(files)
   use_cache = num_examples * int(np.prod(shape)) <= cache_max
   cache = np.empty((num_examples, *shape), np.uint8) if use_cache else None
@@ -97,7 +109,7 @@ def create(
   def decode(index: int) -> np.ndarray:
     image = preprocessing.decode_image(files[index], channels=channels, image_size=image_size)
     if image.shape != shape:
-      raise ValueError(
+      raise DataError(
           f"Image {files[index]} is {image.shape[1]}x{image.shape[0]} but {files[0]} is "
           f"{shape[1]}x{shape[0]}; set data.image_size to resize all images to one size."
       )
@@ -134,7 +146,7 @@ def create(
       name=data_config.name,
       element_shape=shape,
       num_examples=num_examples,
-      num_classes=len(class_names) if labels is not None else None,
+      num_classes=checked.num_classes,
       description={
           "source": "folder",
           "dataset": data_config.name,
@@ -145,6 +157,7 @@ def create(
           "num_examples": num_examples,
           "class_names": class_names,
           "in_memory": use_cache,
+          "checked": checked_note,
           "preprocessing": f"decode to {'L' if channels == 1 else 'RGB'}; {resize}"
           "uint8 / 127.5 - 1",
       },
@@ -188,7 +201,7 @@ def extract_archive(archive: str) -> str:
       with tarfile.open(archive) as tar:
         tar.extractall(staging, filter="data")
     except (tarfile.TarError, OSError, EOFError) as e:
-      raise ValueError(f"Cannot extract archive {archive}: {e}") from e
+      raise DataError(f"Cannot extract archive {archive}: {e}") from e
     with open(os.path.join(staging, _MARKER), "w") as f:
       f.write(stamp)
     os.chmod(staging, 0o755)  # mkdtemp creates it private.
@@ -209,15 +222,27 @@ def cache_dir() -> str:
 
 
 def split_folder(root: str, split: str) -> str:
-  """``root/split`` when ``root`` has ``train/`` and ``test/`` subfolders, else ``root``."""
+  """``root/split`` when ``root`` has ``train/`` and ``test/`` subfolders, else ``root``.
+
+  Without those subfolders only the split ``train`` (the whole folder) exists: another split
+  would be the training images under another name, so it fails.
+  """
   if not os.path.isdir(root):
-    raise NotADirectoryError(f"Image folder {root!r} is not a folder.")
+    raise MissingPathError(f"Image folder {root!r} is not a folder.")
   if all(os.path.isdir(os.path.join(root, name)) for name in ("train", "test")):
     folder = os.path.join(root, split)
     if not os.path.isdir(folder):
       available = sorted(e for e in os.listdir(root) if os.path.isdir(os.path.join(root, e)))
-      raise ValueError(f"Split {split!r} not found in {root}; subfolders: {available}.")
+      raise DataError(
+          f"data.split={split!r} not found in {root}; its split subfolders: {available}."
+      )
     return folder
+  if split != "train":
+    raise DataError(
+        f"data.name='folder' has no {split} split: {root} has no train/ and test/ subfolders, so "
+        f"it is all split 'train'. Use data.split='train', or put the images in "
+        f"{os.path.join(root, 'train')}/ and {os.path.join(root, split)}/ (plus test/)."
+    )
   return root
 
 
@@ -232,16 +257,17 @@ def list_images(root: str) -> tuple[list[str], np.ndarray | None, list[str]]:
   }
   class_files = {name: files for name, files in class_files.items() if files}
   if loose and class_files:
-    raise ValueError(
+    raise DataError(
         f"{root} holds images both directly and in class subfolders "
         f"({', '.join(class_files)}); use one layout."
     )
   if loose:
     return loose, None, []
   if not class_files:
-    raise ValueError(
+    raise DataError(
         f"No images found in {root} (searched for extensions "
-        f"{', '.join(IMAGE_EXTENSIONS)}, case-insensitive)."
+        f"{', '.join(IMAGE_EXTENSIONS)}, case-insensitive); point data.dir at a folder of images "
+        "or of class subfolders of images."
     )
   files, labels = [], []
   for label, name in enumerate(class_files):
@@ -250,12 +276,29 @@ def list_images(root: str) -> tuple[list[str], np.ndarray | None, list[str]]:
   return files, np.asarray(labels, np.int32), list(class_files)
 
 
+def check_same_size(files: list[str]) -> tuple[int, int]:
+  """The ``(width, height)`` every image of ``files`` has (read from the headers only).
+
+  Raises:
+    DataError: an image cannot be opened, or the images differ in size (names two of them).
+  """
+  first = _probe_size(files[0])
+  for path in files[1:]:
+    size = _probe_size(path)
+    if size != first:
+      raise DataError(
+          f"Image {path} is {size[0]}x{size[1]} but {files[0]} is {first[0]}x{first[1]}; set "
+          "data.image_size to resize all images to one size."
+      )
+  return first
+
+
 def _probe_size(path: str) -> tuple[int, int]:
   try:
     with Image.open(path) as image:
       return image.size
   except Exception as e:  # Pillow raises many exception types for bad files.
-    raise ValueError(f"Cannot decode image {path}: {e}") from e
+    raise DataError(f"Cannot decode image {path}: {e}; remove or replace that file.") from e
 
 
 def _is_image(path: str) -> bool:

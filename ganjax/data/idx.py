@@ -5,6 +5,11 @@ Serves ``data.name = "idx"``, and any data name (``mnist``, ``fashion_mnist``, .
 ``train-images-idx3-ubyte`` / ``train-labels-idx1-ubyte``, split ``test`` the ``t10k-`` files; each
 plain or ``.gz``. EMNIST-style prefixed names (``emnist-balanced-train-...``) are found from the
 data name ``emnist_balanced``.
+
+Because any name is served from IDX files, the files are checked against the name
+(:func:`ganjax.data.checks.check_native`): ``cifar10`` with a folder of MNIST files fails, naming
+both, instead of training on MNIST. A known name with fewer examples than its split (a subset) is
+served with a warning; its number of classes is the table's, not the largest label + 1.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ import os
 import ml_collections
 import numpy as np
 
-from ganjax.data import preprocessing
+from ganjax.data import checks, preprocessing
 from ganjax.data.source import DataSource, array_source
+from ganjax.errors import ConfigError, DataError, MissingPathError
 
 NAMES = ("idx",)
 PRIORITY = 50
@@ -34,7 +40,7 @@ def read_idx(path: str, *, expected_ndim: int | None = None) -> np.ndarray:
 
   Raises:
     FileNotFoundError: the file does not exist.
-    ValueError: the header is not a valid IDX header or the size does not match it.
+    DataError: the header is not a valid IDX header or the size does not match it.
   """
   opener = gzip.open if path.endswith(".gz") else open
   try:
@@ -43,27 +49,27 @@ def read_idx(path: str, *, expected_ndim: int | None = None) -> np.ndarray:
   except (OSError, EOFError) as e:
     if isinstance(e, FileNotFoundError):
       raise
-    raise ValueError(f"Cannot read IDX file {path}: {e}") from e
+    raise DataError(f"Cannot read IDX file {path}: {e}") from e
   if len(data) < 4:
-    raise ValueError(f"Corrupt IDX file {path}: {len(data)} bytes is shorter than the header.")
+    raise DataError(f"Corrupt IDX file {path}: {len(data)} bytes is shorter than the header.")
   zero, type_code, ndim = int.from_bytes(data[:2], "big"), data[2], data[3]
   magic = int.from_bytes(data[:4], "big")
   if zero != 0 or type_code not in _IDX_DTYPES or ndim == 0:
-    raise ValueError(f"Corrupt IDX file {path}: bad magic number {magic} (0x{magic:08x}).")
+    raise DataError(f"Corrupt IDX file {path}: bad magic number {magic} (0x{magic:08x}).")
   if expected_ndim is not None and ndim != expected_ndim:
     expected = (_UBYTE << 8) | expected_ndim
-    raise ValueError(
+    raise DataError(
         f"Corrupt IDX file {path}: magic number {magic} means {ndim} dimensions, expected "
         f"{expected_ndim} (magic {expected})."
     )
   header_size = 4 + 4 * ndim
   if len(data) < header_size:
-    raise ValueError(f"Corrupt IDX file {path}: truncated header ({len(data)} bytes).")
+    raise DataError(f"Corrupt IDX file {path}: truncated header ({len(data)} bytes).")
   shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
   dtype = np.dtype(_IDX_DTYPES[type_code])
   expected_bytes = header_size + int(np.prod(shape)) * dtype.itemsize
   if len(data) != expected_bytes:
-    raise ValueError(
+    raise DataError(
         f"Corrupt IDX file {path}: the header declares shape {shape} ({expected_bytes} bytes) "
         f"but the file has {len(data)} bytes."
     )
@@ -75,11 +81,13 @@ def find_idx_files(directory: str, split: str, name: str | None = None) -> tuple
   """Paths of the (images, labels) IDX files of ``split`` in ``directory``.
 
   Raises:
-    ValueError: unsupported split.
-    FileNotFoundError: a file is missing; the message lists every path looked for.
+    ConfigError: unsupported split.
+    MissingPathError: a file is missing; the message lists every path looked for.
   """
   if split not in _SPLIT_PREFIX:
-    raise ValueError(f"IDX files have splits {', '.join(_SPLIT_PREFIX)}; got split {split!r}.")
+    raise ConfigError(
+        f"IDX files have the splits {', '.join(_SPLIT_PREFIX)}; got data.split={split!r}."
+    )
   prefixes = [_SPLIT_PREFIX[split]]
   if name and name != "idx":
     prefixes.append(f"{name.replace('_', '-')}-{_SPLIT_PREFIX[split]}")
@@ -91,7 +99,7 @@ def find_idx_files(directory: str, split: str, name: str | None = None) -> tuple
     ]
     existing = [path for path in candidates if os.path.isfile(path)]
     if not existing:
-      raise FileNotFoundError(
+      raise MissingPathError(
           f"No IDX {suffix.split('-')[0]} file for split {split!r}; looked for: "
           + ", ".join(candidates)
       )
@@ -123,12 +131,12 @@ def load_split(
   images = read_idx(images_path, expected_ndim=3)
   labels = read_idx(labels_path, expected_ndim=1)
   if images.dtype != np.uint8 or labels.dtype != np.uint8:
-    raise ValueError(
+    raise DataError(
         f"IDX files must hold unsigned bytes; got {images.dtype} in {images_path} and "
         f"{labels.dtype} in {labels_path}."
     )
   if len(images) != len(labels):
-    raise ValueError(
+    raise DataError(
         f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels."
     )
   return images, labels, images_path, labels_path
@@ -143,33 +151,48 @@ def create(
     process_count: int,
 ) -> DataSource:
   """An in-memory source over the IDX image/label files of ``data.split`` in ``data.dir``."""
+  name = data_config.name
   directory = data_config.get("dir")
   if not directory:
-    raise ValueError("data.name='idx' needs data.dir: the folder holding the IDX files.")
+    raise ConfigError("data.name='idx' needs data.dir: the folder holding the IDX files.")
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f"IDX data.dir {directory!r} is not a folder.")
+    raise MissingPathError(f"IDX data.dir {directory!r} is not a folder.")
   split = data_config.get("split", "train") or "train"
-  images, labels, images_path, labels_path = load_split(directory, split, data_config.get("name"))
+  images, labels, images_path, labels_path = load_split(directory, split, name)
   native_shape = images.shape[1:3]
+  checked = checks.check_native(
+      name,
+      split,
+      where=f"data.dir={directory!r} holds IDX files ({os.path.basename(images_path)}) with",
+      shape=(*native_shape, 1),
+      num_examples=len(images),
+      labels=labels,
+      fix="If these files are the data you want, set data.name='idx' (or the name of the "
+      "dataset they hold, e.g. 'mnist'); otherwise point data.dir at the data of "
+      f"data.name={name!r}.",
+  )
   image_size = data_config.get("image_size")
-  images = preprocessing.resize_images(images, image_size)
+  channels = data_config.get("channels")
+  images = preprocessing.convert_channels(preprocessing.resize_images(images, image_size), channels)
   resize = (
       f"center crop + resize {native_shape} -> {image_size} (Pillow); "
       if image_size and native_shape != (image_size, image_size)
       else ""
   )
+  gray_to_rgb = "grayscale -> RGB (repeated); " if channels == 3 else ""
   return array_source(
-      data_config.name,
+      name,
       images,
       labels,
-      num_classes=int(labels.max()) + 1 if len(labels) else 0,
+      num_classes=checked.num_classes,
       description={
           "source": "idx",
-          "dataset": data_config.name,
+          "dataset": name,
           "path": os.path.abspath(images_path),
           "labels_path": os.path.abspath(labels_path),
           "split": split,
-          "preprocessing": f"{resize}uint8 / 127.5 - 1",
+          "checked": checked.note,
+          "preprocessing": f"{resize}{gray_to_rgb}uint8 / 127.5 - 1",
       },
       seed=seed,
       batch_size=batch_size,

@@ -13,6 +13,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
+from ganjax.errors import ConfigError, DataError
+
 ImageInput = str | os.PathLike | bytes | BinaryIO
 
 
@@ -37,11 +39,34 @@ def ensure_nhwc(images: np.ndarray) -> np.ndarray:
   return images
 
 
+def convert_channels(images: np.ndarray, channels: int | None) -> np.ndarray:
+  """Converts a uint8 NHWC batch to ``channels`` (1 or 3; None keeps it).
+
+  Grayscale -> RGB repeats the channel; RGB -> grayscale uses Pillow's ``convert("L")`` formula
+  (ITU-R 601-2 luma in 16-bit fixed point), so every source gives the pixels an image folder
+  decoded with ``data.channels = 1`` would.
+  """
+  images = ensure_nhwc(images)
+  have = images.shape[-1]
+  if channels is None or channels == have:
+    return images
+  if have == 1 and channels == 3:
+    return np.repeat(images, 3, axis=-1)
+  if have == 3 and channels == 1:
+    r, g, b = (images[..., i].astype(np.uint32) for i in range(3))
+    luma = (r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16
+    return luma.astype(np.uint8)[..., None]
+  raise ValueError(f"Cannot convert {have}-channel images to {channels} channels.")
+
+
 def center_crop_box(width: int, height: int, crop_size: int | None = None) -> tuple[int, ...]:
   """The centred ``(left, top, right, bottom)`` square of side ``crop_size`` (default: min side)."""
   side = min(width, height) if crop_size is None else int(crop_size)
   if side > min(width, height):
-    raise ValueError(f"Cannot crop {side}x{side} from a {width}x{height} image.")
+    raise ConfigError(
+        f"Cannot crop {side}x{side} from a {width}x{height} image; use a data.crop_size of at "
+        f"most {min(width, height)}."
+    )
   left = (width - side) // 2
   top = (height - side) // 2
   return left, top, left + side, top + side
@@ -92,8 +117,8 @@ def decode_image(
   """Decodes an encoded image (path, bytes or file) into uint8 (H, W, channels).
 
   Converts to RGB (``channels=3``) or grayscale (``channels=1``), then centre-crops and resizes
-  when ``image_size`` or ``crop_size`` is given. Raises ``ValueError`` naming the image when it
-  cannot be decoded.
+  when ``image_size`` or ``crop_size`` is given. Raises ``DataError`` (a ``ValueError``) naming
+  the image when it cannot be decoded.
   """
   if channels not in (1, 3):
     raise ValueError(f"channels must be 1 or 3, got {channels}.")
@@ -102,7 +127,7 @@ def decode_image(
     with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as pil:
       pil = pil.convert("L" if channels == 1 else "RGB")
   except Exception as e:  # Pillow raises many exception types for bad files.
-    raise ValueError(f"Cannot decode image {label}: {e}") from e
+    raise DataError(f"Cannot decode image {label}: {e}; remove or replace that file.") from e
   if image_size is not None or crop_size is not None:
     array = center_crop_and_resize(pil, image_size, crop_size)
   else:

