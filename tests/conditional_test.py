@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tolerances
 from conftest import load_config
 from PIL import Image
 
@@ -67,9 +68,17 @@ def test_conditional_generator_parameters_and_label_dependence(module, shape, kw
   apply = jax.jit(lambda y: cond.apply(cond_vars, z, y, train=False))
   out, swapped = apply(labels), apply(labels[::-1])
   assert out.shape == (2, *shape)
-  assert float(jnp.abs(out - swapped).max()) > 1e-3  # The label changes the sample.
+  # Two rows of one batch may run in different vector lanes: equal up to float32 round-off
+  # through every layer's fan-in (samples are in [-1, 1]).
+  fan_ins = sum(
+      int(np.prod(leaf.shape[:-1]))
+      for path, leaf in jax.tree_util.tree_leaves_with_path(cond_vars["params"])
+      if path[-1].key == "kernel"
+  )
   same = apply(jnp.array([1, 1], jnp.int32))
-  np.testing.assert_allclose(same[0], same[1], atol=1e-6)  # Same z, same label: same sample.
+  tolerances.assert_float32_close(same[0], same[1], length=fan_ins, magnitude=1.0)
+  # The label changes the sample far beyond that round-off.
+  assert float(jnp.abs(out - swapped).max()) > 100 * tolerances.float32_atol(fan_ins)
 
 
 @pytest.mark.parametrize("module, shape, kw", _NETS, ids=_NET_IDS)
@@ -285,8 +294,10 @@ def test_cgan_trains_on_an_image_folder_with_class_subfolders(tmp_path):
   assert grid.shape[:2] == (3 * 34 + 2, 6 * 34 + 2)  # 20 samples / 3 classes = 6 per row.
 
 
+@pytest.mark.slow
 def test_conditional_gan_learns_which_mode_each_label_means(tmp_path):
-  """On the ring, the label is the mode index: G(z, k) must land on mode k."""
+  """On the ring, the label is the mode index: G(z, k) must land on mode k (a training outcome:
+  1,200 steps, so a slow test)."""
   config = load_config("gaussian_mixture", "dataset=ring")
   config.parallel.num_devices = 1
   config.model.conditional = True

@@ -253,12 +253,17 @@ def _mean_modes_over_training(tmp_path, method: str, seed: int) -> float:
   return float(np.mean([r["modes"] for r in evaluations]))
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_pacgan_covers_more_modes_than_gan_on_the_same_seed(tmp_path, seed):
-  gan = _mean_modes_over_training(tmp_path, "gan", seed)
-  pacgan = _mean_modes_over_training(tmp_path, "pacgan4", seed)
-  # Measured: seed 0 GAN 2.3 vs PacGAN4 4.3 modes; seed 1 GAN 4.5 vs 5.5.
-  assert pacgan > gan, (gan, pacgan)
+@pytest.mark.slow
+def test_pacgan_covers_more_modes_than_gan_over_seeds(tmp_path):
+  """A claim about training outcomes, so over several seeds and outside the default suite: one
+  trajectory is sent elsewhere by the last-bit differences between CPUs (AVX2 vs AVX-512). The
+  5-seed study with the paper's protocol is experiments/mode_collapse_2d (ring: GAN 6.2, PacGAN2
+  8.0 modes)."""
+  seeds = (0, 1, 2)
+  gan = [_mean_modes_over_training(tmp_path, "gan", seed) for seed in seeds]
+  pacgan = [_mean_modes_over_training(tmp_path, "pacgan4", seed) for seed in seeds]
+  # Measured (mean modes over the 6 evaluations, seeds 0-2): see the README's test section.
+  assert np.mean(pacgan) > np.mean(gan) + 0.5, (gan, pacgan)
 
 
 @pytest.mark.parametrize("eps_root, finite", [(None, True), (0.0, False)])

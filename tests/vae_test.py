@@ -11,6 +11,7 @@ import flax
 import jax
 import numpy as np
 import pytest
+import tolerances
 from conftest import load_config
 from PIL import Image
 
@@ -26,12 +27,7 @@ def _tiny(arg="runlocal", **overrides):
   config.parallel.num_devices = 1
   # XLA's own convolutions compile faster; parameters and results do not depend on conv_impl.
   config.model.encoder.conv_impl = config.model.decoder.conv_impl = "xla"
-  for key, value in overrides.items():
-    target = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
+  config.update_from_flattened_dict(overrides)  # Dotted keys: {"model.name": ...}.
   return config
 
 
@@ -157,9 +153,16 @@ def _run_steps(num_devices, mode, num_steps=2):
 def test_global_mode_on_2_devices_equals_1_device():
   one, m1 = _run_steps(1, "global")
   two, m2 = _run_steps(2, "global")
-  for a, b in zip(_leaves(one), _leaves(two), strict=True):
-    np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
-  np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
+  config, _ = _initial_state()
+  # Two devices split the batch reductions differently: round-off, amplified by Adam on entries
+  # with near-zero gradients (and, through them, in BatchNorm's statistics and Adam's moments).
+  # The longest reduction is a conv kernel's gradient, over the batch of 8 and 28x28 positions.
+  tolerances.assert_adam_trajectories_close(
+      two, one, steps=2, learning_rate=config.optim.learning_rate,
+      b1=config.optim.b1, b2=config.optim.b2, length=8 * 28 * 28,
+  )
+  # The loss of the last step is a sum over the batch and 784 pixels each.
+  tolerances.assert_float32_close(m2["loss"], m1["loss"], length=8 * 28 * 28)
 
 
 @pytest.mark.slow
