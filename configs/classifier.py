@@ -71,6 +71,9 @@ def get_config(arg=None):
   # Learning-rate schedule over the run: constant | cosine (decay to 0).
   config.optim.schedule = "cosine"
 
+  # What a relaunch on an existing workdir may change (ganjax/workdir.py).
+  config.resume = base.resume
+
   if arg.runlocal:
     config.num_train_steps = 6
     config.batch_size = 16

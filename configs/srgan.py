@@ -60,7 +60,7 @@ Config arguments (after ":"), e.g. ``configs/srgan.py:scale=2,dataset=folder,run
 import ml_collections
 from ml_collections import config_dict
 
-from ganjax.config_base import parse_arg
+from ganjax.config_base import parse_arg, resume_config
 
 
 def get_config(arg=None):
@@ -156,6 +156,9 @@ def get_config(arg=None):
   })
   # Discriminator Adam (paper: 1e-4, b1 0.9).
   config.optim.d = ml_collections.ConfigDict({"learning_rate": 1e-4, "b1": 0.9, "b2": 0.999})
+
+  # What a relaunch on an existing workdir may change (ganjax/workdir.py).
+  config.resume = resume_config()
 
   config.parallel = ml_collections.ConfigDict()
   # Devices to use (0 = all); batches are split over them (global-view jit).

@@ -28,6 +28,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from ganjax.errors import ConfigError
+
 AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
@@ -222,7 +224,7 @@ def parse_policy(policy: str) -> tuple[AugmentFn, ...]:
   names = [name.strip() for name in policy.split(",") if name.strip()]
   unknown = [name for name in names if name not in POLICIES]
   if unknown:
-    raise ValueError(
+    raise ConfigError(
         f"Unknown DiffAugment policy {', '.join(map(repr, unknown))}; "
         f"valid choices: {', '.join(sorted(POLICIES))}."
     )

@@ -59,8 +59,10 @@ from jax.sharding import Mesh
 from ganjax import checkpoint as checkpoint_lib
 from ganjax import data as data_lib
 from ganjax import loop, parallel
+from ganjax import workdir as workdir_lib
 from ganjax.data import embedded, preprocessing
 from ganjax.data.source import DataSource, array_source
+from ganjax.errors import ConfigError, DataError, MissingPathError
 from ganjax.models import layers
 
 IMAGE_SHAPE = (28, 28, 1)
@@ -148,7 +150,7 @@ def predict(
   """
   check_images(images)
   if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
   images = np.asarray(images, np.float32)
   num = len(images)
   num_classes = _num_classes(params)
@@ -313,14 +315,14 @@ def load_splits(
   """
   split = data_config.get("split", "train") or "train"
   if split == "test":
-    raise ValueError(
+    raise ConfigError(
         "The classifier trains on data.split and evaluates on the 'test' split; got "
         "data.split='test'. Use data.split='train'."
     )
   if data_config.get("name") == "embedded_mnist":
     images, labels = embedded.load()
     if data_config.get("image_size") not in (None, 28):
-      raise ValueError(
+      raise ConfigError(
           f"The classifier takes 28x28 images, got data.image_size {data_config.image_size}."
       )
     train, test = embedded_holdout()
@@ -355,7 +357,7 @@ def load_splits(
   test_config.split = "test"
   probe = data_lib.create_source(test_config, seed=seed, batch_size=1)
   if probe.description.get("split") != "test" or _same_files(source.description, probe.description):
-    raise ValueError(
+    raise DataError(
         f"data.name={data_config.name!r} has no test split (for split 'test' its source serves "
         f"{probe.description.get('split')!r} from the training data); the classifier needs one "
         "to report its accuracy."
@@ -376,7 +378,7 @@ def _same_files(train: dict[str, Any], test: dict[str, Any]) -> bool:
 
 def _check_source(source: DataSource) -> None:
   if source.element_shape != IMAGE_SHAPE or source.num_classes != NUM_CLASSES:
-    raise ValueError(
+    raise DataError(
         f"The classifier needs 28x28x1 images with 10 classes; data {source.name!r} has shape "
         f"{source.element_shape} and {source.num_classes} classes."
     )
@@ -386,27 +388,28 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   """Fails early, naming the field, on settings the classifier cannot train with."""
   for key in ("num_train_steps", "batch_size", "log_every_steps"):
     if config[key] < 1:
-      raise ValueError(f"config.{key} must be >= 1, got {config[key]}.")
+      raise ConfigError(f"config.{key} must be >= 1, got {config[key]}.")
   if config.get("checkpoint_every_steps", 0) < 0:
-    raise ValueError(
+    raise ConfigError(
         "config.checkpoint_every_steps must be >= 0 (0 = only at the end), got "
         f"{config.checkpoint_every_steps}."
     )
   if not 0.0 <= config.model.dropout < 1.0:
-    raise ValueError(f"config.model.dropout must be in [0, 1), got {config.model.dropout}.")
+    raise ConfigError(f"config.model.dropout must be in [0, 1), got {config.model.dropout}.")
   if config.optim.learning_rate <= 0:
-    raise ValueError(f"config.optim.learning_rate must be > 0, got {config.optim.learning_rate}.")
+    raise ConfigError(f"config.optim.learning_rate must be > 0, got {config.optim.learning_rate}.")
   layers.check_choice("optim.schedule", config.optim.schedule, SCHEDULES)
 
 
+@workdir_lib.releases_lock
 def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains the classifier on ``config.data``, evaluates it on the test split, saves it.
 
-  Writes into ``workdir``: ``config.json``; TensorBoard scalars and ``metrics.jsonl`` lines
-  (training loss, accuracy, gradient norm, steps/s and img/s every ``config.log_every_steps``,
-  the test accuracy at the end); orbax checkpoints of the training state in
-  ``checkpoints/`` (:data:`CHECKPOINT_DIR`) every ``config.checkpoint_every_steps`` and at the
-  end; :data:`PARAMS_FILE` and :data:`EVAL_FILE`.
+  Writes into ``workdir``: ``config.json`` and ``launches.jsonl`` (:mod:`ganjax.workdir`);
+  TensorBoard scalars and ``metrics.jsonl`` lines (training loss, accuracy, gradient norm, steps/s
+  and img/s every ``config.log_every_steps``, the test accuracy at the end); orbax checkpoints of
+  the training state in ``checkpoints/`` (:data:`CHECKPOINT_DIR`) every
+  ``config.checkpoint_every_steps`` and at the end; :data:`PARAMS_FILE` and :data:`EVAL_FILE`.
 
   A rerun in the same workdir resumes from the latest checkpoint, with the data order continued
   from its step (``source.batches(step)``) and dropout keyed by the step, so it ends with the same
@@ -417,18 +420,18 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict[st
     ``dataset`` (the test split's provenance), ``params_sha256``, training statistics.
 
   Raises:
-    ValueError: a bad config, or a checkpoint in ``workdir`` beyond ``config.num_train_steps``.
+    ValueError: a bad config.
+    WorkdirError: ``workdir`` is in use, holds a checkpoint beyond ``config.num_train_steps``, or
+      was trained with a config that differs in what the classifier learns (``config.resume``).
     checkpoint.CheckpointMismatchError: a checkpoint that does not fit the classifier.
     FloatingPointError: a non-finite loss (training stops; the last checkpoint is kept).
   """
   validate_config(config)
-  os.makedirs(workdir, exist_ok=True)
+  checkpointer = loop.open_workdir(config, workdir, checkpoint_dir=CHECKPOINT_DIR)
   source, test_images, test_labels, test_description = load_splits(
       config.data, seed=config.seed, batch_size=config.batch_size
   )
   is_chief = jax.process_index() == 0
-  if is_chief:
-    loop.write_config(config, workdir)
 
   num_steps = config.num_train_steps
   tx = make_optimizer(config.optim, num_steps)
@@ -438,14 +441,12 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict[st
   )
   # Committed to one device, as a restored state is: fresh and resumed runs share a compilation.
   state = jax.device_put(state, jax.local_devices()[0])
-  checkpointer = checkpoint_lib.Checkpointer(
-      os.path.join(workdir, CHECKPOINT_DIR), async_save=False
-  )
   writer = metric_writers.create_default_writer(
       workdir, just_logging=not is_chief, asynchronous=False
   )
   try:
     start_step, state = _restore(checkpointer, state, config)
+    loop.record_launch(config, workdir, start_step)
     state, stats = _train_loop(
         config, source, state, rng, start_step, checkpointer, writer, workdir, is_chief
     )
@@ -518,17 +519,16 @@ def _restore(
     state: train_state.TrainState,
     config: ml_collections.ConfigDict,
 ) -> tuple[int, train_state.TrainState]:
-  """``(start step, state)``: the latest checkpoint's, or ``(0, state)`` when there is none."""
-  start_step = checkpointer.latest_step() or 0
-  if not start_step:
+  """``(start step, state)``: the latest checkpoint's, or ``(0, state)`` when there is none.
+
+  A damaged latest checkpoint stops with a CheckpointError unless
+  ``config.resume.skip_damaged_checkpoints`` (:func:`ganjax.loop.resume_or_create`).
+  """
+  if not checkpointer.latest_step():
     return 0, state
-  if start_step > config.num_train_steps:
-    raise ValueError(
-        f"{checkpointer.directory} holds a checkpoint at step {start_step}, beyond "
-        f"config.num_train_steps={config.num_train_steps}; use a new workdir or at least "
-        f"{start_step} steps."
-    )
-  state, position = checkpointer.restore(start_step, state)
+  start_step, state, position = checkpointer.restore_latest(
+      state, skip_damaged=loop.skip_damaged_checkpoints(config)
+  )
   trained_for = position.get("num_train_steps")
   if trained_for not in (None, config.num_train_steps) and config.optim.schedule != "constant":
     logging.warning(
@@ -616,7 +616,7 @@ def load_classifier(workdir: str) -> tuple[ApplyFn, Any]:
   """
   eval_path = os.path.join(workdir, EVAL_FILE)
   if not os.path.exists(eval_path):
-    raise FileNotFoundError(
+    raise MissingPathError(
         f"{eval_path} not found: is {workdir!r} the workdir of train_classifier?"
     )
   with open(eval_path) as f:
@@ -626,7 +626,7 @@ def load_classifier(workdir: str) -> tuple[ApplyFn, Any]:
     params_bytes = f.read()
   digest = hashlib.sha256(params_bytes).hexdigest()
   if digest != evaluation["params_sha256"]:
-    raise ValueError(
+    raise checkpoint_lib.CheckpointMismatchError(
         f"{params_path} has sha256 {digest}, but {eval_path} records "
         f"{evaluation['params_sha256']}: the parameters changed after evaluation."
     )
@@ -640,7 +640,9 @@ def load_classifier(workdir: str) -> tuple[ApplyFn, Any]:
   except (TypeError, ValueError):
     mismatch = True
   if mismatch:
-    raise ValueError(f"{params_path} does not hold Classifier parameters (shapes {want}).")
+    raise checkpoint_lib.CheckpointMismatchError(
+        f"{params_path} does not hold Classifier parameters (shapes {want})."
+    )
   params = jax.tree.map(jnp.asarray, restored)
   return _apply_fn(num_classes), params
 

@@ -7,37 +7,48 @@ typed values; :func:`base_config` holds the fields every experiment has, each wi
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
 
 import ml_collections
 from ml_collections import config_dict
 
+from ganjax.errors import ConfigError, MissingPathError
+
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """Parses ``"key=value,flag"`` into a ConfigDict typed like ``defaults``.
 
-  A bare ``flag`` means ``flag=True``. Unknown keys fail with the valid ones listed.
+  A bare ``flag`` means ``flag=True``. Unknown keys and values that do not fit the default's type
+  fail with a :class:`ganjax.errors.ConfigError` naming the valid ones.
   """
   result = ml_collections.ConfigDict(defaults)
   for item in filter(None, (arg or "").split(",")):
     key, _, value = item.partition("=")
     key = key.strip()
     if key not in defaults:
-      raise ValueError(
-          f"Unknown config argument {key!r} in {arg!r}; valid: {', '.join(sorted(defaults))}."
+      close = difflib.get_close_matches(key, list(defaults), n=1)
+      hint = f"did you mean {close[0]}? " if close else ""
+      raise ConfigError(
+          f"Unknown config argument {key!r} in {arg!r}; {hint}valid: {', '.join(sorted(defaults))}."
       )
     default = defaults[key]
     if not _:
       value = "True"
     if isinstance(default, bool):
       if value.lower() not in ("true", "false", "1", "0"):
-        raise ValueError(f"Config argument {key}={value!r} must be true or false.")
+        raise ConfigError(f"Config argument {key}={value!r} must be true or false.")
       result[key] = value.lower() in ("true", "1")
     elif default is None or isinstance(default, str):
       result[key] = value
     else:
-      result[key] = type(default)(value)
+      try:
+        result[key] = type(default)(value)
+      except ValueError:
+        raise ConfigError(
+            f"Config argument {key}={value!r} must be a {type(default).__name__}."
+        ) from None
   return result
 
 
@@ -178,6 +189,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Ramp the decay up as (1 + t) / (10 + t), so the EMA does not keep the initial weights.
   config.ema.warmup = True
 
+  config.resume = resume_config()
+
   config.parallel = ml_collections.ConfigDict()
   # "global" (jit over a mesh, XLA places reductions) or "shard_map" (per-device code with pmean).
   config.parallel.mode = "global"
@@ -188,10 +201,22 @@ def base_config() -> ml_collections.ConfigDict:
   return config
 
 
+def resume_config() -> ml_collections.ConfigDict:
+  """``config.resume``: what a relaunch on an existing workdir may do (ganjax/workdir.py)."""
+  resume = ml_collections.ConfigDict()
+  # Resume although fields that change the trained model or its data (loss, model, optimizer,
+  # data, seed, batch size) differ from the workdir's config.json; the differences are recorded
+  # in WORKDIR/launches.jsonl.
+  resume.allow_config_changes = False
+  # When the latest checkpoint is damaged, resume from the newest intact one (nothing is deleted).
+  resume.skip_damaged_checkpoints = False
+  return resume
+
+
 def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
   """``get_config(arg)`` of the config file at ``path``, as ``--config=path:arg`` loads it."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"Config file {path!r} does not exist.")
+    raise MissingPathError(f"Config file {path!r} does not exist.")
   name = os.path.splitext(os.path.basename(path))[0]
   spec = importlib.util.spec_from_file_location(f"ganjax_config_{name}", path)
   module = importlib.util.module_from_spec(spec)

@@ -58,6 +58,7 @@ from ganjax import data as data_lib
 from ganjax import loop, parallel
 from ganjax import metrics as metrics_lib
 from ganjax import train as train_lib
+from ganjax.errors import ConfigError, MissingPathError
 from ganjax.metrics import inception as inception_lib
 
 EXTRACTORS = ("inception", "classifier")
@@ -175,7 +176,7 @@ def classifier_extractor(
   """
   if not workdir or not os.path.exists(os.path.join(workdir, classifier_lib.EVAL_FILE)):
     where = f"{workdir!r} holds no trained classifier" if workdir else "none was given"
-    raise FileNotFoundError(
+    raise MissingPathError(
         f"The 'classifier' extractor needs a classifier workdir and {where}. Train one with "
         "configs/classifier.py (python -m ganjax.main --mode=classifier ...) and set "
         f"config.{CLASSIFIER_CONFIG_FIELD} to its workdir."
@@ -222,7 +223,7 @@ def get_extractor(
   Its batches are sharded over ``mesh`` (default: :func:`eval_mesh`).
   """
   if name not in EXTRACTORS:
-    raise ValueError(f"Unknown feature extractor {name!r}; valid: {', '.join(EXTRACTORS)}.")
+    raise ConfigError(f"Unknown feature extractor {name!r}; valid: {', '.join(EXTRACTORS)}.")
   mesh = eval_mesh(config) if mesh is None else mesh
   if name == "inception":
     return inception_extractor(config.get(inception_lib.WEIGHTS_CONFIG_FIELD), mesh=mesh)
@@ -238,7 +239,7 @@ def default_extractor_name(config: ml_collections.ConfigDict) -> str:
     return "inception"
   if config.get(CLASSIFIER_CONFIG_FIELD):
     return "classifier"
-  raise ValueError(
+  raise ConfigError(
       "No feature extractor for the evaluation: set config.eval_inception_weights (FID "
       "Inception weights) or config.eval_classifier_workdir (an MNIST classifier workdir)."
   )
@@ -265,26 +266,26 @@ def check_metrics(
     metrics = [m for m in metrics.split(",") if m]
   metrics = list(dict.fromkeys(metrics))
   if not metrics:
-    raise ValueError(f"No metric selected; valid: {', '.join(METRICS)}.")
+    raise ConfigError(f"No metric selected; valid: {', '.join(METRICS)}.")
   for name in metrics:
     if name not in METRICS:
-      raise ValueError(f"Unknown metric {name!r}; valid: {', '.join(METRICS)}.")
+      raise ConfigError(f"Unknown metric {name!r}; valid: {', '.join(METRICS)}.")
     allowed = METRICS[name]
     if allowed is not None and extractor_name not in allowed:
       hint = {
           "fid": " (with the classifier, use 'classifier_fid')",
           "classifier_fid": " (with Inception features, use 'fid')",
       }.get(name, "")
-      raise ValueError(
+      raise ConfigError(
           f"Metric {name!r} needs the {' or '.join(allowed)} extractor, not "
           f"{extractor_name!r}{hint}."
       )
   if "stacked_mnist_modes" in metrics and data_name != "stacked_mnist":
-    raise ValueError(
+    raise ConfigError(
         f"Metric 'stacked_mnist_modes' needs data.name='stacked_mnist', got {data_name!r}."
     )
   if "intra_class_fid" in metrics and not num_classes:
-    raise ValueError(
+    raise ConfigError(
         "Metric 'intra_class_fid' needs a class-conditional generator (model.conditional=True) "
         "on labelled data."
     )
@@ -342,7 +343,7 @@ class _Moments:
 
   def result(self) -> tuple[np.ndarray, np.ndarray]:
     if self.count < 2:
-      raise ValueError(f"Statistics need at least 2 samples, got {self.count}.")
+      raise ConfigError(f"Statistics need at least 2 samples, got {self.count}.")
     mean_y = self.total / self.count
     cov = (self.outer - self.count * np.outer(mean_y, mean_y)) / (self.count - 1)
     return mean_y + self.shift, (cov + cov.T) / 2
@@ -480,7 +481,7 @@ def reference_statistics(
       moments.add(features)
       if per_class:
         if labels is None:
-          raise ValueError(f"Per-class statistics need labelled data; {source.name!r} has none.")
+          raise ConfigError(f"Per-class statistics need labelled data; {source.name!r} has none.")
         for c in np.unique(labels):
           class_moments.setdefault(int(c), _Moments()).add(features[labels == c])
       room = max_features - sum(len(f) for f in kept_features)
@@ -625,7 +626,7 @@ def evaluate_generator(
     metrics = default_metrics(extractor.name, data_name, bool(num_classes))
   metrics = check_metrics(metrics, extractor.name, data_name=data_name, num_classes=num_classes)
   if num_samples < 2:
-    raise ValueError(f"num_samples must be >= 2, got {num_samples}.")
+    raise ConfigError(f"num_samples must be >= 2, got {num_samples}.")
   seed = config.seed if seed is None else seed
   ema = config.ema.decay > 0 if ema is None else ema
   batch_size = batch_size or config.get("eval_batch_size") or 250

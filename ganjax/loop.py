@@ -6,10 +6,16 @@ a researcher relies on the same way for the GAN (:mod:`ganjax.train`), the syste
 
 * scalars every ``config.log_every_steps`` (and at the end) to TensorBoard (clu's metric writer)
   and ``WORKDIR/metrics.jsonl``, with steps/s, img/s and a progress line with the ETA;
-* a non-finite metric stops training *before* the next checkpoint, so the last good one is kept;
+* a non-finite metric or state stops training *before* the next checkpoint, so the last good one
+  is kept (and named);
 * samples every ``config.sample_every_steps``, evaluation every ``config.eval_every_steps`` and
   checkpoints every ``config.checkpoint_every_steps`` (0 = only at the end; always at the end);
-* SIGTERM (preemption) saves a checkpoint at the current step and stops.
+* SIGTERM (preemption) or SIGINT (Ctrl-C) at any moment saves a checkpoint of the step reached
+  and stops; a resume drops the ``metrics.jsonl`` records past its checkpoint.
+
+The start and the record of a run are shared too: :func:`start` (or :func:`open_workdir`) takes
+the workdir's lock and refuses a relaunch that would train something else, :func:`record_run`
+(or :func:`record_launch`) appends the launch to ``WORKDIR/launches.jsonl`` (:mod:`ganjax.workdir`).
 
 The trainer supplies what differs (the step, the checkpoint, the samples, the evaluation) as
 functions. Also here: :class:`MetricsBuffer`, :class:`Preemption`, :func:`write_json`,
@@ -19,6 +25,7 @@ functions. Also here: :class:`MetricsBuffer`, :class:`Preemption`, :func:`write_
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -38,6 +45,8 @@ from clu import metric_writers, periodic_actions
 from ganjax import checkpoint as checkpoint_lib
 from ganjax import data as data_lib
 from ganjax import parallel
+from ganjax import workdir as workdir_lib
+from ganjax.errors import UserError, WorkdirError
 
 # Scalars of every log and evaluation, one JSON object per line.
 METRICS_FILE = "metrics.jsonl"
@@ -45,15 +54,20 @@ METRICS_FILE = "metrics.jsonl"
 StepFn = Callable[[Any, dict[str, np.ndarray]], tuple[Any, dict[str, jax.Array]]]
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
   """A loss or metric became NaN/inf; training stops before the state can be checkpointed."""
 
 
 class MetricsBuffer:
-  """Holds per-step device metrics until the next log; finds the first non-finite step."""
+  """Holds per-step device metrics until the next log; finds the first non-finite step.
+
+  ``last_checkpoint`` (kept up to date by :func:`run`) is the step of the run's last good
+  checkpoint, which the error names: None when unknown, 0 when there is none yet.
+  """
 
   def __init__(self):
-    self._pending: list[tuple[int, dict[str, jax.Array]]] = []
+    self._pending: list[tuple[int, dict[str, Any]]] = []
+    self.last_checkpoint: int | None = None
 
   def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
     self._pending.append((step, metrics))
@@ -61,45 +75,76 @@ class MetricsBuffer:
   def __len__(self) -> int:
     return len(self._pending)
 
-  def flush(self) -> dict[str, float]:
-    """Fetches the pending metrics; raises NonFiniteLossError naming the first bad step."""
+  def check(self) -> None:
+    """Fetches the pending metrics (they stay pending for the next :meth:`flush`); raises
+    NonFiniteLossError naming the first bad step, so no checkpoint is taken past it."""
     if not self._pending:
-      return {}
-    fetched = jax.device_get(self._pending)
-    self._pending = []
-    for step, metrics in fetched:
+      return
+    self._pending = jax.device_get(self._pending)
+    for step, metrics in self._pending:
       bad = {k: float(v) for k, v in metrics.items() if not np.isfinite(v)}
       if bad:
+        if self.last_checkpoint is None:
+          kept = "the last good checkpoint is kept"
+        elif self.last_checkpoint == 0:
+          kept = "no checkpoint was saved before it"
+        else:
+          kept = f"the last good checkpoint (step {self.last_checkpoint}) is kept"
         raise NonFiniteLossError(
-            f"Non-finite values at step {step}: {bad}. Training stopped; the last good checkpoint "
-            "is kept. Lower the learning rates, or add a regularizer."
+            f"Non-finite values at step {step}: {bad}. Training stopped; {kept}. Lower the "
+            "learning rates, or add a regularizer."
         )
+
+  def flush(self) -> dict[str, float]:
+    """The means of the pending metrics (emptying the buffer); raises as :meth:`check` does."""
+    if not self._pending:
+      return {}
+    self.check()
+    fetched, self._pending = self._pending, []
     keys = fetched[-1][1].keys()
     return {k: float(np.mean([m[k] for _, m in fetched])) for k in keys}
 
 
 class Preemption:
-  """Turns SIGTERM into a flag the loop checks, so it can save a checkpoint before exiting."""
+  """Turns SIGTERM and SIGINT into a flag the loop checks, so it saves a checkpoint before exiting.
+
+  ``signal_name`` is the first signal received. After it, SIGINT (Ctrl-C a second time) raises
+  KeyboardInterrupt at once, without a checkpoint; a repeated SIGTERM changes nothing.
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self.signal_name: str | None = None
+    self._previous: dict[int, Any] = {}
 
   def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # Not the main thread: leave signals alone.
-      self._previous = None
+    for signum in self.SIGNALS:
+      try:
+        self._previous[signum] = signal.signal(signum, self._handle)
+      except ValueError:  # Not the main thread: leave signals alone.
+        break
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM received: saving a checkpoint and stopping.")
-    self.requested = True
+    del frame
+    name = signal.Signals(signum).name
+    if self.requested:
+      if signum == signal.SIGINT:
+        raise KeyboardInterrupt(f"Second signal ({name}): stopped without a checkpoint.")
+      return
+    self.requested, self.signal_name = True, name
+    logging.warning(
+        "%s received: saving a checkpoint of the step reached and stopping%s.",
+        name,
+        " (Ctrl-C again stops at once, without it)" if signum == signal.SIGINT else "",
+    )
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+    self._previous = {}
     return False
 
 
@@ -121,7 +166,8 @@ def write_json(path: str, obj: Any) -> None:
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """``WORKDIR/config.json``: the resolved config (read back by ``--mode=sample|evaluate``)."""
+  """``WORKDIR/config.json``: the resolved config of the latest launch (read back by
+  ``--mode=sample|evaluate``; the earlier launches' configs are in ``launches.jsonl``)."""
   write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
 
 
@@ -219,14 +265,15 @@ def start(config: ml_collections.ConfigDict, workdir: str, examples_per_step: in
   """The start every run shares: ``(mesh, source, checkpointer)``.
 
   Initialises multi-host JAX when ``config.parallel.distributed``, hides GPUs from TensorFlow,
-  creates ``workdir``, builds the mesh (checking that ``config.batch_size`` divides over it), the
-  data source of ``config.data`` (this host's share of ``examples_per_step`` per step) and the
-  checkpointer of ``WORKDIR/checkpoints``.
+  opens the workdir (:func:`open_workdir`: lock, checkpointer, relaunch checks), builds the mesh
+  (checking that ``config.batch_size`` divides over it) and the data source of ``config.data``
+  (this host's share of ``examples_per_step`` per step). The trainer releases the lock with
+  :func:`ganjax.workdir.releases_lock`.
   """
   if config.parallel.distributed:
     parallel.initialize_distributed()
   hide_gpus_from_tensorflow()
-  os.makedirs(workdir, exist_ok=True)
+  checkpointer = open_workdir(config, workdir, max_to_keep=config.keep_checkpoints)
   mesh = parallel.make_mesh(config.parallel.num_devices or None)
   parallel.check_batch_size(config.batch_size, mesh)
   source = data_lib.create_source(
@@ -236,30 +283,111 @@ def start(config: ml_collections.ConfigDict, workdir: str, examples_per_step: in
       process_index=jax.process_index(),
       process_count=jax.process_count(),
   )
-  checkpointer = checkpoint_lib.Checkpointer(
-      os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints, async_save=False
-  )
   return mesh, source, checkpointer
 
 
-def resume_or_create(checkpointer, abstract_state: Callable[[], Any], create: Callable[[], Any]):
-  """``(state, start_step)``: the latest checkpoint's state, or ``create()`` when there is none."""
-  start_step = checkpointer.latest_step() or 0
-  if not start_step:
-    return create(), 0
-  state, data_position = checkpointer.restore(start_step, abstract_state())
-  logging.info(
-      "Resumed from the checkpoint at step %d (data position %s).", start_step, data_position
+def open_workdir(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    checkpoint_dir: str = "checkpoints",
+    max_to_keep: int = 3,
+) -> checkpoint_lib.Checkpointer:
+  """Creates ``workdir``, takes its lock and returns the checkpointer of ``WORKDIR/checkpoint_dir``.
+
+  The lock comes first: opening the checkpointer cleans up unfinished checkpoints, which may be
+  another run's save in progress. Then :func:`ganjax.workdir.check_relaunch` refuses a config that
+  would silently train something else, or a ``num_train_steps`` below the checkpoint's step. Both
+  run on process 0; the other processes stop too when it refuses.
+
+  Raises:
+    WorkdirError: the workdir is locked by another run, or the relaunch is refused.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  _on_chief(lambda: workdir_lib.lock(workdir), workdir)
+  checkpointer = checkpoint_lib.Checkpointer(
+      os.path.join(workdir, checkpoint_dir), max_to_keep=max_to_keep, async_save=False
   )
+  try:
+    _on_chief(
+        lambda: workdir_lib.check_relaunch(config, workdir, checkpointer.latest_step() or 0),
+        workdir,
+    )
+  except Exception:
+    checkpointer.close()
+    raise
+  return checkpointer
+
+
+def _on_chief(fn: Callable[[], Any], workdir: str) -> None:
+  """Runs ``fn`` on process 0; when it raises there, every process raises (none waits forever)."""
+  if jax.process_count() == 1:
+    fn()
+    return
+  from jax.experimental import multihost_utils
+
+  error = None
+  if jax.process_index() == 0:
+    try:
+      fn()
+    except Exception as e:  # Broadcast the failure before raising it.
+      error = e
+  failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+  if error is not None:
+    raise error
+  if int(failed):
+    raise WorkdirError(f"Process 0 refused to start on {workdir}; its log says why.")
+
+
+def record_launch(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    start_step: int,
+    info: dict[str, Any] | None = None,
+) -> None:
+  """On process 0: appends the launch to ``WORKDIR/launches.jsonl``, then writes
+  ``config.json`` (in this order: the launch's config changes are taken against the old one)."""
+  if jax.process_index() == 0:
+    workdir_lib.record_launch(config, workdir, start_step, info)
+    write_config(config, workdir)
+
+
+def skip_damaged_checkpoints(config: ml_collections.ConfigDict | None) -> bool:
+  """``config.resume.skip_damaged_checkpoints``; False for configs without ``resume``."""
+  if config is None:
+    return False
+  return bool(config.get("resume", {}).get("skip_damaged_checkpoints", False))
+
+
+def resume_or_create(
+    checkpointer,
+    abstract_state: Callable[[], Any],
+    create: Callable[[], Any],
+    *,
+    config: ml_collections.ConfigDict | None = None,
+):
+  """``(state, start_step)``: the latest checkpoint's state, or ``create()`` when there is none.
+
+  A damaged latest checkpoint (unreadable, or holding NaN/inf) stops the run with a
+  ``CheckpointError`` naming its step, unless ``config.resume.skip_damaged_checkpoints``: then
+  the newest intact one is restored (:meth:`ganjax.checkpoint.Checkpointer.restore_latest`).
+  """
+  if not checkpointer.latest_step():
+    return create(), 0
+  start_step, state, position = checkpointer.restore_latest(
+      abstract_state(), skip_damaged=skip_damaged_checkpoints(config)
+  )
+  logging.info("Resumed from the checkpoint at step %d (data position %s).", start_step, position)
   return state, start_step
 
 
 def record_run(config: ml_collections.ConfigDict, workdir: str, info: dict[str, Any], start_step):
-  """Writes ``config.json`` and ``run_info.json`` (with ``resumed_from_step``) on the chief, and
-  returns the run's metric writer (TensorBoard + log; log only on the other hosts)."""
+  """Records the launch (:func:`record_launch`: ``launches.jsonl``, ``config.json``) and writes
+  ``run_info.json`` (with ``resumed_from_step``) on the chief, and returns the run's metric
+  writer (TensorBoard + log; log only on the other hosts)."""
   is_chief = jax.process_index() == 0
+  record_launch(config, workdir, start_step, info)
   if is_chief:
-    write_config(config, workdir)
     info = {**info, "resumed_from_step": start_step}
     write_json(os.path.join(workdir, "run_info.json"), info)
     logging.info("Run info: %s", json.dumps(info, default=str))
@@ -271,6 +399,41 @@ def record_run(config: ml_collections.ConfigDict, workdir: str, info: dict[str, 
 def data_position(config: ml_collections.ConfigDict, step: int, examples_per_step: int) -> dict:
   """Where the data stream stands after ``step`` steps (saved with every checkpoint)."""
   return {"step": step, "examples_seen": step * examples_per_step, "seed": config.seed}
+
+
+def drop_metrics_after(workdir: str, step: int) -> int:
+  """Drops the records of ``WORKDIR/metrics.jsonl`` past ``step`` (and lines cut by a kill),
+  rewriting the file atomically; returns how many lines went.
+
+  A run resumed from the checkpoint at ``step`` logs the later steps again, so after any sequence
+  of kills and resumes the file holds each step once.
+  """
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    lines = f.readlines()
+  kept = []
+  for line in lines:
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if isinstance(record, dict) and record.get("step", 0) <= step:
+      kept.append(line if line.endswith("\n") else line + "\n")
+  dropped = len(lines) - len(kept)
+  if dropped:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(kept)
+    os.replace(tmp, path)
+    logging.info(
+        "Dropped %d lines past step %d from %s: the run logs those steps again.",
+        dropped,
+        step,
+        path,
+    )
+  return dropped
 
 
 def _due(step: int, every: int) -> bool:
@@ -285,7 +448,7 @@ def run(
     start_step: int,
     step_fn: StepFn,
     batches: Iterator[dict[str, np.ndarray]],
-    save_checkpoint: Callable[[int, Any], None],
+    save_checkpoint: Callable[[int, Any], Any],
     writer: Any,
     examples_per_step: int,
     write_samples: Callable[[int, Any], None] | None = None,
@@ -294,16 +457,22 @@ def run(
 ) -> Any:
   """Trains from ``start_step`` to ``config.num_train_steps``; returns the last state.
 
+  SIGTERM or SIGINT at any moment (during a step, a log, sampling, evaluation or a save) ends the
+  step in progress, saves a checkpoint of it and returns: the decision to save is taken after
+  everything else the step does. ``metrics.jsonl`` first loses its records past ``start_step``
+  (:func:`drop_metrics_after`), so a resumed run does not log a step twice.
+
   Args:
     config: Reads ``num_train_steps``, ``log_every_steps``, ``sample_every_steps``,
       ``eval_every_steps`` and ``checkpoint_every_steps``.
     workdir: Where ``metrics.jsonl`` is appended to.
-    state: The state at ``start_step`` (fresh or restored).
+    state: The state at ``start_step`` (fresh, or restored from the checkpoint of that step).
     start_step: The step ``state`` is at.
     step_fn: ``(state, host_batch) -> (state, metrics)``: one update (placing the batch on the
       mesh and drawing its randomness is the caller's business); metrics stay on the device.
     batches: Host batches from ``start_step`` on.
-    save_checkpoint: ``(step, state)``: saves (atomically) the state after ``step`` updates.
+    save_checkpoint: ``(step, state)``: saves (atomically) the state after ``step`` updates, and
+      raises rather than write a non-finite state (:meth:`ganjax.checkpoint.Checkpointer.save`).
     writer: clu metric writer (TensorBoard + log) for the scalars.
     examples_per_step: Examples one step consumes (for img/s).
     write_samples: ``(step, state)``: writes the run's pictures.
@@ -314,6 +483,7 @@ def run(
 
   Raises:
     NonFiniteLossError: a metric became NaN/inf (before it could reach a checkpoint).
+    ganjax.checkpoint.NonFiniteStateError: the state became NaN/inf (it is not saved).
   """
   is_chief = jax.process_index() == 0
   total = config.num_train_steps
@@ -321,14 +491,21 @@ def run(
       num_train_steps=total, writer=writer, every_steps=config.log_every_steps
   )
   buffer = MetricsBuffer()
+  buffer.last_checkpoint = start_step
   best = None
   if evaluate is not None and config.get("eval_best_metric"):
     best = checkpoint_lib.BestCheckpoint(workdir, config.eval_best_metric)
   step = start_step
   t_start = t_last = time.time()
   step_last = start_step
+  if is_chief:
+    drop_metrics_after(workdir, start_step)
 
-  with Preemption() as preemption, open(os.path.join(workdir, METRICS_FILE), "a") as metrics_file:
+  with (
+      Preemption() as preemption,
+      open(os.path.join(workdir, METRICS_FILE), "a") as metrics_file,
+      contextlib.closing(best) if best is not None else contextlib.nullcontext(),
+  ):
 
     def record(scalars: dict[str, Any]) -> None:
       now = time.time()
@@ -337,6 +514,33 @@ def run(
         metrics_file.write(json.dumps({"step": step, "wall_time": now, **scalars}) + "\n")
         metrics_file.flush()
 
+    def log() -> None:
+      """Writes the means of the buffered metrics, with steps/s, img/s and the ETA."""
+      nonlocal t_last, step_last
+      scalars = buffer.flush()
+      if not scalars:
+        return
+      now = time.time()
+      if step > step_last:
+        steps_per_sec = (step - step_last) / max(now - t_last, 1e-9)
+      else:  # Only the (compiling) first step ran since the last log.
+        steps_per_sec = 1.0 / max(now - t_start, 1e-9)
+      t_last, step_last = now, step
+      scalars["steps_per_sec"] = steps_per_sec
+      scalars["images_per_sec"] = steps_per_sec * examples_per_step
+      record(scalars)
+      eta = (total - step) / max(steps_per_sec, 1e-9)
+      logging.info(
+          "step %d/%d | %s | %.2f steps/s %.0f img/s | ETA %s",
+          step,
+          total,
+          progress(scalars) if progress else "",
+          steps_per_sec,
+          scalars["images_per_sec"],
+          format_duration(eta),
+      )
+
+    stopped = False
     while step < total:
       state, metrics = step_fn(state, next(batches))
       step += 1
@@ -348,30 +552,8 @@ def run(
       report_progress(step)
 
       last = step == total
-      log_now = step % config.log_every_steps == 0 or last
-      ckpt_now = last or preemption.requested or _due(step, config.checkpoint_every_steps)
-      if log_now or ckpt_now:
-        scalars = buffer.flush()  # Raises before a non-finite state can be saved.
-        if log_now and scalars:
-          now = time.time()
-          if step > step_last:
-            steps_per_sec = (step - step_last) / max(now - t_last, 1e-9)
-          else:  # Only the (compiling) first step ran since the last log.
-            steps_per_sec = 1.0 / max(now - t_start, 1e-9)
-          t_last, step_last = now, step
-          scalars["steps_per_sec"] = steps_per_sec
-          scalars["images_per_sec"] = steps_per_sec * examples_per_step
-          record(scalars)
-          eta = (total - step) / max(steps_per_sec, 1e-9)
-          logging.info(
-              "step %d/%d | %s | %.2f steps/s %.0f img/s | ETA %s",
-              step,
-              total,
-              progress(scalars) if progress else "",
-              steps_per_sec,
-              scalars["images_per_sec"],
-              format_duration(eta),
-          )
+      if step % config.log_every_steps == 0 or last:
+        log()  # Raises on a non-finite metric.
       if write_samples is not None and (_due(step, config.sample_every_steps) or last):
         with report_progress.timed("samples"):
           write_samples(step, state)
@@ -382,12 +564,22 @@ def run(
             best.update(step, scalars, state, data_position(config, step, examples_per_step))
           record(scalars)
           logging.info("step %d/%d | eval %s", step, total, json.dumps(scalars))
-      if ckpt_now:
+      # Decided last, so a signal that came during anything above still saves this step.
+      stopped = preemption.requested
+      if last or stopped or _due(step, config.checkpoint_every_steps):
+        buffer.check()  # A non-finite metric must not reach a checkpoint.
         with report_progress.timed("checkpoint"):
           save_checkpoint(step, state)
-      if preemption.requested:
-        logging.warning("Stopped by SIGTERM at step %d; checkpoint saved.", step)
+        buffer.last_checkpoint = step
+        stopped = preemption.requested  # A signal during the save: this step is saved, stop.
+      if stopped:
+        log()  # The metrics since the last log would be lost otherwise.
+        logging.warning(
+            "Stopped by %s at step %d; checkpoint saved.", preemption.signal_name, step
+        )
         break
-  if best is not None:
-    best.close()
+    if preemption.requested and not stopped:
+      logging.warning(
+          "%s came after the last step; its checkpoint is saved.", preemption.signal_name
+      )
   return state

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ganjax.errors import ConfigError
+
 Metrics = dict[str, jax.Array]
 
 
@@ -347,15 +349,15 @@ def get_objective(name: str, *, label_smoothing: float = 0.0) -> Objective:
   """
   valid = available_objectives()
   if name not in valid:
-    raise ValueError(f"Unknown loss.name {name!r}; valid choices: {', '.join(sorted(valid))}.")
+    raise ConfigError(f"Unknown loss.name {name!r}; valid choices: {', '.join(sorted(valid))}.")
   objective = valid[name]
   if not 0.0 <= label_smoothing < 1.0:  # Also rejects NaN.
-    raise ValueError(f"label_smoothing must be in [0, 1); got {label_smoothing!r}.")
+    raise ConfigError(f"label_smoothing must be in [0, 1); got {label_smoothing!r}.")
   if label_smoothing == 0.0:
     return objective
   if not supports_label_smoothing(objective):
     supported = sorted(k for k, v in valid.items() if supports_label_smoothing(v))
-    raise ValueError(
+    raise ConfigError(
         f"Objective {name!r} does not support label_smoothing={label_smoothing!r} (its "
         f"discriminator is not a binary cross-entropy); objectives that do: {', '.join(supported)}."
     )

@@ -13,10 +13,32 @@
 ``"classifier"`` (the domain classifier of :mod:`ganjax.classifier`, configs/classifier.py) or a
 system of :mod:`ganjax.systems` (e.g. ``"srgan"``). ``--mode=sample|evaluate|upscale`` read the
 task from the workdir's ``config.json``.
+
+Errors: a user error (:mod:`ganjax.errors`: a bad flag, config field or value, missing path,
+unusable workdir, bad checkpoint; also a full disk and a read-only or forbidden path) ends with one
+line ``ganjax: error: MESSAGE`` on stderr and exit status 2; a training run stopped by NaN/inf ends
+with one line and exit status 1. ``--traceback`` (or ``--verbosity=1``) prints the traceback too.
+Any other exception is a bug: its traceback is printed and the exit status is 1.
 """
 
+from __future__ import annotations
+
+import difflib
+import errno
+import gc
+import logging as std_logging
+import os
+import re
+import sys
+import threading
+import time
+import traceback
+
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from ganjax import errors
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:args]).")
@@ -40,17 +62,42 @@ flags.DEFINE_list("metrics", None, "--mode=evaluate: metric names (default: the 
 flags.DEFINE_integer("eval_num_samples", None, "--mode=evaluate: generated samples.")
 flags.DEFINE_string("eval_inception_weights", None, "--mode=evaluate: FID Inception weights.")
 flags.DEFINE_string("eval_classifier_workdir", None, "--mode=evaluate: classifier workdir.")
+flags.DEFINE_bool(
+    "traceback", False, "Print the traceback of a user error too (as --verbosity=1 does)."
+)
 flags.mark_flags_as_required(["workdir"])
+
+# Exit status of a run stopped by NaN/inf: the command was right, the training diverged.
+NON_FINITE_EXIT_CODE = 1
+# Exit status of a programming error (an uncaught exception, as Python's own).
+BUG_EXIT_CODE = 1
+# How long a failed run waits for its non-daemon threads (checkpoint writes) before it exits.
+THREAD_JOIN_TIMEOUT_S = 10.0
+
+# Errors of the operating system that are the user's to fix (disk, file system, permissions),
+# with what to do.
+_OS_ERROR_HINTS = {
+    errno.ENOSPC: "free some space or use a --workdir on another disk",
+    errno.EDQUOT: "free some space or use a --workdir on another disk",
+    errno.EROFS: "use a --workdir on a writable file system",
+    errno.EACCES: "check its permissions or use another --workdir",
+    errno.EPERM: "check its permissions or use another --workdir",
+}
+
+
+class FlagError(errors.ConfigError):
+  """A command-line flag (not a config field) is missing or has an invalid value."""
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    raise FlagError(f"Unexpected arguments: {' '.join(argv[1:])} (flags start with --).")
+  _check_flags()
+  if not wants_traceback(sys.argv):
+    _quiet_library_errors()
   from ganjax import systems  # Heavy imports after flag parsing, so --help stays fast.
 
   if FLAGS.mode == "train":
-    if FLAGS.config is None:
-      raise app.UsageError("--config is required to train, e.g. --config=configs/dcgan.py")
     task = FLAGS.config.get("task", "gan")
   else:
     task = systems.workdir_task(FLAGS.workdir)
@@ -66,10 +113,40 @@ def main(argv):
     _log_evaluation(evaluate(FLAGS.workdir, **_evaluate_kwargs()))
   else:
     upscale = systems.mode_function(task, "upscale", "upscale_file")
-    if not FLAGS.input or not FLAGS.output:
-      raise app.UsageError("--mode=upscale needs --input=IMAGE and --output=PNG.")
     upscale(FLAGS.workdir, FLAGS.input, FLAGS.output)
   logging.info("Done.")
+
+
+def _check_flags() -> None:
+  """The checks of the flags that need no heavy import: a bad command fails in a second."""
+  workdir = FLAGS.workdir
+  if not workdir:
+    raise FlagError("--workdir is required (a directory for checkpoints, logs and samples).")
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise errors.WorkdirError(f"--workdir={workdir} is a file, not a directory.")
+  if FLAGS.mode == "train":
+    if FLAGS.config is None:
+      raise FlagError("--config is required to train, e.g. --config=configs/dcgan.py")
+    if os.path.isdir(workdir) and not os.access(workdir, os.W_OK | os.X_OK):
+      raise errors.WorkdirError(
+          f"--workdir={workdir} is not writable (read-only or not yours); use another --workdir."
+      )
+    return
+  if not os.path.isdir(workdir):
+    raise errors.MissingPathError(f"--workdir={workdir} does not exist.")
+  if FLAGS.mode == "sample" and FLAGS.num_samples < 1:
+    raise FlagError(f"--num_samples must be >= 1, got {FLAGS.num_samples}.")
+  if FLAGS.mode == "evaluate":
+    _parse_step(FLAGS.step)
+    if FLAGS.eval_num_samples is not None and FLAGS.eval_num_samples < 2:
+      raise FlagError(f"--eval_num_samples must be >= 2, got {FLAGS.eval_num_samples}.")
+  if FLAGS.mode == "upscale":
+    if not FLAGS.input or not FLAGS.output:
+      raise FlagError("--mode=upscale needs --input=IMAGE and --output=PNG.")
+    if os.path.isdir(FLAGS.input):
+      raise FlagError(f"--input={FLAGS.input} is a directory, not an image file.")
+    if not os.path.exists(FLAGS.input):
+      raise errors.MissingPathError(f"--input={FLAGS.input} does not exist.")
 
 
 def _run_builtin(task: str) -> None:
@@ -83,7 +160,7 @@ def _run_builtin(task: str) -> None:
   elif FLAGS.mode == "train":
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   elif task == "classifier":
-    raise app.UsageError(f"--mode={FLAGS.mode} applies to generative models, not the classifier.")
+    raise FlagError(f"--mode={FLAGS.mode} applies to generative models, not the classifier.")
   elif FLAGS.mode == "evaluate":
     from ganjax import evaluation
 
@@ -91,7 +168,10 @@ def _run_builtin(task: str) -> None:
   elif FLAGS.mode == "sample":
     train.sample_from_workdir(FLAGS.workdir, FLAGS.num_samples, _sample_output())
   else:
-    raise app.UsageError("--mode=upscale needs a super-resolution workdir (task 'srgan').")
+    raise FlagError(
+        f"--mode=upscale needs a super-resolution workdir (task 'srgan'); {FLAGS.workdir} holds "
+        f"a {task!r} run."
+    )
 
 
 def _sample_output() -> str:
@@ -120,10 +200,356 @@ def _parse_step(step: str | None) -> int | str | None:
   if step is None or step == "best":
     return step
   try:
-    return int(step)
+    number = int(step)
   except ValueError:
-    raise app.UsageError(f"--step must be a step number or 'best', got {step!r}.") from None
+    raise FlagError(f"--step must be a step number or 'best', got {step!r}.") from None
+  if number < 0:
+    raise FlagError(f"--step must be >= 0 or 'best', got {number}.")
+  return number
+
+
+# ---------------------------------------------------------------------------------------------
+# Flag parsing: errors in --config and its overrides become one-line user errors.
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """``app.run``'s flags parser: absl's parse, with errors turned into :class:`errors.UserError`.
+
+  ml_collections reports a bad ``--config`` late or cryptically (a ``KeyError`` repr for an
+  unknown override, a deferred ``OSError`` for a missing file, a traceback inside the message
+  for a bad config string); :func:`diagnose_config` names the bad part and the closest fields.
+  """
+  try:
+    remaining = FLAGS(argv)
+  except Exception as e:
+    diagnosis = diagnose_config(argv)
+    if diagnosis is not None:
+      raise diagnosis from e
+    if isinstance(e, flags.Error):
+      raise FlagError(str(e)) from e
+    raise
+  config = FLAGS["config"].value
+  if config is not None and not isinstance(config, ml_collections.ConfigDict):
+    # config_flags defers a file that fails to load until the config is read.
+    diagnosis = diagnose_config(argv)
+    if diagnosis is not None:
+      raise diagnosis
+  return remaining
+
+
+def diagnose_config(argv: list[str]) -> errors.UserError | None:
+  """The user error in ``--config=PATH[:ARG]`` or a ``--config.FIELD`` override, else None."""
+  try:
+    argv = FLAGS.read_flags_from_files(argv, force_gnu=False)
+  except Exception:  # A bad --flagfile: absl's own error says so.
+    pass
+  value = _config_argument(argv)
+  if value is None:
+    return None
+  path, _, arg = value.partition(":")
+  if not os.path.isfile(path):
+    return errors.MissingPathError(
+        f"--config={value}: the config file {path!r} does not exist{_close_files(path)}"
+    )
+  from ganjax import config_base
+
+  try:
+    config = config_base.load_config(path, arg if ":" in value else None)
+  except (errors.UserError, ValueError) as e:
+    # A ValueError from get_config is its check of the config string (configs/*.py).
+    return errors.ConfigError(f"--config={value}: {e}")
+  for field in _override_fields(argv):
+    if not _has_field(config, field):
+      hint = _did_you_mean(config, field)
+      return errors.ConfigError(f"--config.{field}: {path} has no field {field!r}{hint}")
+  return None
+
+
+def _config_argument(argv: list[str]) -> str | None:
+  """The value of the last ``--config`` in ``argv`` (``--config=V`` or ``--config V``)."""
+  value = None
+  for i, arg in enumerate(argv):
+    match = re.match(r"^--?config(=|$)", arg)
+    if match and match.group(1):
+      value = arg.split("=", 1)[1]
+    elif match and i + 1 < len(argv):
+      value = argv[i + 1]
+  return value
+
+
+def _override_fields(argv: list[str]) -> list[str]:
+  """Dotted fields of ``--config.FIELD[=V]`` / ``--noconfig.FIELD`` overrides, as config_flags."""
+  return [
+      arg.split("=", 1)[0].split(".", 1)[1]
+      for arg in argv
+      if re.match(r"^--?(no)?config\.", arg)
+  ]
+
+
+def _has_field(config, field: str) -> bool:
+  if "[" in field:  # Indexing (field[0]): leave it to config_flags.
+    return True
+  node = config
+  for part in field.split("."):
+    if not _is_mapping(node) or part not in node:
+      return False
+    node = node[part]
+  return True
+
+
+def _is_mapping(node) -> bool:
+  return hasattr(node, "keys") and hasattr(node, "__getitem__")
+
+
+def dotted_fields(config, prefix: str = "") -> list[str]:
+  """Every field of ``config`` as a dotted name, nested ConfigDicts included."""
+  names = []
+  for key in config.keys():
+    name = f"{prefix}{key}"
+    names.append(name)
+    value = config[key]
+    if _is_mapping(value):
+      names.extend(dotted_fields(value, f"{name}."))
+  return names
+
+
+def _did_you_mean(config, field: str) -> str:
+  """``"; did you mean model.name?"`` with the closest existing fields, or the parent's fields."""
+  names = dotted_fields(config)
+  parts = field.split(".")
+  parent, depth = config, 0
+  while depth < len(parts) and _is_mapping(parent) and parts[depth] in parent:
+    parent, depth = parent[parts[depth]], depth + 1
+  prefix = ".".join(parts[:depth])
+  prefix = f"{prefix}." if prefix else ""
+  rest = ".".join(parts[depth + 1 :])
+  suggestions = []
+  if _is_mapping(parent):
+    bad = parts[depth]
+    keys = list(parent.keys())
+    close = difflib.get_close_matches(bad, keys, n=3, cutoff=0.6)
+    close += [k for k in keys if k not in close and _is_abbreviation(bad, k)]
+    for key in close:
+      candidate = f"{prefix}{key}" + (f".{rest}" if rest else "")
+      suggestions.append(candidate if candidate in names else f"{prefix}{key}")
+  if suggestions:
+    return f"; did you mean {' or '.join(dict.fromkeys(suggestions))}?"
+  if prefix and _is_mapping(parent):
+    return f"; config.{prefix[:-1]} has: {', '.join(sorted(parent.keys()))}"
+  if prefix:
+    return f"; config.{prefix[:-1]} is a value, not a group of fields"
+  close = difflib.get_close_matches(field, names, n=3, cutoff=0.6)
+  return f"; did you mean {' or '.join(close)}?" if close else ""
+
+
+def _is_abbreviation(short: str, name: str) -> bool:
+  """``lr`` of ``learning_rate``: same first letter, the other letters in order."""
+  if len(short) < 2 or len(short) >= len(name) or short[0] != name[0]:
+    return False
+  rest = iter(name[1:])
+  return all(c in rest for c in short[1:])
+
+
+def _close_files(path: str) -> str:
+  """``"; did you mean configs/dcgan.py?"`` for a missing config file, or ``""``."""
+  folder = os.path.dirname(path) or "."
+  try:
+    files = [f for f in os.listdir(folder) if f.endswith(".py")]
+  except OSError:
+    return ""
+  close = difflib.get_close_matches(os.path.basename(path), files, n=2, cutoff=0.6)
+  if not close:
+    return ""
+  return f"; did you mean {' or '.join(os.path.join(os.path.dirname(path), f) for f in close)}?"
+
+
+def _quiet_library_errors() -> None:
+  """Errors of background library work print one line each, not a traceback (--traceback: all).
+
+  When a checkpoint write fails (a full disk), orbax logs the exception of each of its threads
+  with its traceback, and tensorstore's callbacks into the event loop orbax already closed print
+  a traceback through ``sys.excepthook`` each (50 of them); the main thread's error says what
+  happened, in one line. So orbax's logs keep their message without the traceback, and the
+  callback errors are logged once per distinct message.
+  """
+  logging.get_absl_handler().addFilter(_DropLibraryTracebacks())
+  seen = set()
+
+  def excepthook(exc_type, exc, tb):
+    del tb
+    text = f"{exc_type.__name__}: {exc}"
+    if text not in seen:
+      seen.add(text)
+      logging.warning("Exception in a library callback (--traceback prints each): %s", text)
+
+  sys.excepthook = excepthook
+
+
+class _DropLibraryTracebacks(std_logging.Filter):
+  """Drops the traceback of orbax's error logs (their message says what failed)."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    if record.exc_info and f"{os.sep}orbax{os.sep}" in (record.pathname or ""):
+      record.exc_info, record.exc_text = None, None
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Ending the program: user errors in one line, bugs with their traceback.
+
+
+def exit_code(error: BaseException) -> int | None:
+  """The exit status for an error that ends in one line, or None for a bug (keep the traceback).
+
+  2 (``errors.USER_ERROR_EXIT_CODE``): a :class:`errors.UserError` or absl's usage error; an
+  ``OSError`` (also one a library wrapped into its own message) that says the disk is full,
+  the quota exceeded, the file system read-only or the permission denied, since those are
+  fixed by the user, not in ganjax; the checkpoint's ``CheckpointMismatchError``. 1: a training
+  run stopped by NaN/inf (``loop.NonFiniteLossError``, a non-finite state): the command was
+  valid, the run diverged. Anything else (None) is a programming error.
+  """
+  non_finite = _loaded_class("ganjax.loop", "NonFiniteLossError")
+  if isinstance(error, FloatingPointError) and (
+      isinstance(error, errors.UserError) or (non_finite and isinstance(error, non_finite))
+  ):
+    return NON_FINITE_EXIT_CODE
+  if isinstance(error, errors.UserError | app.UsageError):
+    return errors.USER_ERROR_EXIT_CODE
+  mismatch = _loaded_class("ganjax.checkpoint", "CheckpointMismatchError")
+  if mismatch and isinstance(error, mismatch):
+    return errors.USER_ERROR_EXIT_CODE
+  if _os_error_code(error) is not None:
+    return errors.USER_ERROR_EXIT_CODE
+  return None
+
+
+def _loaded_class(module: str, name: str) -> type | None:
+  """``module.name`` if ``module`` is imported (an error of it can only come from it then)."""
+  cls = getattr(sys.modules.get(module), name, None)
+  return cls if isinstance(cls, type) else None
+
+
+def _os_error_code(error: BaseException) -> int | None:
+  """The errno of :data:`_OS_ERROR_HINTS` that ``error`` (or its ``raise ... from``) reports."""
+  found = _os_error(error)
+  return found[0] if found else None
+
+
+def _os_error(error: BaseException | None) -> tuple[int, str | None] | None:
+  """``(errno, path or None)`` of the first error of the chain with an errno we hint for."""
+  for _ in range(5):
+    if error is None:
+      return None
+    if isinstance(error, OSError) and error.errno in _OS_ERROR_HINTS:
+      return error.errno, error.filename
+    # C++ libraries (tensorstore under orbax) put the OS error into a message of their own.
+    text = str(error)
+    for code in _OS_ERROR_HINTS:
+      if os.strerror(code) in text:
+        match = re.search(r"""["'](/[^"']+)["']""", text)
+        return code, match.group(1) if match else None
+    error = error.__cause__
+  return None
+
+
+def error_message(error: BaseException) -> str:
+  """What to print for an error :func:`exit_code` ends in one line."""
+  found = None if isinstance(error, errors.UserError) else _os_error(error)
+  if found is None:
+    return str(error).strip() or type(error).__name__
+  code, path = found
+  where = f": {path}" if path else ""
+  return f"{os.strerror(code)}{where}; {_OS_ERROR_HINTS[code]}."
+
+
+def wants_traceback(argv: list[str]) -> bool:
+  """``--traceback`` or ``--verbosity >= 1``, from the parsed flags or (failed parse) ``argv``."""
+  try:
+    return bool(FLAGS.traceback) or FLAGS.verbosity >= 1
+  except Exception:  # Parsing failed: read argv.
+    pass
+  for i, arg in enumerate(argv):
+    if re.fullmatch(r"--?traceback(=(true|1|yes))?", arg, re.IGNORECASE):
+      return True
+    match = re.fullmatch(r"--?(verbosity|v)(=(-?\d+))?", arg)
+    if match:
+      level = match.group(3) or (argv[i + 1] if i + 1 < len(argv) else "0")
+      if level.lstrip("-").isdigit() and int(level) >= 1:
+        return True
+  return False
+
+
+def report_and_exit(error: BaseException, argv: list[str]) -> None:
+  """Prints ``error`` (one line, or its traceback) last and ends the process."""
+  code = exit_code(error)
+  verbose = code is None or wants_traceback(argv)
+  if verbose:
+    text = "".join(traceback.format_exception(error))
+  else:
+    text = f"ganjax: error: {error_message(error)}\n"
+  _clear_frames(error)
+  _shut_down(quiet=not verbose)
+  sys.stderr.write(text)
+  _exit(BUG_EXIT_CODE if code is None else code)
+
+
+def _clear_frames(error: BaseException | None) -> None:
+  """Drops the locals of the frames of ``error`` and its chain, freeing the run's objects."""
+  for _ in range(10):
+    if error is None:
+      return
+    traceback.clear_frames(error.__traceback__)
+    error = error.__cause__ or error.__context__
+
+
+def _shut_down(quiet: bool) -> None:
+  """Lets what the failed run left behind finish while the interpreter is whole.
+
+  Objects of the run are collected (TensorBoard writers flush when deleted) and the non-daemon
+  threads (a checkpoint write in progress) get up to :data:`THREAD_JOIN_TIMEOUT_S` to end.
+  ``quiet``: their info logs and the exceptions ignored in destructors of half-done async work
+  are not printed (they would follow the message).
+  """
+  if quiet:
+    logging.set_verbosity(logging.ERROR)
+    sys.unraisablehook = lambda unraisable: None
+  gc.collect()
+  deadline = time.monotonic() + THREAD_JOIN_TIMEOUT_S
+  for thread in threading.enumerate():
+    if thread is not threading.current_thread() and not thread.daemon:
+      thread.join(max(0.0, deadline - time.monotonic()))
+  logging.flush()
+
+
+def _exit(code: int) -> None:
+  """Flushes stdio and ends the process with ``os._exit``, skipping the interpreter's shutdown.
+
+  After an error, the normal shutdown is where the noise comes from: orbax's and TensorBoard's
+  background threads, left mid-operation by the exception, run on while modules are torn down
+  and each print a traceback (``sys.meta_path is None``, ``cannot schedule new futures after
+  interpreter shutdown``: 1,000 lines after a full disk), and a hung thread can keep the process
+  alive. :func:`_shut_down` has already given them their time; what must be kept is on disk
+  (orbax writes checkpoints atomically; the logs are flushed here).
+  """
+  std_logging.shutdown()
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except (OSError, ValueError):
+      pass
+  os._exit(code)
+
+
+def run(argv: list[str] | None = None) -> None:
+  """``app.run(main)`` that ends errors as :func:`report_and_exit` says."""
+  argv = list(sys.argv if argv is None else argv)
+  try:
+    app.run(main, argv=argv, flags_parser=parse_flags)
+  except SystemExit:
+    raise
+  except Exception as e:
+    report_and_exit(e, argv)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run()

@@ -23,6 +23,8 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ganjax.errors import ConfigError
+
 DATA_AXIS = "data"
 MODES = ("global", "shard_map")
 
@@ -44,7 +46,7 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
   available = jax.device_count()
   num_devices = num_devices or available
   if num_devices > available:
-    raise ValueError(f"parallel.num_devices={num_devices} but only {available} devices exist.")
+    raise ConfigError(f"parallel.num_devices={num_devices} but only {available} devices exist.")
   # Auto axes: the global-view programming model, where XLA's partitioner places the collectives.
   return jax.make_mesh(
       (num_devices,),
@@ -66,12 +68,12 @@ def check_batch_size(batch_size: int, mesh: Mesh) -> None:
   """The global batch must split evenly over the devices and the hosts."""
   devices = mesh.devices.size
   if batch_size % devices:
-    raise ValueError(
+    raise ConfigError(
         f"batch_size={batch_size} does not divide by the number of devices ({devices}); "
         f"use a multiple of {devices}, e.g. {devices * max(1, round(batch_size / devices))}."
     )
   if batch_size % jax.process_count():
-    raise ValueError(
+    raise ConfigError(
         f"batch_size={batch_size} does not divide by the number of hosts ({jax.process_count()})."
     )
 
@@ -92,7 +94,7 @@ def compile_step(
   The state argument is donated: its buffers are reused for the new state.
   """
   if mode not in MODES:
-    raise ValueError(f"Unknown parallel.mode {mode!r}; valid choices: {', '.join(MODES)}.")
+    raise ConfigError(f"Unknown parallel.mode {mode!r}; valid choices: {', '.join(MODES)}.")
   repl, sharded = replicated(mesh), batch_sharded(mesh)
   if mode == "global":
     return jax.jit(

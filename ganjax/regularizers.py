@@ -38,6 +38,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ganjax.errors import ConfigError
+
 Metrics = dict[str, jax.Array]
 ApplyFn = Callable[[jax.Array], jax.Array]
 
@@ -296,7 +298,7 @@ def lazy_regularization(weight: float, interval: int) -> LazyRegularization:
     The schedule; see :class:`LazyRegularization` for its use.
   """
   if int(interval) != interval or interval < 1:
-    raise ValueError(f"Lazy regularization interval must be a positive integer, got {interval}.")
+    raise ConfigError(f"Lazy regularization interval must be a positive integer, got {interval}.")
   return LazyRegularization(float(weight), int(interval))
 
 
@@ -330,7 +332,7 @@ def lazy_adam_correction(
     ``AdamHyperparameters(learning_rate, b1, b2)`` after the correction.
   """
   if interval < 1:
-    raise ValueError(f"Lazy regularization interval must be >= 1, got {interval}.")
+    raise ConfigError(f"Lazy regularization interval must be >= 1, got {interval}.")
   c = interval / (interval + 1)
   return AdamHyperparameters(learning_rate * c, b1**c, b2**c)
 
@@ -376,7 +378,7 @@ def annealed_stddev(
     The standard deviation at ``step`` (a float32 scalar).
   """
   if anneal_steps <= 0:
-    raise ValueError(f"anneal_steps must be positive, got {anneal_steps}.")
+    raise ConfigError(f"anneal_steps must be positive, got {anneal_steps}.")
   fraction = jnp.asarray(step, jnp.float32) / anneal_steps
   return initial * jnp.clip(1.0 - fraction, 0.0, 1.0)
 
@@ -410,7 +412,7 @@ def weight_clipping(clip_value: float, *, fix_steps: int = 3) -> optax.GradientT
     An ``optax.GradientTransformation`` with an empty state.
   """
   if clip_value <= 0:
-    raise ValueError(f"clip_value must be positive, got {clip_value}.")
+    raise ConfigError(f"clip_value must be positive, got {clip_value}.")
 
   def clip_update(u: jax.Array, p: jax.Array) -> jax.Array:
     hi = jnp.asarray(clip_value, p.dtype)
@@ -467,7 +469,7 @@ PENALTIES: dict[str, Penalty] = {
 def get_regularizer(name: str) -> Penalty:
   """Returns the :class:`Penalty` named ``name``; an unknown name lists the valid ones."""
   if name not in PENALTIES:
-    raise ValueError(
+    raise ConfigError(
         f"Unknown regularizer {name!r}; valid choices: {', '.join(sorted(PENALTIES))}."
     )
   return PENALTIES[name]

@@ -12,6 +12,8 @@ import ml_collections
 import optax
 from flax.training import train_state
 
+from ganjax.errors import ConfigError
+
 
 class TrainState(train_state.TrainState):
   """A flax TrainState that also carries the network's BatchNorm statistics."""
@@ -56,18 +58,20 @@ def make_optimizer(
   schedule = kwargs.pop("schedule", "constant") or "constant"
   optimizer = getattr(optax, name, None)
   if not callable(optimizer) or name.startswith("_"):
-    raise ValueError(
+    raise ConfigError(
         f"Unknown optimizer name {name!r}; use an optax optimizer function such as "
         "'adam', 'adamw', 'sgd', 'rmsprop', 'lion'."
     )
   if schedule not in SCHEDULES:
-    raise ValueError(f"Unknown learning-rate schedule {schedule!r}; valid: {', '.join(SCHEDULES)}.")
+    raise ConfigError(
+        f"Unknown learning-rate schedule {schedule!r}; valid: {', '.join(SCHEDULES)}."
+    )
   if schedule != "constant":
     if not total_updates or total_updates < 1:
       raise ValueError(f"schedule={schedule!r} needs the number of updates, got {total_updates}.")
     peak = kwargs.get("learning_rate")
     if not isinstance(peak, int | float):
-      raise ValueError(f"schedule={schedule!r} needs a numeric learning_rate, got {peak!r}.")
+      raise ConfigError(f"schedule={schedule!r} needs a numeric learning_rate, got {peak!r}.")
     if schedule == "linear":
       kwargs["learning_rate"] = optax.linear_schedule(peak, 0.0, total_updates)
     else:
@@ -75,7 +79,7 @@ def make_optimizer(
   try:
     return optimizer(**kwargs)
   except TypeError as e:
-    raise ValueError(f"Bad arguments {kwargs} for optax.{name}: {e}") from e
+    raise ConfigError(f"Bad arguments {kwargs} for optax.{name}: {e}") from e
 
 
 def _split_variables(variables) -> tuple[Any, Any]:

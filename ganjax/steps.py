@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from ganjax import augment, losses, regularizers
+from ganjax.errors import ConfigError
 from ganjax.state import GANState, TrainState
 
 Batch = dict[str, jax.Array]
@@ -74,7 +75,7 @@ class Regularization:
     augment.parse_policy(self.augment_policy)
     augment.parse_policy(self.consistency_policy)
     if self.instance_noise < 0 or self.instance_noise_steps < 0:
-      raise ValueError(
+      raise ConfigError(
           f"instance_noise ({self.instance_noise}) and instance_noise_steps "
           f"({self.instance_noise_steps}) must be >= 0."
       )
@@ -347,7 +348,7 @@ def generator_step(
   and the gradient flows through those updates; the state's D is left unchanged.
   """
   if unrolled_steps < 0:
-    raise ValueError(f"unrolled_steps must be >= 0, got {unrolled_steps}.")
+    raise ConfigError(f"unrolled_steps must be >= 0, got {unrolled_steps}.")
   g, d = state.generator, state.discriminator
   z = _local_latents(jax.random.fold_in(rng, _G_LATENT), real.shape[0], latent_dim, axis_name)
   dropout_real, dropout_fake = jax.random.split(
@@ -413,7 +414,7 @@ def split_critic_batches(images: jax.Array, n_critic: int) -> list[jax.Array]:
   axis splits without moving data between devices.
   """
   if images.shape[0] % n_critic:
-    raise ValueError(f"Batch of {images.shape[0]} does not split into n_critic={n_critic} parts.")
+    raise ConfigError(f"Batch of {images.shape[0]} does not split into n_critic={n_critic} parts.")
   grouped = images.reshape(images.shape[0] // n_critic, n_critic, *images.shape[1:])
   return [grouped[:, i] for i in range(n_critic)]
 

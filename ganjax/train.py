@@ -27,7 +27,9 @@ from ganjax import checkpoint as checkpoint_lib
 from ganjax import loop, losses, models, parallel, regularizers, sampling, steps
 from ganjax import metrics as metrics_lib
 from ganjax import state as state_lib
+from ganjax import workdir as workdir_lib
 from ganjax.data import gaussian_mixture
+from ganjax.errors import ConfigError, MissingPathError
 from ganjax.models import blocks
 
 # Raised when a loss or metric becomes NaN/inf (defined with the loop that raises it).
@@ -76,7 +78,7 @@ def build_networks(
   pack = config.model.get("pack", 1)
   if pack > 1:
     if conditional:
-      raise ValueError(
+      raise ConfigError(
           f"config.model.pack={pack} (PacGAN) cannot be combined with model.conditional=True: a "
           "pack mixes examples of different classes. Use pack=1 for a conditional GAN."
       )
@@ -89,14 +91,14 @@ def build_networks(
 def check_conditional(model_name: str, module: Any, num_classes: int | None) -> None:
   """A conditional GAN needs labelled data and a model whose networks take ``num_classes``."""
   if not num_classes:
-    raise ValueError(
+    raise ConfigError(
         "config.model.conditional=True needs labelled data, but this dataset has no labels "
         f"(num_classes={num_classes!r}). Use a labelled dataset (e.g. an image folder with class "
         "subfolders) or set model.conditional=False."
     )
   for network in (module.Generator, module.Discriminator):
     if not _takes_num_classes(network):
-      raise ValueError(
+      raise ConfigError(
           f"config.model.conditional=True, but model {model_name!r} has no class-conditional "
           f"{network.__name__}; conditional models: {', '.join(conditional_models())}."
       )
@@ -121,7 +123,7 @@ def _with_dtype(network: type, dtype: str, kwargs: dict[str, Any]) -> dict[str, 
   if any(field.name == "dtype" for field in dataclasses.fields(network)):
     return {"dtype": dtype, **kwargs}
   if dtype != "float32":
-    raise ValueError(
+    raise ConfigError(
         f"config.model.dtype={dtype!r} is not supported by {network.__module__}.{network.__name__}"
         " (it has no dtype field); valid: 'float32'."
     )
@@ -316,24 +318,26 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   """Fails early, with the valid choices, on settings the run cannot use."""
   for key in ("num_train_steps", "batch_size", "n_critic", "log_every_steps"):
     if config[key] < 1:
-      raise ValueError(f"config.{key} must be >= 1, got {config[key]}.")
+      raise ConfigError(f"config.{key} must be >= 1, got {config[key]}.")
   for key in ("sample_every_steps", "checkpoint_every_steps", "eval_every_steps"):
     if config.get(key, 0) < 0:
-      raise ValueError(f"config.{key} must be >= 0 (0 = only at the end), got {config[key]}.")
+      raise ConfigError(f"config.{key} must be >= 0 (0 = only at the end), got {config[key]}.")
   if config.get("eval_num_samples", 1) < 1:
-    raise ValueError(f"config.eval_num_samples must be >= 1, got {config.eval_num_samples}.")
+    raise ConfigError(f"config.eval_num_samples must be >= 1, got {config.eval_num_samples}.")
   if config.get("unrolled_steps", 0) < 0:
-    raise ValueError(f"config.unrolled_steps must be >= 0, got {config.unrolled_steps}.")
+    raise ConfigError(f"config.unrolled_steps must be >= 0, got {config.unrolled_steps}.")
   check_pack(config.model.get("pack", 1), config.batch_size)
   if config.parallel.mode not in parallel.MODES:
-    raise ValueError(
+    raise ConfigError(
         f"Unknown parallel.mode {config.parallel.mode!r}; valid choices: "
         f"{', '.join(parallel.MODES)}."
     )
   if not 0.0 <= config.ema.decay < 1.0:
-    raise ValueError(f"ema.decay must be in [0, 1), got {config.ema.decay}.")
+    raise ConfigError(f"ema.decay must be in [0, 1), got {config.ema.decay}.")
   if config.get("regularizer", {}).get("weight_clip", 0.0) < 0:
-    raise ValueError(f"regularizer.weight_clip must be >= 0, got {config.regularizer.weight_clip}.")
+    raise ConfigError(
+        f"regularizer.weight_clip must be >= 0, got {config.regularizer.weight_clip}."
+    )
   steps.regularization_from_config(config, get_objective(config))
   models.get_model_module(config.model.name)
 
@@ -341,9 +345,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 def check_pack(pack: int, batch_size: int, num_devices: int = 1) -> None:
   """PacGAN packs consecutive samples on each device: its share of a D batch divides by ``pack``."""
   if pack < 1:
-    raise ValueError(f"config.model.pack must be >= 1 (1 = no packing), got {pack}.")
+    raise ConfigError(f"config.model.pack must be >= 1 (1 = no packing), got {pack}.")
   if batch_size % (pack * num_devices):
-    raise ValueError(
+    raise ConfigError(
         f"batch_size={batch_size} does not split into packs of model.pack={pack} samples on each "
         f"of {num_devices} device(s); use a multiple of {pack * num_devices}."
     )
@@ -364,6 +368,7 @@ def _progress(scalars: dict[str, float]) -> str:
   return f"d_loss {d_loss:.4f} g_loss {g_loss:.4f} {_discriminator_outputs(scalars)}"
 
 
+@workdir_lib.releases_lock
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state_lib.GANState:
   """Trains the GAN the config describes; resumes from ``workdir`` when it holds checkpoints.
 
@@ -380,6 +385,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       checkpointer,
       lambda: abstract_state(config, networks, mesh),
       lambda: create_state(config, networks, mesh),
+      config=config,
   )
   info = run_info(config, source, networks, state, mesh)
   writer = loop.record_run(config, workdir, info, start_step)
@@ -455,7 +461,7 @@ def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
   paths = [os.path.join(workdir, name) for name in ("config.json", "run_info.json")]
   for path in paths:
     if not os.path.exists(path):
-      raise FileNotFoundError(f"{path} not found: is {workdir!r} the workdir of a training run?")
+      raise MissingPathError(f"{path} not found: is {workdir!r} the workdir of a training run?")
   with open(paths[0]) as f:
     config = ml_collections.ConfigDict(json.load(f))
   with open(paths[1]) as f:

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from ganjax import classifier, parallel
+from ganjax import classifier, errors, parallel
 from ganjax import data as data_lib
 from ganjax.data import embedded, preprocessing
 from ganjax.metrics import stacked_mnist_modes
@@ -214,7 +214,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
   assert {"accuracy", "grad_norm", "steps_per_sec", "images_per_sec"} <= set(records[0])
   assert [r["step"] for r in records if "test_accuracy" in r] == [3, 5]
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
-  with pytest.raises(ValueError, match=r"checkpoint at step 5, beyond .*num_train_steps=4"):
+  with pytest.raises(errors.WorkdirError, match=r"checkpoint at step 5, beyond .*steps=4"):
     classifier.train_classifier(_resume_config(4), workdir)
 
 

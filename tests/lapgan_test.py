@@ -26,12 +26,7 @@ def _tiny(arg="runlocal", **overrides):
   # and outputs; ganjax.models.layers), which dominates these tiny runs.
   config.model.level.generator.conv_impl = "xla"
   config.model.level.discriminator.conv_impl = "xla"
-  for key, value in overrides.items():
-    target = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
+  config.update_from_flattened_dict(overrides)  # Dotted keys: {"model.name": ...}.
   return config
 
 

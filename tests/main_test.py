@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,10 +15,10 @@ from conftest import REPO_ROOT
 from ganjax import checkpoint, train
 
 
-def _cli(*args, **kwargs):
+def _cli(*args, stdout=subprocess.PIPE, **kwargs):
   cmd = [sys.executable, "-m", "ganjax.main", *args]
   return subprocess.Popen(
-      cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs
+      cmd, cwd=REPO_ROOT, stdout=stdout, stderr=subprocess.STDOUT, text=True, **kwargs
   )
 
 
@@ -60,52 +61,71 @@ def test_unknown_dataset_is_a_clear_error(tmp_path):
 
 
 def _long_run_args(workdir):
+  """300 steps (about a second) logged every 5, with no checkpoint due before the end."""
   return (
       "--config=configs/vanilla_gan.py:runlocal",
       f"--workdir={workdir}",
       "--config.parallel.num_devices=1",
-      "--config.num_train_steps=400",
-      "--config.checkpoint_every_steps=50",
-      "--config.log_every_steps=50",
+      "--config.num_train_steps=300",
+      "--config.checkpoint_every_steps=1000",
+      "--config.log_every_steps=5",
       "--config.sample_every_steps=0",
   )
 
 
-def _wait_for_checkpoint(workdir, proc, timeout=180):
-  ckpt_dir = os.path.join(workdir, "checkpoints")
+def _read_until_step(proc, at_least: int, timeout=240) -> str:
+  """Reads the run's output until it logs a step >= ``at_least``; returns what it read."""
   deadline = time.time() + timeout
+  lines = []
   while time.time() < deadline:
-    if os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir)):
-      return
-    assert proc.poll() is None, proc.stdout.read()[-3000:]
-    time.sleep(0.05)
-  raise TimeoutError("no checkpoint appeared")
+    line = proc.stdout.readline()
+    assert line, "the run ended early:\n" + "".join(lines)[-3000:]
+    lines.append(line)
+    logged = re.search(r"\] step (\d+)/\d+ \|", line)
+    if logged and int(logged.group(1)) >= at_least:
+      return "".join(lines)
+  raise TimeoutError(f"no step >= {at_least} logged")
 
 
-def test_sigterm_saves_a_checkpoint_and_kill_resumes_exactly(tmp_path):
+def _logged_steps(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [r["step"] for r in map(json.loads, f) if "d_loss" in r]
+
+
+def test_sigterm_saves_the_step_reached_and_kill_resumes_exactly(tmp_path):
   reference = str(tmp_path / "reference")
-  _run(*_long_run_args(reference))
-  ref_step, ref_params = _final_params(reference)
-  assert ref_step == 400
-
+  reference_log = open(tmp_path / "reference.log", "w")  # noqa: SIM115 (closed below)
+  # Runs beside the interrupted launches, its output in a file so that no pipe fills up.
+  reference_proc = _cli(*_long_run_args(reference), stdout=reference_log)
   workdir = str(tmp_path / "interrupted")
-  # SIGTERM: the run saves a checkpoint at the step it reached, and exits cleanly.
+  # SIGTERM just after the first steps, long before a checkpoint is due: the run saves the step
+  # it reached and exits cleanly (it used to log "checkpoint saved" and write nothing).
   proc = _cli(*_long_run_args(workdir))
-  _wait_for_checkpoint(workdir, proc)
+  _read_until_step(proc, 5)
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=120)
   assert proc.returncode == 0, out[-3000:]
-  assert "SIGTERM" in out
-  # kill -9 at an arbitrary moment: no handler runs; the last complete checkpoint survives.
+  stopped = re.search(r"Stopped by SIGTERM at step (\d+); checkpoint saved\.", out)
+  assert stopped, out[-3000:]
+  stopped = int(stopped.group(1))
+  assert checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")).all_steps() == [stopped]
+  # kill -9 after it logged steps past that checkpoint: no handler runs, the checkpoint survives.
   proc = _cli(*_long_run_args(workdir))
-  time.sleep(8)
+  _read_until_step(proc, stopped + 10)
   proc.kill()
   proc.communicate(timeout=60)
-  # The same command again finishes the run, bit-identical to the uninterrupted one.
+  assert max(_logged_steps(workdir)) >= stopped + 10
+  # The same command again finishes the run, bit-identical to the uninterrupted one, and drops
+  # the records the killed launch wrote past the checkpoint: each step is logged once.
   _run(*_long_run_args(workdir))
+  reference_proc.wait(timeout=300)
+  reference_log.close()
+  assert reference_proc.returncode == 0, (tmp_path / "reference.log").read_text()[-3000:]
+  ref_step, ref_params = _final_params(reference)
   step, params = _final_params(workdir)
-  assert step == 400
+  assert step == ref_step == 300
   for a, b in zip(ref_params, params, strict=True):
     np.testing.assert_array_equal(a, b)
+  assert _logged_steps(workdir) == sorted(set(_logged_steps(reference)) | {stopped})
   with open(os.path.join(workdir, "run_info.json")) as f:
-    assert json.load(f)["resumed_from_step"] > 0
+    assert json.load(f)["resumed_from_step"] == stopped

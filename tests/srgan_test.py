@@ -29,12 +29,7 @@ def _tiny_config(**overrides):
   config = load_config("srgan", "runlocal")  # 2 + 2 steps, 32 px crops at x4, tiny networks.
   # Two of the 8 simulated devices: the batch is still sharded, at a fraction of the compile time.
   config.parallel.num_devices = 2
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  config.update_from_flattened_dict(overrides)  # Dotted keys: {"model.name": ...}.
   return config
 
 

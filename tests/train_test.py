@@ -15,12 +15,7 @@ from ganjax import checkpoint, train
 def _tiny(name, arg="runlocal", **overrides):
   config = load_config(name, arg)
   config.parallel.num_devices = 1
-  for key, value in overrides.items():
-    target = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
+  config.update_from_flattened_dict(overrides)  # Dotted keys: {"model.name": ...}.
   return config
 
 
@@ -120,6 +115,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   train.train_and_evaluate(_tiny("vanilla_gan", num_train_steps=3), workdir)
   exploding = _tiny("vanilla_gan", num_train_steps=12)
   exploding.optim.d.learning_rate = 1e30  # Same optimizer structure, so the checkpoint restores.
+  exploding.resume.allow_config_changes = True  # A guarded change (ganjax.workdir).
   with pytest.raises(train.NonFiniteLossError, match=r"at step \d+"):
     train.train_and_evaluate(exploding, workdir)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
@@ -134,7 +130,11 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 def test_checkpoint_shape_mismatch_names_the_arrays(tmp_path):
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(_tiny("vanilla_gan", num_train_steps=3), workdir)
-  wider = _tiny("vanilla_gan", num_train_steps=6, **{"model.generator.hidden": (48, 32)})
+  wider = _tiny(
+      "vanilla_gan",
+      num_train_steps=6,
+      **{"model.generator.hidden": (48, 32), "resume.allow_config_changes": True},
+  )
   expected = r"generator/params/Dense_0/kernel: checkpoint \(64, 32\), config \(64, 48\)"
   with pytest.raises(checkpoint.CheckpointMismatchError, match=expected):
     train.train_and_evaluate(wider, workdir)

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from ganjax.errors import ConfigError
+
 
 def as_numeric(name: str, value: Any) -> np.ndarray:
   """``value`` as a real (floating or integer, not bool) numpy array on the host."""
@@ -58,7 +60,7 @@ def check_features(
         f"{array.shape}."
     )
   if array.shape[0] < min_samples:
-    raise ValueError(
+    raise ConfigError(
         f"{name} needs at least {min_samples} samples{' ' + why if why else ''}, got shape "
         f"{array.shape}."
     )

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import scipy.special
 
+from ganjax.errors import ConfigError
 from ganjax.metrics import _checks
 
 __all__ = ["InceptionScore", "inception_score"]
@@ -79,7 +80,7 @@ def inception_score(probabilities: Any, num_splits: int = 10) -> InceptionScore:
   num_samples = len(probabilities)
   num_splits = _checks.check_int("num_splits", num_splits, minimum=1)
   if num_splits > num_samples:
-    raise ValueError(
+    raise ConfigError(
         f"num_splits must be <= the number of samples ({num_samples}), got {num_splits}."
     )
   scores = []

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ganjax.errors import ConfigError
 from ganjax.metrics import _checks
 
 __all__ = [
@@ -301,7 +302,7 @@ def intra_class_frechet_distance(
     fake = fake_features[fake_labels == label]
     for name, members in [("real_features", real), ("fake_features", fake)]:
       if len(members) < 2:
-        raise ValueError(
+        raise ConfigError(
             f"Class {label} has {len(members)} sample(s) in {name}; every class needs at least 2 "
             "per side to estimate a covariance."
         )

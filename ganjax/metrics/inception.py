@@ -64,6 +64,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from ganjax import parallel
+from ganjax.errors import ConfigError, MissingPathError
 from ganjax.models import layers
 
 __all__ = [
@@ -471,7 +472,7 @@ def convert_pytorch_fid_weights(state_dict: Mapping[str, Any]) -> dict[str, Any]
       parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:5])})")
     if unexpected:
       parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:5])})")
-    raise ValueError(
+    raise ConfigError(
         f"Not a pytorch-fid FID Inception state dict: {'; '.join(parts)} names. Expected the "
         f"{len(table)} tensors of fid_inception_v3() ({FID_WEIGHTS_FILENAME})."
     )
@@ -479,7 +480,7 @@ def convert_pytorch_fid_weights(state_dict: Mapping[str, Any]) -> dict[str, Any]
   for name, (collection, path, flax_shape) in table.items():
     value = np.asarray(state_dict[name], dtype=np.float32)
     if value.shape != _torch_shape(flax_shape):
-      raise ValueError(
+      raise ConfigError(
           f"{name} has shape {value.shape}; the FID Inception network needs "
           f"{_torch_shape(flax_shape)}."
       )
@@ -507,7 +508,7 @@ def load_pytorch_fid_weights(path: str | os.PathLike) -> dict[str, Any]:
     ) from e
   state_dict = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
   if not isinstance(state_dict, Mapping):
-    raise ValueError(
+    raise ConfigError(
         f"{os.fspath(path)!r} holds a {type(state_dict).__name__}, not a state dict "
         "(name -> tensor)."
     )
@@ -611,7 +612,7 @@ def load_inception(
   """
   if not path or not os.path.isfile(path):
     where = f"{os.fspath(path)!r} does not exist" if path else "no weights file was given"
-    raise FileNotFoundError(
+    raise MissingPathError(
         f"The FID Inception weights are needed and {where}. Download pytorch-fid's "
         f"{FID_WEIGHTS_FILENAME} from {FID_WEIGHTS_URL} and set "
         f"config.{WEIGHTS_CONFIG_FIELD} to its path."
@@ -619,7 +620,7 @@ def load_inception(
   path = os.fspath(path)
   sha256 = _sha256(path)
   if expected_sha256_prefix is not None and not sha256.startswith(expected_sha256_prefix):
-    raise ValueError(
+    raise ConfigError(
         f"{path!r} has SHA-256 {sha256}, which does not start with {expected_sha256_prefix!r} "
         f"as {FID_WEIGHTS_FILENAME} does; re-download it from {FID_WEIGHTS_URL}, or pass "
         "expected_sha256_prefix=None to use other weights deliberately."

@@ -28,6 +28,8 @@ import importlib
 import pkgutil
 from types import ModuleType
 
+from ganjax.errors import ConfigError
+
 # Modules of this package that hold shared code rather than an architecture.
 _NOT_ARCHITECTURES = frozenset({"blocks", "layers"})
 
@@ -65,6 +67,6 @@ def get_model_module(name: str) -> ModuleType:
     module = importlib.import_module(f"{__name__}.{name}")
     if _is_architecture(module):
       return module
-  raise ValueError(
+  raise ConfigError(
       f"Unknown model name {name!r}; valid choices: {', '.join(available_models())}."
   )

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ganjax.errors import ConfigError
 from ganjax.models import layers
 
 Initializer = Callable[..., jax.Array]
@@ -103,7 +104,7 @@ def spectral_norm(layer: nn.Module, *, n_steps: int = 1, enabled: bool = True) -
   entry, so a model can switch spectral normalisation with one flag.
   """
   if enabled and n_steps < 1:
-    raise ValueError(f"Spectral normalisation needs n_steps >= 1 power iterations, got {n_steps}.")
+    raise ConfigError(f"Spectral normalisation needs n_steps >= 1 power iterations, got {n_steps}.")
   return SpectralNorm(
       layer,
       n_steps=n_steps if enabled else 0,
@@ -329,17 +330,17 @@ class MinibatchStdDev(nn.Module):
     if x.ndim < 2:
       raise ValueError(f"MinibatchStdDev expects (N, ..., C) inputs, got shape {x.shape}.")
     if self.group_size < 1:
-      raise ValueError(f"MinibatchStdDev: group_size must be >= 1, got {self.group_size}.")
+      raise ConfigError(f"MinibatchStdDev: group_size must be >= 1, got {self.group_size}.")
     n, c = x.shape[0], x.shape[-1]
     if self.num_channels < 1 or c % self.num_channels:
-      raise ValueError(
+      raise ConfigError(
           f"MinibatchStdDev: num_channels={self.num_channels} must be >= 1 and divide the "
           f"{c} input channels."
       )
     g = min(self.group_size, n)
     if n % g:
       if self.strict:
-        raise ValueError(
+        raise ConfigError(
             f"MinibatchStdDev: group_size {g} does not divide the batch size {n}; use a batch "
             "size that is a multiple of it, or strict=False to use the whole batch as one group."
         )
@@ -592,7 +593,7 @@ def discriminator_head(
   if conditioning == "acgan":
     class_logits = ClassifierHead(num_classes, spectral_norm=spectral_norm)(features, train=train)
     return linear(features), class_logits.astype(jnp.float32)
-  raise ValueError(
+  raise ConfigError(
       f"Unknown discriminator conditioning {conditioning!r}; valid choices: "
       f"{', '.join(DISCRIMINATOR_CONDITIONING)}."
   )
@@ -618,12 +619,12 @@ def pack_samples(x: jax.Array, pack: int) -> jax.Array:
     ValueError: ``pack < 1``, or a batch ``B`` that does not divide by ``pack``.
   """
   if pack < 1:
-    raise ValueError(f"pack must be >= 1, got {pack}.")
+    raise ConfigError(f"pack must be >= 1, got {pack}.")
   if x.ndim < 2:
     raise ValueError(f"pack_samples expects a batch (B, ...), got shape {x.shape}.")
   b = x.shape[0]
   if b % pack:
-    raise ValueError(
+    raise ConfigError(
         f"A batch of B={b} samples does not divide into packs of m={pack} (PacGAN); use a batch "
         f"size that is a multiple of {pack}."
     )

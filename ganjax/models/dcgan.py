@@ -46,6 +46,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ganjax.errors import ConfigError
 from ganjax.models import blocks, layers
 
 SUPPORTED_SIZES = (28, 32, 64)
@@ -61,7 +62,7 @@ _keras_init = layers.glorot_uniform()
 def check_image_size(height: int, width: int) -> int:
   """Returns the image size; raises ``ValueError`` unless the image is square and supported."""
   if height != width or height not in SUPPORTED_SIZES:
-    raise ValueError(
+    raise ConfigError(
         f"DCGAN supports square images of {', '.join(map(str, SUPPORTED_SIZES))} pixels, got "
         f"{height}x{width}; resize the data (config.data.image_size)."
     )
@@ -125,7 +126,7 @@ class Generator(nn.Module):
       )
 
     if len(self.image_shape) != 3:
-      raise ValueError(f"DCGAN needs image_shape (H, W, C), got {self.image_shape}.")
+      raise ConfigError(f"DCGAN needs image_shape (H, W, C), got {self.image_shape}.")
     height, width, channels = self.image_shape
     size = check_image_size(height, width)
     w, impl, dtype = self.width, self.conv_impl, self.dtype

@@ -46,6 +46,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ganjax.errors import ConfigError
 from ganjax.models import blocks, layers
 
 # The system of ganjax.systems that trains these networks; it also keeps this module out of the
@@ -69,13 +70,13 @@ def pyramid_shapes(height: int, width: int, num_levels: int) -> list[tuple[int, 
       message names the size, the level count and the level counts that work).
   """
   if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 1:
-    raise ValueError(f"The pyramid needs num_levels >= 1 (an integer), got {num_levels!r}.")
+    raise ConfigError(f"The pyramid needs num_levels >= 1 (an integer), got {num_levels!r}.")
   shapes = [(height, width)]
   for level in range(num_levels):
     h, w = shapes[-1]
     if h % 2 or w % 2 or h < 2 or w < 2:
       valid = max_levels(height, width)
-      raise ValueError(
+      raise ConfigError(
           f"A {height}x{width} image does not halve evenly {num_levels} times: level {level} is "
           f"{h}x{w}. Valid num_levels for {height}x{width}: "
           f"{'1..' + str(valid) if valid else 'none (resize the data to an even size)'}."
@@ -326,7 +327,7 @@ class LevelGenerator(nn.Module):
     _check_inputs("LevelGenerator", low)
     layers.check_choice("conv_impl", self.conv_impl, layers.CONV_IMPLS)
     if self.num_layers < 2:
-      raise ValueError(f"LevelGenerator needs num_layers >= 2, got {self.num_layers}.")
+      raise ConfigError(f"LevelGenerator needs num_layers >= 2, got {self.num_layers}.")
     b, h, w, c = low.shape
     if noise.ndim == 2:
       noise = noise.reshape(b, h, w, -1)

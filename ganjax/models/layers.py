@@ -38,6 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ganjax.errors import ConfigError
+
 Initializer = Callable[..., jax.Array]
 Padding = str | Sequence[tuple[int, int]]
 
@@ -59,7 +61,7 @@ BN_EPSILON = 1e-5
 def check_choice(what: str, value: Any, choices: Sequence[Any]) -> None:
   """Raises ``ValueError`` naming ``value`` and the valid ``choices`` when it is not one of them."""
   if value not in choices:
-    raise ValueError(f"Unknown {what} {value!r}; valid choices: {', '.join(map(str, choices))}.")
+    raise ConfigError(f"Unknown {what} {value!r}; valid choices: {', '.join(map(str, choices))}.")
 
 
 def normal(stddev: float, mean: float = 0.0) -> Initializer:

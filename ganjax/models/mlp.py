@@ -38,6 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ganjax.errors import ConfigError
 from ganjax.models import blocks, layers
 
 # Generator output activations by name.
@@ -86,7 +87,7 @@ class Generator(nn.Module):
       x = blocks.LabelEmbedding(self.num_classes, self.label_dim)(x, labels)
     elif conditional:
       if not self.batch_norm:
-        raise ValueError(
+        raise ConfigError(
             "MLP Generator: conditioning='batchnorm' needs batch_norm=True; use "
             "conditioning='concat' for a generator without BatchNorm."
         )
@@ -155,7 +156,7 @@ class Discriminator(nn.Module):
         "MLP Discriminator", self.num_classes, self.conditioning, blocks.DISCRIMINATOR_CONDITIONING
     )
     if self.maxout_pieces < 1:
-      raise ValueError(f"MLP Discriminator: maxout_pieces must be >= 1, got {self.maxout_pieces}.")
+      raise ConfigError(f"MLP Discriminator: maxout_pieces must be >= 1, got {self.maxout_pieces}.")
     x = x.reshape(x.shape[0], -1)
     if conditional and self.conditioning == "concat":
       x = blocks.LabelEmbedding(self.num_classes)(x, labels)

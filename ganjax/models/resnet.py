@@ -75,6 +75,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ganjax.errors import ConfigError
 from ganjax.models import blocks, layers
 
 SUPPORTED_SIZES = (32, 48, 64)
@@ -91,7 +92,7 @@ _GLOROT = layers.glorot_uniform()
 def check_image_size(height: int, width: int) -> int:
   """Returns the image size; raises ``ValueError`` unless the image is square and supported."""
   if height != width or height not in SUPPORTED_SIZES:
-    raise ValueError(
+    raise ConfigError(
         f"The SNGAN ResNet supports square images of {', '.join(map(str, SUPPORTED_SIZES))} "
         f"pixels, got {height}x{width}; resize the data (config.data.image_size)."
     )
@@ -253,7 +254,7 @@ class Generator(nn.Module):
   @nn.compact
   def __call__(self, z: jax.Array, labels: jax.Array | None = None, *, train: bool) -> jax.Array:
     if len(self.image_shape) != 3:
-      raise ValueError(f"The SNGAN ResNet needs image_shape (H, W, C), got {self.image_shape}.")
+      raise ConfigError(f"The SNGAN ResNet needs image_shape (H, W, C), got {self.image_shape}.")
     height, width, channels = self.image_shape
     size = check_image_size(height, width)
     _check_common(self.conv_impl, self.dtype)

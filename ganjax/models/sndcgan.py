@@ -41,6 +41,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ganjax.errors import ConfigError
 from ganjax.models import layers
 from ganjax.models.blocks import spectral_norm
 
@@ -52,7 +53,7 @@ _INIT = layers.dcgan_init(0.02)
 def check_image_size(height: int, width: int) -> int:
   """Returns the image size; raises ``ValueError`` unless the image is square and supported."""
   if height != width or height not in SUPPORTED_SIZES:
-    raise ValueError(
+    raise ConfigError(
         f"The SNGAN standard CNN supports square images of "
         f"{', '.join(map(str, SUPPORTED_SIZES))} pixels, got {height}x{width}; resize the data "
         "(config.data.image_size)."
@@ -90,7 +91,7 @@ class Generator(nn.Module):
   def __call__(self, z: jax.Array, labels: jax.Array | None = None, *, train: bool) -> jax.Array:
     del labels  # Unconditional.
     if len(self.image_shape) != 3:
-      raise ValueError(f"SNDCGAN needs image_shape (H, W, C), got {self.image_shape}.")
+      raise ConfigError(f"SNDCGAN needs image_shape (H, W, C), got {self.image_shape}.")
     height, width, channels = self.image_shape
     size = check_image_size(height, width)
     layers.check_choice("conv_impl", self.conv_impl, layers.CONV_IMPLS)

@@ -31,6 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ganjax.errors import ConfigError
 from ganjax.models import layers
 
 # The system of ganjax.systems that trains these networks (config.task = "srgan").
@@ -43,7 +44,7 @@ SCALES = (2, 4)
 def check_scale(scale: int) -> int:
   """Returns ``scale``; raises ``ValueError`` naming the valid factors otherwise."""
   if scale not in SCALES:
-    raise ValueError(
+    raise ConfigError(
         f"Unsupported super-resolution scale {scale!r}; valid choices: "
         f"{', '.join(map(str, SCALES))}."
     )

@@ -45,6 +45,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ganjax.errors import ConfigError
 from ganjax.models import dcgan, layers
 
 # The system of ganjax.systems that trains these networks (config.task).
@@ -64,7 +65,9 @@ _keras_init = layers.glorot_uniform()
 def check_likelihood(likelihood: str) -> str:
   """Returns ``likelihood``; raises ``ValueError`` naming the valid choices otherwise."""
   if likelihood not in LIKELIHOODS:
-    raise ValueError(f"Unknown likelihood {likelihood!r}; valid choices: {', '.join(LIKELIHOODS)}.")
+    raise ConfigError(
+        f"Unknown likelihood {likelihood!r}; valid choices: {', '.join(LIKELIHOODS)}."
+    )
   return likelihood
 
 
@@ -140,7 +143,7 @@ class Decoder(nn.Module):
   def __call__(self, z: jax.Array, *, train: bool) -> jax.Array:
     check_likelihood(self.likelihood)
     if len(self.image_shape) != 3:
-      raise ValueError(f"The VAE decoder needs image_shape (H, W, C), got {self.image_shape}.")
+      raise ConfigError(f"The VAE decoder needs image_shape (H, W, C), got {self.image_shape}.")
     height, width, channels = self.image_shape
     size = dcgan.check_image_size(height, width)
     w, impl = self.width, self.conv_impl
@@ -217,7 +220,7 @@ def build(
   """The :class:`VAE` for ``image_shape``; ``encoder`` / ``decoder`` are the networks' kwargs."""
   check_likelihood(likelihood)
   if latent_dim < 1:
-    raise ValueError(f"latent_dim must be >= 1, got {latent_dim}.")
+    raise ConfigError(f"latent_dim must be >= 1, got {latent_dim}.")
   return VAE(
       encoder=Encoder(latent_dim=latent_dim, **(encoder or {})),
       decoder=Decoder(image_shape=tuple(image_shape), likelihood=likelihood, **(decoder or {})),
@@ -291,7 +294,7 @@ def reconstruction_nll(
     nll = jax.nn.softplus(output) - target * output
   else:
     if gaussian_std <= 0:
-      raise ValueError(f"gaussian_std must be > 0, got {gaussian_std}.")
+      raise ConfigError(f"gaussian_std must be > 0, got {gaussian_std}.")
     nll = (
         0.5 * jnp.square((target - output) / gaussian_std)
         + math.log(gaussian_std)

@@ -26,6 +26,8 @@ import os
 import pkgutil
 from types import ModuleType
 
+from ganjax.errors import ConfigError, MissingPathError
+
 # ``config.task`` values handled outside this package.
 BUILTIN_TASKS = ("gan", "classifier")
 
@@ -49,7 +51,7 @@ def get_system(task: str) -> ModuleType:
   if task in available_systems():
     return importlib.import_module(f"{__name__}.{task}")
   valid = ", ".join([*BUILTIN_TASKS, *available_systems()])
-  raise ValueError(f"Unknown task {task!r}; valid choices: {valid}.")
+  raise ConfigError(f"Unknown task {task!r}; valid choices: {valid}.")
 
 
 def workdir_task(workdir: str) -> str:
@@ -60,7 +62,7 @@ def workdir_task(workdir: str) -> str:
   """
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
-    raise FileNotFoundError(
+    raise MissingPathError(
         f"{path} does not exist: {workdir!r} is not a ganjax workdir (train a config there first)."
     )
   with open(path) as f:
@@ -72,5 +74,5 @@ def mode_function(task: str, mode: str, function_name: str):
   system = get_system(task)
   function = getattr(system, function_name, None)
   if function is None:
-    raise ValueError(f"--mode={mode} is not supported by task {task!r}.")
+    raise ConfigError(f"--mode={mode} is not supported by task {task!r}.")
   return function

@@ -41,6 +41,8 @@ from ganjax import checkpoint as checkpoint_lib
 from ganjax import loop, losses, parallel, sampling
 from ganjax import state as state_lib
 from ganjax import train as train_lib
+from ganjax import workdir as workdir_lib
+from ganjax.errors import ConfigError
 from ganjax.models import lapgan as lapgan_lib
 
 # Purposes folded into each level's per-step key.
@@ -107,12 +109,12 @@ def build_pyramid(
       conditional LAPGAN on unlabelled data.
   """
   if len(image_shape) != 3:
-    raise ValueError(f"LAPGAN needs image data (H, W, C), got examples of shape {image_shape}.")
+    raise ConfigError(f"LAPGAN needs image data (H, W, C), got examples of shape {image_shape}.")
   num_levels = config.model.num_levels
   shapes = lapgan_lib.pyramid_shapes(image_shape[0], image_shape[1], num_levels)
   conditional = bool(config.model.get("conditional", False))
   if conditional and not num_classes:
-    raise ValueError(
+    raise ConfigError(
         "config.model.conditional=True needs labelled data, but this dataset has no labels "
         f"(num_classes={num_classes!r}). Use labelled data or set model.conditional=False."
     )
@@ -464,23 +466,23 @@ def real_levels(images: np.ndarray, num_levels: int) -> list[np.ndarray]:
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Fails early, with the valid choices, on settings a LAPGAN run cannot use."""
   if config.get("task") != "lapgan":
-    raise ValueError(f"ganjax.systems.lapgan trains config.task='lapgan', got {config.task!r}.")
+    raise ConfigError(f"ganjax.systems.lapgan trains config.task='lapgan', got {config.task!r}.")
   for key in ("num_train_steps", "batch_size", "log_every_steps"):
     if config[key] < 1:
-      raise ValueError(f"config.{key} must be >= 1, got {config[key]}.")
+      raise ConfigError(f"config.{key} must be >= 1, got {config[key]}.")
   for key in ("sample_every_steps", "checkpoint_every_steps", "eval_every_steps"):
     if config.get(key, 0) < 0:
-      raise ValueError(f"config.{key} must be >= 0 (0 = only at the end), got {config[key]}.")
+      raise ConfigError(f"config.{key} must be >= 0 (0 = only at the end), got {config[key]}.")
   if config.parallel.mode not in parallel.MODES:
-    raise ValueError(
+    raise ConfigError(
         f"Unknown parallel.mode {config.parallel.mode!r}; valid choices: "
         f"{', '.join(parallel.MODES)}."
     )
   if not 0.0 <= config.ema.decay < 1.0:
-    raise ValueError(f"ema.decay must be in [0, 1), got {config.ema.decay}.")
+    raise ConfigError(f"ema.decay must be in [0, 1), got {config.ema.decay}.")
   num_levels = config.model.num_levels
   if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 1:
-    raise ValueError(f"config.model.num_levels must be an integer >= 1, got {num_levels!r}.")
+    raise ConfigError(f"config.model.num_levels must be an integer >= 1, got {num_levels!r}.")
   train_lib.get_objective(config)
 
 
@@ -568,6 +570,7 @@ def _progress_line(scalars: dict[str, float], num_levels: int) -> str:
   return " | ".join(parts)
 
 
+@workdir_lib.releases_lock
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str
 ) -> dict[str, state_lib.GANState]:
@@ -584,6 +587,7 @@ def train_and_evaluate(
       checkpointer,
       lambda: abstract_state(config, pyramid, mesh),
       lambda: create_state(config, pyramid, mesh),
+      config=config,
   )
   writer = loop.record_run(
       config, workdir, run_info(config, source, pyramid, state, mesh), start_step
@@ -694,7 +698,7 @@ def load_workdir(workdir: str, step: int | str | None = None):
   """
   config, info = train_lib.load_run(workdir)
   if config.get("task") != "lapgan":
-    raise ValueError(f"{workdir!r} is a {config.get('task', 'gan')!r} run, not a LAPGAN run.")
+    raise ConfigError(f"{workdir!r} is a {config.get('task', 'gan')!r} run, not a LAPGAN run.")
   data_info = info["data"]
   pyramid = build_pyramid(config, tuple(data_info["element_shape"]), data_info["num_classes"])
   state, step = checkpoint_lib.restore_from_workdir(workdir, step, abstract_state(config, pyramid))

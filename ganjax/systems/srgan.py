@@ -60,13 +60,15 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers, periodic_actions
+from clu import periodic_actions
 from PIL import Image
 
 from ganjax import checkpoint as checkpoint_lib
 from ganjax import loop, losses, parallel, train
+from ganjax import workdir as workdir_lib
 from ganjax.data import preprocessing
 from ganjax.data import super_resolution as sr_data
+from ganjax.errors import ConfigError, MissingPathError
 from ganjax.metrics import image_quality
 from ganjax.models import srgan as srgan_models
 from ganjax.state import TrainState, parameter_count
@@ -121,7 +123,7 @@ def generator_learning_rate(config: ml_collections.ConfigDict):
   pre = int(config.srgan.pretrain_steps)
   schedule = g.get("schedule", "constant") or "constant"
   if schedule not in ("constant", "cosine"):
-    raise ValueError(f"Unknown optim.g.schedule {schedule!r}; valid choices: constant, cosine.")
+    raise ConfigError(f"Unknown optim.g.schedule {schedule!r}; valid choices: constant, cosine.")
   if schedule == "cosine" and pre > 0:
     final = float(g.get("final_learning_rate", 0.0) or 0.0)
     alpha = final / g.learning_rate if g.learning_rate else 0.0
@@ -233,7 +235,7 @@ def load_vgg19(path: str, layer: str = "conv5_4") -> dict[str, dict[str, np.ndar
   """
   names = vgg19_layers(layer)
   if not os.path.isfile(path):
-    raise FileNotFoundError(
+    raise MissingPathError(
         f"srgan.content_features_path={path!r} does not exist. Expected a .npz of VGG19 weights "
         f"with arrays 'convB_I/kernel' (3, 3, in, out) and 'convB_I/bias' for {names[0]} .. "
         f"{names[-1]} (see ganjax.systems.srgan.load_vgg19), or unset the field for the pixel "
@@ -242,7 +244,7 @@ def load_vgg19(path: str, layer: str = "conv5_4") -> dict[str, dict[str, np.ndar
   with np.load(path) as f:
     missing = [f"{n}/{k}" for n in names for k in ("kernel", "bias") if f"{n}/{k}" not in f]
     if missing:
-      raise ValueError(f"{path} lacks the VGG19 arrays {missing[:6]} (needed up to {layer}).")
+      raise ConfigError(f"{path} lacks the VGG19 arrays {missing[:6]} (needed up to {layer}).")
     return {n: {"kernel": f[f"{n}/kernel"].astype(np.float32),
                 "bias": f[f"{n}/bias"].astype(np.float32)} for n in names}
 
@@ -251,7 +253,7 @@ def vgg19_layers(layer: str) -> list[str]:
   """The conv names from conv1_1 up to and including ``layer``."""
   all_names = [f"conv{b + 1}_{i + 1}" for b, n in enumerate(VGG19_BLOCKS) for i in range(n)]
   if layer not in all_names:
-    raise ValueError(f"Unknown VGG19 layer {layer!r}; valid choices: {', '.join(all_names)}.")
+    raise ConfigError(f"Unknown VGG19 layer {layer!r}; valid choices: {', '.join(all_names)}.")
   return all_names[: all_names.index(layer) + 1]
 
 
@@ -510,17 +512,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   srgan_models.check_scale(config.scale)
   for key in ("num_train_steps", "batch_size", "log_every_steps"):
     if config[key] < 1:
-      raise ValueError(f"config.{key} must be >= 1, got {config[key]}.")
+      raise ConfigError(f"config.{key} must be >= 1, got {config[key]}.")
   for key in ("sample_every_steps", "checkpoint_every_steps", "eval_every_steps"):
     if config.get(key, 0) < 0:
-      raise ValueError(f"config.{key} must be >= 0 (0 = only at the end), got {config[key]}.")
+      raise ConfigError(f"config.{key} must be >= 0 (0 = only at the end), got {config[key]}.")
   pre = config.srgan.pretrain_steps
   if not 0 <= pre <= config.num_train_steps:
-    raise ValueError(
+    raise ConfigError(
         f"srgan.pretrain_steps={pre} must be in [0, num_train_steps={config.num_train_steps}]."
     )
   if config.srgan.adversarial_weight < 0:
-    raise ValueError(
+    raise ConfigError(
         f"srgan.adversarial_weight must be >= 0, got {config.srgan.adversarial_weight}."
     )
   sr_data.check_divisible(config.data.crop_size, config.data.crop_size, config.scale,
@@ -557,11 +559,12 @@ def run_info(config, source, state, mesh) -> dict[str, Any]:
   }
 
 
+@workdir_lib.releases_lock
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> SRGANState:
   """Trains SRResNet then SRGAN as the config says; resumes from ``workdir``. Returns the state."""
   validate_config(config)
   loop.hide_gpus_from_tensorflow()
-  os.makedirs(workdir, exist_ok=True)
+  checkpointer = loop.open_workdir(config, workdir, max_to_keep=config.keep_checkpoints)
   is_chief = jax.process_index() == 0
   mesh = parallel.make_mesh(config.parallel.get("num_devices", 0) or None)
   parallel.check_batch_size(config.batch_size, mesh)
@@ -573,28 +576,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> SRGAN
   feature_params = jax.device_put(load_content_features(config), parallel.replicated(mesh))
   generator, discriminator = build_networks(config)
 
-  checkpointer = checkpoint_lib.Checkpointer(
-      os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints, async_save=False
+  state, start_step = loop.resume_or_create(
+      checkpointer,
+      lambda: abstract_state(config, mesh),
+      lambda: create_state(config, mesh),
+      config=config,
   )
-  start_step = checkpointer.latest_step() or 0
-  if start_step:
-    state, _ = checkpointer.restore(start_step, abstract_state(config, mesh))
-    logging.info("Resumed from the checkpoint at step %d.", start_step)
-  else:
-    state = create_state(config, mesh)
 
-  if is_chief:
-    loop.write_json(os.path.join(workdir, "config.json"),
-                      json.loads(config.to_json_best_effort()))
-    info = run_info(config, source, state, mesh)
-    info["resumed_from_step"] = start_step
-    info["evaluation"] = evaluation_protocol(config, held_out)
-    loop.write_json(os.path.join(workdir, "run_info.json"), info)
-    logging.info("Run info: %s", json.dumps(info, default=str))
-
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=not is_chief, asynchronous=False
-  )
+  info = {**run_info(config, source, state, mesh),
+          "evaluation": evaluation_protocol(config, held_out)}
+  writer = loop.record_run(config, workdir, info, start_step)
   loss = LossSettings.from_config(config)
   generate = make_generate_fn(generator)
   evaluate = make_evaluator(config, held_out, generate)
@@ -643,6 +634,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> SRGAN
       config.batch_size, config.data.crop_size, config.data.crop_size, source.name,
       source.num_images,
   )
+  if is_chief:
+    loop.drop_metrics_after(workdir, start_step)
   with loop.Preemption() as preemption, open(metrics_path, "a") as metrics_file:
     while step < config.num_train_steps:
       batch = parallel.host_batch_to_global(next(batches), mesh)
@@ -699,11 +692,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> SRGAN
       if (eval_every and step % eval_every == 0) or last or phase_end:
         with report_progress.timed("eval"):
           write_evaluation(step, metrics_file)
-      if ckpt_now:
+      stopped = preemption.requested  # Read last: a signal during the step's work still saves.
+      if ckpt_now or stopped:
+        buffer.check()
         with report_progress.timed("checkpoint"):
           checkpointer.save(step, state, {"step": step, "seed": config.seed})
-      if preemption.requested:
-        logging.warning("Stopped by SIGTERM at step %d; checkpoint saved.", step)
+      if stopped:
+        logging.warning(
+            "Stopped by %s at step %d; checkpoint saved.", preemption.signal_name, step
+        )
         break
 
   checkpointer.wait_until_finished()
@@ -721,16 +718,18 @@ def load_trained(workdir: str, step: int | None = None):
   """``(config, state, step)`` of a workdir's checkpoint (the latest when ``step`` is None)."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: is {workdir!r} the workdir of an srgan run?")
+    raise MissingPathError(f"{path} not found: is {workdir!r} the workdir of an srgan run?")
   with open(path) as f:
     config = ml_collections.ConfigDict(json.load(f))
   checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
   try:
     step = checkpointer.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(f"No checkpoint in {checkpointer.directory}.")
+      raise MissingPathError(f"No checkpoint in {checkpointer.directory}.")
     if step not in checkpointer.all_steps():
-      raise ValueError(f"No checkpoint for step {step}; available: {checkpointer.all_steps()}.")
+      raise MissingPathError(
+          f"No checkpoint for step {step}; available: {checkpointer.all_steps()}."
+      )
     state, _ = checkpointer.restore(step, abstract_state(config))
   finally:
     checkpointer.close()
@@ -795,12 +794,14 @@ def upscale_file(workdir: str, input_path: str, output_path: str, scale: int | N
   Returns:
     ``{"output": path, "compare": path}``.
   """
+  if os.path.isdir(input_path):
+    raise ConfigError(f"--input {input_path!r} is a directory, not an image file.")
   if not os.path.isfile(input_path):
-    raise FileNotFoundError(f"--input image {input_path!r} does not exist.")
+    raise MissingPathError(f"--input image {input_path!r} does not exist.")
   image = preprocessing.decode_image(input_path, channels=3)  # ValueError naming the file.
   config, state, step = load_trained(workdir)
   if scale is not None and int(scale) != config.scale:
-    raise ValueError(
+    raise ConfigError(
         f"The model in {workdir!r} was trained for x{config.scale}; x{scale} was requested. "
         f"Valid choice for this workdir: {config.scale} (train another config.scale for others)."
     )
@@ -844,7 +845,7 @@ def evaluate_workdir(workdir: str, *, step=None, metrics=None, num_samples=None,
   """
   del metrics, config_overrides
   if step == "best":
-    raise ValueError("--step=best is not supported by task 'srgan'; give a step number.")
+    raise ConfigError("--step=best is not supported by task 'srgan'; give a step number.")
   config, state, step = load_trained(workdir, step)
   source = sr_data.create_pair_source(config.data, scale=config.scale, seed=config.seed,
                                       batch_size=config.batch_size)

@@ -37,6 +37,8 @@ from absl import logging
 from ganjax import checkpoint as checkpoint_lib
 from ganjax import loop, parallel, sampling, train
 from ganjax import state as state_lib
+from ganjax import workdir as workdir_lib
+from ganjax.errors import ConfigError
 from ganjax.models import vae as vae_lib
 
 TASK = "vae"
@@ -49,7 +51,7 @@ RECONSTRUCTION_ROWS = 4
 def build_model(config: ml_collections.ConfigDict, element_shape: tuple[int, ...]) -> vae_lib.VAE:
   """The :class:`ganjax.models.vae.VAE` of ``config.model`` for images of ``element_shape``."""
   if len(element_shape) != 3:
-    raise ValueError(
+    raise ConfigError(
         f"The VAE needs image data (H, W, C), got examples of shape {tuple(element_shape)}; "
         f"image sizes: {', '.join(map(str, vae_lib.SUPPORTED_SIZES))} pixels."
     )
@@ -278,21 +280,21 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   """Fails early, with the valid choices, on settings the run cannot use."""
   for key in ("num_train_steps", "batch_size", "log_every_steps"):
     if config[key] < 1:
-      raise ValueError(f"config.{key} must be >= 1, got {config[key]}.")
+      raise ConfigError(f"config.{key} must be >= 1, got {config[key]}.")
   for key in ("sample_every_steps", "checkpoint_every_steps", "eval_every_steps"):
     if config.get(key, 0) < 0:
-      raise ValueError(f"config.{key} must be >= 0 (0 = only at the end), got {config[key]}.")
+      raise ConfigError(f"config.{key} must be >= 0 (0 = only at the end), got {config[key]}.")
   if config.get("eval_num_samples", 2) < 2:
-    raise ValueError(f"config.eval_num_samples must be >= 2, got {config.eval_num_samples}.")
+    raise ConfigError(f"config.eval_num_samples must be >= 2, got {config.eval_num_samples}.")
   if config.model.latent_dim < 1:
-    raise ValueError(f"config.model.latent_dim must be >= 1, got {config.model.latent_dim}.")
+    raise ConfigError(f"config.model.latent_dim must be >= 1, got {config.model.latent_dim}.")
   if config.loss.beta < 0:
-    raise ValueError(f"config.loss.beta must be >= 0 (1 = the ELBO), got {config.loss.beta}.")
+    raise ConfigError(f"config.loss.beta must be >= 0 (1 = the ELBO), got {config.loss.beta}.")
   vae_lib.check_likelihood(config.model.likelihood)
   if config.model.gaussian_std <= 0:
-    raise ValueError(f"config.model.gaussian_std must be > 0, got {config.model.gaussian_std}.")
+    raise ConfigError(f"config.model.gaussian_std must be > 0, got {config.model.gaussian_std}.")
   if config.parallel.mode not in parallel.MODES:
-    raise ValueError(
+    raise ConfigError(
         f"Unknown parallel.mode {config.parallel.mode!r}; valid choices: "
         f"{', '.join(parallel.MODES)}."
     )
@@ -312,6 +314,7 @@ def run_info(config, source, model: vae_lib.VAE, state, mesh) -> dict[str, Any]:
   }
 
 
+@workdir_lib.releases_lock
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
   """Trains the VAE the config describes; resumes from ``workdir`` when it holds checkpoints.
 
@@ -326,6 +329,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       checkpointer,
       lambda: abstract_state(config, model, element_shape, mesh),
       lambda: create_state(config, model, element_shape, mesh),
+      config=config,
   )
   info = run_info(config, source, model, state, mesh)
   writer = loop.record_run(config, workdir, info, start_step)
@@ -418,7 +422,7 @@ def load_checkpoint(
   """
   config, info = train.load_run(workdir)
   if config.get("task", "gan") != TASK:
-    raise ValueError(
+    raise ConfigError(
         f"{workdir!r} holds a run of task {config.get('task', 'gan')!r}, not {TASK!r}."
     )
   for field, value in (config_overrides or {}).items():
