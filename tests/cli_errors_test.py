@@ -1,6 +1,6 @@
 """User errors on the command line end with one line and exit status 2, without a traceback.
 
-Each case runs ``python -m ganjax.main`` in a subprocess (two at a time). The error output is
+Each case runs ``python -m ganjax.main`` in a subprocess. The error output is
 stderr without the log lines (absl's ``I``/``W`` prefixed lines, TensorFlow's start-up notes):
 what is left must be at most two lines, the last one ``ganjax: error: ...`` with the expected
 fragment, and nothing anywhere may say ``Traceback``.
@@ -8,17 +8,19 @@ fragment, and nothing anywhere may say ``Traceback``.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import errno
 import json
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
 
 import pytest
 from conftest import REPO_ROOT, load_config
+from data_checks_test import write_idx_folder
 
 from ganjax import errors
 from ganjax import main as cli
@@ -125,6 +127,42 @@ CASES = [
         "No checkpoint in",
     ),
     Case(
+        "cifar10_over_mnist_files",
+        (
+            "--config=configs/dcgan.py:dataset=cifar10",
+            "--config.data.dir={mnist_idx}",
+            "--config.num_train_steps=1",
+        ),
+        "data.name='cifar10' expects 32x32x3 images",
+    ),
+    Case(
+        "missing_data_dir",
+        (DCGAN, "--config.data.name=folder", "--config.data.dir={tmp}/no_data"),
+        "no_data' does not exist",
+    ),
+    Case("workdir_locked", (RING, "--workdir={locked}"), "is in use by another run"),
+    # Relaunches on a trained workdir (ring GAN, checkpoints at steps 2 and 4; one copy each).
+    Case(
+        "resume_with_another_loss",
+        (RING, "--workdir={trained_loss}", "--config.loss.name=hinge"),
+        "changes the trained model or its data: loss.name",
+    ),
+    Case(
+        "resume_below_the_checkpoint",
+        (RING, "--workdir={trained_steps}", "--config.num_train_steps=2"),
+        "holds a checkpoint at step 4, beyond --config.num_train_steps=2",
+    ),
+    Case(
+        "damaged_latest_checkpoint",
+        (RING, "--workdir={trained_damaged}", "--config.num_train_steps=6"),
+        "The checkpoint at step 4",
+    ),
+    Case(
+        "disk_full_while_training",
+        (RING, "--workdir={disk_full}", "--config.num_train_steps=2"),
+        "No space left on device",
+    ),
+    Case(
         "non_finite_loss",
         (RING, "--config.optim.g.learning_rate=1e30", "--config.optim.d.learning_rate=1e30"),
         "Non-finite values at step",
@@ -156,12 +194,48 @@ def _paths(root) -> dict[str, str]:
   (no_checkpoint / "run_info.json").write_text(
       json.dumps({"data": {"element_shape": [2], "num_classes": None}})
   )
+  write_idx_folder(root / "mnist_idx")
+  locked = root / "locked"
+  locked.mkdir()
+  # A live process of this host (the test itself) holds the lock.
+  holder = {"host": socket.gethostname(), "pid": os.getpid(), "started": "now", "command": []}
+  (locked / ".lock").write_text(json.dumps(holder))
+  disk_full = root / "disk_full"
+  (disk_full / "samples").mkdir(parents=True)
+  # The last step's sample grid is written into /dev/full: every write fails with ENOSPC.
+  (disk_full / "samples" / "step_000002.png").symlink_to("/dev/full")
   return dict(
       tmp=str(root),
       file=str(a_file),
       read_only=str(read_only),
       no_checkpoint=str(no_checkpoint),
+      mnist_idx=str(root / "mnist_idx"),
+      locked=str(locked),
+      disk_full=str(disk_full),
+      **_trained_copies(root, ("trained_loss", "trained_steps", "trained_damaged")),
   )
+
+
+def _trained_copies(root, names: tuple[str, ...]) -> dict[str, str]:
+  """Trains the ring GAN for 4 steps (checkpoints at 2 and 4) and copies the workdir per name;
+  ``trained_damaged`` loses the ``state`` folder of its checkpoint at step 4."""
+  trained = root / "trained"
+  proc = _run(
+      [
+          RING,
+          f"--workdir={trained}",
+          "--config.num_train_steps=4",
+          "--config.checkpoint_every_steps=2",
+          "--config.keep_checkpoints=2",
+      ]
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  paths = {}
+  for name in names:
+    shutil.copytree(trained, root / name)
+    paths[name] = str(root / name)
+  shutil.rmtree(root / "trained_damaged" / "checkpoints" / "4" / "state")
+  return paths
 
 
 def _run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -186,25 +260,16 @@ def _case_args(case: Case, paths: dict[str, str]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def results(request, tmp_path_factory):
-  """Runs the selected cases, two subprocesses at a time; ``{name: CompletedProcess}``."""
-  paths = _paths(tmp_path_factory.mktemp("cli_errors"))
-  selected = {
-      item.callspec.params["case"].name
-      for item in request.session.items
-      if hasattr(item, "callspec") and isinstance(item.callspec.params.get("case"), Case)
-  }
-  cases = [c for c in CASES if c.name in selected and not (c.as_non_root and os.geteuid() == 0)]
-  with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    futures = {c.name: pool.submit(_run, _case_args(c, paths), dict(c.env)) for c in cases}
-    yield {name: future.result() for name, future in futures.items()}
+def paths(tmp_path_factory):
+  """The folders the cases name (made once per test worker); see :func:`_paths`."""
+  return _paths(tmp_path_factory.mktemp("cli_errors"))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_user_error_is_one_line(case, results):
+def test_user_error_is_one_line(case, paths):
   if case.as_non_root and os.geteuid() == 0:
     pytest.skip("root may write into a read-only folder")
-  proc = results[case.name]
+  proc = _run(_case_args(case, paths), dict(case.env))
   output = proc.stdout + proc.stderr
   lines = _error_lines(proc.stderr)
   assert "Traceback" not in output, output[-3000:]
