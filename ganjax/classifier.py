@@ -52,13 +52,12 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers
 from flax.training import train_state
 from jax.sharding import Mesh
 
 from ganjax import checkpoint as checkpoint_lib
 from ganjax import data as data_lib
-from ganjax import loop, parallel
+from ganjax import logs, loop, parallel
 from ganjax import workdir as workdir_lib
 from ganjax.data import embedded, preprocessing
 from ganjax.data.source import DataSource, array_source
@@ -441,9 +440,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict[st
   )
   # Committed to one device, as a restored state is: fresh and resumed runs share a compilation.
   state = jax.device_put(state, jax.local_devices()[0])
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=not is_chief, asynchronous=False
-  )
+  writer = logs.create_writer(workdir, is_chief)
   try:
     start_step, state = _restore(checkpointer, state, config)
     loop.record_launch(config, workdir, start_step)
@@ -549,7 +546,7 @@ def _train_loop(
     rng: jax.Array,
     start_step: int,
     checkpointer: checkpoint_lib.Checkpointer,
-    writer: metric_writers.MetricWriter,
+    writer: Any,
     workdir: str,
     is_chief: bool,
 ) -> tuple[train_state.TrainState, dict[str, Any]]:

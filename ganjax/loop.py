@@ -40,11 +40,10 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
 
 from ganjax import checkpoint as checkpoint_lib
 from ganjax import data as data_lib
-from ganjax import parallel
+from ganjax import logs, parallel
 from ganjax import workdir as workdir_lib
 from ganjax.errors import UserError, WorkdirError
 
@@ -103,6 +102,31 @@ class MetricsBuffer:
     fetched, self._pending = self._pending, []
     keys = fetched[-1][1].keys()
     return {k: float(np.mean([m[k] for _, m in fetched])) for k in keys}
+
+
+class SectionTimes:
+  """Wall time the loop spends outside the training steps (samples, evaluation, checkpoints)
+  between two progress lines, which :meth:`summary` reports as fractions."""
+
+  def __init__(self):
+    self._seconds: dict[str, float] = {}
+
+  @contextlib.contextmanager
+  def timed(self, name: str):
+    start = time.perf_counter()
+    try:
+      yield
+    finally:
+      self._seconds[name] = self._seconds.get(name, 0.0) + time.perf_counter() - start
+
+  def summary(self, elapsed: float) -> str:
+    """E.g. ``"checkpoint 10%, samples 5%"`` of ``elapsed`` seconds; starts a new interval."""
+    parts = [
+        f"{name} {100 * seconds / max(elapsed, 1e-9):.0f}%"
+        for name, seconds in sorted(self._seconds.items(), key=lambda item: -item[1])
+    ]
+    self._seconds = {}
+    return ", ".join(parts)
 
 
 class Preemption:
@@ -391,9 +415,7 @@ def record_run(config: ml_collections.ConfigDict, workdir: str, info: dict[str, 
     info = {**info, "resumed_from_step": start_step}
     write_json(os.path.join(workdir, "run_info.json"), info)
     logging.info("Run info: %s", json.dumps(info, default=str))
-  return metric_writers.create_default_writer(
-      workdir, just_logging=not is_chief, asynchronous=False
-  )
+  return logs.create_writer(workdir, is_chief)
 
 
 def data_position(config: ml_collections.ConfigDict, step: int, examples_per_step: int) -> dict:
@@ -487,9 +509,7 @@ def run(
   """
   is_chief = jax.process_index() == 0
   total = config.num_train_steps
-  report_progress = periodic_actions.ReportProgress(
-      num_train_steps=total, writer=writer, every_steps=config.log_every_steps
-  )
+  sections = SectionTimes()
   buffer = MetricsBuffer()
   buffer.last_checkpoint = start_step
   best = None
@@ -525,19 +545,21 @@ def run(
         steps_per_sec = (step - step_last) / max(now - t_last, 1e-9)
       else:  # Only the (compiling) first step ran since the last log.
         steps_per_sec = 1.0 / max(now - t_start, 1e-9)
+      outside_steps = sections.summary(now - t_last)
       t_last, step_last = now, step
       scalars["steps_per_sec"] = steps_per_sec
       scalars["images_per_sec"] = steps_per_sec * examples_per_step
       record(scalars)
       eta = (total - step) / max(steps_per_sec, 1e-9)
       logging.info(
-          "step %d/%d | %s | %.2f steps/s %.0f img/s | ETA %s",
+          "step %d/%d | %s | %.2f steps/s %.0f img/s | ETA %s%s",
           step,
           total,
           progress(scalars) if progress else "",
           steps_per_sec,
           scalars["images_per_sec"],
           format_duration(eta),
+          f" | {outside_steps}" if outside_steps else "",
       )
 
     stopped = False
@@ -549,16 +571,15 @@ def run(
         t_last, step_last = time.time(), step
         logging.info("First step (with compilation) took %.1fs.", t_last - t_start)
       buffer.add(step, metrics)
-      report_progress(step)
 
       last = step == total
       if step % config.log_every_steps == 0 or last:
         log()  # Raises on a non-finite metric.
       if write_samples is not None and (_due(step, config.sample_every_steps) or last):
-        with report_progress.timed("samples"):
+        with sections.timed("samples"):
           write_samples(step, state)
       if evaluate is not None and (_due(step, config.get("eval_every_steps", 0)) or last):
-        with report_progress.timed("eval"):
+        with sections.timed("eval"):
           scalars = evaluate(step, state)
           if best is not None:
             best.update(step, scalars, state, data_position(config, step, examples_per_step))
@@ -568,7 +589,7 @@ def run(
       stopped = preemption.requested
       if last or stopped or _due(step, config.checkpoint_every_steps):
         buffer.check()  # A non-finite metric must not reach a checkpoint.
-        with report_progress.timed("checkpoint"):
+        with sections.timed("checkpoint"):
           save_checkpoint(step, state)
         buffer.last_checkpoint = step
         stopped = preemption.requested  # A signal during the save: this step is saved, stop.

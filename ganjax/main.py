@@ -38,7 +38,9 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ganjax import errors
+from ganjax import errors, logs
+
+logs.quiet_tensorflow()
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:args]).")
@@ -93,6 +95,7 @@ def main(argv):
   if len(argv) > 1:
     raise FlagError(f"Unexpected arguments: {' '.join(argv[1:])} (flags start with --).")
   _check_flags()
+  logs.quiet_libraries()
   if not wants_traceback(sys.argv):
     _quiet_library_errors()
   from ganjax import systems  # Heavy imports after flag parsing, so --help stays fast.

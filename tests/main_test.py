@@ -47,6 +47,14 @@ def test_train_then_sample(tmp_path):
       "--config.parallel.num_devices=1",
   )
   assert "steps/s" in out and "img/s" in out and "ETA" in out
+  # Readable output: one progress line per logged step, no library bookkeeping (orbax logs ~15
+  # INFO lines per save; clu's writer and ReportProgress would repeat every scalar).
+  progress_steps = [int(m) for m in re.findall(r"\] step (\d+)/\d+ \|", out)]
+  assert progress_steps == _logged_steps(workdir), out
+  chatter_sources = ("checkpoint_manager.py", "atomicity.py", "logging_writer.py", "local.py")
+  for chatter in (*chatter_sources, "Setting work unit notes", "steps_per_sec="):
+    assert chatter not in out, (chatter, out)
+  assert len(out.splitlines()) < 30, out
   output = str(tmp_path / "grid.png")
   _run("--mode=sample", f"--workdir={workdir}", "--num_samples=9", f"--output={output}")
   assert os.path.exists(output)

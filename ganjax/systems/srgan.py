@@ -60,7 +60,6 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import periodic_actions
 from PIL import Image
 
 from ganjax import checkpoint as checkpoint_lib
@@ -620,9 +619,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> SRGAN
         scalars["sharpness"], scalars["bicubic_sharpness"],
     )
 
-  report_progress = periodic_actions.ReportProgress(
-      num_train_steps=config.num_train_steps, writer=writer, every_steps=config.log_every_steps
-  )
+  report_progress = loop.SectionTimes()
   buffer = loop.MetricsBuffer()
   step = start_step
   t_start = t_last = time.time()
@@ -653,7 +650,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> SRGAN
       if step == pre + 1 and step > 1:
         logging.info("Step %d: adversarial fine-tuning (SRGAN) starts.", step)
       buffer.add(step, metrics)
-      report_progress(step)
       last = step == config.num_train_steps
       phase_end = step == pre and 0 < pre < config.num_train_steps
       log_now = step % config.log_every_steps == 0 or last or phase_end
