@@ -24,7 +24,7 @@ cross-entropy, on ``config.data``'s train split; evaluation on its ``test`` spli
 5,000 MNIST digits have no test split: the last :data:`HOLDOUT_PER_CLASS` digits of each class (in
 the file's order) are held out as the test set and never trained on. The workdir receives
 ``config.json``, TensorBoard scalars and ``metrics.jsonl`` (clu's metric writers, as
-:mod:`ganjax.train` writes them), orbax checkpoints in ``checkpoints/``, the parameters
+:mod:`ganjax.systems.gan` writes them), orbax checkpoints in ``checkpoints/``, the parameters
 (:data:`PARAMS_FILE`, flax msgpack) and :data:`EVAL_FILE` (test accuracy, dataset, the parameters'
 sha256); :func:`load_classifier` reads them back. Training runs on one device (a small CNN needs
 no more) and resumes from the workdir's latest checkpoint: a killed run rerun with the same config
@@ -509,6 +509,11 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict[st
       evaluation["params_sha256"],
   )
   return evaluation
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """The task interface (:func:`ganjax.systems.get_system`): :func:`train_classifier`."""
+  return train_classifier(config, workdir)
 
 
 def _restore(

@@ -57,9 +57,9 @@ from ganjax import classifier as classifier_lib
 from ganjax import data as data_lib
 from ganjax import loop, parallel
 from ganjax import metrics as metrics_lib
-from ganjax import train as train_lib
 from ganjax.errors import ConfigError, MissingPathError
 from ganjax.metrics import inception as inception_lib
+from ganjax.systems import gan as gan_lib
 
 EXTRACTORS = ("inception", "classifier")
 # Metric name -> the extractors it can use (None: any).
@@ -523,7 +523,7 @@ def reference_statistics(
 
 
 # The fixed latents of an evaluation: the same draws as the training loop's evaluations.
-evaluation_latents = train_lib.evaluation_latents
+evaluation_latents = gan_lib.evaluation_latents
 
 
 def generate_outputs(
@@ -594,7 +594,7 @@ def evaluate_generator(
   Args:
     config: The run's config (data, latent size, seed, ``eval_*`` fields).
     generate_fn: ``generate(params, batch_stats, z, labels) -> images in [-1, 1]``
-      (:func:`ganjax.train.make_generate_fn`).
+      (:func:`ganjax.systems.gan.make_generate_fn`).
     params, batch_stats: The generator's variables (``train.sample_params(config, state)`` and
       ``state.generator.batch_stats``).
     num_samples: Generated samples.
@@ -735,8 +735,9 @@ def evaluate_workdir(
 ) -> dict[str, Any]:
   """Evaluates the generator of a training run's checkpoint; writes ``eval/step_NNNNNN.json``.
 
-  Restores the latest checkpoint (or ``step``) the way :func:`ganjax.train.sample_from_workdir`
-  does and measures the EMA generator when the run kept one.
+  Restores the latest checkpoint (or ``step``) the way
+  :func:`ganjax.systems.gan.sample_from_workdir` does and measures the EMA generator when the run
+  kept one.
 
   Args:
     workdir: The training run's workdir.
@@ -751,15 +752,15 @@ def evaluate_workdir(
   Returns:
     What was written: ``{"values", "protocol", "details", "workdir", "path"}``.
   """
-  config, info = train_lib.load_run(workdir)
+  config, info = gan_lib.load_run(workdir)
   for field, value in (config_overrides or {}).items():
     config[field] = value
   data_info = info["data"]
-  networks = train_lib.build_networks(
+  networks = gan_lib.build_networks(
       config, tuple(data_info["element_shape"]), data_info["num_classes"]
   )
   state, step = checkpoint_lib.restore_from_workdir(
-      workdir, step, train_lib.abstract_state(config, networks)
+      workdir, step, gan_lib.abstract_state(config, networks)
   )
   if extractor is None:
     extractor = default_extractor_name(config)
@@ -767,8 +768,8 @@ def evaluate_workdir(
     metrics = config.get("eval_metrics") or None
   result = evaluate_generator(
       config,
-      train_lib.make_generate_fn(networks),
-      train_lib.sample_params(config, state),
+      gan_lib.make_generate_fn(networks),
+      gan_lib.sample_params(config, state),
       state.generator.batch_stats,
       num_samples=num_samples or config.get("eval_num_samples", 2500),
       metrics=metrics,

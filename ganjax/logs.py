@@ -59,7 +59,7 @@ def quiet_libraries(verbosity: int | None = None) -> None:
 def show_progress() -> None:
   """From Python (a notebook, a script): INFO logs to stderr as the CLI shows them, library
   bookkeeping hidden. absl otherwise keeps INFO records back until its flags are parsed."""
-  if logging.get_verbosity() > logging.INFO:
+  if logging.get_verbosity() < logging.INFO:  # absl: WARNING is -1, INFO 0, DEBUG 1.
     logging.set_verbosity(logging.INFO)
   logging.use_absl_handler()
   quiet_libraries()

@@ -1,7 +1,7 @@
 """The training loop every ganjax trainer shares, and the pieces around it.
 
 :func:`run` drives a jitted step from ``start_step`` to ``config.num_train_steps`` and does what
-a researcher relies on the same way for the GAN (:mod:`ganjax.train`), the systems of
+a researcher relies on the same way for the GAN (:mod:`ganjax.systems.gan`), the systems of
 :mod:`ganjax.systems` and the domain classifier:
 
 * scalars every ``config.log_every_steps`` (and at the end) to TensorBoard (clu's metric writer)

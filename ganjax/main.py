@@ -9,7 +9,7 @@
 
   python -m ganjax.main --mode=upscale --workdir=runs/srgan --input=photo.png --output=photo_x4.png
 
-``config.task`` selects what a config trains: ``"gan"`` (the default, :mod:`ganjax.train`),
+``config.task`` selects what a config trains: ``"gan"`` (the default, :mod:`ganjax.systems.gan`),
 ``"classifier"`` (the domain classifier of :mod:`ganjax.classifier`, configs/classifier.py) or a
 system of :mod:`ganjax.systems` (e.g. ``"srgan"``). ``--mode=sample|evaluate|upscale`` read the
 task from the workdir's ``config.json``.
@@ -38,7 +38,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ganjax import errors, logs
+from ganjax import config_fields, errors, logs
 
 logs.quiet_tensorflow()
 
@@ -98,17 +98,14 @@ def main(argv):
   logs.quiet_libraries()
   if not wants_traceback(sys.argv):
     _quiet_library_errors()
-  from ganjax import systems  # Heavy imports after flag parsing, so --help stays fast.
+  from ganjax import api, systems  # Heavy imports after flag parsing: --help stays fast.
 
   if FLAGS.mode == "train":
-    task = FLAGS.config.get("task", "gan")
-  else:
-    task = systems.workdir_task(FLAGS.workdir)
-  if task in systems.BUILTIN_TASKS:
-    _run_builtin(task)
-  elif FLAGS.mode == "train":
-    systems.get_system(task).train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  elif FLAGS.mode == "sample":
+    api.train(FLAGS.config, FLAGS.workdir)
+    logging.info("Done.")
+    return
+  task = systems.workdir_task(FLAGS.workdir)
+  if FLAGS.mode == "sample":
     sample = systems.mode_function(task, "sample", "sample_from_workdir")
     sample(FLAGS.workdir, FLAGS.num_samples, _sample_output())
   elif FLAGS.mode == "evaluate":
@@ -150,31 +147,6 @@ def _check_flags() -> None:
       raise FlagError(f"--input={FLAGS.input} is a directory, not an image file.")
     if not os.path.exists(FLAGS.input):
       raise errors.MissingPathError(f"--input={FLAGS.input} does not exist.")
-
-
-def _run_builtin(task: str) -> None:
-  """The GAN (:mod:`ganjax.train`) and classifier (:mod:`ganjax.classifier`) tasks."""
-  from ganjax import train
-
-  if FLAGS.mode == "train" and task == "classifier":
-    from ganjax import classifier
-
-    classifier.train_classifier(FLAGS.config, FLAGS.workdir)
-  elif FLAGS.mode == "train":
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  elif task == "classifier":
-    raise FlagError(f"--mode={FLAGS.mode} applies to generative models, not the classifier.")
-  elif FLAGS.mode == "evaluate":
-    from ganjax import evaluation
-
-    _log_evaluation(evaluation.evaluate_workdir(FLAGS.workdir, **_evaluate_kwargs()))
-  elif FLAGS.mode == "sample":
-    train.sample_from_workdir(FLAGS.workdir, FLAGS.num_samples, _sample_output())
-  else:
-    raise FlagError(
-        f"--mode=upscale needs a super-resolution workdir (task 'srgan'); {FLAGS.workdir} holds "
-        f"a {task!r} run."
-    )
 
 
 def _sample_output() -> str:
@@ -262,8 +234,8 @@ def diagnose_config(argv: list[str]) -> errors.UserError | None:
     # A ValueError from get_config is its check of the config string (configs/*.py).
     return errors.ConfigError(f"--config={value}: {e}")
   for field in _override_fields(argv):
-    if not _has_field(config, field):
-      hint = _did_you_mean(config, field)
+    if not config_fields.has_field(config, field):
+      hint = config_fields.did_you_mean(config, field)
       return errors.ConfigError(f"--config.{field}: {path} has no field {field!r}{hint}")
   return None
 
@@ -287,70 +259,6 @@ def _override_fields(argv: list[str]) -> list[str]:
       for arg in argv
       if re.match(r"^--?(no)?config\.", arg)
   ]
-
-
-def _has_field(config, field: str) -> bool:
-  if "[" in field:  # Indexing (field[0]): leave it to config_flags.
-    return True
-  node = config
-  for part in field.split("."):
-    if not _is_mapping(node) or part not in node:
-      return False
-    node = node[part]
-  return True
-
-
-def _is_mapping(node) -> bool:
-  return hasattr(node, "keys") and hasattr(node, "__getitem__")
-
-
-def dotted_fields(config, prefix: str = "") -> list[str]:
-  """Every field of ``config`` as a dotted name, nested ConfigDicts included."""
-  names = []
-  for key in config.keys():
-    name = f"{prefix}{key}"
-    names.append(name)
-    value = config[key]
-    if _is_mapping(value):
-      names.extend(dotted_fields(value, f"{name}."))
-  return names
-
-
-def _did_you_mean(config, field: str) -> str:
-  """``"; did you mean model.name?"`` with the closest existing fields, or the parent's fields."""
-  names = dotted_fields(config)
-  parts = field.split(".")
-  parent, depth = config, 0
-  while depth < len(parts) and _is_mapping(parent) and parts[depth] in parent:
-    parent, depth = parent[parts[depth]], depth + 1
-  prefix = ".".join(parts[:depth])
-  prefix = f"{prefix}." if prefix else ""
-  rest = ".".join(parts[depth + 1 :])
-  suggestions = []
-  if _is_mapping(parent):
-    bad = parts[depth]
-    keys = list(parent.keys())
-    close = difflib.get_close_matches(bad, keys, n=3, cutoff=0.6)
-    close += [k for k in keys if k not in close and _is_abbreviation(bad, k)]
-    for key in close:
-      candidate = f"{prefix}{key}" + (f".{rest}" if rest else "")
-      suggestions.append(candidate if candidate in names else f"{prefix}{key}")
-  if suggestions:
-    return f"; did you mean {' or '.join(dict.fromkeys(suggestions))}?"
-  if prefix and _is_mapping(parent):
-    return f"; config.{prefix[:-1]} has: {', '.join(sorted(parent.keys()))}"
-  if prefix:
-    return f"; config.{prefix[:-1]} is a value, not a group of fields"
-  close = difflib.get_close_matches(field, names, n=3, cutoff=0.6)
-  return f"; did you mean {' or '.join(close)}?" if close else ""
-
-
-def _is_abbreviation(short: str, name: str) -> bool:
-  """``lr`` of ``learning_rate``: same first letter, the other letters in order."""
-  if len(short) < 2 or len(short) >= len(name) or short[0] != name[0]:
-    return False
-  rest = iter(name[1:])
-  return all(c in rest for c in short[1:])
 
 
 def _close_files(path: str) -> str:

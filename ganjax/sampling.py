@@ -33,6 +33,29 @@ def class_grid_inputs(
   return z, labels
 
 
+def latents_and_labels(
+    seed: int, num_samples: int, latent_dim: int, num_classes: int | None, labels=None
+) -> tuple[jax.Array, jax.Array | None]:
+  """Exactly ``num_samples`` latents (and labels of a conditional generator) for ``seed``.
+
+  Unconditional: :func:`fixed_latents`. Conditional without ``labels``: the class grid of
+  :func:`class_grid_inputs` when ``num_samples`` is a multiple of ``num_classes`` (the run's
+  sample pictures), else every class in turn; with ``labels``: :func:`fixed_latents` and those.
+  """
+  if not num_classes:
+    return fixed_latents(seed, num_samples, latent_dim), None
+  if labels is None and num_samples % num_classes == 0:
+    return class_grid_inputs(seed, num_classes, num_samples, latent_dim)
+  if labels is None:
+    labels = jnp.arange(num_samples, dtype=jnp.int32) % num_classes
+  return fixed_latents(seed, num_samples, latent_dim), jnp.asarray(labels, jnp.int32)
+
+
+def grid_size(num_samples: int, num_classes: int | None) -> int:
+  """Samples in a picture of about ``num_samples``: a whole number of rows per class."""
+  return num_classes * max(1, num_samples // num_classes) if num_classes else num_samples
+
+
 def interpolate_latents(z0: jax.Array, z1: jax.Array, num: int) -> jax.Array:
   """Spherical interpolation (White 2016, "Sampling Generative Networks") from z0 to z1."""
   t = jnp.linspace(0.0, 1.0, num)[:, None]

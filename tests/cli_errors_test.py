@@ -94,7 +94,7 @@ CASES = [
     Case(
         "unknown_task",
         ("--config=configs/lapgan.py:runlocal", "--config.task=gann"),
-        "Unknown task 'gann'; valid choices: gan, classifier",
+        "Unknown task 'gann'; valid choices: classifier, gan",
     ),
     Case(
         "read_only_workdir",

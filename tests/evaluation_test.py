@@ -9,10 +9,12 @@ import flax
 import jax
 import numpy as np
 import pytest
+import tolerances
 from conftest import load_config
 
-from ganjax import classifier, config_base, data, evaluation, parallel, train
+from ganjax import classifier, config_base, data, evaluation, parallel
 from ganjax.models import mlp
+from ganjax.systems import gan
 
 NUM_REAL = 300
 # A random-weight classifier has dead ReLU features: singular covariances are expected here.
@@ -55,6 +57,12 @@ def _config(tmp_path, classifier_workdir=None, **data_fields):
   if classifier_workdir:
     config.eval_classifier_workdir = classifier_workdir
   return config
+
+
+def _feature_length() -> int:
+  """Terms accumulated up to the classifier's 128 features: its fan-ins before the last layer."""
+  shapes = jax.eval_shape(lambda: classifier.init_params(jax.random.key(0)))
+  return tolerances.summed_fan_in({k: v for k, v in shapes.items() if k != "Dense_1"})
 
 
 def _counting(extractor):
@@ -131,9 +139,14 @@ def test_classifier_extractor_outputs_and_missing_workdir(tmp_path, extractor):
   out = extractor.fn(images)
   assert out["features"].shape == (5, 3 * classifier.FEATURE_DIM)
   assert out["probabilities"].shape == (5, 1000)
-  np.testing.assert_allclose(out["probabilities"].sum(-1), 1.0, rtol=1e-5)
+  # A float64 product of softmaxes, each entry rounded once to float32 (relative eps / 2): summed
+  # in float64, they add up to 1 within eps / 2.
+  tolerances.assert_float32_close(
+      out["probabilities"].astype(np.float64).sum(-1), np.ones(5), length=1, magnitude=1.0
+  )
   assert out["digits"].shape == (5, 3)
   params = classifier.init_params(jax.random.key(0))  # The fixture's classifier.
+  # The same batches on the same devices as the extractor's: the same logits, the same argmax.
   np.testing.assert_array_equal(out["digits"], classifier.classify_channels(params, images))
   assert extractor.protocol["extractor"] == "classifier"
   assert extractor.protocol["feature_dim"] == classifier.FEATURE_DIM
@@ -168,7 +181,12 @@ def test_reference_cache_is_reused_and_keyed(tmp_path, extractor):
   calls.clear()
   again = evaluation.reference_statistics(config, counted, directory)
   assert not again["cached"] and sum(calls) == NUM_REAL
-  np.testing.assert_allclose(again["mean"], first["mean"], rtol=1e-12)
+  # Chunks of 1000 instead of 128 put the images in other batch positions: the features' float32
+  # round-off (their float64 moments add nothing comparable).
+  tolerances.assert_float32_close(
+      again["mean"], first["mean"], length=_feature_length(),
+      magnitude=np.abs(first["features"]).max(),
+  )
 
 
 def test_fid_of_the_reference_against_itself_is_zero(tmp_path, extractor):
@@ -187,9 +205,44 @@ def test_fid_of_the_reference_against_itself_is_zero(tmp_path, extractor):
   )
   values, protocol = result["values"], result["protocol"]
   assert "fid" not in values
-  assert abs(values["classifier_fid"]) < 1e-6
+  # The features the metrics compared: the reference's, and the replayed images' in batches of 64
+  # (the same program on the same inputs as inside evaluate_generator), which may differ from
+  # them by float32 round-off (other batch positions); that round-off is checked first.
+  reference = evaluation.reference_statistics(config, extractor, config.eval_reference_dir)
+  real_features = reference["features"].astype(np.float64)
+  fake = evaluation.generate_outputs(
+      _replay(real), None, None, np.zeros((NUM_REAL, 4)), None, extractor, batch_size=64
+  )
+  fake_features = fake["features"].astype(np.float64)
+  tolerances.assert_float32_close(
+      fake_features, real_features, length=_feature_length(),
+      magnitude=np.abs(real_features).max(),
+  )
+  n, dim = real_features.shape
+  # FID is the squared Wasserstein-2 distance of the Gaussian fits, at most the cost of pairing
+  # each real feature vector with its replay: sum |f - f'|^2 / (n - 1). Its float64 eigenvalues
+  # of a D x D product are off by up to D eps lambda_max^2, their roots by lambda_max sqrt(D eps),
+  # D of them, twice.
+  pairing = np.sum((fake_features - real_features) ** 2) / (n - 1)
+  lambda_max = float(np.linalg.eigvalsh(reference["cov"]).max())
+  fid_atol = pairing + 2 * dim * lambda_max * np.sqrt(dim * tolerances.EPS64)
+  assert 0 <= values["classifier_fid"] <= fid_atol, (values["classifier_fid"], fid_atol)
   assert values["precision"] == 1.0 and values["recall"] == 1.0 and values["coverage"] == 1.0
-  assert abs(values["kid"]) < 1e-3 and values["is"] >= 1.0
+  # KID's subsets of 300 are permutations of both sets: on identical features the unbiased MMD^2
+  # is exactly -2 (mean k(x, x) - mean k(x, y)) / (m - 1) = 2 (S / m - T) / (m (m - 1)), with S
+  # and T the sum and trace of the kernel matrix K = (f f^T / D + 1)^3. A feature moved by delta
+  # moves an entry of K by at most 3 (|x . y| / D + 1)^2 (|x|_1 + |y|_1) delta / D; KID's
+  # coefficients of K add up to 4 in absolute value; float64 sums of m^2 terms.
+  base = np.abs(real_features @ real_features.T) / dim + 1
+  kernel = (real_features @ real_features.T / dim + 1) ** 3
+  expected_kid = 2 * (kernel.sum() / n - np.trace(kernel)) / (n * (n - 1))
+  delta = np.abs(fake_features - real_features).max()
+  l1 = np.abs(real_features).sum(axis=1).max() + dim * delta
+  kid_atol = 4 * 3 * base.max() ** 2 * 2 * l1 * delta / dim + tolerances.float64_atol(
+      n * n, 4 * np.abs(kernel).max()
+  )
+  assert abs(values["kid"] - expected_kid) <= kid_atol, (values["kid"], expected_kid, kid_atol)
+  assert values["is"] >= 1.0
   assert protocol["extractor"] == "classifier" and protocol["weights_sha256"]
   assert protocol["num_real"] == NUM_REAL and protocol["num_generated"] == NUM_REAL
   assert protocol["reference"]["split"] == "train" and protocol["step"] == 7
@@ -209,7 +262,7 @@ def test_generation_and_extraction_sharded_equal_one_device(classifier_workdir):
   labels = np.arange(13, dtype=np.int32) % 10
   variables = generator.init(jax.random.key(0), z[:1], labels[:1], train=False)
   batch_stats = jax.tree.map(lambda x: x + 0.5, variables["batch_stats"])  # Not the identity.
-  generate = train.make_generate_fn(types.SimpleNamespace(generator=generator))
+  generate = gan.make_generate_fn(types.SimpleNamespace(generator=generator))
   outputs = {}
   for num_devices in (1, 8):
     mesh = parallel.make_mesh(num_devices)
@@ -218,9 +271,25 @@ def test_generation_and_extraction_sharded_equal_one_device(classifier_workdir):
         generate, variables["params"], batch_stats, z, labels, extractor, batch_size=5, mesh=mesh
     )
   assert outputs[8]["features"].shape == (13, classifier.FEATURE_DIM)
-  for key in ("features", "probabilities"):
-    np.testing.assert_allclose(outputs[8][key], outputs[1][key], rtol=1e-5, atol=1e-5)
-  np.testing.assert_array_equal(outputs[8]["digits"], outputs[1]["digits"])
+  # Round-off of the generator's and the classifier's fan-ins. A softmax moves by at most twice
+  # its logits' error, so the probabilities are compared at twice the logits' scale.
+  _, clf_params = classifier.load_classifier(classifier_workdir)
+  images = generate(variables["params"], batch_stats, z, labels)
+  logits = classifier.predict(clf_params, images, mesh=parallel.make_mesh(1))[0]
+  g_length = tolerances.summed_fan_in(variables["params"])
+  tolerances.assert_float32_close(
+      outputs[8]["features"], outputs[1]["features"], length=g_length + _feature_length()
+  )
+  length = g_length + tolerances.summed_fan_in(clf_params)
+  logits_scale = np.abs(logits).max()
+  tolerances.assert_float32_close(
+      outputs[8]["probabilities"], outputs[1]["probabilities"], length=length,
+      magnitude=2 * logits_scale,
+  )
+  # The digits are the argmax of those logits, up to ties within their round-off.
+  atol = tolerances.float32_atol(length, logits_scale)
+  for num_devices in (1, 8):
+    tolerances.assert_same_argmax(outputs[num_devices]["digits"][:, 0], logits, atol=atol)
 
 
 def test_conditional_and_stacked_mnist_metrics(tmp_path, extractor):
@@ -265,7 +334,7 @@ def test_evaluate_workdir_writes_values_and_protocol(tmp_path, classifier_workdi
   config.eval_num_real = NUM_REAL
   config.eval_best_metric = "classifier_fid"
   workdir = str(tmp_path / "run")
-  train.train_and_evaluate(config, workdir)
+  gan.train_and_evaluate(config, workdir)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     evaluations = [r for r in map(json.loads, f) if "classifier_fid" in r]
   assert [r["step"] for r in evaluations] == [3] and np.isfinite(evaluations[0]["is"])
@@ -328,7 +397,11 @@ def test_inception_extractor_plumbing(tmp_path, monkeypatch):
   out = extractor.fn(np.full((3, 8, 8, 1), -1.0, np.float32))
   assert seen["path"] == config.eval_inception_weights and seen["range"] == (0.0, 0.0)
   assert out["features"].shape == (3, inception.NUM_FEATURES)
-  np.testing.assert_allclose(out["probabilities"], 1 / inception.NUM_LOGITS, rtol=1e-6)
+  # Zero logits: a float64 softmax of exact ones, 1 / 1008 rounded once to float32.
+  tolerances.assert_float32_close(
+      out["probabilities"], np.full(out["probabilities"].shape, 1 / inception.NUM_LOGITS),
+      length=1, magnitude=1 / inception.NUM_LOGITS,
+  )
   assert extractor.protocol["resize"] == "bilinear 299, pytorch-fid"
   assert extractor.protocol["weights_sha256"] == "ab" * 32
   assert extractor.protocol["feature_dim"] == inception.NUM_FEATURES

@@ -10,7 +10,8 @@ import tensorflow as tf
 from absl import logging
 from conftest import load_config
 
-from ganjax import logs, train
+from ganjax import logs
+from ganjax.systems import gan
 
 
 def _record(pathname: str, level: int) -> std_logging.LogRecord:
@@ -58,7 +59,7 @@ def test_each_tensorboard_tag_is_written_once_per_step(tmp_path):
   config.parallel.num_devices = 1
   config.num_train_steps = 4
   config.log_every_steps = 2
-  train.train_and_evaluate(config, str(tmp_path))
+  gan.train_and_evaluate(config, str(tmp_path))
   entries = _tensorboard_entries(str(tmp_path))
   repeated = [entry for entry, n in collections.Counter(entries).items() if n > 1]
   assert not repeated, repeated

@@ -12,7 +12,8 @@ import jax
 import numpy as np
 from conftest import REPO_ROOT
 
-from ganjax import checkpoint, train
+from ganjax import checkpoint
+from ganjax.systems import gan
 
 
 def _cli(*args, stdout=subprocess.PIPE, **kwargs):
@@ -30,12 +31,12 @@ def _run(*args, timeout=300):
 
 
 def _final_params(workdir):
-  config, info = train.load_run(workdir)
-  networks = train.build_networks(
+  config, info = gan.load_run(workdir)
+  networks = gan.build_networks(
       config, tuple(info["data"]["element_shape"]), info["data"]["num_classes"]
   )
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
-  state, _ = ckpt.restore(ckpt.latest_step(), train.abstract_state(config, networks))
+  state, _ = ckpt.restore(ckpt.latest_step(), gan.abstract_state(config, networks))
   return ckpt.latest_step(), [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state))]
 
 

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import functools
-import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import tolerances
 from conftest import load_config
 
-from ganjax import losses, parallel, state, steps, train
+from ganjax import losses, parallel, state, steps
 from ganjax.models import blocks, mlp
+from ganjax.systems import gan
 
 METHODS = (
     "gan",
@@ -69,7 +70,8 @@ def test_packed_discriminator_returns_one_logit_per_pack():
   assert logits.shape == (3,)
   inner_vars = {"params": variables["params"]["discriminator"]}
   expected = inner.apply(inner_vars, x.reshape(3, 6), train=True)
-  np.testing.assert_allclose(logits, expected, rtol=1e-6)
+  # Packing only moves values: the same ops, dispatched one by one, on the same numbers.
+  tolerances.assert_bitwise_equal(logits, expected)
   with pytest.raises(ValueError, match=r"B=8 .* m=3"):
     packed.apply(variables, x[:8], train=True)
 
@@ -78,10 +80,10 @@ def test_pack_is_validated_against_batch_size_and_devices():
   config = load_config("gaussian_mixture", "dataset=ring,method=pacgan2,runlocal")
   config.batch_size = 31
   with pytest.raises(ValueError, match=r"batch_size=31 .*model.pack=2"):
-    train.validate_config(config)
-  train.check_pack(2, 16, 8)
+    gan.validate_config(config)
+  gan.check_pack(2, 16, 8)
   with pytest.raises(ValueError, match=r"batch_size=12 .*model.pack=2.* 4 device"):
-    train.check_pack(2, 12, 4)
+    gan.check_pack(2, 12, 4)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -109,7 +111,11 @@ def test_mlp_discriminator_minibatch_options(minibatch, extra):
   assert logits.shape == (8,) and np.all(np.isfinite(logits))
   if minibatch != "none":  # A batch feature: one example's logit depends on the others.
     other = d.apply(variables, x.at[1:].multiply(3.0), train=True)
-    assert not np.allclose(logits[0], other[0])
+    # By far more than the round-off of a forward pass (at the size of the logit, plus 1).
+    tolerances.assert_differ_beyond_roundoff(
+        logits[0], other[0], length=tolerances.summed_fan_in(variables["params"]),
+        magnitude=abs(float(logits[0])) + 1.0,
+    )
 
 
 def test_mlp_discriminator_invalid_minibatch_lists_the_choices():
@@ -125,9 +131,9 @@ def test_mlp_discriminator_invalid_minibatch_lists_the_choices():
 @pytest.mark.parametrize("method", METHODS)
 def test_gaussian_mixture_config_methods(method):
   config = load_config("gaussian_mixture", f"dataset=grid,method={method},runlocal")
-  train.validate_config(config)
+  gan.validate_config(config)
   full = load_config("gaussian_mixture", f"dataset=ring,method={method}")
-  train.validate_config(full)
+  gan.validate_config(full)
   assert full.eval_num_samples == 2500 and 0 < full.eval_every_steps < full.num_train_steps
   expected = {
       "pacgan2": ("model.pack", 2),
@@ -154,11 +160,11 @@ def test_gaussian_mixture_config_methods(method):
   # The costlier methods train for fewer steps (every study run stays within 3 minutes).
   if method in ("unrolled5", "minibatch_discrimination", "wgan_gp"):
     assert full.num_train_steps < load_config("gaussian_mixture", "dataset=ring").num_train_steps
-  step_fn = steps.make_train_step(full, train.get_objective(full))
+  step_fn = steps.make_train_step(full, gan.get_objective(full))
   assert step_fn.keywords["unrolled_steps"] == full.unrolled_steps
   # The networks build and initialise (shapes only).
-  networks = train.build_networks(config, (2,), 25)
-  shapes = train.abstract_state(config, networks)
+  networks = gan.build_networks(config, (2,), 25)
+  shapes = gan.abstract_state(config, networks)
   assert _count(shapes.discriminator.params) > 0
 
 
@@ -201,6 +207,7 @@ def test_packed_unrolled_step_on_8_devices_equals_1_device():
         discriminator_optimizer=optax.sgd(0.1),
     )
     s = jax.jit(init, out_shardings=parallel.replicated(mesh))(jax.random.key(0))
+    initial = jax.device_get(s)
     step = parallel.compile_step(
         functools.partial(
             steps.train_step,
@@ -214,56 +221,46 @@ def test_packed_unrolled_step_on_8_devices_equals_1_device():
     batch = parallel.host_batch_to_global({"image": images}, mesh)
     for _ in range(2):
       s, metrics = step(s, batch, jax.random.key(1))
-    return jax.device_get((s, metrics))
+    return initial, jax.device_get(s), jax.device_get(metrics)
 
-  one = run("global", 1)
+  initial, one, one_metrics = run("global", 1)
+  # 8 devices split the batch reductions otherwise: float32 round-off of 2 SGD steps, each behind
+  # G's gradient through 2 unrolled D steps (5 forward and backward passes of both networks, as
+  # in steps_test) and the batch of 16 (SGD and the EMA are linear in what they add).
+  params = {"g": one.generator.params, "d": one.discriminator.params}
+  length = 5 * tolerances.gradient_length(params, len(images))
+  scale = max(abs(float(v)) for k, v in one_metrics.items() if not k.endswith("grad_norm"))
+  num_params = sum(x.size for x in jax.tree.leaves(params))
   for mode in ("global", "shard_map"):
-    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(run(mode, 8)), strict=True):
-      np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-4)
+    _, other, other_metrics = run(mode, 8)
+    tolerances.assert_bitwise_equal(other.step, one.step)
+    for name in ("generator", "discriminator"):
+      tolerances.assert_bitwise_equal(getattr(other, name).step, getattr(one, name).step)
+      tolerances.assert_updates_close(
+          getattr(other, name).params, getattr(one, name).params,
+          getattr(initial, name).params, steps=2, length=length, err_msg=f"{mode} {name}",
+      )
+    tolerances.assert_updates_close(
+        other.ema_params, one.ema_params, initial.ema_params, steps=2, length=length
+    )
+    # The losses are O(1) functions of D's logits (the largest metric sets their scale); a
+    # gradient norm also sums the squares of every gradient entry.
+    for key, value in one_metrics.items():
+      if key.endswith("grad_norm"):
+        tolerances.assert_float32_close(
+            other_metrics[key], value, length=length + num_params, err_msg=key
+        )
+      else:
+        tolerances.assert_float32_close(
+            other_metrics[key], value, length=length, magnitude=scale, err_msg=key
+        )
 
 
-# ----------------------------------------------------------------------------------------------
-# PacGAN against the plain GAN on the ring (CI-sized; experiments/mode_collapse_2d is the study).
-
-
-def _mean_modes_over_training(tmp_path, method: str, seed: int) -> float:
-  """Mean of the modes captured at the 6 evaluations of a short, collapse-prone ring run."""
-  config = load_config("gaussian_mixture", f"dataset=ring,method={method}")
-  config.parallel.num_devices = 1
-  config.seed = seed
-  # Small networks, a high constant learning rate and no EMA: the plain GAN hops between a few
-  # modes (Metz et al. 2017, Fig. 1), which is what packing is meant to prevent.
-  config.model.generator.hidden = (128, 128)
-  config.model.discriminator.hidden = (128, 128)
-  config.model.discriminator.maxout_pieces = 1  # LeakyReLU units: 5x cheaper than maxout.
-  config.model.discriminator.kernel_init_std = None
-  config.batch_size = 256
-  config.optim.g.learning_rate = config.optim.d.learning_rate = 1e-3
-  config.optim.g.schedule = config.optim.d.schedule = "constant"
-  config.ema.decay = 0.0
-  config.num_train_steps = 1500
-  config.log_every_steps = 1500
-  config.eval_every_steps = 250
-  config.sample_every_steps = config.checkpoint_every_steps = 0
-  workdir = tmp_path / f"{method}_{seed}"
-  train.train_and_evaluate(config, str(workdir))
-  with open(workdir / "metrics.jsonl") as f:
-    evaluations = [r for r in map(json.loads, f) if "modes" in r]
-  assert [r["step"] for r in evaluations] == list(range(250, 1501, 250))
-  return float(np.mean([r["modes"] for r in evaluations]))
-
-
-@pytest.mark.slow
-def test_pacgan_covers_more_modes_than_gan_over_seeds(tmp_path):
-  """A claim about training outcomes, so over several seeds and outside the default suite: one
-  trajectory is sent elsewhere by the last-bit differences between CPUs (AVX2 vs AVX-512). The
-  5-seed study with the paper's protocol is experiments/mode_collapse_2d (ring: GAN 6.2, PacGAN2
-  8.0 modes)."""
-  seeds = (0, 1, 2)
-  gan = [_mean_modes_over_training(tmp_path, "gan", seed) for seed in seeds]
-  pacgan = [_mean_modes_over_training(tmp_path, "pacgan4", seed) for seed in seeds]
-  # Measured (mean modes over the 6 evaluations, seeds 0-2): see the README's test section.
-  assert np.mean(pacgan) > np.mean(gan) + 0.5, (gan, pacgan)
+# Whether PacGAN covers more modes than the plain GAN is a claim about training outcomes: it is
+# measured over seeds in experiments/mode_collapse_2d (ring, 5 seeds: GAN 6.2, PacGAN2 8.0 modes),
+# not asserted here. A CPU-sized version (MLP 128x128, batch 256, Adam 1e-3, 1,500 steps, mean of
+# 6 evaluations) measured over seeds 0-9: GAN 4.35 +- 1.21, PacGAN4 4.82 +- 0.76 modes (std), a
+# paired difference of 0.47 +- 0.36 (standard error) that no test could assert with a margin.
 
 
 @pytest.mark.parametrize("eps_root, finite", [(None, True), (0.0, False)])
@@ -280,10 +277,10 @@ def test_unrolled_step_through_maxout_d_has_finite_generator_gradients(eps_root,
   if eps_root is not None:
     config.optim.d.eps_root = eps_root
   mesh = parallel.make_mesh(1)
-  networks = train.build_networks(config, (2,), None)
-  s = train.create_state(config, networks, mesh)
+  networks = gan.build_networks(config, (2,), None)
+  s = gan.create_state(config, networks, mesh)
   step = parallel.compile_step(
-      steps.make_train_step(config, train.get_objective(config)), mesh, config.parallel.mode
+      steps.make_train_step(config, gan.get_objective(config)), mesh, config.parallel.mode
   )
   rng = np.random.default_rng(0)
   real = rng.normal(size=(config.batch_size, 2)).astype(np.float32)

@@ -6,10 +6,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tolerances
 
 from ganjax import models
 from ganjax.models import lapgan
 from ganjax.state import parameter_count
+
+# Round-off of one pyramid level's x - u(x') and u(x') + h: bilinear upsampling sums 2 x 2 taps,
+# then a subtraction and an addition (Denton et al.'s pyramid is exact up to this rounding).
+LEVEL_LENGTH = 4 + 2
 
 
 def _images(shape, seed=0):
@@ -43,10 +48,13 @@ def test_pyramid_decomposes_and_reconstructs_exactly(shape, num_levels, sizes):
   for level, size in zip(pyramid, sizes, strict=True):
     size = size if isinstance(size, tuple) else (size, size)
     assert level.shape == (shape[0], *size, shape[3])
-  np.testing.assert_allclose(reconstructed, x, rtol=0, atol=1e-6)
+  # Images in [-1, 1): every level's round-off, at that scale.
+  tolerances.assert_float32_close(
+      reconstructed, x, length=num_levels * LEVEL_LENGTH, magnitude=1.0
+  )
   # The coarsest level is the Gaussian pyramid's top; a band is what u(coarser) misses.
   np.testing.assert_array_equal(pyramid[-1], top)
-  np.testing.assert_allclose(finest, x, rtol=0, atol=1e-6)
+  tolerances.assert_float32_close(finest, x, length=LEVEL_LENGTH, magnitude=1.0)
 
 
 def test_pyramid_operators():
@@ -58,12 +66,17 @@ def test_pyramid_operators():
     return down, lapgan.upsample(down, (4, 6)), lapgan.decompose(constant, 2)
 
   down, up, bands = operators(x, jnp.full((1, 8, 8, 3), 0.25))
-  np.testing.assert_allclose(down[0, 0, 0, 0], x[0, :2, :2, 0].mean(), rtol=1e-6)
+  x64 = np.asarray(x, np.float64)
+  tolerances.assert_float32_close(  # The mean of 4 values in [-1, 1).
+      down[0, 0, 0, 0], x64[0, :2, :2, 0].mean(), length=4, magnitude=1.0
+  )
   assert up.shape == x.shape
-  # A constant image has no band-pass content: d and u both preserve constants.
+  # A constant image has no band-pass content: d and u both preserve constants, u up to the
+  # rounding of its 2 x 2 interpolation weights times 0.25.
   for band in bands[:-1]:
-    np.testing.assert_allclose(band, 0.0, atol=1e-7)
-  np.testing.assert_allclose(bands[-1], 0.25, rtol=1e-6)
+    tolerances.assert_float32_close(band, np.zeros(band.shape), length=4, magnitude=0.25)
+  # The 2 x 2 mean of 0.25s: 1.0 / 4, exact in float32.
+  np.testing.assert_array_equal(bands[-1], np.full(bands[-1].shape, 0.25, np.float32))
 
 
 @pytest.mark.parametrize(
@@ -108,7 +121,9 @@ def test_latent_layout_and_chain_invert_the_pyramid():
 
   levels, expected = chain_and_reconstruct(z, coarse)
   assert [x.shape for x in levels] == [(2, 7, 7, 1), (2, 14, 14, 1), (2, 28, 28, 1)]
-  np.testing.assert_allclose(levels[-1], expected, rtol=0, atol=1e-6)
+  # The same upsamplings and sums in another fusion: two levels' round-off, at the scale of a sum
+  # of three pieces in [-1, 1).
+  tolerances.assert_float32_close(levels[-1], expected, length=2 * LEVEL_LENGTH, magnitude=3.0)
 
 
 def _init(module, *inputs):
@@ -179,8 +194,9 @@ def test_level_networks_shapes_and_parameter_counts(size, channels, width):
   assert band.shape == low.shape
   assert float(jnp.abs(band).max()) > 0  # Linear output: no tanh, any sign.
   assert parameter_count(variables) == expected
-  # Flat noise is accepted too.
-  np.testing.assert_allclose(flat, band)
+  # Flat noise is accepted too: reshaped to the same plane, the same convolutions (another call
+  # in the program, so compared to their round-off: the summed fan-ins, at the output's scale).
+  tolerances.assert_float32_close(flat, band, length=tolerances.summed_fan_in(variables["params"]))
 
 
 def test_level_networks_conditional_path_changes_outputs():
@@ -202,9 +218,12 @@ def test_level_networks_conditional_path_changes_outputs():
   g_vars, d_vars, out_a, out_b, logits_a, logits_b = run(low, noise, a, b)
   # 10 one-hot label planes join the C + 1 input channels.
   assert g_vars["params"]["Conv_0"]["kernel"].shape == (5, 5, 12, 8)
-  assert float(jnp.abs(out_a - out_b).max()) > 1e-4
+  # Another label, another output: far beyond the round-off of each network's fan-ins.
+  g_length = tolerances.summed_fan_in(g_vars["params"])
+  tolerances.assert_differ_beyond_roundoff(out_a, out_b, length=g_length)
   assert d_vars["params"]["Conv_0"]["kernel"].shape == (5, 5, 12, 8)
-  assert not np.allclose(logits_a, logits_b)
+  d_length = tolerances.summed_fan_in(d_vars["params"])
+  tolerances.assert_differ_beyond_roundoff(logits_a, logits_b, length=d_length)
   with pytest.raises(ValueError, match="needs labels"):
     jax.eval_shape(lambda: g.apply(g_vars, low, noise, None, train=False))
 

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tolerances
 from scipy import integrate, stats
 
 from ganjax import models
@@ -126,6 +127,13 @@ def test_unknown_likelihood_and_bad_sizes_name_the_choices():
     _shapes(vae.build((16, 16, 1), 4, encoder={"width": 2}, decoder={"width": 2}), (16, 16, 1))
 
 
+def _kl_magnitude(mean, logvar) -> float:
+  """The largest sum of the absolute terms of 0.5 sum(exp(lv) + mu^2 - 1 - lv): the scale of the
+  round-off of the closed form (five operations per dimension)."""
+  mean, logvar = np.asarray(mean, np.float64), np.asarray(logvar, np.float64)
+  return float(np.max(0.5 * np.sum(np.exp(logvar) + mean**2 + 1 + np.abs(logvar), axis=-1)))
+
+
 def test_gaussian_kl_closed_form():
   mean = jnp.array([[0.0, 0.0], [1.0, -2.0], [0.5, 0.3]])
   logvar = jnp.array([[0.0, 0.0], [0.0, 0.0], [math.log(4.0), math.log(0.25)]])
@@ -135,19 +143,23 @@ def test_gaussian_kl_closed_form():
   def one(mu, s):
     return math.log(1 / s) + (s * s + mu * mu) / 2 - 0.5
 
-  expected = [0.0, 0.5 + 2.0, one(0.5, 2.0) + one(0.3, 0.5)]
-  np.testing.assert_allclose(kl, expected, rtol=1e-6, atol=1e-7)
+  expected = np.array([0.0, 0.5 + 2.0, one(0.5, 2.0) + one(0.3, 0.5)])
+  tolerances.assert_float32_close(
+      kl, expected, length=2 * 5, magnitude=_kl_magnitude(mean, logvar)
+  )
 
 
 def test_gaussian_kl_against_quadrature_and_monte_carlo():
   mu, s = 0.7, 0.6
   # Numerical integral of q log(q / p) for one dimension.
-  quad, _ = integrate.quad(
+  quad, quad_error = integrate.quad(
       lambda z: stats.norm.pdf(z, mu, s) * (stats.norm.logpdf(z, mu, s) - stats.norm.logpdf(z)),
       -12, 12,
   )
   closed = float(vae.gaussian_kl(jnp.array([[mu]]), jnp.array([[2 * math.log(s)]]))[0])
-  np.testing.assert_allclose(closed, quad, rtol=1e-6)
+  # float32 round-off of one dimension's closed form, plus quad's own error estimate.
+  atol = tolerances.float32_atol(5, _kl_magnitude([mu], [2 * math.log(s)])) + quad_error
+  np.testing.assert_allclose(closed, quad, rtol=0, atol=atol)
   # Monte Carlo over 3 dimensions with samples of the reparameterized posterior.
   mean = jnp.array([0.7, -1.2, 0.1])
   logvar = jnp.array([2 * math.log(0.6), 0.5, -1.0])
@@ -156,25 +168,35 @@ def test_gaussian_kl_against_quadrature_and_monte_carlo():
   std = np.exp(0.5 * np.asarray(logvar))
   log_ratio = stats.norm.logpdf(np.asarray(z), np.asarray(mean), std) - stats.norm.logpdf(
       np.asarray(z))
-  estimate = log_ratio.sum(axis=1).mean()
+  per_draw = log_ratio.sum(axis=1)
+  estimate = per_draw.mean()
   closed = float(vae.gaussian_kl(mean[None], logvar[None])[0])
-  assert abs(estimate - closed) < 0.02, (estimate, closed)
+  # A Monte Carlo mean of 200,000 draws: 5 standard errors (the closed form's round-off, about
+  # 1e-6, is negligible next to them).
+  atol = tolerances.mean_atol(per_draw.std(), len(per_draw))
+  assert abs(estimate - closed) < atol, (estimate, closed, atol)
 
 
 def test_reparameterize_statistics_and_gradients():
   mean = jnp.full((100_000, 2), jnp.array([1.5, -0.5]))
   logvar = jnp.full((100_000, 2), jnp.array([math.log(4.0), math.log(0.01)]))
-  z = np.asarray(vae.reparameterize(jax.random.key(0), mean, logvar))
-  np.testing.assert_allclose(z.mean(axis=0), [1.5, -0.5], atol=0.02)
-  np.testing.assert_allclose(z.std(axis=0), [2.0, 0.1], rtol=0.02)
+  z = np.asarray(vae.reparameterize(jax.random.key(0), mean, logvar), np.float64)
+  # Sampling tolerances of 100,000 draws: 5 standard errors of the mean and of the std.
+  for dim, (mu, std) in enumerate([(1.5, 2.0), (-0.5, 0.1)]):
+    assert abs(z[:, dim].mean() - mu) < tolerances.mean_atol(std, len(z)), dim
+    assert abs(z[:, dim].std() / std - 1) < tolerances.std_rtol(len(z)), dim
   # d z / d mean = 1; d z / d logvar = (z - mean) / 2.
   key = jax.random.key(1)
   m, lv = jnp.array([0.3]), jnp.array([0.2])
   dz_dm = jax.grad(lambda a: vae.reparameterize(key, a, lv).sum())(m)
   dz_dlv = jax.grad(lambda b: vae.reparameterize(key, m, b).sum())(lv)
   draw = vae.reparameterize(key, m, lv)
-  np.testing.assert_allclose(dz_dm, [1.0], rtol=1e-6)
-  np.testing.assert_allclose(dz_dlv, (draw - m) / 2, rtol=1e-5)
+  # z = mean + exp(logvar / 2) eps: the sum passes its cotangent 1 to mean unchanged.
+  np.testing.assert_array_equal(dz_dm, [1.0])
+  # exp(lv / 2) eps / 2 against (draw - m) / 2, whose draw was rounded at the scale of |draw|.
+  tolerances.assert_float32_close(
+      dz_dlv, (np.float64(draw[0]) - 0.3) / 2, length=3, magnitude=abs(float(draw[0])) + 0.3
+  )
 
 
 def test_bernoulli_nll_against_scipy_and_by_hand():
@@ -183,19 +205,31 @@ def test_bernoulli_nll_against_scipy_and_by_hand():
   binary = rng.integers(0, 2, size=(3, 4, 4, 1))
   images = binary * 2.0 - 1.0  # {0, 1} pixels as ganjax images in {-1, 1}.
   nll = np.asarray(vae.reconstruction_nll(jnp.asarray(logits), jnp.asarray(images)))
-  p = 1 / (1 + np.exp(-logits.astype(np.float64)))
+  l64 = logits.astype(np.float64)
+  p = 1 / (1 + np.exp(-l64))
+
+  def magnitude(t):
+    """The largest sum over an example's 16 pixels of softplus(l) + |t l|: the absolute terms of
+    softplus(l) - t l, evaluated in four operations per pixel."""
+    return float(np.max(np.sum(np.logaddexp(0, l64) + np.abs(t * l64), axis=(1, 2, 3))))
+
   expected = -stats.bernoulli.logpmf(binary, p).reshape(3, -1).sum(axis=1)
-  np.testing.assert_allclose(nll, expected, rtol=1e-5)
+  tolerances.assert_float32_close(nll, expected, length=16 + 4, magnitude=magnitude(binary))
   # Grey levels: the cross-entropy -t log p - (1 - t) log(1 - p) of t = (x + 1) / 2.
-  grey = rng.uniform(-1, 1, size=(3, 4, 4, 1))
-  t = (grey + 1) / 2
+  grey = rng.uniform(-1, 1, size=(3, 4, 4, 1)).astype(np.float32)
+  t = (grey.astype(np.float64) + 1) / 2
   expected = -(t * np.log(p) + (1 - t) * np.log1p(-p)).reshape(3, -1).sum(axis=1)
-  nll = np.asarray(vae.reconstruction_nll(jnp.asarray(logits), jnp.asarray(grey, jnp.float32)))
-  np.testing.assert_allclose(nll, expected, rtol=1e-5)
-  # Stable for large logits.
+  nll = np.asarray(vae.reconstruction_nll(jnp.asarray(logits), jnp.asarray(grey)))
+  tolerances.assert_float32_close(nll, expected, length=16 + 4, magnitude=magnitude(t))
+  # Stable for large logits: softplus(100) - 100 cancels to round-off of terms of size 100 (a naive
+  # log(1 + exp(100)) overflows to inf).
   big = jnp.array([[100.0, -100.0]])
-  np.testing.assert_allclose(vae.reconstruction_nll(big, jnp.array([[1.0, -1.0]])), [0.0],
-                             atol=1e-6)
+  tolerances.assert_float32_close(
+      vae.reconstruction_nll(big, jnp.array([[1.0, -1.0]])),
+      np.zeros(1),
+      length=2 * 4,
+      magnitude=100.0,
+  )
 
 
 def test_gaussian_nll_against_scipy():
@@ -204,8 +238,12 @@ def test_gaussian_nll_against_scipy():
   images = rng.uniform(-1, 1, size=(2, 3, 3, 2)).astype(np.float32)
   nll = np.asarray(vae.reconstruction_nll(jnp.asarray(means), jnp.asarray(images), "gaussian",
                                           gaussian_std=0.2))
-  expected = -stats.norm.logpdf((images + 1) / 2, means, 0.2).reshape(2, -1).sum(axis=1)
-  np.testing.assert_allclose(nll, expected, rtol=1e-5)
+  t = (images.astype(np.float64) + 1) / 2
+  expected = -stats.norm.logpdf(t, means, 0.2).reshape(2, -1).sum(axis=1)
+  # 18 pixels of 0.5 ((t - m) / s)^2 + log s + log(2 pi) / 2, six operations each.
+  terms = 0.5 * ((t - means) / 0.2) ** 2 + abs(math.log(0.2)) + 0.5 * math.log(2 * math.pi)
+  magnitude = float(np.max(terms.reshape(2, -1).sum(axis=1)))
+  tolerances.assert_float32_close(nll, expected, length=18 + 6, magnitude=magnitude)
   with pytest.raises(ValueError, match="gaussian_std"):
     vae.reconstruction_nll(jnp.asarray(means), jnp.asarray(images), "gaussian", gaussian_std=0)
 
@@ -216,18 +254,33 @@ def test_elbo_terms_and_beta_loss():
   mean = jnp.array([[0.0], [2.0]])
   logvar = jnp.zeros((2, 1))
   terms = vae.elbo_terms(output, images, mean, logvar)
-  np.testing.assert_allclose(terms["reconstruction"], [2 * math.log(2)] * 2, rtol=1e-6)
-  np.testing.assert_allclose(terms["kl"], [0.0, 2.0], rtol=1e-6)
-  np.testing.assert_allclose(vae.loss(terms), 2 * math.log(2) + 1.0, rtol=1e-6)
-  np.testing.assert_allclose(vae.loss(terms, beta=4.0), 2 * math.log(2) + 4.0, rtol=1e-6)
+  # Round-off: two pixels of four operations (terms of size log 2), one dimension of the KL's
+  # five; the loss adds them, scales the KL by beta and averages two examples.
+  recon, kl = 2 * math.log(2), _kl_magnitude(mean, logvar)
+  tolerances.assert_float32_close(
+      terms["reconstruction"], np.full(2, 2 * math.log(2)), length=2 * 4, magnitude=recon
+  )
+  tolerances.assert_float32_close(terms["kl"], np.array([0.0, 2.0]), length=5, magnitude=kl)
+  for beta in (1.0, 4.0):
+    tolerances.assert_float32_close(
+        vae.loss(terms, beta=beta),
+        2 * math.log(2) + beta,
+        length=2 * 4 + 5 + 3,
+        magnitude=recon + beta * kl,
+        err_msg=f"beta={beta}",
+    )
+  np.testing.assert_array_equal(vae.loss(terms), vae.loss(terms, beta=1.0))  # The default.
 
 
 def test_decoded_images_are_the_likelihood_means():
   logits = jnp.array([-3.0, 0.0, 2.0])
-  np.testing.assert_allclose(
-      vae.output_to_images(logits, "bernoulli"), 2 / (1 + np.exp(-np.asarray(logits))) - 1,
-      rtol=1e-6,
+  tolerances.assert_float32_close(  # tanh(l / 2): a halving and a tanh, in [-1, 1].
+      vae.output_to_images(logits, "bernoulli"),
+      2 / (1 + np.exp(-np.asarray(logits, np.float64))) - 1,
+      length=2,
+      magnitude=1.0,
   )
-  np.testing.assert_allclose(
+  # clip(2 m - 1, -1, 1): 2 * 0.25 - 1 = -0.5 is exact in float32, the others clip to +-1.
+  np.testing.assert_array_equal(
       vae.output_to_images(jnp.array([-0.1, 0.25, 1.2]), "gaussian"), [-1.0, -0.5, 1.0]
   )

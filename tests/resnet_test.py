@@ -17,9 +17,10 @@ import optax
 import pytest
 from conftest import load_config
 
-from ganjax import losses, steps, train
+from ganjax import losses, steps
 from ganjax.models import resnet, sndcgan
 from ganjax.state import create_gan_state
+from ganjax.systems import gan
 
 BATCH = 4
 LATENT = 8
@@ -311,13 +312,13 @@ def test_jitted_hinge_train_step_changes_both_networks():
 )
 def test_config_loads_and_builds(arg, model):
   config = load_config("sngan", arg)
-  train.validate_config(config)
+  gan.validate_config(config)
   assert config.model.name == model and config.loss.name == "hinge"
   assert config.n_critic == 5 and config.model.latent_dim == 128
   for optim in (config.optim.g, config.optim.d):
     assert (optim.name, optim.learning_rate, optim.b1, optim.b2) == ("adam", 2e-4, 0.0, 0.9)
   assert config.batch_size == 8 and config.model.generator.width <= 16
-  networks = train.build_networks(config, (32, 32, 3), None)
+  networks = gan.build_networks(config, (32, 32, 3), None)
   counts = _abstract_counts(
       networks.generator, networks.discriminator, (32, 32, 3), config.model.latent_dim
   )

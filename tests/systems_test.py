@@ -8,7 +8,7 @@ from ganjax import systems
 
 
 def test_unknown_task_names_the_valid_ones():
-  with pytest.raises(ValueError, match="'gann'.*valid choices: gan, classifier"):
+  with pytest.raises(ValueError, match="'gann'.*valid choices: classifier, gan"):
     systems.get_system("gann")
 
 

@@ -245,3 +245,93 @@ def dot_magnitude(a, b) -> float:
   a = np.abs(np.asarray(a, np.float64))
   b = np.abs(np.asarray(b, np.float64))
   return float(np.max(a.reshape(-1, a.shape[-1]) @ b.reshape(b.shape[0], -1), initial=0.0))
+
+
+# ----------------------------------------------------------------------------------------------
+# Real differences, power iteration, and sampling error.
+
+
+def assert_differ_beyond_roundoff(
+    actual,
+    other,
+    *,
+    length: int,
+    magnitude: float | None = None,
+    factor: float = 100.0,
+    err_msg: str = "",
+) -> None:
+  """``actual`` and ``other`` (pytrees) differ somewhere by more than ``factor`` times
+  :func:`float32_atol` ``(length, magnitude)``: a real difference (another label, dropout mask,
+  normalisation mode), not the round-off of ``length`` accumulated terms. ``magnitude`` defaults
+  to the largest absolute value in ``other``."""
+  a_leaves, o_leaves = _arrays(actual), _arrays(other)
+  assert len(a_leaves) == len(o_leaves), (len(a_leaves), len(o_leaves), err_msg)
+  if magnitude is None:
+    magnitude = max((float(np.max(np.abs(o), initial=0)) for o in o_leaves), default=0.0)
+  atol = factor * float32_atol(length, magnitude)
+  worst = max(
+      (float(np.max(np.abs(a - o), initial=0)) for a, o in zip(a_leaves, o_leaves, strict=True)),
+      default=0.0,
+  )
+  assert worst > atol, (
+      f"largest difference {worst:.3g} <= {factor:g} x round-off {atol:.3g} {err_msg}"
+  )
+
+
+def power_iteration_rtol(matrix, u, steps: int) -> float:
+  """Relative error, in exact arithmetic, of the largest singular value of ``matrix`` (reshaped to
+  ``(-1, out)``) estimated by ``steps`` power iterations from ``u`` ``(1, out)`` as flax's
+  ``SpectralNorm`` does: ``v <- normalize(u W^T)``, ``u <- normalize(v W)``, ``sigma = v W u^T``.
+
+  With ``u = sum_i c_i r_i`` over the right singular vectors ``r_i`` of ``W`` (singular values
+  ``s_i``), ``sigma^2 = sum c_i^2 s_i^(4n) / sum c_i^2 s_i^(4n-2)``, so
+  ``0 <= 1 - sigma / s_1 <= sum_{i>1} (c_i / c_1)^2 (s_i / s_1)^(4n-2)``, the value returned
+  (Golub & Van Loan, "Matrix Computations", 4th ed., 2013, Sec. 8.2.1). Its square root bounds
+  the tangent of the angle between ``v`` and the top left singular vector (and ``u``'s). Add
+  :func:`float32_atol` for the round-off of the last iteration.
+  """
+  w = np.asarray(matrix, np.float64)
+  w = w.reshape(-1, w.shape[-1])
+  _, s, vt = np.linalg.svd(w, full_matrices=False)
+  c = vt @ np.asarray(u, np.float64).reshape(-1)
+  if s[0] == 0 or c[0] == 0:
+    return float("inf")
+  exponent = 4 * int(steps) - 2
+  return float(np.sum((c[1:] / c[0]) ** 2 * (s[1:] / s[0]) ** exponent))
+
+
+def mean_atol(std: float, n: int, sigmas: float = 5.0) -> float:
+  """``sigmas`` standard errors of the mean of ``n`` independent draws of standard deviation
+  ``std``: a sampling tolerance, not a round-off one (5 sigma: a correct sampler fails about
+  once in 1.7 million seeds)."""
+  return sigmas * float(std) / np.sqrt(n)
+
+
+def std_rtol(n: int, sigmas: float = 5.0) -> float:
+  """``sigmas`` relative standard errors of the sample standard deviation of ``n`` normal draws
+  (``1 / sqrt(2 (n - 1))``, to first order)."""
+  return sigmas / np.sqrt(2.0 * (n - 1))
+
+
+def proportion_atol(p: float, n: int, sigmas: float = 5.0) -> float:
+  """``sigmas`` standard errors of the frequency of an outcome of probability ``p`` in ``n``
+  independent draws (``sqrt(p (1 - p) / n)``)."""
+  return sigmas * float(np.sqrt(p * (1.0 - p) / n))
+
+
+def power_iteration_error(matrix, u, steps: int) -> float:
+  """``1 - sigma / s_1`` for the estimate of :func:`power_iteration_rtol` in exact arithmetic:
+  with ``r_i = s_i / s_1``, ``q = 1 - sigma^2 / s_1^2 = sum_i c_i^2 r_i^(4n-2) (1 - r_i^2) /
+  sum_i c_i^2 r_i^(4n-2)`` and ``1 - sigma / s_1 = q / (1 + sqrt(1 - q))``; at most
+  :func:`power_iteration_rtol`, and tighter by about ``1 - r_2^2`` when the top singular values
+  are close. A float32 iteration differs from it by the round-off of its last iteration."""
+  w = np.asarray(matrix, np.float64)
+  w = w.reshape(-1, w.shape[-1])
+  _, s, vt = np.linalg.svd(w, full_matrices=False)
+  c = vt @ np.asarray(u, np.float64).reshape(-1)
+  if s[0] == 0 or c[0] == 0:
+    return float("inf")
+  r = s / s[0]
+  weights = c**2 * r ** (4 * int(steps) - 2)
+  q = float(np.sum(weights[1:] * (1 - r[1:] ** 2)) / np.sum(weights))
+  return q / (1 + np.sqrt(1 - q))

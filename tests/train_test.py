@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from conftest import load_config
 
-from ganjax import checkpoint, train
+from ganjax import checkpoint
+from ganjax.systems import gan
 
 
 def _tiny(name, arg="runlocal", **overrides):
@@ -35,7 +36,7 @@ def _leaves(state):
 def test_train_writes_every_output(tmp_path, name, arg):
   config = _tiny(name, arg)
   workdir = str(tmp_path / "run")
-  state = train.train_and_evaluate(config, workdir)
+  state = gan.train_and_evaluate(config, workdir)
   assert int(state.step) == config.num_train_steps
   with open(os.path.join(workdir, "config.json")) as f:
     assert json.load(f)["model"]["name"] == config.model.name
@@ -69,7 +70,7 @@ def test_pacgan_on_ring_writes_mode_coverage(tmp_path):
   config.eval_every_steps = 2
   config.eval_num_samples = 500
   workdir = str(tmp_path / "run")
-  state = train.train_and_evaluate(config, workdir)
+  state = gan.train_and_evaluate(config, workdir)
   assert int(state.step) == 4
   # PacGAN's D takes packs of 2 points: its first layer sees 4 inputs.
   assert state.discriminator.params["discriminator"]["Dense_0"]["kernel"].shape[0] == 4
@@ -84,26 +85,26 @@ def test_pacgan_on_ring_writes_mode_coverage(tmp_path):
 
 def test_evaluate_modes_uses_fixed_latents_and_the_mixture():
   config = _tiny("gaussian_mixture", "dataset=ring,runlocal")
-  modes = train.gaussian_mixture.mixture_modes("ring")
+  modes = gan.gaussian_mixture.mixture_modes("ring")
 
   def generate(params, batch_stats, z, labels=None):  # Puts sample i on mode i mod 8.
     del params, batch_stats, labels
     return modes[np.arange(len(z)) % len(modes)]
 
-  z = train.eval_latents(config)
+  z = gan.eval_latents(config)
   assert z.shape == (2500, config.model.latent_dim)
-  np.testing.assert_array_equal(z, train.eval_latents(config))
-  result = train.evaluate_modes(generate, None, None, z[:16], "ring")
+  np.testing.assert_array_equal(z, gan.eval_latents(config))
+  result = gan.evaluate_modes(generate, None, None, z[:16], "ring")
   assert result == {"modes": 8, "hq_fraction": 1.0, "reverse_kl": 0.0}
 
 
 def test_resume_is_bit_identical(tmp_path):
   full = _tiny("dcgan", num_train_steps=6, checkpoint_every_steps=3)
-  uninterrupted = train.train_and_evaluate(full, str(tmp_path / "a"))
+  uninterrupted = gan.train_and_evaluate(full, str(tmp_path / "a"))
   # An interrupted run: stops after the checkpoint at step 3, then the same command again.
   interrupted = str(tmp_path / "b")
-  train.train_and_evaluate(_tiny("dcgan", num_train_steps=3, checkpoint_every_steps=3), interrupted)
-  resumed = train.train_and_evaluate(full, interrupted)
+  gan.train_and_evaluate(_tiny("dcgan", num_train_steps=3, checkpoint_every_steps=3), interrupted)
+  resumed = gan.train_and_evaluate(full, interrupted)
   for a, b in zip(_leaves(uninterrupted), _leaves(resumed), strict=True):
     np.testing.assert_array_equal(a, b)
   with open(os.path.join(interrupted, "run_info.json")) as f:
@@ -112,24 +113,24 @@ def test_resume_is_bit_identical(tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   workdir = str(tmp_path / "run")
-  train.train_and_evaluate(_tiny("vanilla_gan", num_train_steps=3), workdir)
+  gan.train_and_evaluate(_tiny("vanilla_gan", num_train_steps=3), workdir)
   exploding = _tiny("vanilla_gan", num_train_steps=12)
   exploding.optim.d.learning_rate = 1e30  # Same optimizer structure, so the checkpoint restores.
   exploding.resume.allow_config_changes = True  # A guarded change (ganjax.workdir).
-  with pytest.raises(train.NonFiniteLossError, match=r"at step \d+"):
-    train.train_and_evaluate(exploding, workdir)
+  with pytest.raises(gan.NonFiniteLossError, match=r"at step \d+"):
+    gan.train_and_evaluate(exploding, workdir)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
   assert ckpt.latest_step() == 3
   config = _tiny("vanilla_gan")
-  networks = train.build_networks(config, (28, 28, 1), 10)
-  state, position = ckpt.restore(3, train.abstract_state(config, networks))
+  networks = gan.build_networks(config, (28, 28, 1), 10)
+  state, position = ckpt.restore(3, gan.abstract_state(config, networks))
   assert position["step"] == 3
   assert all(np.all(np.isfinite(x)) for x in _leaves(state))
 
 
 def test_checkpoint_shape_mismatch_names_the_arrays(tmp_path):
   workdir = str(tmp_path / "run")
-  train.train_and_evaluate(_tiny("vanilla_gan", num_train_steps=3), workdir)
+  gan.train_and_evaluate(_tiny("vanilla_gan", num_train_steps=3), workdir)
   wider = _tiny(
       "vanilla_gan",
       num_train_steps=6,
@@ -137,14 +138,14 @@ def test_checkpoint_shape_mismatch_names_the_arrays(tmp_path):
   )
   expected = r"generator/params/Dense_0/kernel: checkpoint \(64, 32\), config \(64, 48\)"
   with pytest.raises(checkpoint.CheckpointMismatchError, match=expected):
-    train.train_and_evaluate(wider, workdir)
+    gan.train_and_evaluate(wider, workdir)
 
 
 def test_sample_mode_writes_grid_and_npz(tmp_path):
   workdir = str(tmp_path / "run")
-  train.train_and_evaluate(_tiny("dcgan", **{"ema.decay": 0.9}), workdir)
+  gan.train_and_evaluate(_tiny("dcgan", **{"ema.decay": 0.9}), workdir)
   output = str(tmp_path / "grid.png")
-  samples = train.sample_from_workdir(workdir, 10, output)
+  samples = gan.sample_from_workdir(workdir, 10, output)
   assert samples.shape == (10, 28, 28, 1)
   assert samples.min() >= -1 and samples.max() <= 1
   data = np.load(str(tmp_path / "grid.npz"))
@@ -167,14 +168,14 @@ def test_sample_mode_writes_grid_and_npz(tmp_path):
 )
 def test_bad_config_values_fail_with_the_choices(tmp_path, override, message):
   with pytest.raises(ValueError, match=message):
-    train.train_and_evaluate(_tiny("dcgan", **override), str(tmp_path / "run"))
+    gan.train_and_evaluate(_tiny("dcgan", **override), str(tmp_path / "run"))
 
 
 def test_progress_line_shows_probabilities_or_critic_outputs():
   bce = {"d_real": 0.75, "d_fake": 0.25}
-  assert train._discriminator_outputs(bce) == "D(x) 0.750 D(G(z)) 0.250"
+  assert gan._discriminator_outputs(bce) == "D(x) 0.750 D(G(z)) 0.250"
   hinge = {"d_real_logit": 1.5, "d_fake_logit": -0.5}  # WGAN / hinge / LSGAN report no sigmoid.
-  assert train._discriminator_outputs(hinge) == "C(x) 1.500 C(G(z)) -0.500"
+  assert gan._discriminator_outputs(hinge) == "C(x) 1.500 C(G(z)) -0.500"
 
 
 @pytest.mark.parametrize("metric, pick", [("hq_fraction", max), ("modes", max)])
@@ -185,7 +186,7 @@ def test_best_checkpoint_follows_the_chosen_metric(tmp_path, metric, pick):
   config.checkpoint_every_steps = 4
   config.eval_best_metric = metric
   workdir = str(tmp_path / "run")
-  train.train_and_evaluate(config, workdir)
+  gan.train_and_evaluate(config, workdir)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     evaluations = [r for r in map(json.loads, f) if "modes" in r]
   values = [r[metric] for r in evaluations if np.isfinite(r[metric])]

@@ -77,10 +77,21 @@ def test_runlocal_trains_evaluates_samples_and_resumes_exactly(tmp_path, classif
     records = [json.loads(line) for line in f]
   lines = [r for r in records if "loss" in r]
   assert [r["step"] for r in lines] == [2, 4, 6]
+  # Float32 means: the loss averages reconstruction + 2 kl over the batch where the terms are
+  # averaged separately; the log averages log_every_steps steps; a product and a sum. The terms
+  # are non-negative (a Bernoulli negative log-likelihood, a KL divergence): round-off at their
+  # size.
+  length = config.batch_size + config.log_every_steps + 2
   for r in lines:
     assert {"reconstruction", "kl", "elbo", "grad_norm", "steps_per_sec", "wall_time"} <= set(r)
-    np.testing.assert_allclose(r["loss"], r["reconstruction"] + 2.0 * r["kl"], rtol=1e-5)
-    np.testing.assert_allclose(r["elbo"], -(r["reconstruction"] + r["kl"]), rtol=1e-5)
+    tolerances.assert_float32_close(
+        r["loss"], r["reconstruction"] + 2.0 * r["kl"], length=length,
+        magnitude=r["reconstruction"] + 2.0 * r["kl"],
+    )
+    tolerances.assert_float32_close(
+        r["elbo"], -(r["reconstruction"] + r["kl"]), length=config.log_every_steps + 2,
+        magnitude=r["reconstruction"] + r["kl"],
+    )
   evaluations = [r for r in records if "classifier_fid" in r]
   assert [r["step"] for r in evaluations] == [6]
   assert {"precision", "recall"} <= set(evaluations[0])
@@ -124,7 +135,8 @@ def test_runlocal_trains_evaluates_samples_and_resumes_exactly(tmp_path, classif
   with open(interrupted / "metrics.jsonl") as f:
     resumed_lines = [r for r in map(json.loads, f) if "loss" in r]
   assert [r["step"] for r in resumed_lines] == [4, 6]
-  np.testing.assert_allclose(resumed_lines[-1]["loss"], lines[-1]["loss"], rtol=1e-6)
+  # Steps 5 and 6 of the same program on the same states: the logged mean is the same float.
+  assert resumed_lines[-1]["loss"] == lines[-1]["loss"]
 
 
 @functools.cache
@@ -171,6 +183,8 @@ def test_shard_map_mode_runs_and_stays_close_to_1_device():
   # Per-device BatchNorm statistics (the pmap semantics): close to one device, not equal.
   per_device, m2 = _run_steps(2, "shard_map")
   assert all(np.all(np.isfinite(x)) for x in _leaves(per_device))
+  # Not round-off: each device normalises its half of the batch by its own statistics, another
+  # function of the parameters. Measured 0.2% on this loss; 5% leaves 25x.
   np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=0.05)
 
 

@@ -9,7 +9,8 @@ import sys
 import pytest
 from conftest import REPO_ROOT, load_config
 
-from ganjax import errors, train, workdir
+from ganjax import errors, workdir
+from ganjax.systems import gan
 
 
 def _tiny(**overrides):
@@ -87,7 +88,7 @@ def test_free_fields(field):
 
 def test_launches_record_changes_and_refuse_guarded_ones(tmp_path):
   path = str(tmp_path / "run")
-  train.train_and_evaluate(_tiny(), path)
+  gan.train_and_evaluate(_tiny(), path)
   (first,) = _launches(path)
   assert first["launch"] == 1 and first["resumed_from_step"] == 0
   assert first["config_changes"] == [] and first["config"] == _config_json(path)
@@ -96,7 +97,7 @@ def test_launches_record_changes_and_refuse_guarded_ones(tmp_path):
   assert not os.path.exists(os.path.join(path, workdir.LOCK_FILE))  # Released at the end.
 
   # Run length and cadence may change: recorded, and config.json follows.
-  train.train_and_evaluate(_tiny(num_train_steps=4, log_every_steps=1), path)
+  gan.train_and_evaluate(_tiny(num_train_steps=4, log_every_steps=1), path)
   second = _launches(path)[1]
   assert second["launch"] == 2 and second["resumed_from_step"] == 2 and "config" not in second
   assert _changes(second) == {"num_train_steps": (2, 4, False), "log_every_steps": (2, 1, False)}
@@ -107,7 +108,7 @@ def test_launches_record_changes_and_refuse_guarded_ones(tmp_path):
       num_train_steps=6, log_every_steps=1, **{"loss.name": "hinge", "optim.g.learning_rate": 0.05}
   )
   with pytest.raises(errors.WorkdirError) as refused:
-    train.train_and_evaluate(changed, path)
+    gan.train_and_evaluate(changed, path)
   message = str(refused.value)
   assert "checkpoint at step 4" in message
   assert "--config.resume.allow_config_changes=True" in message
@@ -119,7 +120,7 @@ def test_launches_record_changes_and_refuse_guarded_ones(tmp_path):
 
   # Allowed with the flag: trained on, the changes and the flag recorded.
   changed.resume.allow_config_changes = True
-  state = train.train_and_evaluate(changed, path)
+  state = gan.train_and_evaluate(changed, path)
   assert int(state.step) == 6
   third = _launches(path)[2]
   assert third["resumed_from_step"] == 4 and third["allow_config_changes"] is True
@@ -137,10 +138,10 @@ def test_launches_record_changes_and_refuse_guarded_ones(tmp_path):
   below = _tiny(num_train_steps=3, **{"loss.name": "hinge", "optim.g.learning_rate": 0.05})
   with pytest.raises(errors.WorkdirError, match=r"checkpoint at step 6, beyond "
                      r"--config.num_train_steps=3.*--config.num_train_steps=6 or more"):
-    train.train_and_evaluate(below, path)
+    gan.train_and_evaluate(below, path)
   # Equal: nothing to train, and no error.
   below.num_train_steps = 6
-  assert int(train.train_and_evaluate(below, path).step) == 6
+  assert int(gan.train_and_evaluate(below, path).step) == 6
   assert [r["resumed_from_step"] for r in _launches(path)] == [0, 2, 4, 6]
 
 
@@ -181,7 +182,7 @@ def test_a_locked_workdir_refuses_a_second_launch(tmp_path):
   try:
     assert holder.stdout.readline().strip() == "locked"
     with pytest.raises(errors.WorkdirError) as refused:
-      train.train_and_evaluate(_tiny(), path)
+      gan.train_and_evaluate(_tiny(), path)
     message = str(refused.value)
     assert f"PID {holder.pid} on host {socket.gethostname()}, started 20" in message
     assert "in use by another run" in message and "another --workdir" in message

@@ -200,15 +200,15 @@ def scatter_figure(out: str, dataset: str, methods) -> str | None:
   import matplotlib.pyplot as plt
   import numpy as np
 
-  from ganjax import train
   from ganjax.data import gaussian_mixture
+  from ganjax.systems import gan
 
   panels = []
   for method in methods:
     workdir = os.path.join(out, "runs", dataset, method, "seed_0")
     if os.path.exists(os.path.join(workdir, "checkpoints")):
       npz = os.path.join(workdir, "final_samples.png")
-      points = train.sample_from_workdir(workdir, 2500, npz)
+      points = gan.sample_from_workdir(workdir, 2500, npz)
       panels.append((method, np.asarray(points)))
   if not panels:
     return None

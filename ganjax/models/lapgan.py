@@ -34,7 +34,7 @@ one flat latent vector (:func:`latent_shapes`: the coarse latent, then one noise
 coarsest first), so it can be evaluated like any generator.
 
 This module's networks are trained by :mod:`ganjax.systems.lapgan` (``config.task = "lapgan"``),
-not by the GAN loop of :mod:`ganjax.train` (see :data:`SYSTEM`).
+not by the GAN loop of :mod:`ganjax.systems.gan` (see :data:`SYSTEM`).
 """
 
 from __future__ import annotations

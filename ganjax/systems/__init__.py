@@ -1,14 +1,17 @@
-"""Training systems with their own data flow, selected by ``config.task``.
+"""Training systems, selected by ``config.task``: :func:`get_system` finds each one's module.
 
-The GAN of :mod:`ganjax.train` (``task = "gan"``, the default) maps latents to images and is
-judged by one discriminator. Systems whose networks see other inputs (a Laplacian pyramid of
+The GAN of :mod:`ganjax.systems.gan` (``task = "gan"``, the default) maps latents to images and is
+judged by one discriminator; :mod:`ganjax.classifier` (``task = "classifier"``) trains the domain
+classifier that evaluations use. Systems whose networks see other inputs (a Laplacian pyramid of
 conditional GANs, low-resolution images, an encoder) live here, one module per system:
 ``config.task = "NAME"`` selects ``ganjax.systems.NAME``. A system module exposes
 
 * ``train_and_evaluate(config, workdir)``: train from the config, resuming from ``workdir``;
 
-and, where the system supports the mode,
+and, where the system supports it,
 
+* ``load(workdir, step)``: the trained run as a :class:`ganjax.trained.TrainedRun`
+  (``ganjax.load``);
 * ``sample_from_workdir(workdir, num_samples, output)``: ``--mode=sample``;
 * ``evaluate_workdir(workdir, *, step, metrics, num_samples, config_overrides)``:
   ``--mode=evaluate``, returning ``{"values": ..., "path": ...}`` like
@@ -28,8 +31,9 @@ from types import ModuleType
 
 from ganjax.errors import ConfigError, MissingPathError
 
-# ``config.task`` values handled outside this package.
-BUILTIN_TASKS = ("gan", "classifier")
+# ``config.task`` values whose modules live outside this package (they came first).
+BUILTIN_TASKS = ("classifier",)
+_BUILTIN_MODULES = {"classifier": "ganjax.classifier"}
 
 
 def available_systems() -> list[str]:
@@ -42,12 +46,14 @@ def available_systems() -> list[str]:
 
 
 def get_system(task: str) -> ModuleType:
-  """Imports and returns ``ganjax.systems.<task>``.
+  """Imports and returns the module of ``task``: ``ganjax.systems.<task>`` or a built-in one.
 
   Raises:
     ValueError: ``task`` is neither a system module nor a built-in task; the message lists the
       valid tasks.
   """
+  if task in _BUILTIN_MODULES:
+    return importlib.import_module(_BUILTIN_MODULES[task])
   if task in available_systems():
     return importlib.import_module(f"{__name__}.{task}")
   valid = ", ".join([*BUILTIN_TASKS, *available_systems()])

@@ -40,10 +40,11 @@ from absl import logging
 from ganjax import checkpoint as checkpoint_lib
 from ganjax import loop, losses, parallel, sampling
 from ganjax import state as state_lib
-from ganjax import train as train_lib
 from ganjax import workdir as workdir_lib
 from ganjax.errors import ConfigError
 from ganjax.models import lapgan as lapgan_lib
+from ganjax.systems import gan as gan_lib
+from ganjax.trained import TrainedRun
 
 # Purposes folded into each level's per-step key.
 _D_NOISE, _G_NOISE = range(2)
@@ -392,8 +393,8 @@ def make_level_generate_fn(pyramid: Pyramid):
 
 def make_generate_fn(pyramid: Pyramid):
   """``generate(params, batch_stats, z, labels=None) -> images`` in [-1, 1], the signature of
-  :func:`ganjax.train.make_generate_fn` that :mod:`ganjax.evaluation` calls (``batch_stats`` is
-  unused: the LAPGAN networks have no BatchNorm). The final level, clipped to [-1, 1]."""
+  :func:`ganjax.systems.gan.make_generate_fn` that :mod:`ganjax.evaluation` calls (``batch_stats``
+  is unused: the LAPGAN networks have no BatchNorm). The final level, clipped to [-1, 1]."""
   generate_levels = make_level_generate_fn(pyramid)
 
   def generate(params, batch_stats, z, labels=None):
@@ -483,7 +484,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   num_levels = config.model.num_levels
   if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 1:
     raise ConfigError(f"config.model.num_levels must be an integer >= 1, got {num_levels!r}.")
-  train_lib.get_objective(config)
+  gan_lib.get_objective(config)
 
 
 def run_info(config, source, pyramid: Pyramid, state, mesh) -> dict[str, Any]:
@@ -582,7 +583,7 @@ def train_and_evaluate(
   mesh, source, checkpointer = loop.start(config, workdir, config.batch_size)
   is_chief = jax.process_index() == 0
   pyramid = build_pyramid(config, source.element_shape, source.num_classes)
-  objective = train_lib.get_objective(config)
+  objective = gan_lib.get_objective(config)
   state, start_step = loop.resume_or_create(
       checkpointer,
       lambda: abstract_state(config, pyramid, mesh),
@@ -696,7 +697,7 @@ def load_workdir(workdir: str, step: int | str | None = None):
 
   ``step``: None for the latest, an int, or ``"best"`` (``WORKDIR/checkpoints_best``).
   """
-  config, info = train_lib.load_run(workdir)
+  config, info = gan_lib.load_run(workdir)
   if config.get("task") != "lapgan":
     raise ConfigError(f"{workdir!r} is a {config.get('task', 'gan')!r} run, not a LAPGAN run.")
   data_info = info["data"]
@@ -705,37 +706,56 @@ def load_workdir(workdir: str, step: int | str | None = None):
   return config, pyramid, state, step
 
 
+def load(workdir: str, step: int | str | None = None) -> TrainedRun:
+  """The LAPGAN of ``workdir`` at ``step`` (None: latest, ``"best"``, or N); ``sample`` gives
+  the final level, and its inputs every level (coarse to final) under ``"levels"``."""
+  config, pyramid, state, step = load_workdir(workdir, step)
+  generate_levels = make_level_generate_fn(pyramid)
+
+  def sample_fn(num_samples: int, seed: int, labels):
+    z, labels = sampling.latents_and_labels(
+        seed, num_samples, pyramid.latent_size, pyramid.num_classes, labels
+    )
+    levels = [np.asarray(x) for x in generate_levels(sample_params(config, state), z, labels)]
+    final = np.clip(levels[-1], -1.0, 1.0)
+    return final, {"latents": np.asarray(z), "labels": labels, "levels": levels}
+
+  return TrainedRun(workdir, config, int(step), state, pyramid.num_classes, sample_fn=sample_fn)
+
+
 def sample_from_workdir(
     workdir: str, num_samples: int, output: str, seed: int | None = None
 ) -> np.ndarray:
-  """Writes ``output`` (every level of each sample, coarse to final, one column per sample),
-  ``output``\\ _final.png (the final images) and ``output``.npz from the latest checkpoint.
+  """``--mode=sample``: writes ``output`` (every level of each sample, coarse to final, one column
+  per sample), ``output``\\ _final.png (the final images) and ``output``.npz from the latest
+  checkpoint (:func:`load`).
 
   Uses the EMA generators when the run kept them; ``seed`` None draws the run's fixed latents.
   Returns the final samples ``(N, H, W, C)``.
   """
-  config, pyramid, state, step = load_workdir(workdir)
-  z, labels = sample_inputs(pyramid, config.seed if seed is None else seed, num_samples)
-  levels = make_level_generate_fn(pyramid)(sample_params(config, state), z, labels)
-  levels = [np.asarray(x) for x in levels]
-  columns = picture_columns(pyramid, len(z))
+  run = load(workdir)
+  config = run.config
+  num_samples = sampling.grid_size(num_samples, run.num_classes)
+  final, inputs = run.sample_with_inputs(num_samples, config.seed if seed is None else seed)
+  levels, labels = inputs["levels"], inputs["labels"]
+  columns = (num_samples // run.num_classes) if run.num_classes else None
+  columns = columns or min(_PICTURE_COLUMNS, num_samples)
   save_pyramid_picture(output, levels, columns)
   stem = os.path.splitext(output)[0]
-  final = np.clip(levels[-1], -1.0, 1.0)
   sampling.save_image_grid(stem + "_final.png", final, columns)
   extra = {} if labels is None else {"labels": np.asarray(labels)}
   np.savez_compressed(
       stem + ".npz",
       samples=final,
-      latents=np.asarray(z),
-      step=step,
+      latents=inputs["latents"],
+      step=run.step,
       ema=config.ema.decay > 0,
       **{f"level_{k}": x for k, x in zip(reversed(range(len(levels))), levels, strict=True)},
       **extra,
   )
   logging.info(
       "Wrote %s, %s_final.png and %s.npz (%d samples from step %d).",
-      output, stem, stem, len(z), step,
+      output, stem, stem, num_samples, run.step,
   )
   return final
 

@@ -63,7 +63,7 @@ from absl import logging
 from PIL import Image
 
 from ganjax import checkpoint as checkpoint_lib
-from ganjax import loop, losses, parallel, train
+from ganjax import loop, losses, parallel
 from ganjax import workdir as workdir_lib
 from ganjax.data import preprocessing
 from ganjax.data import super_resolution as sr_data
@@ -71,6 +71,8 @@ from ganjax.errors import ConfigError, MissingPathError
 from ganjax.metrics import image_quality
 from ganjax.models import srgan as srgan_models
 from ganjax.state import TrainState, parameter_count
+from ganjax.systems import gan
+from ganjax.trained import TrainedRun
 
 # The VGG19 convolution layers (Simonyan & Zisserman 2015) up to conv5_4, block by block; a 2x2
 # max-pool follows every block.
@@ -109,8 +111,8 @@ class SRGANState:
 def build_networks(config: ml_collections.ConfigDict):
   """``(Generator, Discriminator)`` of :mod:`ganjax.models.srgan` for the config."""
   scale = srgan_models.check_scale(config.scale)
-  g_kwargs = train._module_kwargs(config.model.generator)
-  d_kwargs = train._module_kwargs(config.model.discriminator)
+  g_kwargs = gan._module_kwargs(config.model.generator)
+  d_kwargs = gan._module_kwargs(config.model.discriminator)
   return srgan_models.Generator(scale=scale, **g_kwargs), srgan_models.Discriminator(**d_kwargs)
 
 
@@ -710,26 +712,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> SRGAN
 # Using a trained workdir.
 
 
-def load_trained(workdir: str, step: int | None = None):
-  """``(config, state, step)`` of a workdir's checkpoint (the latest when ``step`` is None)."""
+def load_trained(workdir: str, step: int | str | None = None):
+  """``(config, state, step)`` of a workdir's checkpoint (None: latest, ``"best"``, or N)."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise MissingPathError(f"{path} not found: is {workdir!r} the workdir of an srgan run?")
   with open(path) as f:
     config = ml_collections.ConfigDict(json.load(f))
-  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-  try:
-    step = checkpointer.latest_step() if step is None else step
-    if step is None:
-      raise MissingPathError(f"No checkpoint in {checkpointer.directory}.")
-    if step not in checkpointer.all_steps():
-      raise MissingPathError(
-          f"No checkpoint for step {step}; available: {checkpointer.all_steps()}."
-      )
-    state, _ = checkpointer.restore(step, abstract_state(config))
-  finally:
-    checkpointer.close()
-  return config, state, step
+  state, step = checkpoint_lib.restore_from_workdir(workdir, step, abstract_state(config))
+  return config, state, int(step)
+
+
+def load(workdir: str, step: int | str | None = None) -> TrainedRun:
+  """The SRGAN of ``workdir`` at ``step``; ``upscale`` super-resolves a uint8 RGB image in tiles
+  of ``srgan.upscale_tile`` LR pixels (:func:`upscale_array`)."""
+  config, state, step = load_trained(workdir, step)
+  tile = int(config.srgan.get("upscale_tile", 128))
+
+  def upscale_fn(image: np.ndarray) -> np.ndarray:
+    return upscale_array(config, state.generator, image, tile=tile)
+
+  return TrainedRun(workdir, config, step, state, upscale_fn=upscale_fn)
 
 
 def receptive_radius(config) -> int:

@@ -4,16 +4,16 @@ Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014, arXiv:1312.6114;
 ``config.loss.beta`` on the KL term is the beta-VAE of Higgins et al., ICLR 2017. The networks are
 :mod:`ganjax.models.vae` (DCGAN-shaped encoder and decoder).
 
-:func:`train_and_evaluate` has the features of :func:`ganjax.train.train_and_evaluate`: the data
-sources of :func:`ganjax.data.create_source`, a pure jit-compiled ``train_step(state, batch, rng)
--> (state, metrics)`` (one flax TrainState, optax optimizer) over the device mesh (``parallel.mode``
-``global`` or ``shard_map``), orbax checkpoints with the data position (a resumed run continues
-exactly), TensorBoard scalars and ``metrics.jsonl``, progress lines with steps/s and the ETA,
-``samples/step_NNNNNN.png`` (the decoder's mean images of fixed prior latents),
+:func:`train_and_evaluate` has the features of :func:`ganjax.systems.gan.train_and_evaluate`: the
+data sources of :func:`ganjax.data.create_source`, a pure jit-compiled ``train_step(state, batch,
+rng) -> (state, metrics)`` (one flax TrainState, optax optimizer) over the device mesh
+(``parallel.mode`` ``global`` or ``shard_map``), orbax checkpoints with the data position (a resumed
+run continues exactly), TensorBoard scalars and ``metrics.jsonl``, progress lines with steps/s and
+the ETA, ``samples/step_NNNNNN.png`` (the decoder's mean images of fixed prior latents),
 ``samples/reconstruction_step_NNNNNN.png`` (rows of real images, each followed by a row of their
-reconstructions from the posterior mean) and, when a feature extractor is configured, the
-evaluation of :mod:`ganjax.evaluation` (``eval/step_NNNNNN.json``), with the same latents and
-protocol as a GAN's, so GAN and VAE numbers go into one table.
+reconstructions from the posterior mean) and, when a feature extractor is configured, the evaluation
+of :mod:`ganjax.evaluation` (``eval/step_NNNNNN.json``), with the same latents and protocol as a
+GAN's, so GAN and VAE numbers go into one table.
 
 Samples are the mean images of p(x | z) for z ~ N(0, I) (the usual way VAE samples are shown and
 measured), not pixel draws from the likelihood.
@@ -35,11 +35,13 @@ import optax
 from absl import logging
 
 from ganjax import checkpoint as checkpoint_lib
-from ganjax import loop, parallel, sampling, train
+from ganjax import loop, parallel, sampling
 from ganjax import state as state_lib
 from ganjax import workdir as workdir_lib
 from ganjax.errors import ConfigError
 from ganjax.models import vae as vae_lib
+from ganjax.systems import gan
+from ganjax.trained import TrainedRun
 
 TASK = "vae"
 # Training scalars of every logged step (batch means; nats per image).
@@ -194,8 +196,8 @@ def make_train_step(config: ml_collections.ConfigDict):
 def make_generate_fn(model: vae_lib.VAE):
   """jit-compiled ``generate(params, batch_stats, z, labels=None) -> images in [-1, 1]``.
 
-  The signature of :func:`ganjax.train.make_generate_fn`, so :mod:`ganjax.evaluation` measures VAE
-  samples exactly like GAN samples (``labels`` are ignored: the VAE is unconditional).
+  The signature of :func:`ganjax.systems.gan.make_generate_fn`, so :mod:`ganjax.evaluation`
+  measures VAE samples exactly like GAN samples (``labels`` are ignored: the VAE is unconditional).
   """
 
   @jax.jit
@@ -420,7 +422,7 @@ def load_checkpoint(
 
   ``step``: None for the latest, a step number, or ``"best"`` (``WORKDIR/checkpoints_best``).
   """
-  config, info = train.load_run(workdir)
+  config, info = gan.load_run(workdir)
   if config.get("task", "gan") != TASK:
     raise ConfigError(
         f"{workdir!r} holds a run of task {config.get('task', 'gan')!r}, not {TASK!r}."
@@ -435,23 +437,39 @@ def load_checkpoint(
   return config, model, state, int(step)
 
 
+def load(workdir: str, step: int | str | None = None) -> TrainedRun:
+  """The VAE of ``workdir`` at ``step`` (None: latest, ``"best"``, or N); ``sample`` decodes
+  prior latents to the decoder's mean images."""
+  config, model, state, step = load_checkpoint(workdir, step)
+  generate = make_generate_fn(model)
+
+  def sample_fn(num_samples: int, seed: int, labels):
+    del labels  # Unconditional: TrainedRun refuses labels.
+    z = sampling.fixed_latents(seed, num_samples, config.model.latent_dim)
+    samples = np.asarray(generate(state.params, state.batch_stats, z))
+    return samples, {"latents": np.asarray(z), "labels": None}
+
+  return TrainedRun(workdir, config, int(step), state, sample_fn=sample_fn)
+
+
 def sample_from_workdir(
     workdir: str, num_samples: int, output: str, seed: int | None = None
 ) -> np.ndarray:
-  """Writes ``output`` (a PNG grid) and ``output``.npz from the latest checkpoint.
+  """``--mode=sample``: writes ``output`` (a PNG grid) and ``output``.npz from the latest
+  checkpoint (:func:`load`).
 
   The samples are the decoder's mean images of ``num_samples`` prior latents: the run's fixed
   latents (:func:`ganjax.sampling.fixed_latents` of its seed) unless ``seed`` is given.
   """
-  config, model, state, step = load_checkpoint(workdir)
-  z = sampling.fixed_latents(config.seed if seed is None else seed, num_samples,
-                             config.model.latent_dim)
-  samples = np.asarray(make_generate_fn(model)(state.params, state.batch_stats, z))
-  sampling.save_samples(output, samples, title=f"{os.path.basename(workdir)} step {step}")
+  run = load(workdir)
+  samples, inputs = run.sample_with_inputs(
+      num_samples, run.config.seed if seed is None else seed
+  )
+  sampling.save_samples(output, samples, title=f"{os.path.basename(workdir)} step {run.step}")
   npz_path = os.path.splitext(output)[0] + ".npz"
-  np.savez_compressed(npz_path, samples=samples, latents=np.asarray(z), step=step)
+  np.savez_compressed(npz_path, samples=samples, latents=inputs["latents"], step=run.step)
   logging.info("Wrote %s and %s (%d VAE samples from step %d).", output, npz_path, num_samples,
-               step)
+               run.step)
   return samples
 
 

@@ -31,6 +31,7 @@ from ganjax import workdir as workdir_lib
 from ganjax.data import gaussian_mixture
 from ganjax.errors import ConfigError, MissingPathError
 from ganjax.models import blocks
+from ganjax.trained import TrainedRun
 
 # Raised when a loss or metric becomes NaN/inf (defined with the loop that raises it).
 NonFiniteLossError = loop.NonFiniteLossError
@@ -469,37 +470,63 @@ def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
   return config, info
 
 
-def sample_from_workdir(
-    workdir: str, num_samples: int, output: str, seed: int | None = None
-) -> np.ndarray:
-  """Writes ``output`` (a grid or scatter plot) and ``output``.npz from the latest checkpoint.
+def load(workdir: str, step: int | str | None = None) -> TrainedRun:
+  """The GAN (or conditional GAN) of ``workdir`` at ``step`` (None: latest, ``"best"``, or N).
 
-  Uses the EMA generator when the run kept one. ``seed`` None draws the run's fixed latents.
+  ``sample`` draws from the EMA generator when the run kept one; ``seed=config.seed`` gives the
+  latents of the run's sample pictures.
   """
   config, info = load_run(workdir)
   data_info = info["data"]
   networks = build_networks(config, tuple(data_info["element_shape"]), data_info["num_classes"])
   state, step = checkpoint_lib.restore_from_workdir(
-      workdir, None, abstract_state(config, networks)
-  )
-  z_seed = config.seed if seed is None else seed
-  z, labels, columns = sample_inputs(
-      z_seed, num_samples, config.model.latent_dim, networks.num_classes
+      workdir, step, abstract_state(config, networks)
   )
   generate = make_generate_fn(networks)
-  samples = np.asarray(
-      generate(sample_params(config, state), state.generator.batch_stats, z, labels)
+
+  def sample_fn(num_samples: int, seed: int, labels):
+    z, labels = sampling.latents_and_labels(
+        seed, num_samples, config.model.latent_dim, networks.num_classes, labels
+    )
+    samples = generate(sample_params(config, state), state.generator.batch_stats, z, labels)
+    return np.asarray(samples), {"latents": np.asarray(z), "labels": labels}
+
+  return TrainedRun(
+      workdir, config, int(step), state, networks.num_classes, sample_fn=sample_fn
   )
+
+
+def evaluate_workdir(workdir: str, **kwargs) -> dict[str, Any]:
+  """``--mode=evaluate``: :func:`ganjax.evaluation.evaluate_workdir`."""
+  from ganjax import evaluation  # evaluation imports this module.
+
+  return evaluation.evaluate_workdir(workdir, **kwargs)
+
+
+def sample_from_workdir(
+    workdir: str, num_samples: int, output: str, seed: int | None = None
+) -> np.ndarray:
+  """``--mode=sample``: writes ``output`` (a grid, one class per row when conditional, or a
+  scatter plot) and ``output``.npz from the latest checkpoint (:func:`load`).
+
+  Uses the EMA generator when the run kept one. ``seed`` None draws the run's fixed latents.
+  """
+  run = load(workdir)
+  config = run.config
+  num_samples = sampling.grid_size(num_samples, run.num_classes)
+  samples, inputs = run.sample_with_inputs(num_samples, config.seed if seed is None else seed)
+  columns = num_samples // run.num_classes if run.num_classes else None
   sampling.save_samples(
-      output, samples, title=f"{os.path.basename(workdir)} step {step}", num_columns=columns
+      output, samples, title=f"{os.path.basename(workdir)} step {run.step}", num_columns=columns
   )
   npz_path = os.path.splitext(output)[0] + ".npz"
+  labels = inputs["labels"]
   extra = {} if labels is None else {"labels": np.asarray(labels)}
   np.savez_compressed(
       npz_path,
       samples=samples,
-      latents=np.asarray(z),
-      step=step,
+      latents=inputs["latents"],
+      step=run.step,
       ema=config.ema.decay > 0,
       **extra,
   )
@@ -508,7 +535,7 @@ def sample_from_workdir(
       output,
       npz_path,
       num_samples,
-      step,
+      run.step,
       "EMA" if config.ema.decay > 0 else "raw",
   )
   return samples

@@ -1,0 +1,96 @@
+"""A trained run loaded from its workdir: what ``ganjax.load`` returns for every system.
+
+Each system's ``load(workdir, step)`` restores its checkpoint and wraps what the run can do as
+:class:`TrainedRun`: ``sample`` (GAN, conditional GAN, LAPGAN, VAE) and ``upscale`` (SRGAN). The
+command line's ``--mode=sample`` and ``--mode=upscale`` call the same functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from ganjax.errors import ConfigError
+
+# (num_samples, seed, labels or None) -> (samples, inputs): samples NHWC in [-1, 1] (points
+# (N, D) for point data); inputs the latents/labels/picture layout that produced them.
+SampleFn = Callable[[int, int, np.ndarray | None], tuple[np.ndarray, dict[str, Any]]]
+UpscaleFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+  """A run's checkpoint and what it can do.
+
+  Attributes:
+    workdir: Where the run lives.
+    config: The run's resolved config (``WORKDIR/config.json``).
+    step: The step of the restored checkpoint.
+    state: The restored state (the system's own pytree).
+    num_classes: The classes a conditional generator takes (None: unconditional).
+  """
+
+  workdir: str
+  config: ml_collections.ConfigDict
+  step: int
+  state: Any
+  num_classes: int | None = None
+  sample_fn: SampleFn | None = dataclasses.field(default=None, repr=False)
+  upscale_fn: UpscaleFn | None = dataclasses.field(default=None, repr=False)
+
+  @property
+  def task(self) -> str:
+    return self.config.get("task", "gan")
+
+  def sample(self, num_samples: int, seed: int = 0, labels=None) -> np.ndarray:
+    """``num_samples`` samples, NHWC in [-1, 1] (points ``(N, D)`` on point data).
+
+    ``seed`` picks the latents (the run's sample pictures use ``config.seed``). ``labels``: the
+    classes of a conditional generator, one int for all or one per sample (default: every class
+    in turn); an unconditional generator takes none.
+    """
+    return self.sample_with_inputs(num_samples, seed, labels)[0]
+
+  def sample_with_inputs(self, num_samples: int, seed: int = 0, labels=None):
+    """``(samples, inputs)``: :meth:`sample` and the latents (and labels) that produced it."""
+    if self.sample_fn is None:
+      raise ConfigError(f"A {self.task!r} run does not generate samples ({self.workdir}).")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int | np.integer):
+      raise ConfigError(f"num_samples must be an int >= 1, got {num_samples!r}.")
+    if num_samples < 1:
+      raise ConfigError(f"num_samples must be >= 1, got {num_samples}.")
+    return self.sample_fn(int(num_samples), int(seed), self._labels(labels, int(num_samples)))
+
+  def _labels(self, labels, num_samples: int) -> np.ndarray | None:
+    if labels is None:
+      return None
+    if not self.num_classes:
+      raise ConfigError(f"labels={labels!r} given, but the {self.task!r} run is unconditional.")
+    labels = np.broadcast_to(np.asarray(labels), (num_samples,))
+    if not np.issubdtype(labels.dtype, np.integer):
+      raise ConfigError(f"labels must be integers in [0, {self.num_classes}), got {labels.dtype}.")
+    bad = labels[(labels < 0) | (labels >= self.num_classes)]
+    if bad.size:
+      raise ConfigError(
+          f"Label {int(bad[0])} is out of range: the run has {self.num_classes} classes "
+          f"(0..{self.num_classes - 1})."
+      )
+    return labels.astype(np.int32)
+
+  def upscale(self, image: np.ndarray) -> np.ndarray:
+    """Super-resolves one uint8 ``(H, W, 3)`` image of any size; returns uint8
+    ``(H * scale, W * scale, 3)``."""
+    if self.upscale_fn is None:
+      raise ConfigError(
+          f"A {self.task!r} run does not upscale images; train task 'srgan' ({self.workdir})."
+      )
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+      raise ConfigError(
+          f"upscale takes one uint8 RGB image (H, W, 3), got {image.dtype} {image.shape}."
+      )
+    return self.upscale_fn(image)
