@@ -34,9 +34,9 @@ sys.path.insert(0, HERE)
 from workloads import WORKLOADS  # noqa: E402
 
 SCRIPTS = {
-    "ganjax": "train_step.py",
-    "torch": "torch_train_step.py",
-    "handwritten": "handwritten_step.py",
+  "ganjax": "train_step.py",
+  "torch": "torch_train_step.py",
+  "handwritten": "handwritten_step.py",
 }
 JAX_FRAMEWORKS = ("ganjax", "handwritten")
 TABLE_ORDER = ("ganjax", "handwritten", "torch")
@@ -65,23 +65,23 @@ def machine_info() -> dict:
     pass
   try:
     revision = subprocess.run(
-        ["git", "describe", "--always", "--dirty"], cwd=HERE, capture_output=True, text=True
+      ["git", "describe", "--always", "--dirty"], cwd=HERE, capture_output=True, text=True
     ).stdout.strip()
   except OSError:
     revision = ""
   return {
-      "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-      "cpu": cpu.get("Model name", platform.processor()),
-      "cpus": os.cpu_count(),
-      "cores_per_socket": cpu.get("Core(s) per socket"),
-      "sockets": cpu.get("Socket(s)"),
-      "threads_per_core": cpu.get("Thread(s) per core"),
-      "flags_amx": "amx_bf16" in cpu.get("Flags", ""),
-      "python": platform.python_version(),
-      **{p: _version(p) for p in ("jax", "jaxlib", "flax", "optax", "torch", "numpy")},
-      "git": revision,
-      "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-      "xla_flags": os.environ.get("XLA_FLAGS"),
+    "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    "cpu": cpu.get("Model name", platform.processor()),
+    "cpus": os.cpu_count(),
+    "cores_per_socket": cpu.get("Core(s) per socket"),
+    "sockets": cpu.get("Socket(s)"),
+    "threads_per_core": cpu.get("Thread(s) per core"),
+    "flags_amx": "amx_bf16" in cpu.get("Flags", ""),
+    "python": platform.python_version(),
+    **{p: _version(p) for p in ("jax", "jaxlib", "flax", "optax", "torch", "numpy")},
+    "git": revision,
+    "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+    "xla_flags": os.environ.get("XLA_FLAGS"),
   }
 
 
@@ -91,7 +91,7 @@ def run_json(args: list[str], timeout: float) -> dict:
   t0 = time.perf_counter()
   try:
     p = subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env
+      [sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env
     )
   except subprocess.TimeoutExpired:
     return {"error": f"timed out after {timeout:.0f} s"}
@@ -130,22 +130,25 @@ def _fmt(values: list[float], digits: int = 1) -> str:
 
 
 def summarize(runs: list[dict], workload: str, framework: str) -> dict | None:
-  ok = [r for r in runs if r["workload"] == workload and r["framework"] == framework and
-        "error" not in r]
+  ok = [
+    r
+    for r in runs
+    if r["workload"] == workload and r["framework"] == framework and "error" not in r
+  ]
   if not ok:
     return None
   ips = [r["images_per_sec"] for r in ok]
   compile_s = [r["compile_s"] for r in ok if r.get("compile_s") is not None]
   return {
-      "rounds": len(ok),
-      "images_per_sec": ips,
-      "images_per_sec_median": statistics.median(ips),
-      "gflop_per_sec_median": statistics.median(r["gflop_per_sec"] for r in ok),
-      "gflop_per_step": ok[0]["gflop_per_step"],
-      "compile_s_median": statistics.median(compile_s) if compile_s else None,
-      "peak_rss_mib_max": max(r["peak_rss_mib"] for r in ok),
-      "threads": ok[0].get("threads"),
-      "conv_impl": ok[0].get("conv_impl"),
+    "rounds": len(ok),
+    "images_per_sec": ips,
+    "images_per_sec_median": statistics.median(ips),
+    "gflop_per_sec_median": statistics.median(r["gflop_per_sec"] for r in ok),
+    "gflop_per_step": ok[0]["gflop_per_step"],
+    "compile_s_median": statistics.median(compile_s) if compile_s else None,
+    "peak_rss_mib_max": max(r["peak_rss_mib"] for r in ok),
+    "threads": ok[0].get("threads"),
+    "conv_impl": ok[0].get("conv_impl"),
   }
 
 
@@ -162,16 +165,16 @@ def markdown(info: dict, gemm: dict, summary: dict, args, frameworks: list[str],
   if cores and info["sockets"]:
     cores = int(cores) * int(info["sockets"])
   versions = ", ".join(
-      f"{p} {info[p]}" for p in ("jax", "jaxlib", "flax", "optax", "torch") if info.get(p)
+    f"{p} {info[p]}" for p in ("jax", "jaxlib", "flax", "optax", "torch") if info.get(p)
   )
   lines = [
-      f"- date: {info['date']}; git {info['git']}",
-      f"- CPU: {info['cpu']}; {cores} cores, {info['cpus']} logical CPUs",
-      f"- Python {info['python']}; {versions}",
-      f"- dtype {args.dtype}; {args.rounds} rounds x {args.steps} timed steps (+{args.warmup} "
-      "warm-up) per run, each run a fresh process",
-      f"- {args.dtype} GEMM GFLOP/s: jax {rate('jax')}, torch {rate('torch')}; machine rate "
-      + (f"{gemm_rate:.1f}" if gemm_rate else "n/a"),
+    f"- date: {info['date']}; git {info['git']}",
+    f"- CPU: {info['cpu']}; {cores} cores, {info['cpus']} logical CPUs",
+    f"- Python {info['python']}; {versions}",
+    f"- dtype {args.dtype}; {args.rounds} rounds x {args.steps} timed steps (+{args.warmup} "
+    "warm-up) per run, each run a fresh process",
+    f"- {args.dtype} GEMM GFLOP/s: jax {rate('jax')}, torch {rate('torch')}; machine rate "
+    + (f"{gemm_rate:.1f}" if gemm_rate else "n/a"),
   ]
   torch_threads = {s["threads"] for (_, fw), s in summary.items() if fw == "torch" and s}
   if torch_threads:
@@ -194,9 +197,17 @@ def markdown(info: dict, gemm: dict, summary: dict, args, frameworks: list[str],
     return f"{100 * s['gflop_per_sec_median'] / gemm_rate:.0f}%" if s and gemm_rate else "n/a"
 
   header = [
-      "workload", "GFLOP/step", "ganjax img/s", "handwritten img/s", "torch img/s",
-      "ganjax/torch", "ganjax/handwritten", "GFLOP/s ganjax / hw / torch",
-      "% GEMM ganjax / torch", "compile s ganjax / hw", "peak RSS MiB ganjax / torch",
+    "workload",
+    "GFLOP/step",
+    "ganjax img/s",
+    "handwritten img/s",
+    "torch img/s",
+    "ganjax/torch",
+    "ganjax/handwritten",
+    "GFLOP/s ganjax / hw / torch",
+    "% GEMM ganjax / torch",
+    "compile s ganjax / hw",
+    "peak RSS MiB ganjax / torch",
   ]
   lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for workload in args.workloads:
@@ -204,29 +215,28 @@ def markdown(info: dict, gemm: dict, summary: dict, args, frameworks: list[str],
     any_s = next((v for v in s.values() if v), None)
     ips = {fw: _fmt(v["images_per_sec"]) if v else "n/a" for fw, v in s.items()}
     row = [
-        f"{workload} (batch {WORKLOADS[workload].batch})",
-        f"{any_s['gflop_per_step']:.2f}" if any_s else "n/a",
-        ips.get("ganjax", "n/a"),
-        ips.get("handwritten", "n/a"),
-        ips.get("torch", "n/a"),
-        ratio(workload, "ganjax", "torch"),
-        ratio(workload, "ganjax", "handwritten"),
-        " / ".join(pick(workload, fw, "gflop_per_sec_median") for fw in TABLE_ORDER),
-        f"{percent(workload, 'ganjax')} / {percent(workload, 'torch')}",
-        " / ".join(pick(workload, fw, "compile_s_median") for fw in JAX_FRAMEWORKS),
-        " / ".join(pick(workload, fw, "peak_rss_mib_max", "{:.0f}") for fw in ("ganjax", "torch")),
+      f"{workload} (batch {WORKLOADS[workload].batch})",
+      f"{any_s['gflop_per_step']:.2f}" if any_s else "n/a",
+      ips.get("ganjax", "n/a"),
+      ips.get("handwritten", "n/a"),
+      ips.get("torch", "n/a"),
+      ratio(workload, "ganjax", "torch"),
+      ratio(workload, "ganjax", "handwritten"),
+      " / ".join(pick(workload, fw, "gflop_per_sec_median") for fw in TABLE_ORDER),
+      f"{percent(workload, 'ganjax')} / {percent(workload, 'torch')}",
+      " / ".join(pick(workload, fw, "compile_s_median") for fw in JAX_FRAMEWORKS),
+      " / ".join(pick(workload, fw, "peak_rss_mib_max", "{:.0f}") for fw in ("ganjax", "torch")),
     ]
     lines.append("| " + " | ".join(row) + " |")
   impls = {s["conv_impl"] for (_, fw), s in summary.items() if s and s.get("conv_impl")}
   if impls:
     lines.append(f"\nganjax / hand-written DCGAN conv_impl: {', '.join(sorted(impls))}.")
   lines.append(
-      "\nimg/s: median of the per-run medians (min..max over rounds). GFLOP/s: "
-      "benchmarks/flops.py's count / median step time. % GEMM: of the machine GEMM rate. "
-      "PyTorch has no compile step."
+    "\nimg/s: median of the per-run medians (min..max over rounds). GFLOP/s: "
+    "benchmarks/flops.py's count / median step time. % GEMM: of the machine GEMM rate. "
+    "PyTorch has no compile step."
   )
   return "\n".join(lines) + "\n"
-
 
 
 def main():
@@ -260,15 +270,26 @@ def main():
   log(f"{info['cpu']}, {info['cpus']} CPUs; jax {info['jax']}, torch {info['torch']}")
   log("GEMM rate:")
   gemm_frameworks = ["jax"] + (["torch"] if "torch" in frameworks else [])
-  gemm = measure_gemm(gemm_frameworks, args.gemm_sizes, args.dtype, args.torch_threads,
-                      args.timeout)
+  gemm = measure_gemm(
+    gemm_frameworks, args.gemm_sizes, args.dtype, args.torch_threads, args.timeout
+  )
 
   runs = []
   for workload in args.workloads:
     for round_index in range(args.rounds):
       for fw in frameworks:
-        cmd = [os.path.join(HERE, SCRIPTS[fw]), "--workload", workload, "--steps",
-               str(args.steps), "--warmup", str(args.warmup), "--dtype", args.dtype, "--json"]
+        cmd = [
+          os.path.join(HERE, SCRIPTS[fw]),
+          "--workload",
+          workload,
+          "--steps",
+          str(args.steps),
+          "--warmup",
+          str(args.warmup),
+          "--dtype",
+          args.dtype,
+          "--json",
+        ]
         if fw in JAX_FRAMEWORKS and args.conv_impl:
           cmd += ["--conv_impl", args.conv_impl]
         if fw == "torch" and args.torch_threads:
@@ -281,16 +302,16 @@ def main():
         else:
           compiled = f", compile {r['compile_s']:.1f} s" if r.get("compile_s") else ""
           log(
-              f"  {workload} round {round_index + 1}/{args.rounds} {fw}: "
-              f"{r['images_per_sec']:.1f} img/s ({r['step_ms_median']:.1f} ms/step, "
-              f"{r['gflop_per_sec']:.1f} GFLOP/s{compiled})"
+            f"  {workload} round {round_index + 1}/{args.rounds} {fw}: "
+            f"{r['images_per_sec']:.1f} img/s ({r['step_ms_median']:.1f} ms/step, "
+            f"{r['gflop_per_sec']:.1f} GFLOP/s{compiled})"
           )
 
   summary = {(w, fw): summarize(runs, w, fw) for w in args.workloads for fw in frameworks}
   notes += [
-      f"{r['workload']} {r['framework']} round {r['round'] + 1} failed: {r['error'][:300]}"
-      for r in runs
-      if "error" in r
+    f"{r['workload']} {r['framework']} round {r['round'] + 1} failed: {r['error'][:300]}"
+    for r in runs
+    if "error" in r
   ]
   table = markdown(info, gemm, summary, args, frameworks, notes)
   print("\n" + table, flush=True)
@@ -301,15 +322,15 @@ def main():
     raw = os.path.splitext(args.out)[0] + ".json"
     with open(raw, "w") as f:
       json.dump(
-          {
-              "machine": info,
-              "args": vars(args),
-              "gemm": gemm,
-              "summary": {f"{w}/{fw}": s for (w, fw), s in summary.items()},
-              "runs": runs,
-          },
-          f,
-          indent=1,
+        {
+          "machine": info,
+          "args": vars(args),
+          "gemm": gemm,
+          "summary": {f"{w}/{fw}": s for (w, fw), s in summary.items()},
+          "runs": runs,
+        },
+        f,
+        indent=1,
       )
     log(f"wrote {args.out} and {raw}")
 

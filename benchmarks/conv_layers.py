@@ -61,15 +61,15 @@ def _workload_layers(workload: str) -> list[Layer]:
   if workload == "dcgan28":  # TF tutorial layout, w = 64, batch 128.
     b = 128
     return [
-        Layer("28 G 7->7 5x5s1", True, b, 7, 256, 128, 5, 1, "SAME", True),
-        Layer("28 G 7->14 5x5s2", True, b, 7, 128, 64, 5, 2, "SAME", True),
-        Layer("28 G 14->28 5x5s2", True, b, 14, 64, 1, 5, 2, "SAME", True),
-        Layer("28 D 28->14 5x5s2", False, b, 28, 1, 64, 5, 2, "SAME", False),
-        Layer("28 D 14->7 5x5s2", False, b, 14, 64, 128, 5, 2, "SAME", True),
+      Layer("28 G 7->7 5x5s1", True, b, 7, 256, 128, 5, 1, "SAME", True),
+      Layer("28 G 7->14 5x5s2", True, b, 7, 128, 64, 5, 2, "SAME", True),
+      Layer("28 G 14->28 5x5s2", True, b, 14, 64, 1, 5, 2, "SAME", True),
+      Layer("28 D 28->14 5x5s2", False, b, 28, 1, 64, 5, 2, "SAME", False),
+      Layer("28 D 14->7 5x5s2", False, b, 14, 64, 128, 5, 2, "SAME", True),
     ]
   size = {"dcgan32": 32, "dcgan64": 64}[workload]  # Radford layout, ngf = ndf = 64, batch 64.
   b = 64
-  channels = [64 * 2 ** i for i in range(size.bit_length() - 3)][::-1]  # 512, 256, 128, 64 at 64.
+  channels = [64 * 2**i for i in range(size.bit_length() - 3)][::-1]  # 512, 256, 128, 64 at 64.
   p = f"{size} "
   out = [Layer(p + "G 1->4 4x4 VALID", True, b, 1, 100, channels[0], 4, 1, "VALID", False)]
   n = 4
@@ -87,8 +87,10 @@ def useful_flops(layer: Layer) -> float:
   """2 x MACs of the direct formulation of one pass (see the module docstring)."""
   pixels = layer.size**2  # A transposed convolution: every input pixel meets every tap.
   if not layer.transpose:
-    out = (layer.size - layer.kernel) // layer.stride + 1 if layer.padding == "VALID" else (
-        -(-layer.size // layer.stride)
+    out = (
+      (layer.size - layer.kernel) // layer.stride + 1
+      if layer.padding == "VALID"
+      else (-(-layer.size // layer.stride))
     )
     pixels = out**2
   return 2.0 * layer.batch * pixels * layer.kernel**2 * layer.in_features * layer.features
@@ -128,7 +130,9 @@ def _s2d(x, kernel, layer):
   xs = xp.reshape(b, n, s, n, s, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, n, n, s * s * c)
   kp = jnp.pad(kernel, ((0, kc * s - k), (0, kc * s - k), (0, 0), (0, 0)))
   ks = kp.reshape(kc, s, kc, s, c, -1).transpose(0, 2, 1, 3, 4, 5).reshape(kc, kc, s * s * c, -1)
-  return lax.conv_general_dilated(xs, ks, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return lax.conv_general_dilated(
+    xs, ks, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
 
 
 def _phase(x, kernel, layer):
@@ -139,17 +143,21 @@ def _col2im(x, kernel, layer):
   return layers._dilated_col2im(x, kernel, (layer.stride,) * 2, _pads(layer), None)
 
 
-PLAIN = {"im2col": (False, _im2col), "s2d": (False, _s2d), "phase": (True, _phase),
-         "col2im": (True, _col2im)}
+PLAIN = {
+  "im2col": (False, _im2col),
+  "s2d": (False, _s2d),
+  "phase": (True, _phase),
+  "col2im": (True, _col2im),
+}
 
 # Variants of "fast": module constants of ganjax.models.layers set while tracing.
 _INF = float("inf")
 FAST_VARIANTS = {
-    "fast:subpixel": dict(_COL2IM_MAX_FEATURES=0, _SUBPIXEL_MAX_WASTE=_INF),
-    "fast:phase": dict(_COL2IM_MAX_FEATURES=0, _SUBPIXEL_MAX_WASTE=0),
-    "fast:col2im": dict(_COL2IM_MAX_FEATURES=1 << 30),
-    "fast:wg-conv": dict(_WEIGHT_GRAD_CONV_MAX_PIXELS=1 << 30, _WEIGHT_GRAD_CONV_MIN_FEATURES=0),
-    "fast:wg-gemm": dict(_WEIGHT_GRAD_CONV_MAX_PIXELS=-1),
+  "fast:subpixel": dict(_COL2IM_MAX_FEATURES=0, _SUBPIXEL_MAX_WASTE=_INF),
+  "fast:phase": dict(_COL2IM_MAX_FEATURES=0, _SUBPIXEL_MAX_WASTE=0),
+  "fast:col2im": dict(_COL2IM_MAX_FEATURES=1 << 30),
+  "fast:wg-conv": dict(_WEIGHT_GRAD_CONV_MAX_PIXELS=1 << 30, _WEIGHT_GRAD_CONV_MIN_FEATURES=0),
+  "fast:wg-gemm": dict(_WEIGHT_GRAD_CONV_MAX_PIXELS=-1),
 }
 
 
@@ -216,14 +224,16 @@ def _time(f, args) -> float:
 
 def run_layer(layer: Layer, impls: list[str], rounds: int, budget_s: float) -> dict:
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.standard_normal((layer.batch, layer.size, layer.size, layer.in_features)),
-                  jnp.float32)
-  kernel = jnp.asarray(
-      0.05 * rng.standard_normal((layer.kernel, layer.kernel, layer.in_features, layer.features)),
-      jnp.float32,
+  x = jnp.asarray(
+    rng.standard_normal((layer.batch, layer.size, layer.size, layer.in_features)), jnp.float32
   )
-  y = jax.eval_shape(lambda k, x: _module(layer, "xla").apply({"params": {"kernel": k}}, x),
-                     kernel, x)
+  kernel = jnp.asarray(
+    0.05 * rng.standard_normal((layer.kernel, layer.kernel, layer.in_features, layer.features)),
+    jnp.float32,
+  )
+  y = jax.eval_shape(
+    lambda k, x: _module(layer, "xla").apply({"params": {"kernel": k}}, x), kernel, x
+  )
   cotangent = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
   args = (kernel, x, cotangent)
   compiled = {}
@@ -242,30 +252,40 @@ def run_layer(layer: Layer, impls: list[str], rounds: int, budget_s: float) -> d
           samples.append(_time(f, args))
   flops = useful_flops(layer)
   passes = 3 if layer.needs_dx else 2
-  result = {"layer": layer.name, "gflop_forward": flops / 1e9, "passes_backward": passes, "impls": {}}
+  result = {
+    "layer": layer.name,
+    "gflop_forward": flops / 1e9,
+    "passes_backward": passes,
+    "impls": {},
+  }
   for impl, (fwd, fwd_bwd) in times.items():
     fwd_s, fwd_bwd_s = float(np.median(fwd)), float(np.median(fwd_bwd))
     result["impls"][impl] = {
-        "forward_ms": 1e3 * fwd_s,
-        "forward_gflops": flops / fwd_s / 1e9,
-        "forward_backward_ms": 1e3 * fwd_bwd_s,
-        "forward_backward_gflops": passes * flops / fwd_bwd_s / 1e9,
-        "samples": [len(fwd), len(fwd_bwd)],
+      "forward_ms": 1e3 * fwd_s,
+      "forward_gflops": flops / fwd_s / 1e9,
+      "forward_backward_ms": 1e3 * fwd_bwd_s,
+      "forward_backward_gflops": passes * flops / fwd_bwd_s / 1e9,
+      "samples": [len(fwd), len(fwd_bwd)],
     }
   return result
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--workload", default="dcgan28,dcgan64",
-                      help="comma-separated: dcgan28, dcgan32, dcgan64")
+  parser.add_argument(
+    "--workload", default="dcgan28,dcgan64", help="comma-separated: dcgan28, dcgan32, dcgan64"
+  )
   parser.add_argument("--impls", default="xla,subpixel,fast", help="comma-separated")
-  parser.add_argument("--variants", action="store_true",
-                      help="also the formulations 'fast' does not pick (see the docstring)")
+  parser.add_argument(
+    "--variants",
+    action="store_true",
+    help="also the formulations 'fast' does not pick (see the docstring)",
+  )
   parser.add_argument("--layer", default="", help="only layers whose name contains this")
   parser.add_argument("--rounds", type=int, default=5)
-  parser.add_argument("--budget", type=float, default=1.0,
-                      help="seconds after which a function is not timed again")
+  parser.add_argument(
+    "--budget", type=float, default=1.0, help="seconds after which a function is not timed again"
+  )
   parser.add_argument("--json", action="store_true", help="print one JSON line per layer")
   args = parser.parse_args()
   impls = args.impls.split(",")
@@ -276,8 +296,10 @@ def main():
     if impl not in PLAIN and impl not in FAST_VARIANTS:
       layers.check_choice("impl", base, layers.CONV_IMPLS)
   if not args.json:
-    print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs; "
-          "ms (GFLOP/s of the direct formulation), medians of interleaved rounds")
+    print(
+      f"jax {jax.__version__}, {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs; "
+      "ms (GFLOP/s of the direct formulation), medians of interleaved rounds"
+    )
   for workload in args.workload.split(","):
     for layer in _workload_layers(workload):
       if args.layer not in layer.name:
@@ -287,12 +309,17 @@ def main():
         print(json.dumps(result), flush=True)
         continue
       grads = "dx+dW" if layer.needs_dx else "dW"
-      print(f"{layer.name}  (batch {layer.batch}, {layer.in_features}->{layer.features}, "
-            f"{result['gflop_forward']:.2f} GFLOP/pass; fwd+bwd = fwd+{grads})", flush=True)
+      print(
+        f"{layer.name}  (batch {layer.batch}, {layer.in_features}->{layer.features}, "
+        f"{result['gflop_forward']:.2f} GFLOP/pass; fwd+bwd = fwd+{grads})",
+        flush=True,
+      )
       for impl, r in result["impls"].items():
-        print(f"  {impl:14s} fwd {r['forward_ms']:8.2f} ms ({r['forward_gflops']:5.0f})"
-              f"   fwd+bwd {r['forward_backward_ms']:8.2f} ms ({r['forward_backward_gflops']:5.0f})",
-              flush=True)
+        print(
+          f"  {impl:14s} fwd {r['forward_ms']:8.2f} ms ({r['forward_gflops']:5.0f})"
+          f"   fwd+bwd {r['forward_backward_ms']:8.2f} ms ({r['forward_backward_gflops']:5.0f})",
+          flush=True,
+        )
 
 
 if __name__ == "__main__":

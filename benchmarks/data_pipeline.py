@@ -43,14 +43,14 @@ def measure_pipeline(num_batches: int, batch_size: int) -> dict:
     times.append(time.perf_counter() - t)
   total = float(np.sum(times))
   return {
-      "data": config.data.name,
-      "element_shape": list(source.element_shape),
-      "batch": batch_size,
-      "batches": num_batches,
-      "images_per_sec": num_batches * batch_size / total,
-      "batch_ms_median": 1e3 * float(np.median(times)),
-      "batch_ms_max": 1e3 * float(np.max(times)),
-      "setup_s": setup_s,
+    "data": config.data.name,
+    "element_shape": list(source.element_shape),
+    "batch": batch_size,
+    "batches": num_batches,
+    "images_per_sec": num_batches * batch_size / total,
+    "batch_ms_median": 1e3 * float(np.median(times)),
+    "batch_ms_max": 1e3 * float(np.max(times)),
+    "setup_s": setup_s,
   }
 
 
@@ -73,15 +73,15 @@ def main():
     return
   pipe = r["pipeline"]
   print(
-      f"data pipeline ({pipe['data']}, batch {pipe['batch']}): {pipe['images_per_sec']:.0f} img/s "
-      f"({pipe['batch_ms_median']:.2f} ms/batch median, max {pipe['batch_ms_max']:.2f}; "
-      f"setup {pipe['setup_s']:.1f} s)"
+    f"data pipeline ({pipe['data']}, batch {pipe['batch']}): {pipe['images_per_sec']:.0f} img/s "
+    f"({pipe['batch_ms_median']:.2f} ms/batch median, max {pipe['batch_ms_max']:.2f}; "
+    f"setup {pipe['setup_s']:.1f} s)"
   )
   if "ratio" in r:
     verdict = "ok" if r["ratio"] >= 5 else "BELOW the 5x target"
     print(
-        f"dcgan28 step: {r['dcgan28_step_images_per_sec']:.0f} img/s; pipeline / step = "
-        f"{r['ratio']:.1f}x ({verdict})"
+      f"dcgan28 step: {r['dcgan28_step_images_per_sec']:.0f} img/s; pipeline / step = "
+      f"{r['ratio']:.1f}x ({verdict})"
     )
 
 

@@ -43,20 +43,20 @@ def main() -> None:
   variables = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))
   images = rng.random((args.inception_images, 32, 32, 3), dtype=np.float32)
   inception_rate, inception_compile = _time(
-      lambda x: inception.extract_features(variables, x, batch_size=50), images
+    lambda x: inception.extract_features(variables, x, batch_size=50), images
   )
 
   params = classifier.init_params(jax.random.key(0))
   digits = rng.uniform(-1, 1, (args.classifier_images, 28, 28, 1)).astype(np.float32)
   classifier_rate, classifier_compile = _time(
-      lambda x: classifier.classifier_features(params, x, batch_size=256), digits
+    lambda x: classifier.classifier_features(params, x, batch_size=256), digits
   )
   result = {
-      "device": jax.devices()[0].device_kind,
-      "inception_img_per_s": round(inception_rate, 2),
-      "inception_compile_s": round(inception_compile, 1),
-      "classifier_img_per_s": round(classifier_rate, 1),
-      "classifier_compile_s": round(classifier_compile, 1),
+    "device": jax.devices()[0].device_kind,
+    "inception_img_per_s": round(inception_rate, 2),
+    "inception_compile_s": round(inception_compile, 1),
+    "classifier_img_per_s": round(classifier_rate, 1),
+    "classifier_compile_s": round(classifier_compile, 1),
   }
   if args.json:
     print(json.dumps(result))

@@ -69,24 +69,24 @@ def _mlp_layers(w: Workload) -> list[Layer]:
   g_sizes = (w.latent, *MLP_G_HIDDEN, math.prod(w.image_shape))
   d_sizes = (math.prod(w.image_shape), *MLP_D_HIDDEN, 1)
   return [
-      Layer(net, f"{net} dense {i}", "dense", (n_in, n_out), 1, i == 0)
-      for net, sizes in (("G", g_sizes), ("D", d_sizes))
-      for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True))
+    Layer(net, f"{net} dense {i}", "dense", (n_in, n_out), 1, i == 0)
+    for net, sizes in (("G", g_sizes), ("D", d_sizes))
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True))
   ]
 
 
 def _dcgan28_layers(w: Workload) -> list[Layer]:
   c, k, f = w.image_shape[-1], 5, w.width
   g = [
-      Layer("G", "G dense 0", "dense", (w.latent, 7 * 7 * 4 * f), 1, True),
-      Layer("G", "G conv_t 1 (7->7)", "conv_transpose", (k, k, 4 * f, 2 * f), 49, False),
-      Layer("G", "G conv_t 2 (7->14)", "conv_transpose", (k, k, 2 * f, f), 49, False),
-      Layer("G", "G conv_t 3 (14->28)", "conv_transpose", (k, k, f, c), 196, False),
+    Layer("G", "G dense 0", "dense", (w.latent, 7 * 7 * 4 * f), 1, True),
+    Layer("G", "G conv_t 1 (7->7)", "conv_transpose", (k, k, 4 * f, 2 * f), 49, False),
+    Layer("G", "G conv_t 2 (7->14)", "conv_transpose", (k, k, 2 * f, f), 49, False),
+    Layer("G", "G conv_t 3 (14->28)", "conv_transpose", (k, k, f, c), 196, False),
   ]
   d = [
-      Layer("D", "D conv 0 (28->14)", "conv", (k, k, c, f), 196, True),
-      Layer("D", "D conv 1 (14->7)", "conv", (k, k, f, 2 * f), 49, False),
-      Layer("D", "D dense 2", "dense", (7 * 7 * 2 * f, 1), 1, False),
+    Layer("D", "D conv 0 (28->14)", "conv", (k, k, c, f), 196, True),
+    Layer("D", "D conv 1 (14->7)", "conv", (k, k, f, 2 * f), 49, False),
+    Layer("D", "D dense 2", "dense", (7 * 7 * 2 * f, 1), 1, False),
   ]
   return g + d
 
@@ -100,16 +100,22 @@ def _radford_layers(w: Workload) -> list[Layer]:
   g_out = [*channels, c]
   g_side = [1] + [4 * 2**i for i in range(stages)]  # input side of each transposed conv
   g = [
-      Layer("G", f"G conv_t {i} ({s}->{4 if i == 0 else 2 * s})", "conv_transpose",
-            (4, 4, cin, cout), s * s, i == 0)
-      for i, (cin, cout, s) in enumerate(zip(g_in, g_out, g_side, strict=True))
+    Layer(
+      "G",
+      f"G conv_t {i} ({s}->{4 if i == 0 else 2 * s})",
+      "conv_transpose",
+      (4, 4, cin, cout),
+      s * s,
+      i == 0,
+    )
+    for i, (cin, cout, s) in enumerate(zip(g_in, g_out, g_side, strict=True))
   ]
   d_in = [c, *reversed(channels)]
   d_out = [*reversed(channels), 1]
   d_side = [size // 2 ** (i + 1) for i in range(stages)] + [1]  # output side of each conv
   d = [
-      Layer("D", f"D conv {i} (->{s})", "conv", (4, 4, cin, cout), s * s, i == 0)
-      for i, (cin, cout, s) in enumerate(zip(d_in, d_out, d_side, strict=True))
+    Layer("D", f"D conv {i} (->{s})", "conv", (4, 4, cin, cout), s * s, i == 0)
+    for i, (cin, cout, s) in enumerate(zip(d_in, d_out, d_side, strict=True))
   ]
   return g + d
 
@@ -133,7 +139,8 @@ def breakdown(workload: str) -> list[dict]:
   for layer in layers(workload):
     passes = layer.passes()
     one = layer.pass_flops(batch)
-    rows.append({
+    rows.append(
+      {
         "layer": layer.name,
         "kind": layer.kind,
         "kernel": layer.kernel,
@@ -141,7 +148,8 @@ def breakdown(workload: str) -> list[dict]:
         "pass_gflop": one / 1e9,
         **passes,
         "step_gflop": one * sum(passes.values()) / 1e9,
-    })
+      }
+    )
   return rows
 
 
@@ -160,8 +168,8 @@ def main():
     print(f"{'layer':24} {'kernel':>20} {'pixels':>7} {'pass GF':>9} fwd dx dw {'step GF':>9}")
     for r in breakdown(workload):
       print(
-          f"{r['layer']:24} {str(r['kernel']):>20} {r['pixels']:>7} {r['pass_gflop']:9.4f} "
-          f"{r['fwd']:>3} {r['dx']:>2} {r['dw']:>2} {r['step_gflop']:9.3f}"
+        f"{r['layer']:24} {str(r['kernel']):>20} {r['pixels']:>7} {r['pass_gflop']:9.4f} "
+        f"{r['fwd']:>3} {r['dx']:>2} {r['dw']:>2} {r['step_gflop']:9.3f}"
       )
     print(f"step: {step_flops(workload) / 1e9:.3f} GFLOP\n")
 

@@ -57,12 +57,12 @@ def measure(framework: str, sizes: list[int], dtype: str, repeats: int, threads=
     rates[n] = 2 * n**3 / best / 1e9
   best_n = max(rates, key=rates.get)
   return {
-      "framework": framework,
-      "dtype": dtype,
-      "gflop_per_sec": rates[best_n],
-      "best_size": best_n,
-      "gflop_per_sec_by_size": rates,
-      **versions(framework),
+    "framework": framework,
+    "dtype": dtype,
+    "gflop_per_sec": rates[best_n],
+    "best_size": best_n,
+    "gflop_per_sec_by_size": rates,
+    **versions(framework),
   }
 
 

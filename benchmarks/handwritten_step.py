@@ -41,9 +41,9 @@ def make(workload: str, dtype: str = "float32", conv_impl: str | None = None):
     d_vars = discriminator.init(d_key, jnp.zeros((2, *w.image_shape)), train=False)
     g_params, d_params = g_vars["params"], d_vars["params"]
     return {
-        "step": jnp.zeros((), jnp.int32),
-        "g": (g_params, g_vars.get("batch_stats", {}), tx.init(g_params)),
-        "d": (d_params, d_vars.get("batch_stats", {}), tx.init(d_params)),
+      "step": jnp.zeros((), jnp.int32),
+      "g": (g_params, g_vars.get("batch_stats", {}), tx.init(g_params)),
+      "d": (d_params, d_vars.get("batch_stats", {}), tx.init(d_params)),
     }
 
   def step(state, real, key):
@@ -78,9 +78,9 @@ def make(workload: str, dtype: str = "float32", conv_impl: str | None = None):
     updates, g_opt = tx.update(grads, g_opt, g_params)
     g_params = optax.apply_updates(g_params, updates)
     new_state = {
-        "step": state["step"] + 1,
-        "g": (g_params, g_stats, g_opt),
-        "d": (d_params, d_stats, d_opt),
+      "step": state["step"] + 1,
+      "g": (g_params, g_stats, g_opt),
+      "d": (d_params, d_stats, d_opt),
     }
     return new_state, {"d_loss": d_loss, "g_loss": g_loss}
 
@@ -94,10 +94,15 @@ def run(workload: str, num_steps: int, warmup: int, dtype="float32", conv_impl=N
   images = jnp.asarray(train_step.random_images(workload))
   rng = jax.random.key(1)
   return train_step.time_jax_step(
-      jax.jit(step, donate_argnums=0), state, (images, rng), workload, num_steps, warmup,
-      framework="handwritten",
-      dtype=dtype,
-      conv_impl=train_step.conv_impl_used(workload, conv_impl),
+    jax.jit(step, donate_argnums=0),
+    state,
+    (images, rng),
+    workload,
+    num_steps,
+    warmup,
+    framework="handwritten",
+    dtype=dtype,
+    conv_impl=train_step.conv_impl_used(workload, conv_impl),
   )
 
 

@@ -54,19 +54,19 @@ def result(workload: str, times: list[float], **extra) -> dict:
   median = float(np.median(times))
   step_flops = flops.step_flops(workload)
   return {
-      "workload": workload,
-      "batch": batch,
-      "steps": len(times),
-      "images_per_sec": batch / median,
-      "step_ms_median": 1e3 * median,
-      "step_ms_min": 1e3 * float(np.min(times)),
-      "step_ms_max": 1e3 * float(np.max(times)),
-      "gflop_per_step": step_flops / 1e9,
-      "gflop_per_sec": step_flops / median / 1e9,
-      "peak_rss_mib": peak_rss_mib(),
-      "cpu_count": os.cpu_count(),
-      "python": platform.python_version(),
-      **extra,
+    "workload": workload,
+    "batch": batch,
+    "steps": len(times),
+    "images_per_sec": batch / median,
+    "step_ms_median": 1e3 * median,
+    "step_ms_min": 1e3 * float(np.min(times)),
+    "step_ms_max": 1e3 * float(np.max(times)),
+    "gflop_per_step": step_flops / 1e9,
+    "gflop_per_sec": step_flops / median / 1e9,
+    "peak_rss_mib": peak_rss_mib(),
+    "cpu_count": os.cpu_count(),
+    "python": platform.python_version(),
+    **extra,
   }
 
 
@@ -78,8 +78,8 @@ def report(r: dict, as_json: bool) -> None:
   compile_s = r.get("compile_s")
   compiled = f", compile {compile_s:.1f} s" if compile_s is not None else ""
   print(
-      f"{r['framework']} {r['workload']} ({r['dtype']}): {r['images_per_sec']:.1f} img/s, "
-      f"{r['step_ms_median']:.1f} ms/step median ({r['step_ms_min']:.1f}..{r['step_ms_max']:.1f}), "
-      f"{r['gflop_per_sec']:.1f} GFLOP/s ({r['gflop_per_step']:.2f} GFLOP/step), batch "
-      f"{r['batch']}{compiled}, peak RSS {r['peak_rss_mib']:.0f} MiB"
+    f"{r['framework']} {r['workload']} ({r['dtype']}): {r['images_per_sec']:.1f} img/s, "
+    f"{r['step_ms_median']:.1f} ms/step median ({r['step_ms_min']:.1f}..{r['step_ms_max']:.1f}), "
+    f"{r['gflop_per_sec']:.1f} GFLOP/s ({r['gflop_per_step']:.2f} GFLOP/step), batch "
+    f"{r['batch']}{compiled}, peak RSS {r['peak_rss_mib']:.0f} MiB"
   )

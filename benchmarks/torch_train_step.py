@@ -51,29 +51,29 @@ def _dcgan28(w: Workload) -> tuple[nn.Module, nn.Module]:
     return nn.ConvTranspose2d(cin, cout, k, stride, 2, output_padding=stride - 1, bias=False)
 
   g = nn.Sequential(
-      nn.Linear(w.latent, 7 * 7 * 4 * f, bias=False),
-      nn.BatchNorm1d(7 * 7 * 4 * f, BN_EPS, BN_MOMENTUM),
-      nn.LeakyReLU(0.3),
-      nn.Unflatten(1, (4 * f, 7, 7)),
-      up(4 * f, 2 * f, 1),  # 7x7
-      nn.BatchNorm2d(2 * f, BN_EPS, BN_MOMENTUM),
-      nn.LeakyReLU(0.3),
-      up(2 * f, f, 2),  # 14x14
-      nn.BatchNorm2d(f, BN_EPS, BN_MOMENTUM),
-      nn.LeakyReLU(0.3),
-      up(f, c, 2),  # 28x28
-      nn.Tanh(),
+    nn.Linear(w.latent, 7 * 7 * 4 * f, bias=False),
+    nn.BatchNorm1d(7 * 7 * 4 * f, BN_EPS, BN_MOMENTUM),
+    nn.LeakyReLU(0.3),
+    nn.Unflatten(1, (4 * f, 7, 7)),
+    up(4 * f, 2 * f, 1),  # 7x7
+    nn.BatchNorm2d(2 * f, BN_EPS, BN_MOMENTUM),
+    nn.LeakyReLU(0.3),
+    up(2 * f, f, 2),  # 14x14
+    nn.BatchNorm2d(f, BN_EPS, BN_MOMENTUM),
+    nn.LeakyReLU(0.3),
+    up(f, c, 2),  # 28x28
+    nn.Tanh(),
   )
   d = nn.Sequential(
-      nn.Conv2d(c, f, k, 2, padding=2),  # 14x14
-      nn.LeakyReLU(0.3),
-      nn.Dropout(0.3),
-      nn.Conv2d(f, 2 * f, k, 2, padding=2),  # 7x7
-      nn.LeakyReLU(0.3),
-      nn.Dropout(0.3),
-      nn.Flatten(),
-      nn.Linear(7 * 7 * 2 * f, 1),
-      nn.Flatten(0),
+    nn.Conv2d(c, f, k, 2, padding=2),  # 14x14
+    nn.LeakyReLU(0.3),
+    nn.Dropout(0.3),
+    nn.Conv2d(f, 2 * f, k, 2, padding=2),  # 7x7
+    nn.LeakyReLU(0.3),
+    nn.Dropout(0.3),
+    nn.Flatten(),
+    nn.Linear(7 * 7 * 2 * f, 1),
+    nn.Flatten(0),
   )
   return g, d
 
@@ -84,16 +84,16 @@ def _radford(w: Workload) -> tuple[nn.Module, nn.Module]:
   stages = size.bit_length() - 3
   channels = [w.width * 2 ** (stages - 1 - i) for i in range(stages)]  # 8w, 4w, 2w, w at 64
   g = [
-      nn.Unflatten(1, (w.latent, 1, 1)),
-      nn.ConvTranspose2d(w.latent, channels[0], 4, 1, 0, bias=False),  # 4x4
-      nn.BatchNorm2d(channels[0], BN_EPS, BN_MOMENTUM),
-      nn.ReLU(),
+    nn.Unflatten(1, (w.latent, 1, 1)),
+    nn.ConvTranspose2d(w.latent, channels[0], 4, 1, 0, bias=False),  # 4x4
+    nn.BatchNorm2d(channels[0], BN_EPS, BN_MOMENTUM),
+    nn.ReLU(),
   ]
   for cin, cout in zip(channels[:-1], channels[1:], strict=True):
     g += [
-        nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False),
-        nn.BatchNorm2d(cout, BN_EPS, BN_MOMENTUM),
-        nn.ReLU(),
+      nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False),
+      nn.BatchNorm2d(cout, BN_EPS, BN_MOMENTUM),
+      nn.ReLU(),
     ]
   g += [nn.ConvTranspose2d(channels[-1], c, 4, 2, 1, bias=False), nn.Tanh()]
   d, cin = [], c
@@ -157,8 +157,8 @@ def make_step(workload: str, dtype: str = "float32"):
       real_logits = d(real)
       fake_logits = d(fake)
       d_loss = 0.5 * (
-          bce(real_logits, torch.ones_like(real_logits))
-          + bce(fake_logits, torch.zeros_like(fake_logits))
+        bce(real_logits, torch.ones_like(real_logits))
+        + bce(fake_logits, torch.zeros_like(fake_logits))
       )
     d_loss.backward()
     d_opt.step()
@@ -195,17 +195,17 @@ def run(workload: str, num_steps: int, warmup: int, dtype="float32", threads=Non
   first_step_s = time.perf_counter() - t0
   times = harness.time_steps(lambda: step(real), num_steps, max(0, warmup - 1))
   return harness.result(
-      workload,
-      times,
-      framework="torch",
-      dtype=dtype,
-      conv_impl=None,
-      compile_s=None,
-      first_step_s=first_step_s,
-      threads=torch.get_num_threads(),
-      interop_threads=torch.get_num_interop_threads(),
-      torch=torch.__version__,
-      mkldnn=torch.backends.mkldnn.is_available(),
+    workload,
+    times,
+    framework="torch",
+    dtype=dtype,
+    conv_impl=None,
+    compile_s=None,
+    first_step_s=first_step_s,
+    threads=torch.get_num_threads(),
+    interop_threads=torch.get_num_interop_threads(),
+    torch=torch.__version__,
+    mkldnn=torch.backends.mkldnn.is_available(),
   )
 
 

@@ -37,8 +37,8 @@ def _dtype_field(cls, dtype: str) -> dict:
   if dtype == "float32":
     return {}
   raise SystemExit(
-      f"{cls.__module__}.{cls.__qualname__} has no `dtype` field: --dtype {dtype} needs a ganjax "
-      "whose models take one."
+    f"{cls.__module__}.{cls.__qualname__} has no `dtype` field: --dtype {dtype} needs a ganjax "
+    "whose models take one."
   )
 
 
@@ -50,18 +50,18 @@ def build_models(workload: str, dtype: str = "float32", conv_impl: str | None = 
   w = WORKLOADS[workload]
   if w.family == "mlp":
     return (
-        mlp.Generator(image_shape=w.image_shape, **_dtype_field(mlp.Generator, dtype)),
-        mlp.Discriminator(**_dtype_field(mlp.Discriminator, dtype)),
+      mlp.Generator(image_shape=w.image_shape, **_dtype_field(mlp.Generator, dtype)),
+      mlp.Discriminator(**_dtype_field(mlp.Discriminator, dtype)),
     )
   impl = {} if conv_impl is None else {"conv_impl": conv_impl}
   return (
-      dcgan.Generator(
-          image_shape=w.image_shape,
-          width=w.width,
-          **impl,
-          **_dtype_field(dcgan.Generator, dtype),
-      ),
-      dcgan.Discriminator(width=w.width, **impl, **_dtype_field(dcgan.Discriminator, dtype)),
+    dcgan.Generator(
+      image_shape=w.image_shape,
+      width=w.width,
+      **impl,
+      **_dtype_field(dcgan.Generator, dtype),
+    ),
+    dcgan.Discriminator(width=w.width, **impl, **_dtype_field(dcgan.Discriminator, dtype)),
   )
 
 
@@ -75,20 +75,20 @@ def conv_impl_used(workload: str, conv_impl: str | None) -> str | None:
 def jax_info() -> dict:
   """Versions and the backend, for the result record."""
   return {
-      "backend": jax.default_backend(),
-      "device": str(jax.devices()[0].device_kind),
-      "jax": jax.__version__,
-      "jaxlib": importlib.metadata.version("jaxlib"),
-      "flax": importlib.metadata.version("flax"),
+    "backend": jax.default_backend(),
+    "device": str(jax.devices()[0].device_kind),
+    "jax": jax.__version__,
+    "jaxlib": importlib.metadata.version("jaxlib"),
+    "flax": importlib.metadata.version("flax"),
   }
 
 
 def add_jax_arguments(p) -> None:
   p.add_argument(
-      "--conv_impl",
-      choices=layers.CONV_IMPLS,
-      default=None,
-      help="DCGAN convolution implementation (default: the models' default)",
+    "--conv_impl",
+    choices=layers.CONV_IMPLS,
+    default=None,
+    help="DCGAN convolution implementation (default: the models' default)",
   )
 
 
@@ -104,24 +104,31 @@ def run(workload: str, num_steps: int, warmup: int, dtype="float32", conv_impl=N
   generator, discriminator = build_models(workload, dtype, conv_impl)
   mesh = parallel.make_mesh(1)
   init = functools.partial(
-      create_gan_state,
-      generator=generator,
-      discriminator=discriminator,
-      latent_dim=w.latent,
-      element_shape=w.image_shape,
-      generator_optimizer=optax.adam(2e-4, b1=0.5),
-      discriminator_optimizer=optax.adam(2e-4, b1=0.5),
+    create_gan_state,
+    generator=generator,
+    discriminator=discriminator,
+    latent_dim=w.latent,
+    element_shape=w.image_shape,
+    generator_optimizer=optax.adam(2e-4, b1=0.5),
+    discriminator_optimizer=optax.adam(2e-4, b1=0.5),
   )
   state = jax.jit(init, out_shardings=parallel.replicated(mesh))(jax.random.key(0))
   step = parallel.compile_step(
-      functools.partial(steps.train_step, objective=losses.non_saturating, latent_dim=w.latent),
-      mesh,
+    functools.partial(steps.train_step, objective=losses.non_saturating, latent_dim=w.latent),
+    mesh,
   )
   batch = parallel.host_batch_to_global({"image": random_images(workload)}, mesh)
   rng = jax.random.key(1)
   return time_jax_step(
-      step, state, (batch, rng), workload, num_steps, warmup,
-      framework="ganjax", dtype=dtype, conv_impl=conv_impl_used(workload, conv_impl),
+    step,
+    state,
+    (batch, rng),
+    workload,
+    num_steps,
+    warmup,
+    framework="ganjax",
+    dtype=dtype,
+    conv_impl=conv_impl_used(workload, conv_impl),
   )
 
 

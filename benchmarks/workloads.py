@@ -37,9 +37,9 @@ class Workload:
 
 
 WORKLOADS = {
-    "mlp28": Workload("mlp", (28, 28, 1), batch=64, latent=64),
-    "dcgan28": Workload("dcgan", (28, 28, 1), batch=128, latent=100),
-    "dcgan64": Workload("dcgan", (64, 64, 3), batch=64, latent=100),
+  "mlp28": Workload("mlp", (28, 28, 1), batch=64, latent=64),
+  "dcgan28": Workload("dcgan", (28, 28, 1), batch=128, latent=100),
+  "dcgan64": Workload("dcgan", (64, 64, 3), batch=64, latent=100),
 }
 
 # The MLP GAN's hidden widths (ganjax.models.mlp defaults).

@@ -29,23 +29,23 @@ from ganjax.models import blocks
 
 # dataset -> (data.name, steps).
 _DATASETS = {
-    "embedded_mnist": ("embedded_mnist", 3500),
-    "mnist": ("mnist", 10000),
-    "fashion_mnist": ("fashion_mnist", 10000),
-    "cifar10": ("cifar10", 50000),
-    "folder": ("folder", 50000),
+  "embedded_mnist": ("embedded_mnist", 3500),
+  "mnist": ("mnist", 10000),
+  "fashion_mnist": ("fashion_mnist", 10000),
+  "cifar10": ("cifar10", 50000),
+  "folder": ("folder", 50000),
 }
 _ARCHS = ("dcgan", "mlp")
 
 
 def get_config(arg=None):
   arg = parse_arg(
-      arg,
-      dataset="embedded_mnist",
-      arch="dcgan",
-      generator="concat",
-      discriminator="projection",
-      runlocal=False,
+    arg,
+    dataset="embedded_mnist",
+    arch="dcgan",
+    generator="concat",
+    discriminator="projection",
+    runlocal=False,
   )
   if arg.dataset not in _DATASETS:
     raise ValueError(f"Unknown dataset {arg.dataset!r}; valid: {', '.join(_DATASETS)}.")
@@ -53,13 +53,13 @@ def get_config(arg=None):
     raise ValueError(f"Unknown arch {arg.arch!r}; valid: {', '.join(_ARCHS)}.")
   if arg.generator not in blocks.GENERATOR_CONDITIONING:
     raise ValueError(
-        f"Unknown generator conditioning {arg.generator!r}; valid: "
-        f"{', '.join(blocks.GENERATOR_CONDITIONING)}."
+      f"Unknown generator conditioning {arg.generator!r}; valid: "
+      f"{', '.join(blocks.GENERATOR_CONDITIONING)}."
     )
   if arg.discriminator not in blocks.DISCRIMINATOR_CONDITIONING:
     raise ValueError(
-        f"Unknown discriminator conditioning {arg.discriminator!r}; valid: "
-        f"{', '.join(blocks.DISCRIMINATOR_CONDITIONING)}."
+      f"Unknown discriminator conditioning {arg.discriminator!r}; valid: "
+      f"{', '.join(blocks.DISCRIMINATOR_CONDITIONING)}."
     )
   data_name, num_steps = _DATASETS[arg.dataset]
   config = base_config()

@@ -24,9 +24,9 @@ from ganjax.config_base import base_config, parse_arg
 
 # dataset -> (data.name, training steps at batch 64).
 _DATASETS = {
-    "embedded_mnist": ("embedded_mnist", 1000),  # ~14 epochs of the 4,500 training digits.
-    "mnist": ("mnist", 3750),  # 4 epochs of 60,000.
-    "fashion_mnist": ("fashion_mnist", 3750),
+  "embedded_mnist": ("embedded_mnist", 1000),  # ~14 epochs of the 4,500 training digits.
+  "mnist": ("mnist", 3750),  # 4 epochs of 60,000.
+  "fashion_mnist": ("fashion_mnist", 3750),
 }
 
 

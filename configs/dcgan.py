@@ -27,13 +27,13 @@ from ganjax.config_base import base_config, parse_arg
 
 # dataset -> (data.name, image_size, steps). Resolution and channels otherwise follow the data.
 _DATASETS = {
-    "embedded_mnist": ("embedded_mnist", None, 3500),
-    "mnist": ("mnist", None, 10000),
-    "fashion_mnist": ("fashion_mnist", None, 10000),
-    "stacked_mnist": ("stacked_mnist", None, 3500),
-    "cifar10": ("cifar10", None, 50000),
-    "celeb_a": ("celeb_a", 64, 50000),
-    "folder": ("folder", None, 50000),
+  "embedded_mnist": ("embedded_mnist", None, 3500),
+  "mnist": ("mnist", None, 10000),
+  "fashion_mnist": ("fashion_mnist", None, 10000),
+  "stacked_mnist": ("stacked_mnist", None, 3500),
+  "cifar10": ("cifar10", None, 50000),
+  "celeb_a": ("celeb_a", 64, 50000),
+  "folder": ("folder", None, 50000),
 }
 
 

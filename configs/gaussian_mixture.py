@@ -31,14 +31,14 @@ from ganjax.config_base import base_config, parse_arg
 
 # The methods of the 2-D mode-collapse study (config argument ``method=``).
 METHODS = (
-    "gan",
-    "pacgan2",
-    "pacgan3",
-    "pacgan4",
-    "unrolled5",
-    "minibatch_discrimination",
-    "mbstd",
-    "wgan_gp",
+  "gan",
+  "pacgan2",
+  "pacgan3",
+  "pacgan4",
+  "unrolled5",
+  "minibatch_discrimination",
+  "mbstd",
+  "wgan_gp",
 )
 
 # Generator steps of each method. The methods that cost more per step train for fewer steps, so

@@ -39,10 +39,10 @@ from ganjax.config_base import base_config, parse_arg
 
 # dataset -> (data.name, data.dir, steps).
 _DATASETS = {
-    "mnist": ("embedded_mnist", None, 3500),
-    "mnist_idx": ("mnist", "../shared/data/mnist", 10000),
-    "cifar10": ("cifar10", None, 50000),
-    "cifar10_folder": ("folder", "../shared/data/cifar10-jpeg/cifar10-jpeg-images.tar.gz", 50000),
+  "mnist": ("embedded_mnist", None, 3500),
+  "mnist_idx": ("mnist", "../shared/data/mnist", 10000),
+  "cifar10": ("cifar10", None, 50000),
+  "cifar10_folder": ("folder", "../shared/data/cifar10-jpeg/cifar10-jpeg-images.tar.gz", 50000),
 }
 # Fields of the base config that the LAPGAN system does not use.
 _UNUSED = ("n_critic", "unrolled_steps", "regularizer", "augment")
@@ -83,18 +83,18 @@ def get_config(arg=None):
   # Class-conditional levels: labels as one-hot codes (coarse MLPs) / planes (level convnets).
   config.model.conditional = arg.conditional
   config.model.coarse = dict(
-      # Hidden widths of the coarse MLP generator (the paper: 1200-1200 at 8x8 for CIFAR-10).
-      generator=dict(hidden=(1200, 1200) if cifar else (256, 256)),
-      # Hidden widths of the coarse MLP discriminator (the paper: 600-600 for CIFAR-10).
-      discriminator=dict(hidden=(600, 600) if cifar else (256, 256)),
+    # Hidden widths of the coarse MLP generator (the paper: 1200-1200 at 8x8 for CIFAR-10).
+    generator=dict(hidden=(1200, 1200) if cifar else (256, 256)),
+    # Hidden widths of the coarse MLP discriminator (the paper: 600-600 for CIFAR-10).
+    discriminator=dict(hidden=(600, 600) if cifar else (256, 256)),
   )
   config.model.level = dict(
-      # Each finer level's generator: `num_layers` stride-1 convs (k x k), `width` channels,
-      # linear output. MNIST: width 16, since stride-1 convs with few input or output channels
-      # at 28x28 are slow on XLA:CPU (width 32 halves the speed).
-      generator=dict(width=64 if cifar else 16, num_layers=3, kernel_size=5),
-      # Each finer level's discriminator: stride-2 k x k convs of these widths, then Dense 1.
-      discriminator=dict(widths=(64, 128) if cifar else (32, 64), kernel_size=5),
+    # Each finer level's generator: `num_layers` stride-1 convs (k x k), `width` channels,
+    # linear output. MNIST: width 16, since stride-1 convs with few input or output channels
+    # at 28x28 are slow on XLA:CPU (width 32 halves the speed).
+    generator=dict(width=64 if cifar else 16, num_layers=3, kernel_size=5),
+    # Each finer level's discriminator: stride-2 k x k convs of these widths, then Dense 1.
+    discriminator=dict(widths=(64, 128) if cifar else (32, 64), kernel_size=5),
   )
   # Every level's objective (ganjax/losses.py); the paper uses the GAN objective.
   config.loss.name = "non_saturating"

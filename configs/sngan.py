@@ -31,14 +31,14 @@ from ganjax.config_base import base_config, parse_arg
 
 # dataset -> (data.name, image_size); CIFAR-10 is 32x32 already.
 _DATASETS = {
-    "cifar10": ("cifar10", None),
-    "folder": ("folder", 32),
+  "cifar10": ("cifar10", None),
+  "folder": ("folder", 32),
 }
 
 # arch -> (model.name, generator width, discriminator width) at the paper's sizes.
 _ARCHS = {
-    "resnet": ("resnet", 256, 128),
-    "sndcgan": ("sndcgan", 64, 64),
+  "resnet": ("resnet", 256, 128),
+  "sndcgan": ("sndcgan", 64, 64),
 }
 
 

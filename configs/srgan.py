@@ -122,7 +122,7 @@ def get_config(arg=None):
   # upsample_skip: add the bicubic upsampling to the output (VDSR-style global residual; not in
   # the paper, off with :paper) so the short CPU run passes bicubic quickly.
   config.model.generator = ml_collections.ConfigDict(
-      {"features": 32, "num_blocks": 8, "upsample_skip": True}
+    {"features": 32, "num_blocks": 8, "upsample_skip": True}
   )
   # Keyword arguments of ganjax.models.srgan.Discriminator: first conv width (paper: 64) and the
   # hidden dense layer (paper: 1024).
@@ -150,10 +150,16 @@ def get_config(arg=None):
   config.optim = ml_collections.ConfigDict()
   # Generator Adam: pre-training learning rate (constant, or cosine decay to final_learning_rate
   # over the pre-training), then gan_learning_rate in the adversarial phase (None = the same).
-  config.optim.g = ml_collections.ConfigDict({
-      "learning_rate": 4e-4, "final_learning_rate": 2e-5, "schedule": "cosine",
-      "gan_learning_rate": 1e-4, "b1": 0.9, "b2": 0.999,
-  })
+  config.optim.g = ml_collections.ConfigDict(
+    {
+      "learning_rate": 4e-4,
+      "final_learning_rate": 2e-5,
+      "schedule": "cosine",
+      "gan_learning_rate": 1e-4,
+      "b1": 0.9,
+      "b2": 0.999,
+    }
+  )
   # Discriminator Adam (paper: 1e-4, b1 0.9).
   config.optim.d = ml_collections.ConfigDict({"learning_rate": 1e-4, "b1": 0.9, "b2": 0.999})
 
@@ -170,14 +176,20 @@ def get_config(arg=None):
     config.data.crop_size = 96
     config.data.eval_crop_size = 192
     config.model.generator = ml_collections.ConfigDict(
-        {"features": 64, "num_blocks": 16, "upsample_skip": False}
+      {"features": 64, "num_blocks": 16, "upsample_skip": False}
     )
     config.model.discriminator = ml_collections.ConfigDict({"width": 64, "dense_features": 1024})
     # Paper: 1e-4 for SRResNet; SRGAN 1e-4 (then 1e-5 for the second half, not modelled here).
-    config.optim.g = ml_collections.ConfigDict({
-        "learning_rate": 1e-4, "final_learning_rate": 1e-4, "schedule": "constant",
-        "gan_learning_rate": 1e-4, "b1": 0.9, "b2": 0.999,
-    })
+    config.optim.g = ml_collections.ConfigDict(
+      {
+        "learning_rate": 1e-4,
+        "final_learning_rate": 1e-4,
+        "schedule": "constant",
+        "gan_learning_rate": 1e-4,
+        "b1": 0.9,
+        "b2": 0.999,
+      }
+    )
     config.log_every_steps = 1000
     config.eval_every_steps = 50_000
     config.sample_every_steps = 50_000
@@ -196,7 +208,7 @@ def get_config(arg=None):
     config.checkpoint_every_steps = 2
     config.num_sample_images = 4  # = eval_max_crops: one generator shape for both.
     config.model.generator = ml_collections.ConfigDict(
-        {"features": 8, "num_blocks": 1, "upsample_skip": True}
+      {"features": 8, "num_blocks": 1, "upsample_skip": True}
     )
     config.model.discriminator = ml_collections.ConfigDict({"width": 4, "dense_features": 16})
   return config

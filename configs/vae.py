@@ -33,12 +33,12 @@ from ganjax.config_base import base_config, parse_arg
 
 # dataset -> (data.name, image_size, steps): the budgets of configs/dcgan.py.
 _DATASETS = {
-    "embedded_mnist": ("embedded_mnist", None, 3500),
-    "mnist": ("mnist", None, 10000),
-    "fashion_mnist": ("fashion_mnist", None, 10000),
-    "cifar10": ("cifar10", None, 50000),
-    "celeb_a": ("celeb_a", 64, 50000),
-    "folder": ("folder", None, 50000),
+  "embedded_mnist": ("embedded_mnist", None, 3500),
+  "mnist": ("mnist", None, 10000),
+  "fashion_mnist": ("fashion_mnist", None, 10000),
+  "cifar10": ("cifar10", None, 50000),
+  "celeb_a": ("celeb_a", 64, 50000),
+  "folder": ("folder", None, 50000),
 }
 # Fields of the GAN configs that mean nothing to the VAE.
 _GAN_ONLY = ("n_critic", "unrolled_steps", "loss", "regularizer", "augment", "optim", "ema")
@@ -84,7 +84,7 @@ def get_config(arg=None):
   # Adam(1e-3), the usual VAE optimizer; any optax optimizer by name, with a schedule (constant |
   # linear | cosine) as in the GAN configs.
   config.optim = ml_collections.ConfigDict(
-      {"name": "adam", "learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "schedule": "constant"}
+    {"name": "adam", "learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "schedule": "constant"}
   )
 
   if arg.dataset == "embedded_mnist":  # The widths of the DCGAN quickstart (configs/dcgan.py).

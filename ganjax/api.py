@@ -77,7 +77,7 @@ def load(workdir: str, step: int | str | None = None) -> TrainedRun:
   module = systems.get_system(task)
   if not hasattr(module, "load"):
     raise ConfigError(
-        f"{workdir!r} holds a {task!r} run, which ganjax.load does not load; use "
-        "ganjax.classifier.load_classifier for the domain classifier."
+      f"{workdir!r} holds a {task!r} run, which ganjax.load does not load; use "
+      "ganjax.classifier.load_classifier for the domain classifier."
     )
   return module.load(workdir, step)

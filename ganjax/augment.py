@@ -120,9 +120,9 @@ def translate_by(x: jax.Array, shift_y: jax.Array, shift_x: jax.Array) -> jax.Ar
   cols = jnp.arange(w)[None, :] - jnp.asarray(shift_x)[:, None]  # (B, W)
   valid = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
   gathered = x[
-      jnp.arange(b)[:, None, None],
-      jnp.clip(rows, 0, h - 1)[:, :, None],
-      jnp.clip(cols, 0, w - 1)[:, None, :],
+    jnp.arange(b)[:, None, None],
+    jnp.clip(rows, 0, h - 1)[:, :, None],
+    jnp.clip(cols, 0, w - 1)[:, None, :],
   ]
   return jnp.where(valid[..., None], gathered, jnp.zeros((), x.dtype))
 
@@ -155,9 +155,7 @@ def translation(x: jax.Array, rng: jax.Array, ratio: float = 0.125) -> jax.Array
 
 
 @functools.partial(jax.jit, static_argnames="size")
-def cutout_at(
-    x: jax.Array, top: jax.Array, left: jax.Array, size: tuple[int, int]
-) -> jax.Array:
+def cutout_at(x: jax.Array, top: jax.Array, left: jax.Array, size: tuple[int, int]) -> jax.Array:
   """Zeroes the rectangle ``[top, top + size_h) x [left, left + size_w)`` of each image.
 
   The part of the rectangle outside the image is ignored (fewer pixels are zeroed when it sticks
@@ -212,9 +210,9 @@ def cutout(x: jax.Array, rng: jax.Array, ratio: float = 0.5) -> jax.Array:
 # Policies.
 
 POLICIES: dict[str, tuple[AugmentFn, ...]] = {
-    "color": (brightness, saturation, contrast),
-    "translation": (translation,),
-    "cutout": (cutout,),
+  "color": (brightness, saturation, contrast),
+  "translation": (translation,),
+  "cutout": (cutout,),
 }
 """The ops each policy name stands for, applied in this order."""
 
@@ -225,15 +223,15 @@ def parse_policy(policy: str) -> tuple[AugmentFn, ...]:
   unknown = [name for name in names if name not in POLICIES]
   if unknown:
     raise ConfigError(
-        f"Unknown DiffAugment policy {', '.join(map(repr, unknown))}; "
-        f"valid choices: {', '.join(sorted(POLICIES))}."
+      f"Unknown DiffAugment policy {', '.join(map(repr, unknown))}; "
+      f"valid choices: {', '.join(sorted(POLICIES))}."
     )
   return tuple(op for name in names for op in POLICIES[name])
 
 
 @functools.partial(jax.jit, static_argnames="policy")
 def diff_augment(
-    x: jax.Array, rng: jax.Array, policy: str = "color,translation,cutout"
+  x: jax.Array, rng: jax.Array, policy: str = "color,translation,cutout"
 ) -> jax.Array:
   """DiffAugment: a random, differentiable augmentation T of a batch of images.
 

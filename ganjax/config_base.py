@@ -31,7 +31,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
       close = difflib.get_close_matches(key, list(defaults), n=1)
       hint = f"did you mean {close[0]}? " if close else ""
       raise ConfigError(
-          f"Unknown config argument {key!r} in {arg!r}; {hint}valid: {', '.join(sorted(defaults))}."
+        f"Unknown config argument {key!r} in {arg!r}; {hint}valid: {', '.join(sorted(defaults))}."
       )
     default = defaults[key]
     if not _:
@@ -47,7 +47,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
         result[key] = type(default)(value)
       except ValueError:
         raise ConfigError(
-            f"Config argument {key}={value!r} must be a {type(default).__name__}."
+          f"Config argument {key}={value!r} must be a {type(default).__name__}."
         ) from None
   return result
 
@@ -176,11 +176,11 @@ def base_config() -> ml_collections.ConfigDict:
   # Generator optimizer: any optax optimizer by name, with its keyword arguments, and the
   # learning-rate schedule over the run: constant | linear | cosine (decay to 0).
   config.optim.g = ml_collections.ConfigDict(
-      {"name": "adam", "learning_rate": 2e-4, "b1": 0.5, "b2": 0.999, "schedule": "constant"}
+    {"name": "adam", "learning_rate": 2e-4, "b1": 0.5, "b2": 0.999, "schedule": "constant"}
   )
   # Discriminator optimizer, same form (its schedule counts all n_critic updates per step).
   config.optim.d = ml_collections.ConfigDict(
-      {"name": "adam", "learning_rate": 2e-4, "b1": 0.5, "b2": 0.999, "schedule": "constant"}
+    {"name": "adam", "learning_rate": 2e-4, "b1": 0.5, "b2": 0.999, "schedule": "constant"}
   )
 
   config.ema = ml_collections.ConfigDict()

@@ -64,14 +64,14 @@ from ganjax.systems import gan as gan_lib
 EXTRACTORS = ("inception", "classifier")
 # Metric name -> the extractors it can use (None: any).
 METRICS: dict[str, tuple[str, ...] | None] = {
-    "fid": ("inception",),
-    "classifier_fid": ("classifier",),
-    "kid": None,
-    "is": None,
-    "precision_recall": None,
-    "density_coverage": None,
-    "stacked_mnist_modes": ("classifier",),
-    "intra_class_fid": None,
+  "fid": ("inception",),
+  "classifier_fid": ("classifier",),
+  "kid": None,
+  "is": None,
+  "precision_recall": None,
+  "density_coverage": None,
+  "stacked_mnist_modes": ("classifier",),
+  "intra_class_fid": None,
 }
 CLASSIFIER_CONFIG_FIELD = "eval_classifier_workdir"
 REFERENCE_DIR_CONFIG_FIELD = "eval_reference_dir"
@@ -123,11 +123,11 @@ def eval_mesh(config: ml_collections.ConfigDict) -> Mesh:
 
 
 def inception_extractor(
-    weights_path: str | None,
-    *,
-    cache_dir: str | None = None,
-    batch_size: int = 50,
-    mesh: Mesh | None = None,
+  weights_path: str | None,
+  *,
+  cache_dir: str | None = None,
+  batch_size: int = 50,
+  mesh: Mesh | None = None,
 ) -> Extractor:
   """The FID InceptionV3: 2048-d pool3 features, softmax of the 1008 unbiased logits.
 
@@ -145,24 +145,24 @@ def inception_extractor(
     unit = inception_lib.to_unit_range(images, quantize=True)
     out = inception_lib.extract_features(variables, unit, batch_size, mesh=mesh)
     return {
-        "features": out["pool3"],
-        "probabilities": _softmax(out["logits_unbiased"]).astype(np.float32),
+      "features": out["pool3"],
+      "probabilities": _softmax(out["logits_unbiased"]).astype(np.float32),
     }
 
   protocol = {
-      "extractor": "inception",
-      "weights": os.path.basename(weights.path),
-      "weights_sha256": weights.sha256,
-      "resize": INCEPTION_RESIZE,
-      "quantize": "8-bit, as saved PNGs",
-      "feature_dim": inception_lib.NUM_FEATURES,
-      "probabilities": "softmax of the 1008 logits without bias (Salimans et al. 2016)",
+    "extractor": "inception",
+    "weights": os.path.basename(weights.path),
+    "weights_sha256": weights.sha256,
+    "resize": INCEPTION_RESIZE,
+    "quantize": "8-bit, as saved PNGs",
+    "feature_dim": inception_lib.NUM_FEATURES,
+    "probabilities": "softmax of the 1008 logits without bias (Salimans et al. 2016)",
   }
   return Extractor("inception", fn, protocol)
 
 
 def classifier_extractor(
-    workdir: str | None, *, batch_size: int = 256, mesh: Mesh | None = None
+  workdir: str | None, *, batch_size: int = 256, mesh: Mesh | None = None
 ) -> Extractor:
   """The MNIST classifier of ``workdir``: 128-d penultimate features per channel.
 
@@ -177,9 +177,9 @@ def classifier_extractor(
   if not workdir or not os.path.exists(os.path.join(workdir, classifier_lib.EVAL_FILE)):
     where = f"{workdir!r} holds no trained classifier" if workdir else "none was given"
     raise MissingPathError(
-        f"The 'classifier' extractor needs a classifier workdir and {where}. Train one with "
-        "configs/classifier.py (python -m ganjax.main --mode=classifier ...) and set "
-        f"config.{CLASSIFIER_CONFIG_FIELD} to its workdir."
+      f"The 'classifier' extractor needs a classifier workdir and {where}. Train one with "
+      "configs/classifier.py (python -m ganjax.main --mode=classifier ...) and set "
+      f"config.{CLASSIFIER_CONFIG_FIELD} to its workdir."
     )
   _, params = classifier_lib.load_classifier(workdir)
   mesh = parallel.make_mesh() if mesh is None else mesh
@@ -197,26 +197,26 @@ def classifier_extractor(
     for c in range(1, channels):
       joint = (joint[:, :, None] * probabilities[:, c, None, :]).reshape(num, -1)
     return {
-        "features": features.reshape(num, channels * features.shape[-1]),
-        "probabilities": joint.astype(np.float32),
-        "digits": logits.argmax(axis=-1).astype(np.int32).reshape(num, channels),
+      "features": features.reshape(num, channels * features.shape[-1]),
+      "probabilities": joint.astype(np.float32),
+      "digits": logits.argmax(axis=-1).astype(np.int32).reshape(num, channels),
     }
 
   protocol = {
-      "extractor": "classifier",
-      "weights": os.path.abspath(workdir),
-      "weights_sha256": recorded["params_sha256"],
-      "resize": "none (28x28 inputs)",
-      "feature_dim": classifier_lib.FEATURE_DIM,
-      "classifier_test_accuracy": recorded.get("test_accuracy"),
-      "channels": "each channel classified on its own; features side by side, probabilities "
-      "the joint over the channels' digits",
+    "extractor": "classifier",
+    "weights": os.path.abspath(workdir),
+    "weights_sha256": recorded["params_sha256"],
+    "resize": "none (28x28 inputs)",
+    "feature_dim": classifier_lib.FEATURE_DIM,
+    "classifier_test_accuracy": recorded.get("test_accuracy"),
+    "channels": "each channel classified on its own; features side by side, probabilities "
+    "the joint over the channels' digits",
   }
   return Extractor("classifier", fn, protocol)
 
 
 def get_extractor(
-    config: ml_collections.ConfigDict, name: str, *, mesh: Mesh | None = None
+  config: ml_collections.ConfigDict, name: str, *, mesh: Mesh | None = None
 ) -> Extractor:
   """The extractor ``name`` ("inception" or "classifier") set up from the config's fields.
 
@@ -240,13 +240,13 @@ def default_extractor_name(config: ml_collections.ConfigDict) -> str:
   if config.get(CLASSIFIER_CONFIG_FIELD):
     return "classifier"
   raise ConfigError(
-      "No feature extractor for the evaluation: set config.eval_inception_weights (FID "
-      "Inception weights) or config.eval_classifier_workdir (an MNIST classifier workdir)."
+    "No feature extractor for the evaluation: set config.eval_inception_weights (FID "
+    "Inception weights) or config.eval_classifier_workdir (an MNIST classifier workdir)."
   )
 
 
 def default_metrics(
-    extractor_name: str, data_name: str | None, conditional: bool = False
+  extractor_name: str, data_name: str | None, conditional: bool = False
 ) -> list[str]:
   """The metrics computed when none are named."""
   names = ["fid" if extractor_name == "inception" else "classifier_fid", "kid", "is"]
@@ -259,7 +259,7 @@ def default_metrics(
 
 
 def check_metrics(
-    metrics: Iterable[str], extractor_name: str, *, data_name: str | None, num_classes: int | None
+  metrics: Iterable[str], extractor_name: str, *, data_name: str | None, num_classes: int | None
 ) -> list[str]:
   """Validates metric names against the extractor, the data and the generator; returns a list."""
   if isinstance(metrics, str):
@@ -273,21 +273,20 @@ def check_metrics(
     allowed = METRICS[name]
     if allowed is not None and extractor_name not in allowed:
       hint = {
-          "fid": " (with the classifier, use 'classifier_fid')",
-          "classifier_fid": " (with Inception features, use 'fid')",
+        "fid": " (with the classifier, use 'classifier_fid')",
+        "classifier_fid": " (with Inception features, use 'fid')",
       }.get(name, "")
       raise ConfigError(
-          f"Metric {name!r} needs the {' or '.join(allowed)} extractor, not "
-          f"{extractor_name!r}{hint}."
+        f"Metric {name!r} needs the {' or '.join(allowed)} extractor, not {extractor_name!r}{hint}."
       )
   if "stacked_mnist_modes" in metrics and data_name != "stacked_mnist":
     raise ConfigError(
-        f"Metric 'stacked_mnist_modes' needs data.name='stacked_mnist', got {data_name!r}."
+      f"Metric 'stacked_mnist_modes' needs data.name='stacked_mnist', got {data_name!r}."
     )
   if "intra_class_fid" in metrics and not num_classes:
     raise ConfigError(
-        "Metric 'intra_class_fid' needs a class-conditional generator (model.conditional=True) "
-        "on labelled data."
+      "Metric 'intra_class_fid' needs a class-conditional generator (model.conditional=True) "
+      "on labelled data."
     )
   return metrics
 
@@ -303,8 +302,8 @@ def reference_dir(config: ml_collections.ConfigDict, workdir: str | None = None)
     return os.fspath(directory)
   if workdir is None:
     raise ValueError(
-        f"No directory for the reference statistics: set config.{REFERENCE_DIR_CONFIG_FIELD} or "
-        "pass a workdir."
+      f"No directory for the reference statistics: set config.{REFERENCE_DIR_CONFIG_FIELD} or "
+      "pass a workdir."
     )
   return os.path.join(os.path.dirname(os.path.abspath(workdir)), ".ganjax_reference_stats")
 
@@ -316,7 +315,7 @@ def _key_hash(key: Mapping[str, Any]) -> str:
 def _reference_path(directory: str, key: Mapping[str, Any]) -> str:
   safe = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in str(key["dataset"]))
   return os.path.join(
-      directory, f"{safe}_{key['split']}_{key['extractor']}_{_key_hash(key)[:16]}.npz"
+    directory, f"{safe}_{key['split']}_{key['extractor']}_{_key_hash(key)[:16]}.npz"
   )
 
 
@@ -350,7 +349,7 @@ class _Moments:
 
 
 def _real_batches(
-    config: ml_collections.ConfigDict, split: str, num_real: int | None, chunk: int
+  config: ml_collections.ConfigDict, split: str, num_real: int | None, chunk: int
 ) -> tuple[Any, int, Iterable[dict[str, np.ndarray]]]:
   """(source, num_real, batches): ``num_real`` distinct real examples (one epoch) in chunks."""
   data_config = ml_collections.ConfigDict(config.data.to_dict())
@@ -360,8 +359,12 @@ def _real_batches(
   want = num_real or config.get("eval_num_real") or DEFAULT_NUM_REAL
   if available is not None and want > available:
     logging.info(
-        "Reference: %d real samples asked, %s split %r has %d; using %d.",
-        want, probe.name, split, available, available,
+      "Reference: %d real samples asked, %s split %r has %d; using %d.",
+      want,
+      probe.name,
+      split,
+      available,
+      available,
     )
     want = available
   size = min(chunk, want)
@@ -375,34 +378,34 @@ def _real_batches(
 
 
 def reference_key(
-    config: ml_collections.ConfigDict,
-    extractor: Extractor,
-    *,
-    split: str,
-    num_real: int,
-    source: Any,
-    max_features: int,
-    per_class: bool,
+  config: ml_collections.ConfigDict,
+  extractor: Extractor,
+  *,
+  split: str,
+  num_real: int,
+  source: Any,
+  max_features: int,
+  per_class: bool,
 ) -> dict[str, Any]:
   """What identifies a reference file; hashed into its name and stored inside it."""
   return {
-      "version": _REFERENCE_VERSION,
-      "dataset": source.name,
-      "split": split,
-      "resolution": list(source.element_shape),
-      "data": json.loads(json.dumps(dict(source.description), sort_keys=True, default=str)),
-      "data_config": {
-          k: v
-          for k, v in json.loads(config.data.to_json_best_effort()).items()
-          if k not in ("split", "cache_in_memory_max_bytes")
-      },
-      "data_seed": REFERENCE_SEED,
-      "extractor": extractor.name,
-      "weights_sha256": extractor.weights_sha256,
-      "resize": extractor.protocol.get("resize"),
-      "num_real": int(num_real),
-      "max_features": int(max_features),
-      "per_class": bool(per_class),
+    "version": _REFERENCE_VERSION,
+    "dataset": source.name,
+    "split": split,
+    "resolution": list(source.element_shape),
+    "data": json.loads(json.dumps(dict(source.description), sort_keys=True, default=str)),
+    "data_config": {
+      k: v
+      for k, v in json.loads(config.data.to_json_best_effort()).items()
+      if k not in ("split", "cache_in_memory_max_bytes")
+    },
+    "data_seed": REFERENCE_SEED,
+    "extractor": extractor.name,
+    "weights_sha256": extractor.weights_sha256,
+    "resize": extractor.protocol.get("resize"),
+    "num_real": int(num_real),
+    "max_features": int(max_features),
+    "per_class": bool(per_class),
   }
 
 
@@ -431,15 +434,15 @@ def _write_reference(path: str, arrays: Mapping[str, np.ndarray]) -> None:
 
 
 def reference_statistics(
-    config: ml_collections.ConfigDict,
-    extractor: Extractor,
-    directory: str,
-    *,
-    split: str | None = None,
-    num_real: int | None = None,
-    max_features: int = DEFAULT_MAX_REAL_FEATURES,
-    per_class: bool = False,
-    chunk: int = 1000,
+  config: ml_collections.ConfigDict,
+  extractor: Extractor,
+  directory: str,
+  *,
+  split: str | None = None,
+  num_real: int | None = None,
+  max_features: int = DEFAULT_MAX_REAL_FEATURES,
+  per_class: bool = False,
+  chunk: int = 1000,
 ) -> dict[str, Any]:
   """The real data's feature statistics for ``extractor``, read from ``directory`` or computed.
 
@@ -462,8 +465,13 @@ def reference_statistics(
   split = split or config.data.get("split", "train") or "train"
   source, num_real, batches = _real_batches(config, split, num_real, chunk)
   key = reference_key(
-      config, extractor, split=split, num_real=num_real, source=source,
-      max_features=max_features, per_class=per_class,
+    config,
+    extractor,
+    split=split,
+    num_real=num_real,
+    source=source,
+    max_features=max_features,
+    per_class=per_class,
   )
   path = _reference_path(directory, key)
   stored = _read_reference(path, key) if os.path.exists(path) else None
@@ -492,10 +500,10 @@ def reference_statistics(
       seen += len(images)
     mean, cov = moments.result()
     arrays = {
-        "key": np.array(json.dumps(key, sort_keys=True, default=str)),
-        "mean": mean,
-        "cov": cov,
-        "features": np.concatenate(kept_features),
+      "key": np.array(json.dumps(key, sort_keys=True, default=str)),
+      "mean": mean,
+      "cov": cov,
+      "features": np.concatenate(kept_features),
     }
     if kept_labels:
       arrays["labels"] = np.concatenate(kept_labels)
@@ -507,8 +515,13 @@ def reference_statistics(
       arrays["class_covs"] = np.stack([s for _, s in results])
     _write_reference(path, arrays)
     logging.info(
-        "Computed the reference statistics of %d real %s/%s samples with %s in %.1fs: %s",
-        num_real, source.name, split, extractor.name, time.time() - t_start, path,
+      "Computed the reference statistics of %d real %s/%s samples with %s in %.1fs: %s",
+      num_real,
+      source.name,
+      split,
+      extractor.name,
+      time.time() - t_start,
+      path,
     )
     stored, cached = arrays, False
   else:
@@ -527,15 +540,15 @@ evaluation_latents = gan_lib.evaluation_latents
 
 
 def generate_outputs(
-    generate_fn: Callable[..., Any],
-    params: Any,
-    batch_stats: Any,
-    latents: Any,
-    labels: Any,
-    extractor: Extractor,
-    *,
-    batch_size: int,
-    mesh: Mesh | None = None,
+  generate_fn: Callable[..., Any],
+  params: Any,
+  batch_stats: Any,
+  latents: Any,
+  labels: Any,
+  extractor: Extractor,
+  *,
+  batch_size: int,
+  mesh: Mesh | None = None,
 ) -> dict[str, np.ndarray]:
   """Extractor outputs of the samples of ``latents`` (and ``labels``), in fixed-size batches.
 
@@ -570,24 +583,24 @@ def generate_outputs(
 
 
 def evaluate_generator(
-    config: ml_collections.ConfigDict,
-    generate_fn: Callable[..., Any],
-    params: Any,
-    batch_stats: Any,
-    *,
-    num_samples: int,
-    metrics: Iterable[str] | str | None,
-    extractor: Extractor | str,
-    num_classes: int | None = None,
-    step: int | None = None,
-    ema: bool | None = None,
-    seed: int | None = None,
-    batch_size: int | None = None,
-    num_real: int | None = None,
-    reference_split: str | None = None,
-    reference_directory: str | None = None,
-    workdir: str | None = None,
-    mesh: Mesh | None = None,
+  config: ml_collections.ConfigDict,
+  generate_fn: Callable[..., Any],
+  params: Any,
+  batch_stats: Any,
+  *,
+  num_samples: int,
+  metrics: Iterable[str] | str | None,
+  extractor: Extractor | str,
+  num_classes: int | None = None,
+  step: int | None = None,
+  ema: bool | None = None,
+  seed: int | None = None,
+  batch_size: int | None = None,
+  num_real: int | None = None,
+  reference_split: str | None = None,
+  reference_directory: str | None = None,
+  workdir: str | None = None,
+  mesh: Mesh | None = None,
 ) -> dict[str, Any]:
   """Measures a generator: the named metrics of ``num_samples`` samples against the real data.
 
@@ -633,48 +646,58 @@ def evaluate_generator(
   directory = reference_directory or reference_dir(config, workdir)
   t_start = time.time()
   reference = reference_statistics(
-      config, extractor, directory, split=reference_split, num_real=num_real,
-      per_class="intra_class_fid" in metrics,
+    config,
+    extractor,
+    directory,
+    split=reference_split,
+    num_real=num_real,
+    per_class="intra_class_fid" in metrics,
   )
   latents = evaluation_latents(seed, num_samples, config.model.latent_dim)
   labels = None
   if num_classes:
     labels = np.arange(num_samples, dtype=np.int32) % num_classes
   fake = generate_outputs(
-      generate_fn, params, batch_stats, latents, labels, extractor, batch_size=batch_size,
-      mesh=mesh,
+    generate_fn,
+    params,
+    batch_stats,
+    latents,
+    labels,
+    extractor,
+    batch_size=batch_size,
+    mesh=mesh,
   )
   values, details = _compute(metrics, reference, fake, labels)
   protocol = {
-      **extractor.protocol,
-      "metrics": metrics,
-      "num_real": reference["key"]["num_real"],
-      "num_real_features": int(len(reference["features"])),
-      "num_generated": int(num_samples),
-      "reference": {
-          "dataset": reference["key"]["dataset"],
-          "split": reference["key"]["split"],
-          "resolution": reference["key"]["resolution"],
-          "data_seed": REFERENCE_SEED,
-          "file": os.path.basename(reference["path"]),
-      },
-      "generator": "ema" if ema else "raw",
-      "conditional_labels": "arange(num_generated) % num_classes" if num_classes else None,
-      "seed": int(seed),
-      "latents": "normal(fold_in(key(seed), 0xE7A1), (num_generated, latent_dim))",
-      "step": None if step is None else int(step),
-      "generation_batch_size": int(batch_size),
-      "num_devices": int(mesh.devices.size),
-      "wall_time_s": time.time() - t_start,
+    **extractor.protocol,
+    "metrics": metrics,
+    "num_real": reference["key"]["num_real"],
+    "num_real_features": int(len(reference["features"])),
+    "num_generated": int(num_samples),
+    "reference": {
+      "dataset": reference["key"]["dataset"],
+      "split": reference["key"]["split"],
+      "resolution": reference["key"]["resolution"],
+      "data_seed": REFERENCE_SEED,
+      "file": os.path.basename(reference["path"]),
+    },
+    "generator": "ema" if ema else "raw",
+    "conditional_labels": "arange(num_generated) % num_classes" if num_classes else None,
+    "seed": int(seed),
+    "latents": "normal(fold_in(key(seed), 0xE7A1), (num_generated, latent_dim))",
+    "step": None if step is None else int(step),
+    "generation_batch_size": int(batch_size),
+    "num_devices": int(mesh.devices.size),
+    "wall_time_s": time.time() - t_start,
   }
   return {"values": values, "protocol": protocol, "details": details}
 
 
 def _compute(
-    metrics: list[str],
-    reference: Mapping[str, Any],
-    fake: Mapping[str, np.ndarray],
-    labels: np.ndarray | None,
+  metrics: list[str],
+  reference: Mapping[str, Any],
+  fake: Mapping[str, np.ndarray],
+  labels: np.ndarray | None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
   values: dict[str, float] = {}
   details: dict[str, Any] = {}
@@ -683,12 +706,12 @@ def _compute(
     if name in ("fid", "classifier_fid"):
       stats = metrics_lib.feature_statistics(features)
       values[name] = metrics_lib.frechet_distance_from_statistics(
-          reference["mean"], reference["cov"], stats.mean, stats.covariance
+        reference["mean"], reference["cov"], stats.mean, stats.covariance
       )
     elif name == "kid":
       subset = min(KID_SUBSET_SIZE, len(real_features), len(features))
       kid = metrics_lib.kernel_inception_distance(
-          real_features, features, num_subsets=KID_SUBSETS, subset_size=subset
+        real_features, features, num_subsets=KID_SUBSETS, subset_size=subset
       )
       values["kid"], values["kid_std"] = kid.mean, kid.std
       details["kid"] = {"num_subsets": KID_SUBSETS, "subset_size": subset}
@@ -713,7 +736,7 @@ def _compute(
       for i, c in enumerate(classes):
         stats = metrics_lib.feature_statistics(features[labels == c])
         per_class[c] = metrics_lib.frechet_distance_from_statistics(
-            reference["class_means"][i], reference["class_covs"][i], stats.mean, stats.covariance
+          reference["class_means"][i], reference["class_covs"][i], stats.mean, stats.covariance
         )
       values["intra_class_fid"] = float(np.mean(list(per_class.values())))
       details["intra_class_fid_per_class"] = {str(c): v for c, v in per_class.items()}
@@ -725,13 +748,13 @@ def _compute(
 
 
 def evaluate_workdir(
-    workdir: str,
-    step: int | None = None,
-    metrics: Iterable[str] | str | None = None,
-    num_samples: int | None = None,
-    *,
-    extractor: Extractor | str | None = None,
-    config_overrides: Mapping[str, Any] | None = None,
+  workdir: str,
+  step: int | None = None,
+  metrics: Iterable[str] | str | None = None,
+  num_samples: int | None = None,
+  *,
+  extractor: Extractor | str | None = None,
+  config_overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
   """Evaluates the generator of a training run's checkpoint; writes ``eval/step_NNNNNN.json``.
 
@@ -757,26 +780,26 @@ def evaluate_workdir(
     config[field] = value
   data_info = info["data"]
   networks = gan_lib.build_networks(
-      config, tuple(data_info["element_shape"]), data_info["num_classes"]
+    config, tuple(data_info["element_shape"]), data_info["num_classes"]
   )
   state, step = checkpoint_lib.restore_from_workdir(
-      workdir, step, gan_lib.abstract_state(config, networks)
+    workdir, step, gan_lib.abstract_state(config, networks)
   )
   if extractor is None:
     extractor = default_extractor_name(config)
   if metrics is None:
     metrics = config.get("eval_metrics") or None
   result = evaluate_generator(
-      config,
-      gan_lib.make_generate_fn(networks),
-      gan_lib.sample_params(config, state),
-      state.generator.batch_stats,
-      num_samples=num_samples or config.get("eval_num_samples", 2500),
-      metrics=metrics,
-      extractor=extractor,
-      num_classes=networks.num_classes,
-      step=step,
-      workdir=workdir,
+    config,
+    gan_lib.make_generate_fn(networks),
+    gan_lib.sample_params(config, state),
+    state.generator.batch_stats,
+    num_samples=num_samples or config.get("eval_num_samples", 2500),
+    metrics=metrics,
+    extractor=extractor,
+    num_classes=networks.num_classes,
+    step=step,
+    workdir=workdir,
   )
   return save_evaluation(workdir, step, result)
 
@@ -790,29 +813,32 @@ def save_evaluation(workdir: str, step: int, result: dict[str, Any]) -> dict[str
   record = {**result, "workdir": os.path.abspath(workdir)}
   loop.write_json(path, record)
   logging.info(
-      "Evaluation of %s step %d: %s (written to %s).",
-      workdir, step, ", ".join(f"{k} {v:.4g}" for k, v in result["values"].items()), path,
+    "Evaluation of %s step %d: %s (written to %s).",
+    workdir,
+    step,
+    ", ".join(f"{k} {v:.4g}" for k, v in result["values"].items()),
+    path,
   )
   return {**record, "path": path}
 
 
 __all__ = [
-    "EXTRACTORS",
-    "save_evaluation",
-    "METRICS",
-    "Extractor",
-    "check_metrics",
-    "classifier_extractor",
-    "default_extractor_name",
-    "default_metrics",
-    "eval_mesh",
-    "evaluate_generator",
-    "evaluate_workdir",
-    "evaluation_latents",
-    "generate_outputs",
-    "get_extractor",
-    "inception_extractor",
-    "reference_dir",
-    "reference_key",
-    "reference_statistics",
+  "EXTRACTORS",
+  "save_evaluation",
+  "METRICS",
+  "Extractor",
+  "check_metrics",
+  "classifier_extractor",
+  "default_extractor_name",
+  "default_metrics",
+  "eval_mesh",
+  "evaluate_generator",
+  "evaluate_workdir",
+  "evaluation_latents",
+  "generate_outputs",
+  "get_extractor",
+  "inception_extractor",
+  "reference_dir",
+  "reference_key",
+  "reference_statistics",
 ]

@@ -90,8 +90,8 @@ class MetricsBuffer:
         else:
           kept = f"the last good checkpoint (step {self.last_checkpoint}) is kept"
         raise NonFiniteLossError(
-            f"Non-finite values at step {step}: {bad}. Training stopped; {kept}. Lower the "
-            "learning rates, or add a regularizer."
+          f"Non-finite values at step {step}: {bad}. Training stopped; {kept}. Lower the "
+          "learning rates, or add a regularizer."
         )
 
   def flush(self) -> dict[str, float]:
@@ -122,8 +122,8 @@ class SectionTimes:
   def summary(self, elapsed: float) -> str:
     """E.g. ``"checkpoint 10%, samples 5%"`` of ``elapsed`` seconds; starts a new interval."""
     parts = [
-        f"{name} {100 * seconds / max(elapsed, 1e-9):.0f}%"
-        for name, seconds in sorted(self._seconds.items(), key=lambda item: -item[1])
+      f"{name} {100 * seconds / max(elapsed, 1e-9):.0f}%"
+      for name, seconds in sorted(self._seconds.items(), key=lambda item: -item[1])
     ]
     self._seconds = {}
     return ", ".join(parts)
@@ -160,9 +160,9 @@ class Preemption:
       return
     self.requested, self.signal_name = True, name
     logging.warning(
-        "%s received: saving a checkpoint of the step reached and stopping%s.",
-        name,
-        " (Ctrl-C again stops at once, without it)" if signum == signal.SIGINT else "",
+      "%s received: saving a checkpoint of the step reached and stopping%s.",
+      name,
+      " (Ctrl-C again stops at once, without it)" if signum == signal.SIGINT else "",
     )
 
   def __exit__(self, *exc):
@@ -201,15 +201,15 @@ def versions() -> dict[str, str]:
 
   out = {"python": platform.python_version()}
   for dist in (
-      "jax",
-      "jaxlib",
-      "flax",
-      "optax",
-      "orbax-checkpoint",
-      "tensorflow-cpu",
-      "tensorflow-datasets",
-      "clu",
-      "numpy",
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "orbax-checkpoint",
+    "tensorflow-cpu",
+    "tensorflow-datasets",
+    "clu",
+    "numpy",
   ):
     try:
       out[dist] = md.version(dist)
@@ -223,13 +223,13 @@ def git_revision() -> str | None:
   here = os.path.dirname(os.path.abspath(__file__))
   try:
     rev = subprocess.run(
-        ["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+      ["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
     ).stdout.strip()
     dirty = subprocess.run(
-        ["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-        timeout=10,
+      ["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+      capture_output=True,
+      text=True,
+      timeout=10,
     ).stdout.strip()
   except (OSError, subprocess.SubprocessError):
     return None
@@ -240,33 +240,33 @@ def devices_info(mesh, parallel_mode: str) -> dict[str, Any]:
   """The devices of a run (platform, kind, count) for ``run_info.json``."""
   devices = mesh.devices.flatten().tolist()
   return {
-      "platform": devices[0].platform,
-      "kind": devices[0].device_kind,
-      "count": len(devices),
-      "process_count": jax.process_count(),
-      "parallel_mode": parallel_mode,
+    "platform": devices[0].platform,
+    "kind": devices[0].device_kind,
+    "count": len(devices),
+    "process_count": jax.process_count(),
+    "parallel_mode": parallel_mode,
   }
 
 
 def provenance(config: ml_collections.ConfigDict, mesh) -> dict[str, Any]:
   """The part of ``run_info.json`` every run has: command, versions, git revision, devices."""
   return {
-      "command": sys.argv,
-      "versions": versions(),
-      "git_revision": git_revision(),
-      "devices": devices_info(mesh, config.parallel.get("mode", "global")),
+    "command": sys.argv,
+    "versions": versions(),
+    "git_revision": git_revision(),
+    "devices": devices_info(mesh, config.parallel.get("mode", "global")),
   }
 
 
 def data_info(source, element_shape, conditional: bool) -> dict[str, Any]:
   """The ``data`` entry of ``run_info.json``: the source's description, size and shapes."""
   return {
-      **source.description,
-      "name": source.name,
-      "num_examples": source.num_examples,
-      "element_shape": list(element_shape),
-      "num_classes": source.num_classes,
-      "conditional": conditional,
+    **source.description,
+    "name": source.name,
+    "num_examples": source.num_examples,
+    "element_shape": list(element_shape),
+    "num_classes": source.num_classes,
+    "conditional": conditional,
   }
 
 
@@ -301,21 +301,21 @@ def start(config: ml_collections.ConfigDict, workdir: str, examples_per_step: in
   mesh = parallel.make_mesh(config.parallel.num_devices or None)
   parallel.check_batch_size(config.batch_size, mesh)
   source = data_lib.create_source(
-      config.data,
-      seed=config.seed,
-      batch_size=examples_per_step,
-      process_index=jax.process_index(),
-      process_count=jax.process_count(),
+    config.data,
+    seed=config.seed,
+    batch_size=examples_per_step,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
   )
   return mesh, source, checkpointer
 
 
 def open_workdir(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    *,
-    checkpoint_dir: str = "checkpoints",
-    max_to_keep: int = 3,
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  checkpoint_dir: str = "checkpoints",
+  max_to_keep: int = 3,
 ) -> checkpoint_lib.Checkpointer:
   """Creates ``workdir``, takes its lock and returns the checkpointer of ``WORKDIR/checkpoint_dir``.
 
@@ -330,12 +330,12 @@ def open_workdir(
   os.makedirs(workdir, exist_ok=True)
   _on_chief(lambda: workdir_lib.lock(workdir), workdir)
   checkpointer = checkpoint_lib.Checkpointer(
-      os.path.join(workdir, checkpoint_dir), max_to_keep=max_to_keep, async_save=False
+    os.path.join(workdir, checkpoint_dir), max_to_keep=max_to_keep, async_save=False
   )
   try:
     _on_chief(
-        lambda: workdir_lib.check_relaunch(config, workdir, checkpointer.latest_step() or 0),
-        workdir,
+      lambda: workdir_lib.check_relaunch(config, workdir, checkpointer.latest_step() or 0),
+      workdir,
     )
   except Exception:
     checkpointer.close()
@@ -364,10 +364,10 @@ def _on_chief(fn: Callable[[], Any], workdir: str) -> None:
 
 
 def record_launch(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    start_step: int,
-    info: dict[str, Any] | None = None,
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  start_step: int,
+  info: dict[str, Any] | None = None,
 ) -> None:
   """On process 0: appends the launch to ``WORKDIR/launches.jsonl``, then writes
   ``config.json`` (in this order: the launch's config changes are taken against the old one)."""
@@ -384,11 +384,11 @@ def skip_damaged_checkpoints(config: ml_collections.ConfigDict | None) -> bool:
 
 
 def resume_or_create(
-    checkpointer,
-    abstract_state: Callable[[], Any],
-    create: Callable[[], Any],
-    *,
-    config: ml_collections.ConfigDict | None = None,
+  checkpointer,
+  abstract_state: Callable[[], Any],
+  create: Callable[[], Any],
+  *,
+  config: ml_collections.ConfigDict | None = None,
 ):
   """``(state, start_step)``: the latest checkpoint's state, or ``create()`` when there is none.
 
@@ -399,7 +399,7 @@ def resume_or_create(
   if not checkpointer.latest_step():
     return create(), 0
   start_step, state, position = checkpointer.restore_latest(
-      abstract_state(), skip_damaged=skip_damaged_checkpoints(config)
+    abstract_state(), skip_damaged=skip_damaged_checkpoints(config)
   )
   logging.info("Resumed from the checkpoint at step %d (data position %s).", start_step, position)
   return state, start_step
@@ -450,10 +450,10 @@ def drop_metrics_after(workdir: str, step: int) -> int:
       f.writelines(kept)
     os.replace(tmp, path)
     logging.info(
-        "Dropped %d lines past step %d from %s: the run logs those steps again.",
-        dropped,
-        step,
-        path,
+      "Dropped %d lines past step %d from %s: the run logs those steps again.",
+      dropped,
+      step,
+      path,
     )
   return dropped
 
@@ -463,19 +463,19 @@ def _due(step: int, every: int) -> bool:
 
 
 def run(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    *,
-    state: Any,
-    start_step: int,
-    step_fn: StepFn,
-    batches: Iterator[dict[str, np.ndarray]],
-    save_checkpoint: Callable[[int, Any], Any],
-    writer: Any,
-    examples_per_step: int,
-    write_samples: Callable[[int, Any], None] | None = None,
-    evaluate: Callable[[int, Any], dict[str, Any]] | None = None,
-    progress: Callable[[dict[str, float]], str] | None = None,
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  state: Any,
+  start_step: int,
+  step_fn: StepFn,
+  batches: Iterator[dict[str, np.ndarray]],
+  save_checkpoint: Callable[[int, Any], Any],
+  writer: Any,
+  examples_per_step: int,
+  write_samples: Callable[[int, Any], None] | None = None,
+  evaluate: Callable[[int, Any], dict[str, Any]] | None = None,
+  progress: Callable[[dict[str, float]], str] | None = None,
 ) -> Any:
   """Trains from ``start_step`` to ``config.num_train_steps``; returns the last state.
 
@@ -522,9 +522,9 @@ def run(
     drop_metrics_after(workdir, start_step)
 
   with (
-      Preemption() as preemption,
-      open(os.path.join(workdir, METRICS_FILE), "a") as metrics_file,
-      contextlib.closing(best) if best is not None else contextlib.nullcontext(),
+    Preemption() as preemption,
+    open(os.path.join(workdir, METRICS_FILE), "a") as metrics_file,
+    contextlib.closing(best) if best is not None else contextlib.nullcontext(),
   ):
 
     def record(scalars: dict[str, Any]) -> None:
@@ -552,14 +552,14 @@ def run(
       record(scalars)
       eta = (total - step) / max(steps_per_sec, 1e-9)
       logging.info(
-          "step %d/%d | %s | %.2f steps/s %.0f img/s | ETA %s%s",
-          step,
-          total,
-          progress(scalars) if progress else "",
-          steps_per_sec,
-          scalars["images_per_sec"],
-          format_duration(eta),
-          f" | {outside_steps}" if outside_steps else "",
+        "step %d/%d | %s | %.2f steps/s %.0f img/s | ETA %s%s",
+        step,
+        total,
+        progress(scalars) if progress else "",
+        steps_per_sec,
+        scalars["images_per_sec"],
+        format_duration(eta),
+        f" | {outside_steps}" if outside_steps else "",
       )
 
     stopped = False
@@ -595,12 +595,10 @@ def run(
         stopped = preemption.requested  # A signal during the save: this step is saved, stop.
       if stopped:
         log()  # The metrics since the last log would be lost otherwise.
-        logging.warning(
-            "Stopped by %s at step %d; checkpoint saved.", preemption.signal_name, step
-        )
+        logging.warning("Stopped by %s at step %d; checkpoint saved.", preemption.signal_name, step)
         break
     if preemption.requested and not stopped:
       logging.warning(
-          "%s came after the last step; its checkpoint is saved.", preemption.signal_name
+        "%s came after the last step; its checkpoint is saved.", preemption.signal_name
       )
   return state

@@ -64,8 +64,8 @@ def _bce(logits: jax.Array, target: float) -> jax.Array:
 def _probability_metrics(real_logits: jax.Array, fake_logits: jax.Array) -> Metrics:
   """Mean D(x) and D(G(z)): the probabilities the discriminator assigns to 'real'."""
   return {
-      "d_real": jax.nn.sigmoid(real_logits).mean(),
-      "d_fake": jax.nn.sigmoid(fake_logits).mean(),
+    "d_real": jax.nn.sigmoid(real_logits).mean(),
+    "d_fake": jax.nn.sigmoid(fake_logits).mean(),
   }
 
 
@@ -77,8 +77,8 @@ def _logit_metrics(real_logits: jax.Array, fake_logits: jax.Array) -> Metrics:
 def _same_shape(real_logits: jax.Array, fake_logits: jax.Array, what: str) -> None:
   if real_logits.shape != fake_logits.shape:
     raise ValueError(
-        f"{what} pairs real and fake logits elementwise; got shapes {real_logits.shape} and "
-        f"{fake_logits.shape}."
+      f"{what} pairs real and fake logits elementwise; got shapes {real_logits.shape} and "
+      f"{fake_logits.shape}."
     )
 
 
@@ -86,7 +86,7 @@ def _same_shape(real_logits: jax.Array, fake_logits: jax.Array, what: str) -> No
 
 
 def bce_discriminator_loss(
-    real_logits: jax.Array, fake_logits: jax.Array, *, label_smoothing: float = 0.0
+  real_logits: jax.Array, fake_logits: jax.Array, *, label_smoothing: float = 0.0
 ):
   """-[log D(x) + log(1 - D(G(z)))] / 2: the discriminator's side of the GAN game.
 
@@ -101,9 +101,9 @@ def bce_discriminator_loss(
   loss = 0.5 * (loss_real + loss_fake)
   metrics = {"d_loss": loss, "d_loss_real": loss_real, "d_loss_fake": loss_fake}
   return loss, {
-      **metrics,
-      **_probability_metrics(real_logits, fake_logits),
-      **_logit_metrics(real_logits, fake_logits),
+    **metrics,
+    **_probability_metrics(real_logits, fake_logits),
+    **_logit_metrics(real_logits, fake_logits),
   }
 
 
@@ -140,11 +140,11 @@ def wasserstein_discriminator_loss(real_logits: jax.Array, fake_logits: jax.Arra
   mean_real, mean_fake = real_logits.mean(), fake_logits.mean()
   loss = mean_fake - mean_real
   return loss, {
-      "d_loss": loss,
-      "d_loss_real": -mean_real,
-      "d_loss_fake": mean_fake,
-      "wasserstein_estimate": mean_real - mean_fake,
-      **_logit_metrics(real_logits, fake_logits),
+    "d_loss": loss,
+    "d_loss_real": -mean_real,
+    "d_loss_fake": mean_fake,
+    "wasserstein_estimate": mean_real - mean_fake,
+    **_logit_metrics(real_logits, fake_logits),
   }
 
 
@@ -173,10 +173,10 @@ def hinge_discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array):
   loss_fake = jax.nn.relu(1.0 + fake_logits).mean()
   loss = loss_real + loss_fake
   return loss, {
-      "d_loss": loss,
-      "d_loss_real": loss_real,
-      "d_loss_fake": loss_fake,
-      **_logit_metrics(real_logits, fake_logits),
+    "d_loss": loss,
+    "d_loss_real": loss_real,
+    "d_loss_fake": loss_fake,
+    **_logit_metrics(real_logits, fake_logits),
   }
 
 
@@ -195,10 +195,10 @@ def least_squares_discriminator_loss(real_logits: jax.Array, fake_logits: jax.Ar
   loss_fake = 0.5 * jnp.square(fake_logits).mean()
   loss = loss_real + loss_fake
   return loss, {
-      "d_loss": loss,
-      "d_loss_real": loss_real,
-      "d_loss_fake": loss_fake,
-      **_logit_metrics(real_logits, fake_logits),
+    "d_loss": loss,
+    "d_loss_real": loss_real,
+    "d_loss_fake": loss_fake,
+    **_logit_metrics(real_logits, fake_logits),
   }
 
 
@@ -213,7 +213,7 @@ def least_squares_generator_loss(fake_logits: jax.Array, real_logits: jax.Array 
 
 
 def relativistic_discriminator_loss(
-    real_logits: jax.Array, fake_logits: jax.Array, *, label_smoothing: float = 0.0
+  real_logits: jax.Array, fake_logits: jax.Array, *, label_smoothing: float = 0.0
 ):
   """E[BCE(C(x_i) - C(G(z_i)), 1)]: the relativistic standard GAN (RSGAN) discriminator.
 
@@ -228,10 +228,10 @@ def relativistic_discriminator_loss(
   diff = real_logits - fake_logits
   loss = _bce(diff, 1.0 - label_smoothing)
   return loss, {
-      "d_loss": loss,
-      "d_real": jax.nn.sigmoid(diff).mean(),
-      "d_fake": jax.nn.sigmoid(-diff).mean(),
-      **_logit_metrics(real_logits, fake_logits),
+    "d_loss": loss,
+    "d_real": jax.nn.sigmoid(diff).mean(),
+    "d_fake": jax.nn.sigmoid(-diff).mean(),
+    **_logit_metrics(real_logits, fake_logits),
   }
 
 
@@ -249,7 +249,7 @@ def relativistic_generator_loss(fake_logits: jax.Array, real_logits: jax.Array |
 
 
 def relativistic_average_discriminator_loss(
-    real_logits: jax.Array, fake_logits: jax.Array, *, label_smoothing: float = 0.0
+  real_logits: jax.Array, fake_logits: jax.Array, *, label_smoothing: float = 0.0
 ):
   """[BCE(C(x) - E C(G(z)), 1) + BCE(C(G(z)) - E C(x), 0)] / 2: the RaGAN discriminator.
 
@@ -269,11 +269,11 @@ def relativistic_average_discriminator_loss(
   loss_fake = _bce(fake_rel, 0.0)
   loss = 0.5 * (loss_real + loss_fake)
   return loss, {
-      "d_loss": loss,
-      "d_loss_real": loss_real,
-      "d_loss_fake": loss_fake,
-      **_probability_metrics(real_rel, fake_rel),
-      **_logit_metrics(real_logits, fake_logits),
+    "d_loss": loss,
+    "d_loss_real": loss_real,
+    "d_loss_fake": loss_fake,
+    **_probability_metrics(real_rel, fake_rel),
+    **_logit_metrics(real_logits, fake_logits),
   }
 
 
@@ -302,9 +302,9 @@ wgan = Objective(wasserstein_discriminator_loss, wasserstein_generator_loss)
 """Wasserstein GAN (Arjovsky et al. 2017); pair it with weight clipping of the critic."""
 
 wgan_gp = Objective(
-    wasserstein_discriminator_loss,
-    wasserstein_generator_loss,
-    implied_regularizers=(("gradient_penalty", 10.0),),
+  wasserstein_discriminator_loss,
+  wasserstein_generator_loss,
+  implied_regularizers=(("gradient_penalty", 10.0),),
 )
 """WGAN-GP: the WGAN losses plus a gradient penalty of weight 10 (lambda in Gulrajani, Ahmed,
 Arjovsky, Dumoulin & Courville 2017, "Improved Training of Wasserstein GANs"); the penalty itself
@@ -317,14 +317,14 @@ least_squares = Objective(least_squares_discriminator_loss, least_squares_genera
 """LSGAN with a=0, b=1, c=1 (Mao et al. 2017)."""
 
 relativistic = Objective(
-    relativistic_discriminator_loss, relativistic_generator_loss, generator_needs_real_logits=True
+  relativistic_discriminator_loss, relativistic_generator_loss, generator_needs_real_logits=True
 )
 """Relativistic standard GAN, RSGAN (Jolicoeur-Martineau 2018)."""
 
 relativistic_average = Objective(
-    relativistic_average_discriminator_loss,
-    relativistic_average_generator_loss,
-    generator_needs_real_logits=True,
+  relativistic_average_discriminator_loss,
+  relativistic_average_generator_loss,
+  generator_needs_real_logits=True,
 )
 """Relativistic average GAN, RaGAN (Jolicoeur-Martineau 2018)."""
 
@@ -358,8 +358,8 @@ def get_objective(name: str, *, label_smoothing: float = 0.0) -> Objective:
   if not supports_label_smoothing(objective):
     supported = sorted(k for k, v in valid.items() if supports_label_smoothing(v))
     raise ConfigError(
-        f"Objective {name!r} does not support label_smoothing={label_smoothing!r} (its "
-        f"discriminator is not a binary cross-entropy); objectives that do: {', '.join(supported)}."
+      f"Objective {name!r} does not support label_smoothing={label_smoothing!r} (its "
+      f"discriminator is not a binary cross-entropy); objectives that do: {', '.join(supported)}."
     )
   smoothed = functools.partial(objective.discriminator, label_smoothing=float(label_smoothing))
   return objective._replace(discriminator=smoothed)

@@ -46,26 +46,26 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:args]).")
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
 flags.DEFINE_enum(
-    "mode",
-    "train",
-    ["train", "sample", "evaluate", "upscale"],
-    "train: train (resuming); sample: draw; evaluate: measure a checkpoint (WORKDIR/eval/); "
-    "upscale: super-resolve --input into --output (super-resolution tasks).",
+  "mode",
+  "train",
+  ["train", "sample", "evaluate", "upscale"],
+  "train: train (resuming); sample: draw; evaluate: measure a checkpoint (WORKDIR/eval/); "
+  "upscale: super-resolve --input into --output (super-resolution tasks).",
 )
 flags.DEFINE_integer("num_samples", 64, "--mode=sample: number of samples.")
 flags.DEFINE_string(
-    "output", None, "--mode=sample|upscale: output PNG (sample default: WORKDIR/sample.png)."
+  "output", None, "--mode=sample|upscale: output PNG (sample default: WORKDIR/sample.png)."
 )
 flags.DEFINE_string("input", None, "--mode=upscale: the image to super-resolve.")
 flags.DEFINE_string(
-    "step", None, "--mode=evaluate: checkpoint step, or 'best' (default: the latest)."
+  "step", None, "--mode=evaluate: checkpoint step, or 'best' (default: the latest)."
 )
 flags.DEFINE_list("metrics", None, "--mode=evaluate: metric names (default: the extractor's).")
 flags.DEFINE_integer("eval_num_samples", None, "--mode=evaluate: generated samples.")
 flags.DEFINE_string("eval_inception_weights", None, "--mode=evaluate: FID Inception weights.")
 flags.DEFINE_string("eval_classifier_workdir", None, "--mode=evaluate: classifier workdir.")
 flags.DEFINE_bool(
-    "traceback", False, "Print the traceback of a user error too (as --verbosity=1 does)."
+  "traceback", False, "Print the traceback of a user error too (as --verbosity=1 does)."
 )
 flags.mark_flags_as_required(["workdir"])
 
@@ -79,11 +79,11 @@ THREAD_JOIN_TIMEOUT_S = 10.0
 # Errors of the operating system that are the user's to fix (disk, file system, permissions),
 # with what to do.
 _OS_ERROR_HINTS = {
-    errno.ENOSPC: "free some space or use a --workdir on another disk",
-    errno.EDQUOT: "free some space or use a --workdir on another disk",
-    errno.EROFS: "use a --workdir on a writable file system",
-    errno.EACCES: "check its permissions or use another --workdir",
-    errno.EPERM: "check its permissions or use another --workdir",
+  errno.ENOSPC: "free some space or use a --workdir on another disk",
+  errno.EDQUOT: "free some space or use a --workdir on another disk",
+  errno.EROFS: "use a --workdir on a writable file system",
+  errno.EACCES: "check its permissions or use another --workdir",
+  errno.EPERM: "check its permissions or use another --workdir",
 }
 
 
@@ -129,7 +129,7 @@ def _check_flags() -> None:
       raise FlagError("--config is required to train, e.g. --config=configs/dcgan.py")
     if os.path.isdir(workdir) and not os.access(workdir, os.W_OK | os.X_OK):
       raise errors.WorkdirError(
-          f"--workdir={workdir} is not writable (read-only or not yours); use another --workdir."
+        f"--workdir={workdir} is not writable (read-only or not yours); use another --workdir."
       )
     return
   if not os.path.isdir(workdir):
@@ -155,15 +155,15 @@ def _sample_output() -> str:
 
 def _evaluate_kwargs() -> dict:
   overrides = {
-      name: FLAGS[name].value
-      for name in ("eval_inception_weights", "eval_classifier_workdir")
-      if FLAGS[name].value
+    name: FLAGS[name].value
+    for name in ("eval_inception_weights", "eval_classifier_workdir")
+    if FLAGS[name].value
   }
   return dict(
-      step=_parse_step(FLAGS.step),
-      metrics=FLAGS.metrics,
-      num_samples=FLAGS.eval_num_samples,
-      config_overrides=overrides,
+    step=_parse_step(FLAGS.step),
+    metrics=FLAGS.metrics,
+    num_samples=FLAGS.eval_num_samples,
+    config_overrides=overrides,
   )
 
 
@@ -224,7 +224,7 @@ def diagnose_config(argv: list[str]) -> errors.UserError | None:
   path, _, arg = value.partition(":")
   if not os.path.isfile(path):
     return errors.MissingPathError(
-        f"--config={value}: the config file {path!r} does not exist{_close_files(path)}"
+      f"--config={value}: the config file {path!r} does not exist{_close_files(path)}"
     )
   from ganjax import config_base
 
@@ -255,9 +255,7 @@ def _config_argument(argv: list[str]) -> str | None:
 def _override_fields(argv: list[str]) -> list[str]:
   """Dotted fields of ``--config.FIELD[=V]`` / ``--noconfig.FIELD`` overrides, as config_flags."""
   return [
-      arg.split("=", 1)[0].split(".", 1)[1]
-      for arg in argv
-      if re.match(r"^--?(no)?config\.", arg)
+    arg.split("=", 1)[0].split(".", 1)[1] for arg in argv if re.match(r"^--?(no)?config\.", arg)
   ]
 
 
@@ -321,7 +319,7 @@ def exit_code(error: BaseException) -> int | None:
   """
   non_finite = _loaded_class("ganjax.loop", "NonFiniteLossError")
   if isinstance(error, FloatingPointError) and (
-      isinstance(error, errors.UserError) or (non_finite and isinstance(error, non_finite))
+    isinstance(error, errors.UserError) or (non_finite and isinstance(error, non_finite))
   ):
     return NON_FINITE_EXIT_CODE
   if isinstance(error, errors.UserError | app.UsageError):

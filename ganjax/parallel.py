@@ -33,11 +33,11 @@ def initialize_distributed() -> None:
   """Joins a multi-host run (coordinator and process ids come from the cluster environment)."""
   jax.distributed.initialize()
   logging.info(
-      "Distributed JAX: process %d of %d, %d local / %d global devices.",
-      jax.process_index(),
-      jax.process_count(),
-      jax.local_device_count(),
-      jax.device_count(),
+    "Distributed JAX: process %d of %d, %d local / %d global devices.",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
   )
 
 
@@ -49,10 +49,10 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
     raise ConfigError(f"parallel.num_devices={num_devices} but only {available} devices exist.")
   # Auto axes: the global-view programming model, where XLA's partitioner places the collectives.
   return jax.make_mesh(
-      (num_devices,),
-      (DATA_AXIS,),
-      axis_types=(jax.sharding.AxisType.Auto,),
-      devices=jax.devices()[:num_devices],
+    (num_devices,),
+    (DATA_AXIS,),
+    axis_types=(jax.sharding.AxisType.Auto,),
+    devices=jax.devices()[:num_devices],
   )
 
 
@@ -69,12 +69,12 @@ def check_batch_size(batch_size: int, mesh: Mesh) -> None:
   devices = mesh.devices.size
   if batch_size % devices:
     raise ConfigError(
-        f"batch_size={batch_size} does not divide by the number of devices ({devices}); "
-        f"use a multiple of {devices}, e.g. {devices * max(1, round(batch_size / devices))}."
+      f"batch_size={batch_size} does not divide by the number of devices ({devices}); "
+      f"use a multiple of {devices}, e.g. {devices * max(1, round(batch_size / devices))}."
     )
   if batch_size % jax.process_count():
     raise ConfigError(
-        f"batch_size={batch_size} does not divide by the number of hosts ({jax.process_count()})."
+      f"batch_size={batch_size} does not divide by the number of hosts ({jax.process_count()})."
     )
 
 
@@ -82,12 +82,12 @@ def host_batch_to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, 
   """Assembles each host's slice of the batch into global arrays sharded over ``data``."""
   sharding = batch_sharded(mesh)
   return {
-      k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
   }
 
 
 def compile_step(
-    step_fn: Callable[..., tuple[Any, Any]], mesh: Mesh, mode: str = "global"
+  step_fn: Callable[..., tuple[Any, Any]], mesh: Mesh, mode: str = "global"
 ) -> Callable[[Any, Any, jax.Array], tuple[Any, Any]]:
   """jit-compiles ``step_fn(state, batch, rng, axis_name=...) -> (state, metrics)`` for a mode.
 
@@ -98,23 +98,23 @@ def compile_step(
   repl, sharded = replicated(mesh), batch_sharded(mesh)
   if mode == "global":
     return jax.jit(
-        lambda state, batch, rng: step_fn(state, batch, rng, axis_name=None),
-        in_shardings=(repl, sharded, repl),
-        out_shardings=(repl, repl),
-        donate_argnums=0,
-    )
-  per_device = jax.shard_map(
-      lambda state, batch, rng: step_fn(state, batch, rng, axis_name=DATA_AXIS),
-      mesh=mesh,
-      in_specs=(P(), P(DATA_AXIS), P()),
-      out_specs=(P(), P()),
-      # pmap semantics: gradients of replicated params stay per-device until the explicit pmean
-      # (with vma checking on, their transpose would already sum them over devices).
-      check_vma=False,
-  )
-  return jax.jit(
-      per_device,
+      lambda state, batch, rng: step_fn(state, batch, rng, axis_name=None),
       in_shardings=(repl, sharded, repl),
       out_shardings=(repl, repl),
       donate_argnums=0,
+    )
+  per_device = jax.shard_map(
+    lambda state, batch, rng: step_fn(state, batch, rng, axis_name=DATA_AXIS),
+    mesh=mesh,
+    in_specs=(P(), P(DATA_AXIS), P()),
+    out_specs=(P(), P()),
+    # pmap semantics: gradients of replicated params stay per-device until the explicit pmean
+    # (with vma checking on, their transpose would already sum them over devices).
+    check_vma=False,
+  )
+  return jax.jit(
+    per_device,
+    in_shardings=(repl, sharded, repl),
+    out_shardings=(repl, repl),
+    donate_argnums=0,
   )

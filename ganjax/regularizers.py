@@ -99,7 +99,7 @@ def _zero_centred_penalty(d_fn: ApplyFn, x: jax.Array, prefix: str):
 
 
 def gradient_penalty(
-    d_fn: ApplyFn, real: jax.Array, fake: jax.Array, rng: jax.Array, target: float = 1.0
+  d_fn: ApplyFn, real: jax.Array, fake: jax.Array, rng: jax.Array, target: float = 1.0
 ) -> tuple[jax.Array, Metrics]:
   """WGAN-GP: a two-sided penalty on the critic's gradient norm between real and fake samples.
 
@@ -165,13 +165,13 @@ def r2_penalty(d_fn: ApplyFn, fake: jax.Array) -> tuple[jax.Array, Metrics]:
 
 
 def dragan_penalty(
-    d_fn: ApplyFn,
-    real: jax.Array,
-    rng: jax.Array,
-    scale: float = 0.5,
-    target: float = 1.0,
-    *,
-    interpolate: bool = False,
+  d_fn: ApplyFn,
+  real: jax.Array,
+  rng: jax.Array,
+  scale: float = 0.5,
+  target: float = 1.0,
+  *,
+  interpolate: bool = False,
 ) -> tuple[jax.Array, Metrics]:
   """DRAGAN: a gradient-norm penalty in a noisy neighbourhood of the real data.
 
@@ -204,7 +204,7 @@ def dragan_penalty(
 
 
 def consistency_penalty(
-    d_fn: ApplyFn, x: jax.Array, x_augmented: jax.Array
+  d_fn: ApplyFn, x: jax.Array, x_augmented: jax.Array
 ) -> tuple[jax.Array, Metrics]:
   """Balanced consistency regularization (bCR): D should not change under an augmentation T.
 
@@ -262,7 +262,7 @@ class LazyRegularization(NamedTuple):
     return jnp.where(self.is_due(step), self.effective_weight, 0.0)
 
   def __call__(
-      self, step: jax.Array | int, penalty_fn: Callable[..., tuple[jax.Array, Metrics]], *args
+    self, step: jax.Array | int, penalty_fn: Callable[..., tuple[jax.Array, Metrics]], *args
   ) -> tuple[jax.Array, Metrics]:
     """The *weighted* penalty ``weight_at(step) * penalty_fn(*args)[0]``, and its metrics.
 
@@ -309,7 +309,7 @@ class AdamHyperparameters(NamedTuple):
 
 
 def lazy_adam_correction(
-    learning_rate: float, b1: float, b2: float, interval: int
+  learning_rate: float, b1: float, b2: float, interval: int
 ) -> AdamHyperparameters:
   """Adam hyperparameters adjusted for a separate lazy-regularization update.
 
@@ -362,9 +362,7 @@ def instance_noise(x: jax.Array, rng: jax.Array, stddev: float | jax.Array) -> j
   return x + jnp.asarray(stddev, x.dtype) * noise
 
 
-def annealed_stddev(
-    initial: float, step: jax.Array | int, anneal_steps: int
-) -> jax.Array:
+def annealed_stddev(initial: float, step: jax.Array | int, anneal_steps: int) -> jax.Array:
   """Linearly annealed noise level: ``initial * max(0, 1 - step / anneal_steps)``.
 
   Reaches 0 at ``step = anneal_steps`` and stays there. Jit-compatible in ``step``.
@@ -453,15 +451,15 @@ class Penalty(NamedTuple):
 
 
 PENALTIES: dict[str, Penalty] = {
-    "gradient_penalty": Penalty(
-        gradient_penalty, ("real", "fake", "rng"), "WGAN-GP, Gulrajani et al. 2017"
-    ),
-    "r1": Penalty(r1_penalty, ("real",), "zero-centred on real data, Mescheder et al. 2018"),
-    "r2": Penalty(r2_penalty, ("fake",), "zero-centred on fake data, Mescheder et al. 2018"),
-    "dragan": Penalty(dragan_penalty, ("real", "rng"), "DRAGAN, Kodali et al. 2017"),
-    "consistency": Penalty(
-        consistency_penalty, ("x", "x_augmented"), "bCR, Zhao et al. 2021 (real and fake)"
-    ),
+  "gradient_penalty": Penalty(
+    gradient_penalty, ("real", "fake", "rng"), "WGAN-GP, Gulrajani et al. 2017"
+  ),
+  "r1": Penalty(r1_penalty, ("real",), "zero-centred on real data, Mescheder et al. 2018"),
+  "r2": Penalty(r2_penalty, ("fake",), "zero-centred on fake data, Mescheder et al. 2018"),
+  "dragan": Penalty(dragan_penalty, ("real", "rng"), "DRAGAN, Kodali et al. 2017"),
+  "consistency": Penalty(
+    consistency_penalty, ("x", "x_augmented"), "bCR, Zhao et al. 2021 (real and fake)"
+  ),
 }
 """Every penalty by the name a config uses (``config.regularizer.name``)."""
 
@@ -470,7 +468,7 @@ def get_regularizer(name: str) -> Penalty:
   """Returns the :class:`Penalty` named ``name``; an unknown name lists the valid ones."""
   if name not in PENALTIES:
     raise ConfigError(
-        f"Unknown regularizer {name!r}; valid choices: {', '.join(sorted(PENALTIES))}."
+      f"Unknown regularizer {name!r}; valid choices: {', '.join(sorted(PENALTIES))}."
     )
   return PENALTIES[name]
 
@@ -478,4 +476,3 @@ def get_regularizer(name: str) -> Penalty:
 def available_regularizers() -> dict[str, Penalty]:
   """A copy of :data:`PENALTIES`."""
   return dict(PENALTIES)
-

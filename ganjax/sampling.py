@@ -17,7 +17,7 @@ def fixed_latents(seed: int, num: int, latent_dim: int) -> jax.Array:
 
 
 def class_grid_inputs(
-    seed: int, num_classes: int, num_samples: int, latent_dim: int
+  seed: int, num_classes: int, num_samples: int, latent_dim: int
 ) -> tuple[jax.Array, jax.Array]:
   """Latents and labels of a class-conditional grid: one class per row, one latent per column.
 
@@ -34,7 +34,7 @@ def class_grid_inputs(
 
 
 def latents_and_labels(
-    seed: int, num_samples: int, latent_dim: int, num_classes: int | None, labels=None
+  seed: int, num_samples: int, latent_dim: int, num_classes: int | None, labels=None
 ) -> tuple[jax.Array, jax.Array | None]:
   """Exactly ``num_samples`` latents (and labels of a conditional generator) for ``seed``.
 
@@ -98,11 +98,11 @@ def save_image_grid(path: str, images: np.ndarray, num_columns: int | None = Non
 
 
 def save_scatter(
-    path: str,
-    points: np.ndarray,
-    reference: np.ndarray | None = None,
-    title: str = "",
-    limits: float | None = None,
+  path: str,
+  points: np.ndarray,
+  reference: np.ndarray | None = None,
+  title: str = "",
+  limits: float | None = None,
 ) -> np.ndarray:
   """Writes a scatter plot of 2-D samples (and real points or modes, in another colour).
 
@@ -139,11 +139,11 @@ def save_scatter(
 
 
 def save_samples(
-    path: str,
-    samples: np.ndarray,
-    reference: np.ndarray | None = None,
-    title: str = "",
-    num_columns: int | None = None,
+  path: str,
+  samples: np.ndarray,
+  reference: np.ndarray | None = None,
+  title: str = "",
+  num_columns: int | None = None,
 ):
   """Images as a grid (``num_columns`` wide; None = square-ish), 2-D points as a scatter plot;
   returns the picture as uint8 HWC."""

@@ -44,7 +44,7 @@ SCHEDULES = ("constant", "linear", "cosine")
 
 
 def make_optimizer(
-    optim_config: ml_collections.ConfigDict, total_updates: int | None = None
+  optim_config: ml_collections.ConfigDict, total_updates: int | None = None
 ) -> optax.GradientTransformation:
   """Builds an optax optimizer from ``{name: "adam", learning_rate: ..., **kwargs}``.
 
@@ -59,12 +59,12 @@ def make_optimizer(
   optimizer = getattr(optax, name, None)
   if not callable(optimizer) or name.startswith("_"):
     raise ConfigError(
-        f"Unknown optimizer name {name!r}; use an optax optimizer function such as "
-        "'adam', 'adamw', 'sgd', 'rmsprop', 'lion'."
+      f"Unknown optimizer name {name!r}; use an optax optimizer function such as "
+      "'adam', 'adamw', 'sgd', 'rmsprop', 'lion'."
     )
   if schedule not in SCHEDULES:
     raise ConfigError(
-        f"Unknown learning-rate schedule {schedule!r}; valid: {', '.join(SCHEDULES)}."
+      f"Unknown learning-rate schedule {schedule!r}; valid: {', '.join(SCHEDULES)}."
     )
   if schedule != "constant":
     if not total_updates or total_updates < 1:
@@ -89,15 +89,15 @@ def _split_variables(variables) -> tuple[Any, Any]:
 
 
 def create_gan_state(
-    rng: jax.Array,
-    *,
-    generator: nn.Module,
-    discriminator: nn.Module,
-    latent_dim: int,
-    element_shape: tuple[int, ...],
-    generator_optimizer: optax.GradientTransformation,
-    discriminator_optimizer: optax.GradientTransformation,
-    num_classes: int | None = None,
+  rng: jax.Array,
+  *,
+  generator: nn.Module,
+  discriminator: nn.Module,
+  latent_dim: int,
+  element_shape: tuple[int, ...],
+  generator_optimizer: optax.GradientTransformation,
+  discriminator_optimizer: optax.GradientTransformation,
+  num_classes: int | None = None,
 ) -> GANState:
   """Initialises both networks and their optimizers (pure: jit it with out_shardings)."""
   g_key, d_key = jax.random.split(rng)
@@ -107,17 +107,17 @@ def create_gan_state(
   g_params, g_stats = _split_variables(generator.init(g_key, z, labels, train=False))
   d_params, d_stats = _split_variables(discriminator.init(d_key, x, labels, train=False))
   return GANState(
-      step=jnp.zeros((), jnp.int32),
-      generator=TrainState.create(
-          apply_fn=generator.apply, params=g_params, tx=generator_optimizer, batch_stats=g_stats
-      ),
-      discriminator=TrainState.create(
-          apply_fn=discriminator.apply,
-          params=d_params,
-          tx=discriminator_optimizer,
-          batch_stats=d_stats,
-      ),
-      ema_params=g_params,
+    step=jnp.zeros((), jnp.int32),
+    generator=TrainState.create(
+      apply_fn=generator.apply, params=g_params, tx=generator_optimizer, batch_stats=g_stats
+    ),
+    discriminator=TrainState.create(
+      apply_fn=discriminator.apply,
+      params=d_params,
+      tx=discriminator_optimizer,
+      batch_stats=d_stats,
+    ),
+    ema_params=g_params,
   )
 
 

@@ -76,8 +76,8 @@ class Regularization:
     augment.parse_policy(self.consistency_policy)
     if self.instance_noise < 0 or self.instance_noise_steps < 0:
       raise ConfigError(
-          f"instance_noise ({self.instance_noise}) and instance_noise_steps "
-          f"({self.instance_noise_steps}) must be >= 0."
+        f"instance_noise ({self.instance_noise}) and instance_noise_steps "
+        f"({self.instance_noise_steps}) must be >= 0."
       )
 
   def discriminator_input(self, x: jax.Array, rng: jax.Array, step: jax.Array) -> jax.Array:
@@ -132,9 +132,7 @@ def _apply(ts: TrainState, params, x, labels, *, train: bool, rng: jax.Array | N
     variables["batch_stats"] = ts.batch_stats
   rngs = {"dropout": rng} if rng is not None else None
   if train and ts.batch_stats:
-    out, updates = ts.apply_fn(
-        variables, x, labels, train=True, rngs=rngs, mutable=["batch_stats"]
-    )
+    out, updates = ts.apply_fn(variables, x, labels, train=True, rngs=rngs, mutable=["batch_stats"])
     return out, updates["batch_stats"]
   return ts.apply_fn(variables, x, labels, train=train, rngs=rngs), ts.batch_stats
 
@@ -178,17 +176,17 @@ def _apply_update(ts: TrainState, grads, batch_stats, axis_name: str | None) -> 
 
 
 def _discriminator_loss(
-    params,
-    d: TrainState,
-    real: jax.Array,
-    fake: jax.Array,
-    keys: tuple[jax.Array, jax.Array, jax.Array, jax.Array],
-    *,
-    labels: jax.Array | None = None,
-    objective: losses.Objective,
-    regularization: Regularization,
-    d_step: jax.Array | int,
-    classifier_weight: float = 1.0,
+  params,
+  d: TrainState,
+  real: jax.Array,
+  fake: jax.Array,
+  keys: tuple[jax.Array, jax.Array, jax.Array, jax.Array],
+  *,
+  labels: jax.Array | None = None,
+  objective: losses.Objective,
+  regularization: Regularization,
+  d_step: jax.Array | int,
+  classifier_weight: float = 1.0,
 ) -> tuple[jax.Array, tuple[Metrics, Any]]:
   """D's loss at ``params`` on D-ready inputs: the objective's plus the weighted penalties.
 
@@ -199,14 +197,14 @@ def _discriminator_loss(
   dropout_real, dropout_fake, penalty_key, dropout_penalty = keys
   real_out, stats = _apply(d, params, real, labels, train=True, rng=dropout_real)
   fake_out, stats = _apply(
-      d.replace(batch_stats=stats), params, fake, labels, train=True, rng=dropout_fake
+    d.replace(batch_stats=stats), params, fake, labels, train=True, rng=dropout_fake
   )
   real_logits, real_classes = _split_outputs(real_out)
   fake_logits, fake_classes = _split_outputs(fake_out)
   loss, metrics = objective.discriminator(real_logits, fake_logits)
   if real_classes is not None:
     class_loss = _classification_loss(real_classes, labels) + _classification_loss(
-        fake_classes, labels
+      fake_classes, labels
     )
     loss = loss + classifier_weight * class_loss
     accuracy = jnp.mean(jnp.argmax(real_classes, axis=-1) == labels)
@@ -225,17 +223,17 @@ def _discriminator_loss(
 
 
 def discriminator_step(
-    state: GANState,
-    real: jax.Array,
-    rng: jax.Array,
-    *,
-    objective: losses.Objective,
-    latent_dim: int,
-    regularization: Regularization = NO_REGULARIZATION,
-    d_step: jax.Array | int = 0,
-    labels: jax.Array | None = None,
-    classifier_weight: float = 1.0,
-    axis_name: str | None = None,
+  state: GANState,
+  real: jax.Array,
+  rng: jax.Array,
+  *,
+  objective: losses.Objective,
+  latent_dim: int,
+  regularization: Regularization = NO_REGULARIZATION,
+  d_step: jax.Array | int = 0,
+  labels: jax.Array | None = None,
+  classifier_weight: float = 1.0,
+  axis_name: str | None = None,
 ) -> tuple[GANState, Metrics]:
   """One update of D on a real batch and a batch of fresh generator samples.
 
@@ -248,25 +246,25 @@ def discriminator_step(
   fake, _ = _apply(g, g.params, z, labels, train=True, rng=None)  # G's new stats are dropped.
   fake = jax.lax.stop_gradient(fake)
   dropout_real, dropout_fake = jax.random.split(
-      _device_key(jax.random.fold_in(rng, _D_DROPOUT), axis_name)
+    _device_key(jax.random.fold_in(rng, _D_DROPOUT), axis_name)
   )
   inputs_key = _device_key(jax.random.fold_in(rng, _D_INPUTS), axis_name)
   real = regularization.discriminator_input(real, jax.random.fold_in(inputs_key, 0), state.step)
   fake = regularization.discriminator_input(fake, jax.random.fold_in(inputs_key, 1), state.step)
   penalty_key, dropout_penalty = jax.random.split(
-      _device_key(jax.random.fold_in(rng, _D_PENALTY), axis_name)
+    _device_key(jax.random.fold_in(rng, _D_PENALTY), axis_name)
   )
   loss_fn = functools.partial(
-      _discriminator_loss,
-      d=d,
-      real=real,
-      fake=fake,
-      keys=(dropout_real, dropout_fake, penalty_key, dropout_penalty),
-      labels=labels,
-      objective=objective,
-      regularization=regularization,
-      d_step=d_step,
-      classifier_weight=classifier_weight,
+    _discriminator_loss,
+    d=d,
+    real=real,
+    fake=fake,
+    keys=(dropout_real, dropout_fake, penalty_key, dropout_penalty),
+    labels=labels,
+    objective=objective,
+    regularization=regularization,
+    d_step=d_step,
+    classifier_weight=classifier_weight,
   )
   grads, (metrics, stats) = jax.grad(loss_fn, has_aux=True)(d.params)
   metrics["d_grad_norm"] = optax.global_norm(_pmean(grads, axis_name))
@@ -275,17 +273,17 @@ def discriminator_step(
 
 
 def unrolled_discriminator_params(
-    d: TrainState,
-    real: jax.Array,
-    fake: jax.Array,
-    rng: jax.Array,
-    *,
-    unrolled_steps: int,
-    objective: losses.Objective,
-    regularization: Regularization = NO_REGULARIZATION,
-    labels: jax.Array | None = None,
-    classifier_weight: float = 1.0,
-    axis_name: str | None = None,
+  d: TrainState,
+  real: jax.Array,
+  fake: jax.Array,
+  rng: jax.Array,
+  *,
+  unrolled_steps: int,
+  objective: losses.Objective,
+  regularization: Regularization = NO_REGULARIZATION,
+  labels: jax.Array | None = None,
+  classifier_weight: float = 1.0,
+  axis_name: str | None = None,
 ):
   """D's parameters after ``unrolled_steps`` differentiable updates (Metz et al. 2017).
 
@@ -306,16 +304,16 @@ def unrolled_discriminator_params(
   for k in range(unrolled_steps):
     keys = tuple(jax.random.split(_device_key(jax.random.fold_in(rng, k), axis_name), 4))
     grads, _ = jax.grad(_discriminator_loss, has_aux=True)(
-        params,
-        d,
-        real,
-        fake,
-        keys,
-        labels=labels,
-        objective=objective,
-        regularization=reg,
-        d_step=0,
-        classifier_weight=classifier_weight,
+      params,
+      d,
+      real,
+      fake,
+      keys,
+      labels=labels,
+      objective=objective,
+      regularization=reg,
+      d_step=0,
+      classifier_weight=classifier_weight,
     )
     updates, opt_state = d.tx.update(_pmean(grads, axis_name), opt_state, params)
     params = optax.apply_updates(params, updates)
@@ -323,19 +321,19 @@ def unrolled_discriminator_params(
 
 
 def generator_step(
-    state: GANState,
-    real: jax.Array,
-    rng: jax.Array,
-    *,
-    objective: losses.Objective,
-    latent_dim: int,
-    ema_decay: float,
-    ema_warmup: bool = False,
-    regularization: Regularization = NO_REGULARIZATION,
-    unrolled_steps: int = 0,
-    labels: jax.Array | None = None,
-    classifier_weight: float = 1.0,
-    axis_name: str | None = None,
+  state: GANState,
+  real: jax.Array,
+  rng: jax.Array,
+  *,
+  objective: losses.Objective,
+  latent_dim: int,
+  ema_decay: float,
+  ema_warmup: bool = False,
+  regularization: Regularization = NO_REGULARIZATION,
+  unrolled_steps: int = 0,
+  labels: jax.Array | None = None,
+  classifier_weight: float = 1.0,
+  axis_name: str | None = None,
 ) -> tuple[GANState, Metrics]:
   """One update of G through a fixed D; then the EMA of G's params and ``step + 1``.
 
@@ -352,7 +350,7 @@ def generator_step(
   g, d = state.generator, state.discriminator
   z = _local_latents(jax.random.fold_in(rng, _G_LATENT), real.shape[0], latent_dim, axis_name)
   dropout_real, dropout_fake = jax.random.split(
-      _device_key(jax.random.fold_in(rng, _G_DROPOUT), axis_name)
+    _device_key(jax.random.fold_in(rng, _G_DROPOUT), axis_name)
   )
   # Only objectives that compare with real data (relativistic ones) need D(x) in the G step, and
   # only they and the unrolled D updates need the real batch.
@@ -370,16 +368,16 @@ def generator_step(
     d_params, logits_real = d.params, real_logits
     if unrolled_steps:
       d_params = unrolled_discriminator_params(
-          d,
-          real,
-          fake,
-          jax.random.fold_in(rng, _G_UNROLL),
-          unrolled_steps=unrolled_steps,
-          objective=objective,
-          regularization=regularization,
-          labels=labels,
-          classifier_weight=classifier_weight,
-          axis_name=axis_name,
+        d,
+        real,
+        fake,
+        jax.random.fold_in(rng, _G_UNROLL),
+        unrolled_steps=unrolled_steps,
+        objective=objective,
+        regularization=regularization,
+        labels=labels,
+        classifier_weight=classifier_weight,
+        axis_name=axis_name,
       )
       if objective.generator_needs_real_logits:
         real_out, _ = _apply(d, d_params, real, labels, train=True, rng=dropout_real)
@@ -420,20 +418,20 @@ def split_critic_batches(images: jax.Array, n_critic: int) -> list[jax.Array]:
 
 
 def train_step(
-    state: GANState,
-    batch: Batch,
-    rng: jax.Array,
-    *,
-    objective: losses.Objective,
-    latent_dim: int,
-    n_critic: int = 1,
-    ema_decay: float = 0.0,
-    ema_warmup: bool = False,
-    regularization: Regularization = NO_REGULARIZATION,
-    unrolled_steps: int = 0,
-    conditional: bool = False,
-    classifier_weight: float = 1.0,
-    axis_name: str | None = None,
+  state: GANState,
+  batch: Batch,
+  rng: jax.Array,
+  *,
+  objective: losses.Objective,
+  latent_dim: int,
+  n_critic: int = 1,
+  ema_decay: float = 0.0,
+  ema_warmup: bool = False,
+  regularization: Regularization = NO_REGULARIZATION,
+  unrolled_steps: int = 0,
+  conditional: bool = False,
+  classifier_weight: float = 1.0,
+  axis_name: str | None = None,
 ) -> tuple[GANState, Metrics]:
   """``n_critic`` discriminator updates, then one generator update.
 
@@ -463,37 +461,37 @@ def train_step(
   if conditional:
     if "label" not in batch:
       raise ValueError(
-          "A conditional GAN needs labelled batches ({'image', 'label'}); this batch has keys "
-          f"{sorted(batch)}."
+        "A conditional GAN needs labelled batches ({'image', 'label'}); this batch has keys "
+        f"{sorted(batch)}."
       )
     label_batches = split_critic_batches(batch["label"], n_critic)
   metrics: dict[str, Any] = {}
   for i, (real, labels) in enumerate(zip(real_batches, label_batches, strict=True)):
     state, metrics = discriminator_step(
-        state,
-        real,
-        jax.random.fold_in(rng, 2 * i),
-        objective=objective,
-        latent_dim=latent_dim,
-        regularization=regularization,
-        d_step=state.step * n_critic + i,
-        labels=labels,
-        classifier_weight=classifier_weight,
-        axis_name=axis_name,
-    )
-  state, g_metrics = generator_step(
       state,
-      real_batches[-1],
-      jax.random.fold_in(rng, 2 * n_critic + 1),
+      real,
+      jax.random.fold_in(rng, 2 * i),
       objective=objective,
       latent_dim=latent_dim,
-      ema_decay=ema_decay,
-      ema_warmup=ema_warmup,
       regularization=regularization,
-      unrolled_steps=unrolled_steps,
-      labels=label_batches[-1],
+      d_step=state.step * n_critic + i,
+      labels=labels,
       classifier_weight=classifier_weight,
       axis_name=axis_name,
+    )
+  state, g_metrics = generator_step(
+    state,
+    real_batches[-1],
+    jax.random.fold_in(rng, 2 * n_critic + 1),
+    objective=objective,
+    latent_dim=latent_dim,
+    ema_decay=ema_decay,
+    ema_warmup=ema_warmup,
+    regularization=regularization,
+    unrolled_steps=unrolled_steps,
+    labels=label_batches[-1],
+    classifier_weight=classifier_weight,
+    axis_name=axis_name,
   )
   return state, {**metrics, **g_metrics}
 
@@ -514,12 +512,12 @@ def regularization_from_config(config, objective: losses.Objective) -> Regulariz
       weights[name] = float(weight)
   aug = config.get("augment", {})
   return Regularization(
-      penalties=tuple((k, v) for k, v in sorted(weights.items()) if v),
-      lazy_interval=int(reg.get("lazy_interval", 1)),
-      augment_policy=aug.get("policy", "") or "",
-      consistency_policy=aug.get("consistency_policy", "translation"),
-      instance_noise=float(aug.get("instance_noise", 0.0)),
-      instance_noise_steps=int(aug.get("instance_noise_steps", 0)),
+    penalties=tuple((k, v) for k, v in sorted(weights.items()) if v),
+    lazy_interval=int(reg.get("lazy_interval", 1)),
+    augment_policy=aug.get("policy", "") or "",
+    consistency_policy=aug.get("consistency_policy", "translation"),
+    instance_noise=float(aug.get("instance_noise", 0.0)),
+    instance_noise_steps=int(aug.get("instance_noise_steps", 0)),
   )
 
 
@@ -530,14 +528,14 @@ _REGULARIZER_OPTIONS = frozenset({"lazy_interval", "weight_clip"})
 def make_train_step(config, objective: losses.Objective):
   """Binds the static arguments of :func:`train_step` from a config."""
   return functools.partial(
-      train_step,
-      objective=objective,
-      latent_dim=config.model.latent_dim,
-      n_critic=config.n_critic,
-      ema_decay=config.ema.decay,
-      ema_warmup=config.ema.warmup,
-      regularization=regularization_from_config(config, objective),
-      unrolled_steps=config.get("unrolled_steps", 0),
-      conditional=bool(config.model.get("conditional", False)),
-      classifier_weight=float(config.loss.get("classifier_weight", 1.0)),
+    train_step,
+    objective=objective,
+    latent_dim=config.model.latent_dim,
+    n_critic=config.n_critic,
+    ema_decay=config.ema.decay,
+    ema_warmup=config.ema.warmup,
+    regularization=regularization_from_config(config, objective),
+    unrolled_steps=config.get("unrolled_steps", 0),
+    conditional=bool(config.model.get("conditional", False)),
+    classifier_weight=float(config.loss.get("classifier_weight", 1.0)),
   )

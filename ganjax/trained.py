@@ -76,8 +76,8 @@ class TrainedRun:
     bad = labels[(labels < 0) | (labels >= self.num_classes)]
     if bad.size:
       raise ConfigError(
-          f"Label {int(bad[0])} is out of range: the run has {self.num_classes} classes "
-          f"(0..{self.num_classes - 1})."
+        f"Label {int(bad[0])} is out of range: the run has {self.num_classes} classes "
+        f"(0..{self.num_classes - 1})."
       )
     return labels.astype(np.int32)
 
@@ -86,11 +86,11 @@ class TrainedRun:
     ``(H * scale, W * scale, 3)``."""
     if self.upscale_fn is None:
       raise ConfigError(
-          f"A {self.task!r} run does not upscale images; train task 'srgan' ({self.workdir})."
+        f"A {self.task!r} run does not upscale images; train task 'srgan' ({self.workdir})."
       )
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
       raise ConfigError(
-          f"upscale takes one uint8 RGB image (H, W, 3), got {image.dtype} {image.shape}."
+        f"upscale takes one uint8 RGB image (H, W, 3), got {image.dtype} {image.shape}."
       )
     return self.upscale_fn(image)

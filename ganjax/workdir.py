@@ -73,21 +73,21 @@ CONFIG_FILE = "config.json"
 # Fields (fnmatch patterns on dotted paths) that may differ between launches of one run: length,
 # cadence, evaluation and resources. Every other field is guarded (see the module docstring).
 FREE_FIELDS = (
-    "num_train_steps",
-    "log_every_steps",
-    "sample_every_steps",
-    "checkpoint_every_steps",
-    "keep_checkpoints",
-    "num_sample_images",
-    "eval_*",
-    "resume.*",
-    "parallel.num_devices",
-    "parallel.distributed",
-    "data.eval_split",
-    "data.eval_crop_size",
-    "data.eval_max_crops",
-    "srgan.eval_*",
-    "srgan.upscale_tile",
+  "num_train_steps",
+  "log_every_steps",
+  "sample_every_steps",
+  "checkpoint_every_steps",
+  "keep_checkpoints",
+  "num_sample_images",
+  "eval_*",
+  "resume.*",
+  "parallel.num_devices",
+  "parallel.distributed",
+  "data.eval_split",
+  "data.eval_crop_size",
+  "data.eval_max_crops",
+  "srgan.eval_*",
+  "srgan.upscale_tile",
 )
 
 # At most this many differences are spelled out in an error message (all are recorded).
@@ -194,48 +194,49 @@ def check_relaunch(config: ml_collections.ConfigDict, workdir: str, checkpoint_s
   allowed = bool(config.get("resume", {}).get("allow_config_changes", False))
   if checkpoint_step and guarded and not allowed:
     raise WorkdirError(
-        f"Refusing to resume {workdir} (checkpoint at step {checkpoint_step}) with a config that "
-        f"changes the trained model or its data: {format_differences(guarded)}. Relaunch with the "
-        f"run's config ({os.path.join(workdir, CONFIG_FILE)}), use a new --workdir, or pass "
-        "--config.resume.allow_config_changes=True to continue with these changes (they are "
-        f"recorded in {os.path.join(workdir, LAUNCHES_FILE)})."
+      f"Refusing to resume {workdir} (checkpoint at step {checkpoint_step}) with a config that "
+      f"changes the trained model or its data: {format_differences(guarded)}. Relaunch with the "
+      f"run's config ({os.path.join(workdir, CONFIG_FILE)}), use a new --workdir, or pass "
+      "--config.resume.allow_config_changes=True to continue with these changes (they are "
+      f"recorded in {os.path.join(workdir, LAUNCHES_FILE)})."
     )
   total = config.num_train_steps
   if checkpoint_step > total:
     raise WorkdirError(
-        f"{workdir} holds a checkpoint at step {checkpoint_step}, beyond "
-        f"--config.num_train_steps={total}: there is nothing to train. Pass "
-        f"--config.num_train_steps={checkpoint_step} or more to continue this run, or use a new "
-        "--workdir for a new one."
+      f"{workdir} holds a checkpoint at step {checkpoint_step}, beyond "
+      f"--config.num_train_steps={total}: there is nothing to train. Pass "
+      f"--config.num_train_steps={checkpoint_step} or more to continue this run, or use a new "
+      "--workdir for a new one."
     )
   if differences:
     level = logging.warning if checkpoint_step and guarded else logging.info
     level(
-        "Config changes since the last launch on %s%s: %s",
-        workdir,
-        " (allowed by resume.allow_config_changes)" if checkpoint_step and guarded else "",
-        format_differences(differences, limit=len(differences)),
+      "Config changes since the last launch on %s%s: %s",
+      workdir,
+      " (allowed by resume.allow_config_changes)" if checkpoint_step and guarded else "",
+      format_differences(differences, limit=len(differences)),
     )
   if checkpoint_step and any(d["field"] == "num_train_steps" for d in differences):
     schedules = {
-        field: value
-        for field, value in _leaves(config_json(config)).items()
-        if field.startswith("optim.") and field.endswith("schedule")
-        and value not in (None, "", "constant")
+      field: value
+      for field, value in _leaves(config_json(config)).items()
+      if field.startswith("optim.")
+      and field.endswith("schedule")
+      and value not in (None, "", "constant")
     }
     if schedules:
       logging.warning(
-          "num_train_steps changed while a learning-rate schedule is not constant (%s): a "
-          "schedule laid out over num_train_steps continues with other learning rates than the "
-          "run started with.",
-          ", ".join(f"{k}={v!r}" for k, v in schedules.items()),
+        "num_train_steps changed while a learning-rate schedule is not constant (%s): a "
+        "schedule laid out over num_train_steps continues with other learning rates than the "
+        "run started with.",
+        ", ".join(f"{k}={v!r}" for k, v in schedules.items()),
       )
   if checkpoint_step and checkpoint_step == total:
     logging.info(
-        "%s is already trained to step %d (= num_train_steps): nothing to train. Pass a larger "
-        "--config.num_train_steps to train on.",
-        workdir,
-        total,
+      "%s is already trained to step %d (= num_train_steps): nothing to train. Pass a larger "
+      "--config.num_train_steps to train on.",
+      workdir,
+      total,
     )
 
 
@@ -257,10 +258,10 @@ def read_launches(workdir: str) -> list[dict[str, Any]]:
 
 
 def record_launch(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    start_step: int,
-    info: dict[str, Any] | None = None,
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  start_step: int,
+  info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
   """Appends this launch's line to ``WORKDIR/launches.jsonl`` and returns it.
 
@@ -274,18 +275,18 @@ def record_launch(
   if not launches and previous is not None:
     lines.append(_reconstructed_launch(workdir, previous))
   record: dict[str, Any] = {
-      "launch": (launches[-1].get("launch", len(launches)) + 1) if launches else 1,
-      "time": _now(),
-      "host": socket.gethostname(),
-      "pid": os.getpid(),
-      "command": list(sys.argv),
-      "resumed_from_step": int(start_step),
-      "num_train_steps": config.num_train_steps,
-      "config_changes": [] if previous is None else config_differences(previous, new),
+    "launch": (launches[-1].get("launch", len(launches)) + 1) if launches else 1,
+    "time": _now(),
+    "host": socket.gethostname(),
+    "pid": os.getpid(),
+    "command": list(sys.argv),
+    "resumed_from_step": int(start_step),
+    "num_train_steps": config.num_train_steps,
+    "config_changes": [] if previous is None else config_differences(previous, new),
   }
   if record["config_changes"]:
     record["allow_config_changes"] = bool(
-        config.get("resume", {}).get("allow_config_changes", False)
+      config.get("resume", {}).get("allow_config_changes", False)
     )
   if info:
     record["git_revision"] = info.get("git_revision")
@@ -294,14 +295,14 @@ def record_launch(
       record["num_devices"] = info["devices"].get("count")
   devices = record.get("num_devices")
   previous_devices = next(
-      (r["num_devices"] for r in reversed(launches) if r.get("num_devices") is not None), None
+    (r["num_devices"] for r in reversed(launches) if r.get("num_devices") is not None), None
   )
   if start_step and None not in (devices, previous_devices) and devices != previous_devices:
     logging.warning(
-        "Resuming on %d devices after %d: the result differs by round-off from a run on one "
-        "device count (resume is bit-identical only with the same count).",
-        devices,
-        previous_devices,
+      "Resuming on %d devices after %d: the result differs by round-off from a run on one "
+      "device count (resume is bit-identical only with the same count).",
+      devices,
+      previous_devices,
     )
   if not launches and previous is None:
     record["config"] = new
@@ -351,11 +352,11 @@ def lock(workdir: str) -> dict[str, Any]:
   key = os.path.realpath(workdir)
   path = os.path.join(workdir, LOCK_FILE)
   me = {
-      "host": socket.gethostname(),
-      "pid": os.getpid(),
-      "started": _now(),
-      "command": list(sys.argv),
-      "token": uuid.uuid4().hex,
+    "host": socket.gethostname(),
+    "pid": os.getpid(),
+    "started": _now(),
+    "command": list(sys.argv),
+    "token": uuid.uuid4().hex,
   }
   for _ in range(5):
     if _create_exclusive(path, me):
@@ -365,7 +366,7 @@ def lock(workdir: str) -> dict[str, Any]:
       continue
     if holder.get("unreadable"):
       raise WorkdirError(
-          f"The lock file {path} is unreadable. If no run uses {workdir}, delete it and relaunch."
+        f"The lock file {path} is unreadable. If no run uses {workdir}, delete it and relaunch."
       )
     if holder.get("host") == me["host"] and holder.get("pid") == me["pid"]:
       if key in _HELD:  # A run in this process holds it (runs in one process are sequential).
@@ -374,18 +375,18 @@ def lock(workdir: str) -> dict[str, Any]:
       return _hold(key, me)
     if holder.get("host") != me["host"]:
       raise WorkdirError(
-          f"{workdir} is locked by a run on another host: {_describe(holder)}. It may still be "
-          f"running there. If no run uses this workdir any more, delete {path} and relaunch."
+        f"{workdir} is locked by a run on another host: {_describe(holder)}. It may still be "
+        f"running there. If no run uses this workdir any more, delete {path} and relaunch."
       )
     if _alive(holder.get("pid")):
       raise WorkdirError(
-          f"{workdir} is in use by another run: {_describe(holder)}. Wait for it to finish or "
-          "stop it, or use another --workdir (two runs on one workdir would overwrite each "
-          "other's checkpoints)."
+        f"{workdir} is in use by another run: {_describe(holder)}. Wait for it to finish or "
+        "stop it, or use another --workdir (two runs on one workdir would overwrite each "
+        "other's checkpoints)."
       )
     if _take_over(path, holder, me):
       logging.warning(
-          "Took over the lock of %s from a run that is gone: %s.", workdir, _describe(holder)
+        "Took over the lock of %s from a run that is gone: %s.", workdir, _describe(holder)
       )
       return _hold(key, me)
   raise WorkdirError(f"Could not take the lock {path}: other launches keep changing it.")

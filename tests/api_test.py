@@ -17,8 +17,8 @@ from ganjax.systems import srgan
 
 def _config(name: str, arg: str = "runlocal", **overrides):
   return ganjax.load_config(
-      os.path.join(REPO_ROOT, "configs", f"{name}.py:{arg}"),
-      **{"parallel.num_devices": 1, **overrides},
+    os.path.join(REPO_ROOT, "configs", f"{name}.py:{arg}"),
+    **{"parallel.num_devices": 1, **overrides},
   )
 
 
@@ -120,12 +120,12 @@ def test_readme_python_snippet_runs_and_shows_progress(tmp_path):
   """The README's snippet, as a notebook would run it (the repo's configs/ beside it)."""
   os.symlink(os.path.join(REPO_ROOT, "configs"), tmp_path / "configs")
   proc = subprocess.run(
-      [sys.executable, "-c", _readme_snippet()],
-      cwd=tmp_path,
-      capture_output=True,
-      text=True,
-      timeout=300,
-      env={**os.environ, "PYTHONPATH": REPO_ROOT},
+    [sys.executable, "-c", _readme_snippet()],
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, "PYTHONPATH": REPO_ROOT},
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert re.search(r"step \d+/\d+ \|.*steps/s", proc.stderr), proc.stderr[-3000:]

@@ -18,12 +18,12 @@ def _images(seed=0, shape=(B, H, W, C)):
 
 
 OPS = {
-    "brightness": augment.brightness,
-    "saturation": augment.saturation,
-    "contrast": augment.contrast,
-    "translation": augment.translation,
-    "cutout": augment.cutout,
-    "diff_augment": augment.diff_augment,
+  "brightness": augment.brightness,
+  "saturation": augment.saturation,
+  "contrast": augment.contrast,
+  "translation": augment.translation,
+  "cutout": augment.cutout,
+  "diff_augment": augment.diff_augment,
 }
 
 
@@ -59,7 +59,7 @@ def test_translate_by_pads_with_zeros():
   x = jnp.ones((2, H, W, C))
   y = np.asarray(augment.translate_by(x, jnp.array([2, -1]), jnp.array([-3, 0])))
   # Image 0: content moves down 2 and left 3, so the top 2 rows and right 3 columns are empty.
-  assert np.all(y[0, :2] == 0) and np.all(y[0, :, W - 3:] == 0)
+  assert np.all(y[0, :2] == 0) and np.all(y[0, :, W - 3 :] == 0)
   assert np.all(y[0, 2:, : W - 3] == 1)
   assert np.all(y[1, H - 1] == 0) and np.all(y[1, : H - 1] == 1)
 
@@ -116,8 +116,10 @@ def test_brightness_adds_one_constant_per_image():
   per_image = delta.reshape(B, -1)
   # Each delta is x + b rounded, minus x rounded: two roundings at the size of y.
   assert_float32_close(
-      per_image, np.broadcast_to(per_image[:, :1], per_image.shape), length=2,
-      magnitude=float(np.abs(y).max()),
+    per_image,
+    np.broadcast_to(per_image[:, :1], per_image.shape),
+    length=2,
+    magnitude=float(np.abs(y).max()),
   )
   assert np.all(np.abs(per_image[:, 0]) <= 0.5)
   # Distinct per image: the 8 draws are >= 0.01 apart, far beyond the rounding to 5 decimals.
@@ -154,7 +156,7 @@ def test_saturation_keeps_channel_mean_and_contrast_keeps_image_mean():
   con = np.asarray(augment.contrast(jnp.asarray(x), jax.random.key(9)))
   magnitude = float(np.max(np.abs(np.concatenate([x, con]))))
   assert_float32_close(
-      con.mean(axis=(1, 2, 3)), x.mean(axis=(1, 2, 3)), length=2 * H * W * C, magnitude=magnitude
+    con.mean(axis=(1, 2, 3)), x.mean(axis=(1, 2, 3)), length=2 * H * W * C, magnitude=magnitude
   )
   factors = _assert_one_factor_per_image(x, con, (1, 2, 3), 2 * H * W * C)
   assert np.all((factors >= 0.5) & (factors < 1.5))
@@ -193,8 +195,10 @@ def test_jit_matches_eager_and_policy_is_static():
   # Another compilation: the colour ops' means over C channels and H * W * C pixels may round
   # differently. Another key or policy would move the cutout square: differences of order 1.
   assert_float32_close(
-      jitted(x, rng, policy="color,cutout"), eager, length=H * W * C + C,
-      magnitude=float(np.abs(eager).max()),
+    jitted(x, rng, policy="color,cutout"),
+    eager,
+    length=H * W * C + C,
+    magnitude=float(np.abs(eager).max()),
   )
   np.testing.assert_array_equal(augment.diff_augment(x, rng, policy=""), x)  # A copy: exact.
 

@@ -18,8 +18,17 @@ import train_step  # noqa: E402
 from workloads import WORKLOADS  # noqa: E402
 
 RESULT_KEYS = {
-    "workload", "batch", "images_per_sec", "step_ms_median", "step_ms_min", "step_ms_max",
-    "gflop_per_step", "gflop_per_sec", "peak_rss_mib", "framework", "dtype",
+  "workload",
+  "batch",
+  "images_per_sec",
+  "step_ms_median",
+  "step_ms_min",
+  "step_ms_max",
+  "gflop_per_step",
+  "gflop_per_sec",
+  "peak_rss_mib",
+  "framework",
+  "dtype",
 }
 
 
@@ -43,12 +52,12 @@ def test_layer_lists_match_the_models(workload):
   inputs = {"G": jnp.zeros((2, w.latent)), "D": jnp.zeros((2, *w.image_shape))}
   for net, module in (("G", generator), ("D", discriminator)):
     params = jax.eval_shape(
-        lambda m=module, x=inputs[net]: m.init(jax.random.key(0), x, train=False)
+      lambda m=module, x=inputs[net]: m.init(jax.random.key(0), x, train=False)
     )["params"]
     model_kernels = sorted(
-        tuple(leaf.shape)
-        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
-        if path[-1].key == "kernel"
+      tuple(leaf.shape)
+      for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+      if path[-1].key == "kernel"
     )
     listed = sorted(layer.kernel for layer in flops.layers(workload) if layer.net == net)
     assert listed == model_kernels, (workload, net)
@@ -57,15 +66,27 @@ def test_layer_lists_match_the_models(workload):
 def test_scripts_print_json():
   env = dict(os.environ)  # one CPU device; other XLA flags (an ISA cap) stay
   env["XLA_FLAGS"] = " ".join(
-      f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f
+    f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f
   )
   procs = [
-      subprocess.Popen(
-          [sys.executable, os.path.join(BENCHMARKS, script), "--workload", "mlp28", "--steps",
-           "1", "--warmup", "0", "--json"],
-          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-      )
-      for script in ("train_step.py", "handwritten_step.py")
+    subprocess.Popen(
+      [
+        sys.executable,
+        os.path.join(BENCHMARKS, script),
+        "--workload",
+        "mlp28",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+      ],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      env=env,
+    )
+    for script in ("train_step.py", "handwritten_step.py")
   ]
   for p, framework in zip(procs, ("ganjax", "handwritten"), strict=True):
     out, err = p.communicate(timeout=120)
@@ -90,8 +111,8 @@ def test_torch_networks_mirror_ganjax(workload):
   w = WORKLOADS[workload]
   generator, discriminator = train_step.build_models(workload)
   expected = (
-      _flax_parameter_count(generator, jnp.zeros((2, w.latent))),
-      _flax_parameter_count(discriminator, jnp.zeros((2, *w.image_shape))),
+    _flax_parameter_count(generator, jnp.zeros((2, w.latent))),
+    _flax_parameter_count(discriminator, jnp.zeros((2, *w.image_shape))),
   )
   assert torch_train_step.parameter_counts(workload) == expected
 

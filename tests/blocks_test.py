@@ -40,7 +40,7 @@ class _SNDense(nn.Module):
   @nn.compact
   def __call__(self, x, *, train):
     return blocks.sn_dense(self.features, n_steps=self.n_steps, enabled=self.enabled)(
-        x, update_stats=train
+      x, update_stats=train
     )
 
 
@@ -68,8 +68,8 @@ def test_sn_dense_power_iteration_converges_to_the_spectral_norm():
   model = _SNDense(12)
   variables = model.init(jax.random.key(0), x, train=False)
   assert set(variables["batch_stats"]["SpectralNorm_0"]) == {
-      "Dense_0/kernel/u",
-      "Dense_0/kernel/sigma",
+    "Dense_0/kernel/u",
+    "Dense_0/kernel/sigma",
   }
   w = rng.normal(size=(20, 12)).astype(np.float32)
   b = rng.normal(size=(12,)).astype(np.float32)
@@ -79,7 +79,7 @@ def test_sn_dense_power_iteration_converges_to_the_spectral_norm():
   @jax.jit
   def train_apply(stats):
     y, updates = model.apply(
-        {"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"]
+      {"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"]
     )
     return y, updates["batch_stats"]
 
@@ -123,7 +123,7 @@ def test_sn_dense_power_iteration_converges_to_the_spectral_norm():
   left, _, right = np.linalg.svd(w64)
   through_sigma = abs(np.sum(grad_y * w64)) / true_sigma**2
   expected = grad_y / true_sigma - np.sum(grad_y * w64) / true_sigma**2 * np.outer(
-      left[:, 0], right[0]
+    left[:, 0], right[0]
   )
   # The layer uses v^T u of the iteration instead of l r^T: each vector is off by an angle whose
   # tangent is at most sqrt(power_iteration_rtol), and its sigma by eval_rtol; plus the round-off
@@ -139,12 +139,12 @@ def test_sn_dense_power_iteration_converges_to_the_spectral_norm():
   fresh = variables["batch_stats"]
   _, moved = train_apply(fresh)
   assert not np.array_equal(
-      moved["SpectralNorm_0"]["Dense_0/kernel/u"], fresh["SpectralNorm_0"]["Dense_0/kernel/u"]
+    moved["SpectralNorm_0"]["Dense_0/kernel/u"], fresh["SpectralNorm_0"]["Dense_0/kernel/u"]
   )
 
 
 @pytest.mark.parametrize(
-    "impl,transpose", [("xla", False), ("fast", False), ("xla", True), ("subpixel", True)]
+  "impl,transpose", [("xla", False), ("fast", False), ("xla", True), ("subpixel", True)]
 )
 def test_sn_conv_normalises_the_reshaped_kernel(impl, transpose):
   rng = _rng(1)
@@ -156,10 +156,10 @@ def test_sn_conv_normalises_the_reshaped_kernel(impl, transpose):
   b = rng.normal(size=(8,)).astype(np.float32)
   params = {name: {"kernel": jnp.asarray(w), "bias": jnp.asarray(b)}}
   y, updates = model.apply(
-      {"params": params, "batch_stats": variables["batch_stats"]},
-      x,
-      train=True,
-      mutable=["batch_stats"],
+    {"params": params, "batch_stats": variables["batch_stats"]},
+    x,
+    train=True,
+    mutable=["batch_stats"],
   )
   stats = updates["batch_stats"]["SpectralNorm_0"]
   assert stats[f"{name}/kernel/u"].shape == (1, 8)
@@ -187,7 +187,7 @@ def test_sn_conv_normalises_the_reshaped_kernel(impl, transpose):
   # |x| |w| / sigma + |b| (the same convolution of absolute values).
   magnitude = float(np.max(plain(np.abs(w) / sigma, np.abs(b), jnp.abs(x))))
   tolerances.assert_float32_close(
-      y, plain(w / sigma, b, x), length=3 * 3 * 4 + 2, magnitude=magnitude
+    y, plain(w / sigma, b, x), length=3 * 3 * 4 + 2, magnitude=magnitude
   )
 
 
@@ -198,10 +198,10 @@ def test_sn_disabled_is_the_plain_layer_and_bad_n_steps_raise():
   assert "batch_stats" not in variables
   kernel = variables["params"]["Dense_0"]["kernel"]  # The bias is initialised to 0.
   tolerances.assert_float32_close(
-      model.apply(variables, x, train=True),
-      np.asarray(x, np.float64) @ np.asarray(kernel, np.float64),
-      length=7 + 1,  # Fan-in 7 and the zero bias.
-      magnitude=tolerances.dot_magnitude(x, kernel),
+    model.apply(variables, x, train=True),
+    np.asarray(x, np.float64) @ np.asarray(kernel, np.float64),
+    length=7 + 1,  # Fan-in 7 and the zero bias.
+    magnitude=tolerances.dot_magnitude(x, kernel),
   )
   with pytest.raises(ValueError, match="n_steps >= 1.*got 0"):
     _SNDense(4, n_steps=0).init(jax.random.key(0), x, train=False)
@@ -282,14 +282,15 @@ def _mbstd_numpy(x, group_size, num_channels, eps=1e-8):
       out[members, f] = stds.mean()
       spread = std_err[..., f * chunk : (f + 1) * chunk].mean()
       err[members, f] = spread + tolerances.float32_atol(stds.size, stds.max())
-  extra = np.broadcast_to(out.reshape(n, *(1,) * (x.ndim - 2), num_channels),
-                          (*x.shape[:-1], num_channels))
+  extra = np.broadcast_to(
+    out.reshape(n, *(1,) * (x.ndim - 2), num_channels), (*x.shape[:-1], num_channels)
+  )
   return np.concatenate([x, extra], axis=-1), float(err.max())
 
 
 @pytest.mark.parametrize(
-    "shape,group_size,num_channels",
-    [((8, 3, 3, 4), 4, 1), ((8, 3, 3, 4), 2, 2), ((6, 5), 3, 1), ((2, 2, 2, 2), 4, 1)],
+  "shape,group_size,num_channels",
+  [((8, 3, 3, 4), 4, 1), ((8, 3, 3, 4), 2, 2), ((6, 5), 3, 1), ((2, 2, 2, 2), 4, 1)],
 )
 def test_minibatch_stddev_matches_numpy(shape, group_size, num_channels):
   x = _rng(4).normal(size=shape).astype(np.float32)
@@ -345,20 +346,20 @@ def test_conditional_batch_norm():
   running = updates["batch_stats"]["BatchNorm_0"]
   m = layers.BN_MOMENTUM
   tolerances.assert_float32_close(
-      running["mean"], (1 - m) * mean, length=count + 2, magnitude=np.abs(xn).max()
+    running["mean"], (1 - m) * mean, length=count + 2, magnitude=np.abs(xn).max()
   )
   tolerances.assert_float32_close(
-      running["var"], m + (1 - m) * var, length=2 * count + 2, magnitude=np.max(xn**2)
+    running["var"], m + (1 - m) * var, length=2 * count + 2, magnitude=np.max(xn**2)
   )
   _, eval_updates = module.apply(
-      {**variables, "batch_stats": updates["batch_stats"]},
-      x,
-      labels,
-      train=False,
-      mutable=["batch_stats"],
+    {**variables, "batch_stats": updates["batch_stats"]},
+    x,
+    labels,
+    train=False,
+    mutable=["batch_stats"],
   )
   jax.tree_util.tree_map(
-      np.testing.assert_array_equal, eval_updates["batch_stats"], updates["batch_stats"]
+    np.testing.assert_array_equal, eval_updates["batch_stats"], updates["batch_stats"]
   )
 
   # Hand-set per-class gains and biases reach the examples of their class.
@@ -384,7 +385,7 @@ def test_conditional_batch_norm():
   module5 = blocks.ConditionalBatchNorm(num_classes=3)
   v5 = module5.init(jax.random.key(0), feats, labels, train=False)
   out = jax.jit(lambda v, f, y: module5.apply(v, f, y, train=True, mutable=True)[0])(
-      v5, feats, labels
+    v5, feats, labels
   )
   assert out.shape == (4, 5)
 
@@ -422,18 +423,18 @@ def test_projection_head_matches_the_formula():
   assert out.shape == (5,)
   tolerances.assert_float32_close(out, expected, length=6 + 2, magnitude=magnitude)
   tolerances.assert_float32_close(
-      blocks.projection_logits(phi, labels, w, b, v), expected, length=6 + 2, magnitude=magnitude
+    blocks.projection_logits(phi, labels, w, b, v), expected, length=6 + 2, magnitude=magnitude
   )
 
   # Spectrally normalised: w / ||w|| and V / sigma(V), the state in batch_stats.
   sn_head = blocks.ProjectionHead(num_classes=4, spectral_norm=True, n_steps=100)
   sn_vars = sn_head.init(jax.random.key(0), phi, labels, train=False)
   out, updates = sn_head.apply(
-      {"params": params, "batch_stats": sn_vars["batch_stats"]},
-      phi,
-      labels,
-      train=True,
-      mutable=["batch_stats"],
+    {"params": params, "batch_stats": sn_vars["batch_stats"]},
+    phi,
+    labels,
+    train=True,
+    mutable=["batch_stats"],
   )
   sigma_v = float(updates["batch_stats"]["SpectralNorm_1"]["Embed_0/embedding/sigma"])
   u_init = sn_vars["batch_stats"]["SpectralNorm_1"]["Embed_0/embedding/u"]
@@ -444,7 +445,7 @@ def test_projection_head_matches_the_formula():
   # which with the division by it adds to the length; V is divided by the sigma it stored.
   expected, magnitude = reference(w / np.linalg.norm(w.astype(np.float64)), v / sigma_v)
   tolerances.assert_float32_close(
-      out, expected, length=6 + 2 + 2 * (6 + 1) + 1, magnitude=magnitude
+    out, expected, length=6 + 2 + 2 * (6 + 1) + 1, magnitude=magnitude
   )
 
 
@@ -469,7 +470,7 @@ def test_label_embedding_shapes_and_values():
   assert out.shape == (3, 4, 4, 6)
   np.testing.assert_array_equal(out[..., :1], images)
   np.testing.assert_array_equal(
-      out[..., 1:], np.broadcast_to(table[[2, 0, 1]][:, None, None], (3, 4, 4, 5))
+    out[..., 1:], np.broadcast_to(table[[2, 0, 1]][:, None, None], (3, 4, 4, 5))
   )
   assert learned.apply(variables, z, labels).shape == (3, 12)
 
@@ -484,10 +485,10 @@ def test_classifier_head():
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"]["Dense_0"])
   flat = np.asarray(feats, np.float64).reshape(4, 6)
   tolerances.assert_float32_close(  # Fan-in 6 and the bias.
-      out,
-      flat @ p["kernel"] + p["bias"],
-      length=6 + 1,
-      magnitude=tolerances.dot_magnitude(flat, p["kernel"]) + np.abs(p["bias"]).max(),
+    out,
+    flat @ p["kernel"] + p["bias"],
+    length=6 + 1,
+    magnitude=tolerances.dot_magnitude(flat, p["kernel"]) + np.abs(p["bias"]).max(),
   )
   sn = blocks.ClassifierHead(num_classes=10, spectral_norm=True)
   sn_vars = sn.init(jax.random.key(0), feats, train=False)
@@ -501,14 +502,14 @@ def test_classifier_head():
 
 
 @pytest.mark.parametrize(
-    "labels,match",
-    [
-        (None, "needs labels.*got labels=None"),
-        (jnp.array([0, 1]), r"shape \(4,\).*got shape \(2,\)"),
-        (jnp.array([0.0, 1.0, 1.0, 0.0]), "must be integers, got dtype float32"),
-        (jnp.array([0, 1, 7, 2]), r"label 7 is outside \[0, 3\)"),
-        (jnp.array([0, -1, 1, 2]), r"label -1 is outside \[0, 3\)"),
-    ],
+  "labels,match",
+  [
+    (None, "needs labels.*got labels=None"),
+    (jnp.array([0, 1]), r"shape \(4,\).*got shape \(2,\)"),
+    (jnp.array([0.0, 1.0, 1.0, 0.0]), "must be integers, got dtype float32"),
+    (jnp.array([0, 1, 7, 2]), r"label 7 is outside \[0, 3\)"),
+    (jnp.array([0, -1, 1, 2]), r"label -1 is outside \[0, 3\)"),
+  ],
 )
 def test_invalid_labels_raise(labels, match):
   x = jnp.ones((4, 2, 2, 3))
@@ -535,13 +536,13 @@ def test_blocks_is_not_an_architecture():
 
 
 @pytest.mark.parametrize(
-    "make, shape",
-    [
-        (lambda sn: dcgan.Discriminator(width=4, dropout=0.0, spectral_norm=sn), (2, 28, 28, 1)),
-        (lambda sn: dcgan.Discriminator(width=4, dropout=0.0, spectral_norm=sn), (2, 32, 32, 3)),
-        (lambda sn: mlp.Discriminator(hidden=(8, 8), dropout=0.0, spectral_norm=sn), (2, 2)),
-    ],
-    ids=["dcgan28", "dcgan32", "mlp"],
+  "make, shape",
+  [
+    (lambda sn: dcgan.Discriminator(width=4, dropout=0.0, spectral_norm=sn), (2, 28, 28, 1)),
+    (lambda sn: dcgan.Discriminator(width=4, dropout=0.0, spectral_norm=sn), (2, 32, 32, 3)),
+    (lambda sn: mlp.Discriminator(hidden=(8, 8), dropout=0.0, spectral_norm=sn), (2, 2)),
+  ],
+  ids=["dcgan28", "dcgan32", "mlp"],
 )
 def test_spectral_norm_switch_of_the_discriminators(make, shape):
   """Same parameters with and without SN; with it, every kernel's sigma converges to ||W||_2."""
@@ -550,38 +551,38 @@ def test_spectral_norm_switch_of_the_discriminators(make, shape):
   variables = make(True).init(jax.random.key(0), x, train=False)
   assert jax.tree.map(jnp.shape, plain["params"]) == jax.tree.map(jnp.shape, variables["params"])
   kernels = {
-      "/".join(str(getattr(k, "key", k)) for k in path[:-1]): leaf
-      for path, leaf in jax.tree_util.tree_leaves_with_path(variables["params"])
-      if getattr(path[-1], "key", None) == "kernel"
+    "/".join(str(getattr(k, "key", k)) for k in path[:-1]): leaf
+    for path, leaf in jax.tree_util.tree_leaves_with_path(variables["params"])
+    if getattr(path[-1], "key", None) == "kernel"
   }
   sn_state = {
-      k.split("/")[0]: v
-      for module in variables["batch_stats"].values()
-      if isinstance(module, dict)
-      for k, v in module.items()
-      if k.endswith("/sigma")
+    k.split("/")[0]: v
+    for module in variables["batch_stats"].values()
+    if isinstance(module, dict)
+    for k, v in module.items()
+    if k.endswith("/sigma")
   }
   assert set(sn_state) == {k.split("/")[-1] for k in kernels}  # Every kernel is normalised.
   u_init = {
-      k.split("/")[0]: v
-      for module in variables["batch_stats"].values()
-      if isinstance(module, dict)
-      for k, v in module.items()
-      if k.endswith("/u")
+    k.split("/")[0]: v
+    for module in variables["batch_stats"].values()
+    if isinstance(module, dict)
+    for k, v in module.items()
+    if k.endswith("/u")
   }
   apply = jax.jit(
-      lambda v: make(True).apply(v, x, train=True, mutable=["batch_stats"])[1]["batch_stats"]
+    lambda v: make(True).apply(v, x, train=True, mutable=["batch_stats"])[1]["batch_stats"]
   )
   stats = variables["batch_stats"]
   steps = 200  # Power iteration converges slowly when the top singular values are close.
   for _ in range(steps):
     stats = apply({**variables, "batch_stats": stats})
   sigmas = {
-      k.split("/")[0]: float(v)
-      for module in stats.values()
-      if isinstance(module, dict)
-      for k, v in module.items()
-      if k.endswith("/sigma")
+    k.split("/")[0]: float(v)
+    for module in stats.values()
+    if isinstance(module, dict)
+    for k, v in module.items()
+    if k.endswith("/sigma")
   }
   for name, kernel in kernels.items():
     layer = name.split("/")[-1]

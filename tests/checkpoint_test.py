@@ -18,8 +18,8 @@ def _state(step: int) -> dict:
   """A small state whose arrays are big enough that their data has a file of its own."""
   key = jax.random.fold_in(jax.random.key(0), step)
   return {
-      "params": {"w": jax.random.normal(key, (64, 64)), "b": jnp.full((64,), float(step))},
-      "step": jnp.int32(step),
+    "params": {"w": jax.random.normal(key, (64, 64)), "b": jnp.full((64,), float(step))},
+    "step": jnp.int32(step),
   }
 
 
@@ -45,7 +45,7 @@ def _delete_state(step_dir: str) -> None:
 DAMAGES = {"truncated data file": _truncate_data, "deleted state folder": _delete_state}
 # orbax leaves the reads of a failed restore's other arrays unawaited; Python reports them.
 ignore_unawaited_reads = pytest.mark.filterwarnings(
-    "ignore::pytest.PytestUnraisableExceptionWarning"
+  "ignore::pytest.PytestUnraisableExceptionWarning"
 )
 
 

@@ -72,10 +72,10 @@ def assert_outputs_close(outputs, reference, params, err_msg=""):
   logits, features = outputs
   want_logits, want_features = reference
   tolerances.assert_float32_close(
-      logits, want_logits, length=tolerances.summed_fan_in(params), err_msg=err_msg
+    logits, want_logits, length=tolerances.summed_fan_in(params), err_msg=err_msg
   )
   tolerances.assert_float32_close(
-      features, want_features, length=_features_length(params), err_msg=err_msg
+    features, want_features, length=_features_length(params), err_msg=err_msg
   )
 
 
@@ -99,11 +99,9 @@ def test_predict_batches_and_pads(params):
   # Other batch positions, sizes and devices than one batch of 37.
   assert_outputs_close((logits, features), (full_logits, full_features), params)
   # The classes are the argmax of those logits, up to rows whose top two logits tie within it.
-  logits_atol = tolerances.float32_atol(
-      tolerances.summed_fan_in(params), np.abs(full_logits).max()
-  )
+  logits_atol = tolerances.float32_atol(tolerances.summed_fan_in(params), np.abs(full_logits).max())
   tolerances.assert_same_argmax(
-      classifier.classify(params, images, batch_size=16), full_logits, atol=logits_atol
+    classifier.classify(params, images, batch_size=16), full_logits, atol=logits_atol
   )
   np.testing.assert_array_equal(classifier.classifier_features(params, images[:0]).shape, (0, 128))
 
@@ -125,7 +123,7 @@ def test_predict_sharded_equals_one_device(params):
   tolerances.assert_bitwise_equal(again, eight)  # The same program on the same 8 devices.
   logits_atol = tolerances.float32_atol(tolerances.summed_fan_in(params), np.abs(one[0]).max())
   tolerances.assert_same_argmax(
-      classifier.classify(params, images, batch_size=5), one[0], atol=logits_atol
+    classifier.classify(params, images, batch_size=5), one[0], atol=logits_atol
   )
 
 
@@ -138,7 +136,7 @@ def test_dropout_only_in_training(params):
   train = model.apply({"params": params}, images, train=True, rngs={"dropout": jax.random.key(1)})
   # Dropout changes the logits far beyond the network's round-off.
   tolerances.assert_differ_beyond_roundoff(
-      train[0], eval_a, length=tolerances.summed_fan_in(params)
+    train[0], eval_a, length=tolerances.summed_fan_in(params)
   )
   np.testing.assert_array_equal(train[1], model.apply({"params": params}, images)[1])
 
@@ -347,13 +345,13 @@ def test_folder_without_test_split_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "arg,name,steps",
-    [
-        (None, "embedded_mnist", 1000),
-        ("dataset=mnist", "mnist", 3750),
-        ("dataset=fashion_mnist", "fashion_mnist", 3750),
-        ("dataset=mnist,runlocal", "mnist", 6),
-    ],
+  "arg,name,steps",
+  [
+    (None, "embedded_mnist", 1000),
+    ("dataset=mnist", "mnist", 3750),
+    ("dataset=fashion_mnist", "fashion_mnist", 3750),
+    ("dataset=mnist,runlocal", "mnist", 6),
+  ],
 )
 def test_config(arg, name, steps):
   config = conftest.load_config("classifier", arg)

@@ -31,8 +31,8 @@ DCGAN = "--config=configs/dcgan.py:runlocal"
 # Lines of stderr that are logs or library start-up notes, not error output.
 _LOG_LINE = re.compile(r"^[IW]\d{4} \S+\s+\d+ \S+:\d+\]")  # absl / glog INFO and WARNING.
 _LIBRARY_NOTES = (
-    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
-    "To enable the following instructions:",  # TensorFlow's CPU-feature note (2nd line).
+  "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+  "To enable the following instructions:",  # TensorFlow's CPU-feature note (2nd line).
 )
 
 
@@ -47,136 +47,136 @@ class Case:
 
 
 CASES = [
-    # Flag parsing (no jax import: under a second each).
-    Case("unknown_override", (DCGAN, "--config.modle.name=x"), "did you mean model.name?"),
-    Case(
-        "misspelt_nested_override",
-        (DCGAN, "--config.optim.g.lr=1e-4"),
-        "no field 'optim.g.lr'; did you mean optim.g.learning_rate?",
+  # Flag parsing (no jax import: under a second each).
+  Case("unknown_override", (DCGAN, "--config.modle.name=x"), "did you mean model.name?"),
+  Case(
+    "misspelt_nested_override",
+    (DCGAN, "--config.optim.g.lr=1e-4"),
+    "no field 'optim.g.lr'; did you mean optim.g.learning_rate?",
+  ),
+  Case("bad_override_value", (DCGAN, "--config.seed=abc"), "--config.seed=abc"),
+  Case(
+    "missing_config_file",
+    ("--config=configs/dcgn.py",),
+    "'configs/dcgn.py' does not exist; did you mean configs/dcgan.py",
+  ),
+  Case(
+    "unknown_config_argument",
+    ("--config=configs/dcgan.py:datset=x",),
+    "Unknown config argument 'datset' in 'datset=x'; did you mean dataset?",
+  ),
+  Case(
+    "unknown_config_dataset",
+    ("--config=configs/dcgan.py:dataset=imagenet",),
+    "Unknown dataset 'imagenet'; valid: embedded_mnist",
+  ),
+  Case("unknown_mode", ("--mode=draw",), "--mode=draw"),
+  Case("no_workdir", (DCGAN,), "--workdir"),
+  Case("empty_workdir", (DCGAN, "--workdir="), "--workdir is required"),
+  Case("no_config", (), "--config is required"),
+  Case("positional_argument", (DCGAN, "oops"), "Unexpected arguments: oops"),
+  # Checks of the flags before any heavy import.
+  Case("zero_samples", ("--mode=sample", "--num_samples=0"), "--num_samples must be >= 1, got 0"),
+  Case(
+    "negative_samples",
+    ("--mode=sample", "--num_samples=-3"),
+    "--num_samples must be >= 1, got -3",
+  ),
+  Case("negative_step", ("--mode=evaluate", "--step=-3"), "--step must be >= 0"),
+  Case("not_a_workdir", ("--mode=sample",), "is not a ganjax workdir"),
+  Case("missing_workdir", ("--mode=sample", "--workdir={tmp}/nowhere"), "does not exist"),
+  Case("workdir_is_a_file", (DCGAN, "--workdir={file}"), "is a file, not a directory"),
+  Case(
+    "upscale_input_is_a_directory",
+    ("--mode=upscale", "--input={tmp}", "--output={tmp}/out.png"),
+    "is a directory, not an image file",
+  ),
+  Case(
+    "unknown_task",
+    ("--config=configs/lapgan.py:runlocal", "--config.task=gann"),
+    "Unknown task 'gann'; valid choices: classifier, gan",
+  ),
+  Case(
+    "read_only_workdir",
+    (DCGAN, "--workdir={read_only}"),
+    "is not writable",
+    as_non_root=True,
+  ),
+  # Config values the run checks after importing jax (5-15 s each).
+  Case("unknown_model", (RING, "--config.model.name=mpl"), "Unknown model name 'mpl'"),
+  Case("unknown_loss", (RING, "--config.loss.name=hinged"), "Unknown loss.name 'hinged'"),
+  Case(
+    "negative_steps",
+    (RING, "--config.num_train_steps=-5"),
+    "config.num_train_steps must be >= 1, got -5",
+  ),
+  Case(
+    "batch_not_divisible_by_devices",
+    (RING, "--config.batch_size=5"),
+    "batch_size=5 does not divide by the number of devices (2)",
+    env=(("XLA_FLAGS", "--xla_force_host_platform_device_count=2"),),
+  ),
+  Case(
+    "label_smoothing_of_wgan",
+    (RING, "--config.loss.name=wgan", "--config.loss.label_smoothing=0.1"),
+    "Objective 'wgan' does not support label_smoothing=0.1",
+  ),
+  Case(
+    "no_checkpoint",
+    ("--mode=sample", "--workdir={no_checkpoint}"),
+    "No checkpoint in",
+  ),
+  Case(
+    "cifar10_over_mnist_files",
+    (
+      "--config=configs/dcgan.py:dataset=cifar10",
+      "--config.data.dir={mnist_idx}",
+      "--config.num_train_steps=1",
     ),
-    Case("bad_override_value", (DCGAN, "--config.seed=abc"), "--config.seed=abc"),
-    Case(
-        "missing_config_file",
-        ("--config=configs/dcgn.py",),
-        "'configs/dcgn.py' does not exist; did you mean configs/dcgan.py",
-    ),
-    Case(
-        "unknown_config_argument",
-        ("--config=configs/dcgan.py:datset=x",),
-        "Unknown config argument 'datset' in 'datset=x'; did you mean dataset?",
-    ),
-    Case(
-        "unknown_config_dataset",
-        ("--config=configs/dcgan.py:dataset=imagenet",),
-        "Unknown dataset 'imagenet'; valid: embedded_mnist",
-    ),
-    Case("unknown_mode", ("--mode=draw",), "--mode=draw"),
-    Case("no_workdir", (DCGAN,), "--workdir"),
-    Case("empty_workdir", (DCGAN, "--workdir="), "--workdir is required"),
-    Case("no_config", (), "--config is required"),
-    Case("positional_argument", (DCGAN, "oops"), "Unexpected arguments: oops"),
-    # Checks of the flags before any heavy import.
-    Case("zero_samples", ("--mode=sample", "--num_samples=0"), "--num_samples must be >= 1, got 0"),
-    Case(
-        "negative_samples",
-        ("--mode=sample", "--num_samples=-3"),
-        "--num_samples must be >= 1, got -3",
-    ),
-    Case("negative_step", ("--mode=evaluate", "--step=-3"), "--step must be >= 0"),
-    Case("not_a_workdir", ("--mode=sample",), "is not a ganjax workdir"),
-    Case("missing_workdir", ("--mode=sample", "--workdir={tmp}/nowhere"), "does not exist"),
-    Case("workdir_is_a_file", (DCGAN, "--workdir={file}"), "is a file, not a directory"),
-    Case(
-        "upscale_input_is_a_directory",
-        ("--mode=upscale", "--input={tmp}", "--output={tmp}/out.png"),
-        "is a directory, not an image file",
-    ),
-    Case(
-        "unknown_task",
-        ("--config=configs/lapgan.py:runlocal", "--config.task=gann"),
-        "Unknown task 'gann'; valid choices: classifier, gan",
-    ),
-    Case(
-        "read_only_workdir",
-        (DCGAN, "--workdir={read_only}"),
-        "is not writable",
-        as_non_root=True,
-    ),
-    # Config values the run checks after importing jax (5-15 s each).
-    Case("unknown_model", (RING, "--config.model.name=mpl"), "Unknown model name 'mpl'"),
-    Case("unknown_loss", (RING, "--config.loss.name=hinged"), "Unknown loss.name 'hinged'"),
-    Case(
-        "negative_steps",
-        (RING, "--config.num_train_steps=-5"),
-        "config.num_train_steps must be >= 1, got -5",
-    ),
-    Case(
-        "batch_not_divisible_by_devices",
-        (RING, "--config.batch_size=5"),
-        "batch_size=5 does not divide by the number of devices (2)",
-        env=(("XLA_FLAGS", "--xla_force_host_platform_device_count=2"),),
-    ),
-    Case(
-        "label_smoothing_of_wgan",
-        (RING, "--config.loss.name=wgan", "--config.loss.label_smoothing=0.1"),
-        "Objective 'wgan' does not support label_smoothing=0.1",
-    ),
-    Case(
-        "no_checkpoint",
-        ("--mode=sample", "--workdir={no_checkpoint}"),
-        "No checkpoint in",
-    ),
-    Case(
-        "cifar10_over_mnist_files",
-        (
-            "--config=configs/dcgan.py:dataset=cifar10",
-            "--config.data.dir={mnist_idx}",
-            "--config.num_train_steps=1",
-        ),
-        "data.name='cifar10' expects 32x32x3 images",
-    ),
-    Case(
-        "missing_data_dir",
-        (DCGAN, "--config.data.name=folder", "--config.data.dir={tmp}/no_data"),
-        "no_data' does not exist",
-    ),
-    Case("workdir_locked", (RING, "--workdir={locked}"), "is in use by another run"),
-    # Relaunches on a trained workdir (ring GAN, checkpoints at steps 2 and 4; one copy each).
-    Case(
-        "resume_with_another_loss",
-        (RING, "--workdir={trained_loss}", "--config.loss.name=hinge"),
-        "changes the trained model or its data: loss.name",
-    ),
-    Case(
-        "resume_below_the_checkpoint",
-        (RING, "--workdir={trained_steps}", "--config.num_train_steps=2"),
-        "holds a checkpoint at step 4, beyond --config.num_train_steps=2",
-    ),
-    Case(
-        "damaged_latest_checkpoint",
-        (RING, "--workdir={trained_damaged}", "--config.num_train_steps=6"),
-        "The checkpoint at step 4",
-    ),
-    Case(
-        "disk_full_while_training",
-        (RING, "--workdir={disk_full}", "--config.num_train_steps=2"),
-        "No space left on device",
-    ),
-    Case(
-        "non_finite_loss",
-        (RING, "--config.optim.g.learning_rate=1e30", "--config.optim.d.learning_rate=1e30"),
-        "Non-finite values at step",
-        code=1,
-    ),
+    "data.name='cifar10' expects 32x32x3 images",
+  ),
+  Case(
+    "missing_data_dir",
+    (DCGAN, "--config.data.name=folder", "--config.data.dir={tmp}/no_data"),
+    "no_data' does not exist",
+  ),
+  Case("workdir_locked", (RING, "--workdir={locked}"), "is in use by another run"),
+  # Relaunches on a trained workdir (ring GAN, checkpoints at steps 2 and 4; one copy each).
+  Case(
+    "resume_with_another_loss",
+    (RING, "--workdir={trained_loss}", "--config.loss.name=hinge"),
+    "changes the trained model or its data: loss.name",
+  ),
+  Case(
+    "resume_below_the_checkpoint",
+    (RING, "--workdir={trained_steps}", "--config.num_train_steps=2"),
+    "holds a checkpoint at step 4, beyond --config.num_train_steps=2",
+  ),
+  Case(
+    "damaged_latest_checkpoint",
+    (RING, "--workdir={trained_damaged}", "--config.num_train_steps=6"),
+    "The checkpoint at step 4",
+  ),
+  Case(
+    "disk_full_while_training",
+    (RING, "--workdir={disk_full}", "--config.num_train_steps=2"),
+    "No space left on device",
+  ),
+  Case(
+    "non_finite_loss",
+    (RING, "--config.optim.g.learning_rate=1e30", "--config.optim.d.learning_rate=1e30"),
+    "Non-finite values at step",
+    code=1,
+  ),
 ]
 
 
 def _error_lines(stderr: str) -> list[str]:
   """The lines of ``stderr`` that are neither logs nor library start-up notes."""
   return [
-      line
-      for line in stderr.splitlines()
-      if line.strip() and not _LOG_LINE.match(line) and not line.startswith(_LIBRARY_NOTES)
+    line
+    for line in stderr.splitlines()
+    if line.strip() and not _LOG_LINE.match(line) and not line.startswith(_LIBRARY_NOTES)
   ]
 
 
@@ -192,7 +192,7 @@ def _paths(root) -> dict[str, str]:
   config = load_config("gaussian_mixture", "dataset=ring,runlocal")
   (no_checkpoint / "config.json").write_text(config.to_json())
   (no_checkpoint / "run_info.json").write_text(
-      json.dumps({"data": {"element_shape": [2], "num_classes": None}})
+    json.dumps({"data": {"element_shape": [2], "num_classes": None}})
   )
   write_idx_folder(root / "mnist_idx")
   locked = root / "locked"
@@ -205,14 +205,14 @@ def _paths(root) -> dict[str, str]:
   # The last step's sample grid is written into /dev/full: every write fails with ENOSPC.
   (disk_full / "samples" / "step_000002.png").symlink_to("/dev/full")
   return dict(
-      tmp=str(root),
-      file=str(a_file),
-      read_only=str(read_only),
-      no_checkpoint=str(no_checkpoint),
-      mnist_idx=str(root / "mnist_idx"),
-      locked=str(locked),
-      disk_full=str(disk_full),
-      **_trained_copies(root, ("trained_loss", "trained_steps", "trained_damaged")),
+    tmp=str(root),
+    file=str(a_file),
+    read_only=str(read_only),
+    no_checkpoint=str(no_checkpoint),
+    mnist_idx=str(root / "mnist_idx"),
+    locked=str(locked),
+    disk_full=str(disk_full),
+    **_trained_copies(root, ("trained_loss", "trained_steps", "trained_damaged")),
   )
 
 
@@ -221,13 +221,13 @@ def _trained_copies(root, names: tuple[str, ...]) -> dict[str, str]:
   ``trained_damaged`` loses the ``state`` folder of its checkpoint at step 4."""
   trained = root / "trained"
   proc = _run(
-      [
-          RING,
-          f"--workdir={trained}",
-          "--config.num_train_steps=4",
-          "--config.checkpoint_every_steps=2",
-          "--config.keep_checkpoints=2",
-      ]
+    [
+      RING,
+      f"--workdir={trained}",
+      "--config.num_train_steps=4",
+      "--config.checkpoint_every_steps=2",
+      "--config.keep_checkpoints=2",
+    ]
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   paths = {}
@@ -240,12 +240,12 @@ def _trained_copies(root, names: tuple[str, ...]) -> dict[str, str]:
 
 def _run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
   return subprocess.run(
-      [sys.executable, "-m", "ganjax.main", *args],
-      cwd=REPO_ROOT,
-      capture_output=True,
-      text=True,
-      timeout=300,
-      env={**os.environ, **(env or {})},
+    [sys.executable, "-m", "ganjax.main", *args],
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, **(env or {})},
   )
 
 
@@ -289,12 +289,12 @@ def test_traceback_flag_prints_the_traceback():
 def _report(expression: str) -> subprocess.CompletedProcess:
   """``ganjax.main.report_and_exit`` of the exception ``expression`` raises, in a subprocess."""
   code = (
-      "from ganjax import errors, main\n"
-      f"try:\n  {expression}\n"
-      "except Exception as e:\n  main.report_and_exit(e, ['ganjax'])\n"
+    "from ganjax import errors, main\n"
+    f"try:\n  {expression}\n"
+    "except Exception as e:\n  main.report_and_exit(e, ['ganjax'])\n"
   )
   return subprocess.run(
-      [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
   )
 
 
@@ -312,25 +312,25 @@ def test_a_user_error_prints_only_its_message():
 
 
 @pytest.mark.parametrize(
-    "error, code",
-    [
-        (errors.ConfigError("bad value"), 2),
-        (errors.MissingPathError("no such file"), 2),
-        (errors.WorkdirError("locked"), 2),
-        (errors.CheckpointError("damaged"), 2),
-        (cli.FlagError("--num_samples must be >= 1"), 2),
-        (OSError(errno.ENOSPC, "No space left on device", "/runs/x/config.json"), 2),
-        (OSError(errno.EROFS, "Read-only file system", "/runs/x"), 2),
-        (PermissionError(errno.EACCES, "Permission denied", "/runs/x"), 2),
-        # tensorstore's error under orbax: a ValueError whose message has the OS error.
-        (ValueError('RESOURCE_EXHAUSTED: writing "/runs/x/ckpt": No space left on device'), 2),
-        (RuntimeError("save failed"), None),
-        (ValueError("operands could not be broadcast together"), None),
-        (KeyError("params"), None),
-        (FileNotFoundError(errno.ENOENT, "No such file or directory", "/site-packages/x"), None),
-        (ZeroDivisionError("division by zero"), None),
-        (FloatingPointError("invalid value (nan) encountered in jit(step)"), None),  # debug_nans.
-    ],
+  "error, code",
+  [
+    (errors.ConfigError("bad value"), 2),
+    (errors.MissingPathError("no such file"), 2),
+    (errors.WorkdirError("locked"), 2),
+    (errors.CheckpointError("damaged"), 2),
+    (cli.FlagError("--num_samples must be >= 1"), 2),
+    (OSError(errno.ENOSPC, "No space left on device", "/runs/x/config.json"), 2),
+    (OSError(errno.EROFS, "Read-only file system", "/runs/x"), 2),
+    (PermissionError(errno.EACCES, "Permission denied", "/runs/x"), 2),
+    # tensorstore's error under orbax: a ValueError whose message has the OS error.
+    (ValueError('RESOURCE_EXHAUSTED: writing "/runs/x/ckpt": No space left on device'), 2),
+    (RuntimeError("save failed"), None),
+    (ValueError("operands could not be broadcast together"), None),
+    (KeyError("params"), None),
+    (FileNotFoundError(errno.ENOENT, "No such file or directory", "/site-packages/x"), None),
+    (ZeroDivisionError("division by zero"), None),
+    (FloatingPointError("invalid value (nan) encountered in jit(step)"), None),  # debug_nans.
+  ],
 )
 def test_exit_code_tells_user_errors_from_bugs(error, code):
   assert cli.exit_code(error) == code
@@ -354,32 +354,32 @@ def test_an_os_error_wrapped_by_a_library_counts_through_its_cause():
   except RuntimeError as e:
     assert cli.exit_code(e) == 2
     assert cli.error_message(e) == (
-        "Disk quota exceeded: /runs/x/events; free some space or use a --workdir on another disk."
+      "Disk quota exceeded: /runs/x/events; free some space or use a --workdir on another disk."
     )
 
 
 def test_disk_full_message_names_the_path_and_the_fix():
   error = ValueError(
-      'RESOURCE_EXHAUSTED: Error writing "step/0" in OCDBT database at local file '
-      '"/runs/x/checkpoints/3.orbax-checkpoint-tmp/": No space left on device [os_error_code=28]'
+    'RESOURCE_EXHAUSTED: Error writing "step/0" in OCDBT database at local file '
+    '"/runs/x/checkpoints/3.orbax-checkpoint-tmp/": No space left on device [os_error_code=28]'
   )
   assert cli.error_message(error) == (
-      "No space left on device: /runs/x/checkpoints/3.orbax-checkpoint-tmp/; free some space or "
-      "use a --workdir on another disk."
+    "No space left on device: /runs/x/checkpoints/3.orbax-checkpoint-tmp/; free some space or "
+    "use a --workdir on another disk."
   )
 
 
 @pytest.mark.parametrize(
-    "argv, wanted",
-    [
-        (["ganjax", "--traceback"], True),
-        (["ganjax", "--traceback=true"], True),
-        (["ganjax", "--verbosity=1"], True),
-        (["ganjax", "-v", "2"], True),
-        (["ganjax", "--verbosity=0"], False),
-        (["ganjax", "--notraceback"], False),
-        (["ganjax", "--config.traceback=1"], False),
-    ],
+  "argv, wanted",
+  [
+    (["ganjax", "--traceback"], True),
+    (["ganjax", "--traceback=true"], True),
+    (["ganjax", "--verbosity=1"], True),
+    (["ganjax", "-v", "2"], True),
+    (["ganjax", "--verbosity=0"], False),
+    (["ganjax", "--notraceback"], False),
+    (["ganjax", "--config.traceback=1"], False),
+  ],
 )
 def test_wants_traceback_reads_argv_when_parsing_failed(argv, wanted):
   assert cli.wants_traceback(argv) is wanted

@@ -21,9 +21,9 @@ LATENT = 8
 
 # (module, image shape, small hyperparameters)
 _NETS = [
-    (mlp, (28, 28, 1), {"hidden": (16, 12)}),
-    (dcgan, (28, 28, 1), {"width": 4}),
-    (dcgan, (32, 32, 3), {"width": 4}),
+  (mlp, (28, 28, 1), {"hidden": (16, 12)}),
+  (dcgan, (28, 28, 1), {"width": 4}),
+  (dcgan, (32, 32, 3), {"width": 4}),
 ]
 _NET_IDS = ["mlp", "dcgan28", "dcgan32"]
 
@@ -116,12 +116,12 @@ def test_conditional_discriminator_outputs_and_parameters(module, shape, kw, con
 
 
 @pytest.mark.parametrize(
-    "network",
-    [
-        lambda: mlp.Generator(image_shape=(4,), hidden=(8,), num_classes=K),
-        lambda: dcgan.Discriminator(width=4, num_classes=K),
-        lambda: mlp.Discriminator(hidden=(8,), num_classes=K, conditioning="concat"),
-    ],
+  "network",
+  [
+    lambda: mlp.Generator(image_shape=(4,), hidden=(8,), num_classes=K),
+    lambda: dcgan.Discriminator(width=4, num_classes=K),
+    lambda: mlp.Discriminator(hidden=(8,), num_classes=K, conditioning="concat"),
+  ],
 )
 def test_conditional_networks_need_labels(network):
   module = network()
@@ -133,30 +133,30 @@ def test_conditional_networks_need_labels(network):
 def test_unknown_conditioning_lists_the_choices():
   with pytest.raises(ValueError, match="'film'.*concat, projection, acgan"):
     mlp.Discriminator(hidden=(8,), num_classes=K, conditioning="film").init(
-        jax.random.key(0), jnp.ones((2, 4)), jnp.zeros((2,), jnp.int32), train=False
+      jax.random.key(0), jnp.ones((2, 4)), jnp.zeros((2,), jnp.int32), train=False
     )
   with pytest.raises(ValueError, match="batch_norm=True"):
     mlp.Generator(
-        image_shape=(4,), hidden=(8,), batch_norm=False, num_classes=K, conditioning="batchnorm"
+      image_shape=(4,), hidden=(8,), batch_norm=False, num_classes=K, conditioning="batchnorm"
     ).init(jax.random.key(0), jnp.ones((2, 4)), jnp.zeros((2,), jnp.int32), train=False)
 
 
 def _tiny_state(d_conditioning, num_classes=K, shape=(6,)):
   g = mlp.Generator(image_shape=shape, hidden=(16,), num_classes=num_classes)
   d = mlp.Discriminator(
-      hidden=(16,), dropout=0.0, num_classes=num_classes, conditioning=d_conditioning
+    hidden=(16,), dropout=0.0, num_classes=num_classes, conditioning=d_conditioning
   )
   import optax
 
   return state.create_gan_state(
-      jax.random.key(0),
-      generator=g,
-      discriminator=d,
-      latent_dim=LATENT,
-      element_shape=shape,
-      generator_optimizer=optax.sgd(0.1),
-      discriminator_optimizer=optax.sgd(0.1),
-      num_classes=num_classes,
+    jax.random.key(0),
+    generator=g,
+    discriminator=d,
+    latent_dim=LATENT,
+    element_shape=shape,
+    generator_optimizer=optax.sgd(0.1),
+    discriminator_optimizer=optax.sgd(0.1),
+    num_classes=num_classes,
   )
 
 
@@ -167,7 +167,7 @@ def test_acgan_class_loss_matches_cross_entropy_and_reaches_both_players():
   objective = losses.get_objective("non_saturating")
   rng = jax.random.key(3)
   _, d_metrics = steps.discriminator_step(
-      s, real, rng, objective=objective, latent_dim=LATENT, labels=labels
+    s, real, rng, objective=objective, latent_dim=LATENT, labels=labels
   )
   # Independent reference: the same fakes, D's class logits, and numpy's log-softmax.
   z = steps._local_latents(jax.random.fold_in(rng, steps._D_LATENT), 8, LATENT, None)
@@ -187,25 +187,25 @@ def test_acgan_class_loss_matches_cross_entropy_and_reaches_both_players():
   g_params = s.generator.params
   length = tolerances.summed_fan_in(g_params) + tolerances.summed_fan_in(d_vars) + K + 8
   top = max(
-      float(np.abs(s.discriminator.apply_fn(d_vars, x, labels, train=True)[1]).max())
-      for x in (real, fake)
+    float(np.abs(s.discriminator.apply_fn(d_vars, x, labels, train=True)[1]).max())
+    for x in (real, fake)
   )
   tolerances.assert_float32_close(
-      float(d_metrics["d_class_loss"]), expected, length=length, magnitude=4 * top + expected
+    float(d_metrics["d_class_loss"]), expected, length=length, magnitude=4 * top + expected
   )
 
   # The class term reaches G: with the adversarial loss's weight unchanged, a larger classifier
   # weight changes G's gradient.
   def g_grad_norm(weight):
     _, m = steps.generator_step(
-        s,
-        real,
-        rng,
-        objective=objective,
-        latent_dim=LATENT,
-        ema_decay=0.0,
-        labels=labels,
-        classifier_weight=weight,
+      s,
+      real,
+      rng,
+      objective=objective,
+      latent_dim=LATENT,
+      ema_decay=0.0,
+      labels=labels,
+      classifier_weight=weight,
     )
     return float(m["g_grad_norm"]), float(m["g_class_loss"])
 
@@ -225,14 +225,14 @@ def test_labels_reach_discriminator_in_train_step(d_conditioning):
   real = jax.random.normal(jax.random.key(2), (8, 6))
   labels = jnp.arange(8, dtype=jnp.int32) % K
   step = jax.jit(
-      lambda st, batch: steps.train_step(
-          st,
-          batch,
-          jax.random.key(4),
-          objective=losses.get_objective("non_saturating"),
-          latent_dim=LATENT,
-          conditional=True,
-      )
+    lambda st, batch: steps.train_step(
+      st,
+      batch,
+      jax.random.key(4),
+      objective=losses.get_objective("non_saturating"),
+      latent_dim=LATENT,
+      conditional=True,
+    )
   )
   a, _ = step(s, {"image": real, "label": labels})
   b, _ = step(s, {"image": real, "label": (labels + 1) % K})
@@ -250,12 +250,12 @@ def test_labels_reach_discriminator_in_train_step(d_conditioning):
   assert worst > 100 * atol, (worst, atol)
   with pytest.raises(ValueError, match="labelled batches"):
     steps.train_step(
-        s,
-        {"image": real},
-        jax.random.key(4),
-        objective=losses.get_objective("non_saturating"),
-        latent_dim=LATENT,
-        conditional=True,
+      s,
+      {"image": real},
+      jax.random.key(4),
+      objective=losses.get_objective("non_saturating"),
+      latent_dim=LATENT,
+      conditional=True,
     )
 
 
@@ -298,7 +298,7 @@ def test_cgan_config_trains_and_draws_one_class_per_row(tmp_path, arg):
   samples = gan.sample_from_workdir(workdir, 30, str(tmp_path / "grid.png"))
   assert samples.shape == (30, 28, 28, 1)
   assert np.load(str(tmp_path / "grid.npz"))["labels"].tolist() == [
-      k for k in range(10) for _ in range(3)
+    k for k in range(10) for _ in range(3)
   ]
 
 

@@ -19,13 +19,13 @@ TOL = 1e-5  # Relative to the largest magnitude of the reference.
 # its heuristics choose between (see layers.py), so that every code path is checked.
 _HUGE = 1 << 30
 FAST_VARIANTS = {
-    "fast": {},
-    "fast-subpixel": dict(_COL2IM_MAX_FEATURES=0, _SUBPIXEL_MAX_WASTE=float("inf")),
-    "fast-phase": dict(_COL2IM_MAX_FEATURES=0, _SUBPIXEL_MAX_WASTE=0),
-    "fast-col2im": dict(_COL2IM_MAX_FEATURES=_HUGE),
-    "fast-wg-conv": dict(_WEIGHT_GRAD_CONV_MAX_PIXELS=_HUGE, _WEIGHT_GRAD_CONV_MIN_FEATURES=0),
-    # Patches @ cotangent in batch chunks of one example (lax.scan).
-    "fast-wg-gemm": dict(_WEIGHT_GRAD_CONV_MAX_PIXELS=-1, _PATCH_CHUNK_BYTES=1),
+  "fast": {},
+  "fast-subpixel": dict(_COL2IM_MAX_FEATURES=0, _SUBPIXEL_MAX_WASTE=float("inf")),
+  "fast-phase": dict(_COL2IM_MAX_FEATURES=0, _SUBPIXEL_MAX_WASTE=0),
+  "fast-col2im": dict(_COL2IM_MAX_FEATURES=_HUGE),
+  "fast-wg-conv": dict(_WEIGHT_GRAD_CONV_MAX_PIXELS=_HUGE, _WEIGHT_GRAD_CONV_MIN_FEATURES=0),
+  # Patches @ cotangent in batch chunks of one example (lax.scan).
+  "fast-wg-gemm": dict(_WEIGHT_GRAD_CONV_MAX_PIXELS=-1, _PATCH_CHUNK_BYTES=1),
 }
 
 
@@ -91,19 +91,19 @@ def _check_layer(transpose, kw, x_shape, impl):
 # DCGAN layers (all layouts: 28, 32, 64) as (kernel, stride, padding, input size, in, out
 # features); sizes shrunk where the structure (phases, padding, crops) does not depend on them.
 DCGAN_TRANSPOSED = [
-    (5, 1, "SAME", 7, 8, 6),  # 28: 7 -> 7
-    (5, 2, "SAME", 7, 6, 5),  # 28: 7 -> 14
-    (5, 2, "SAME", 14, 5, 1),  # 28: 14 -> 28, one channel
-    (4, 1, "VALID", 1, 8, 6),  # 32/64: 1x1 -> 4x4
-    (4, 2, "SAME", 4, 6, 5),  # 32/64: doubling
-    (4, 2, "SAME", 16, 5, 3),  # 32/64: to RGB
+  (5, 1, "SAME", 7, 8, 6),  # 28: 7 -> 7
+  (5, 2, "SAME", 7, 6, 5),  # 28: 7 -> 14
+  (5, 2, "SAME", 14, 5, 1),  # 28: 14 -> 28, one channel
+  (4, 1, "VALID", 1, 8, 6),  # 32/64: 1x1 -> 4x4
+  (4, 2, "SAME", 4, 6, 5),  # 32/64: doubling
+  (4, 2, "SAME", 16, 5, 3),  # 32/64: to RGB
 ]
 DCGAN_CONVS = [
-    (5, 2, "SAME", 28, 1, 6),  # 28: 28 -> 14
-    (5, 2, "SAME", 14, 6, 20),  # 28: 14 -> 7
-    (4, 2, "SAME", 32, 3, 5),  # 32/64: RGB input
-    (4, 2, "SAME", 8, 20, 6),  # 32/64: halving
-    (4, 1, "VALID", 4, 6, 1),  # 32/64: 4x4 -> 1 logit
+  (5, 2, "SAME", 28, 1, 6),  # 28: 28 -> 14
+  (5, 2, "SAME", 14, 6, 20),  # 28: 14 -> 7
+  (4, 2, "SAME", 32, 3, 5),  # 32/64: RGB input
+  (4, 2, "SAME", 8, 20, 6),  # 32/64: halving
+  (4, 1, "VALID", 4, 6, 1),  # 32/64: 4x4 -> 1 logit
 ]
 
 
@@ -112,8 +112,13 @@ DCGAN_CONVS = [
 def test_dcgan_transposed_convs(case, variant, monkeypatch):
   kernel, stride, padding, size, c_in, c_out = case
   _set_variant(monkeypatch, variant if variant != "subpixel" else "fast")
-  kw = dict(features=c_out, kernel_size=(kernel, kernel), strides=(stride, stride),
-            padding=padding, use_bias=True)
+  kw = dict(
+    features=c_out,
+    kernel_size=(kernel, kernel),
+    strides=(stride, stride),
+    padding=padding,
+    use_bias=True,
+  )
   _check_layer(True, kw, (3, size, size, c_in), variant.split("-")[0])
 
 
@@ -122,23 +127,28 @@ def test_dcgan_transposed_convs(case, variant, monkeypatch):
 def test_dcgan_convs(case, variant, monkeypatch):
   kernel, stride, padding, size, c_in, c_out = case
   _set_variant(monkeypatch, variant)
-  kw = dict(features=c_out, kernel_size=(kernel, kernel), strides=(stride, stride),
-            padding=padding, use_bias=True)
+  kw = dict(
+    features=c_out,
+    kernel_size=(kernel, kernel),
+    strides=(stride, stride),
+    padding=padding,
+    use_bias=True,
+  )
   _check_layer(False, kw, (3, size, size, c_in), "fast")
 
 
 # More of what lax.conv_transpose accepts: explicit pairs pad the stride-dilated input (and may be
 # negative), strides above or below the kernel size, unequal strides.
 TRANSPOSED_CASES = [
-    (3, 2, "SAME", (5, 6)),
-    (4, 2, ((1, 2), (1, 2)), (6, 5)),
-    (4, 2, "VALID", (3, 4)),
-    (5, 2, ((0, 0), (2, 1)), (6, 6)),
-    (4, 2, ((-1, 1), (3, 0)), (5, 6)),
-    (3, 3, "SAME", (4, 3)),
-    (2, 2, "SAME", (5, 5)),
-    (1, 2, "VALID", (3, 3)),
-    (3, (2, 1), "SAME", (4, 5)),
+  (3, 2, "SAME", (5, 6)),
+  (4, 2, ((1, 2), (1, 2)), (6, 5)),
+  (4, 2, "VALID", (3, 4)),
+  (5, 2, ((0, 0), (2, 1)), (6, 6)),
+  (4, 2, ((-1, 1), (3, 0)), (5, 6)),
+  (3, 3, "SAME", (4, 3)),
+  (2, 2, "SAME", (5, 5)),
+  (1, 2, "VALID", (3, 3)),
+  (3, (2, 1), "SAME", (4, 5)),
 ]
 
 
@@ -152,25 +162,25 @@ def test_transposed_conv_general(kernel, stride, padding, spatial, impl):
   params = variables["params"]
   x = _reference(True, tuple(kw.items()), (2, *spatial, 3))[1]
   y_lax = jax.jit(
-      lambda x, k: jax.lax.conv_transpose(
-          x, k, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
-      )
+    lambda x, k: jax.lax.conv_transpose(
+      x, k, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
   )(x, params["kernel"])
   _close(y - params["bias"], y_lax)
 
 
 @pytest.mark.parametrize(
-    "kernel,stride,padding,spatial",
-    [
-        (3, 2, "SAME", (7, 6)),
-        (4, 2, ((1, 2), (0, 1)), (9, 8)),
-        (4, 2, "VALID", (9, 10)),
-        (3, 3, "SAME", (10, 7)),
-        (3, (2, 1), "SAME", (6, 5)),
-        (1, 2, "VALID", (5, 5)),
-        (5, 1, "SAME", (6, 6)),  # stride 1: flax's path
-    ],
-    ids=str,
+  "kernel,stride,padding,spatial",
+  [
+    (3, 2, "SAME", (7, 6)),
+    (4, 2, ((1, 2), (0, 1)), (9, 8)),
+    (4, 2, "VALID", (9, 10)),
+    (3, 3, "SAME", (10, 7)),
+    (3, (2, 1), "SAME", (6, 5)),
+    (1, 2, "VALID", (5, 5)),
+    (5, 1, "SAME", (6, 6)),  # stride 1: flax's path
+  ],
+  ids=str,
 )
 def test_conv_general(kernel, stride, padding, spatial):
   strides = stride if isinstance(stride, tuple) else (stride, stride)
@@ -179,12 +189,12 @@ def test_conv_general(kernel, stride, padding, spatial):
 
 
 @pytest.mark.parametrize(
-    "kernel,strides,padding,shape",
-    [
-        ((4,), (2,), "SAME", (2, 5, 3)),  # 1-D
-        ((3, 4, 2), (2, 2, 3), "SAME", (2, 3, 4, 2, 3)),  # 3-D
-        ((5, 5), (2, 2), "SAME", (2, 3, 4, 4, 3)),  # two batch dimensions
-    ],
+  "kernel,strides,padding,shape",
+  [
+    ((4,), (2,), "SAME", (2, 5, 3)),  # 1-D
+    ((3, 4, 2), (2, 2, 3), "SAME", (2, 3, 4, 2, 3)),  # 3-D
+    ((5, 5), (2, 2), "SAME", (2, 3, 4, 4, 3)),  # two batch dimensions
+  ],
 )
 @pytest.mark.parametrize("impl", ["subpixel", "fast"])
 def test_other_ranks_and_batch_shapes(kernel, strides, padding, shape, impl):
@@ -280,8 +290,9 @@ def _dcgan_outputs(image_shape, impl, dtype="float32"):
     out["d_eval"] = d.apply(d_vars, x, train=False)
 
     def d_loss(d_params, x):
-      logits, _ = d.apply({**d_vars, "params": d_params}, x, train=True, rngs=rngs,
-                          mutable=["batch_stats"])
+      logits, _ = d.apply(
+        {**d_vars, "params": d_params}, x, train=True, rngs=rngs, mutable=["batch_stats"]
+      )
       return jnp.mean(jax.nn.softplus(-logits))
 
     out["d_grads"] = jax.grad(d_loss, argnums=(0, 1))(d_vars["params"], x)
@@ -305,10 +316,10 @@ def test_dcgan_same_outputs_and_gradients_for_every_impl(image_shape, impl):
   g, d, g_vars, d_vars, z, x = _dcgan(image_shape, impl)
   # Same parameter trees: checkpoints and conv_impl are independent.
   assert _shapes(jax.eval_shape(lambda z: g.init(jax.random.key(1), z, train=False), z)) == (
-      _shapes(g_vars)
+    _shapes(g_vars)
   )
   assert _shapes(jax.eval_shape(lambda x: d.init(jax.random.key(2), x, train=False), x)) == (
-      _shapes(d_vars)
+    _shapes(d_vars)
   )
   expected = _dcgan_outputs(image_shape, "xla")
   actual = _dcgan_outputs(image_shape, impl)
@@ -359,8 +370,8 @@ def test_mlp_bfloat16():
 def test_unknown_dtype_lists_the_valid_ones():
   z = jax.ShapeDtypeStruct((1, 8), jnp.float32)
   for generator in (
-      dcgan.Generator(image_shape=(28, 28, 1), width=4, dtype="float16"),
-      mlp.Generator(image_shape=(2,), dtype="float16"),
+    dcgan.Generator(image_shape=(28, 28, 1), width=4, dtype="float16"),
+    mlp.Generator(image_shape=(2,), dtype="float16"),
   ):
     with pytest.raises(ValueError, match=r"dtype 'float16'.*valid choices: float32, bfloat16"):
       jax.eval_shape(lambda z, g=generator: g.init(jax.random.key(0), z, train=False), z)

@@ -28,14 +28,14 @@ from ganjax.data import tfds as tfds_source
 
 def make_config(name, **overrides):
   config = ml_collections.ConfigDict(
-      {
-          "name": name,
-          "dir": None,
-          "split": "train",
-          "image_size": None,
-          "channels": None,
-          "cache_in_memory_max_bytes": 2 * 1024**3,
-      }
+    {
+      "name": name,
+      "dir": None,
+      "split": "train",
+      "image_size": None,
+      "channels": None,
+      "cache_in_memory_max_bytes": 2 * 1024**3,
+    }
   )
   config.update(overrides)
   return config
@@ -78,10 +78,10 @@ def test_known_facts():
   for name in ("mnist", "fashion_mnist", "cifar10", "celeb_a", "stacked_mnist", "embedded_mnist"):
     assert checks.facts(name) is not None, name
   assert checks.describe(checks.KNOWN["cifar10"], "train") == (
-      "32x32x3 images with 10 classes (50,000 train examples)"
+    "32x32x3 images with 10 classes (50,000 train examples)"
   )
   assert checks.describe(checks.KNOWN["celeb_a"], "test") == (
-      "218x178x3 images with no labels (19,962 test examples)"
+    "218x178x3 images with no labels (19,962 test examples)"
   )
   assert checks.facts("celeb_a:2.1.0") is checks.KNOWN["celeb_a"]
   assert checks.facts("my_data") is None and checks.facts(None) is None
@@ -99,12 +99,12 @@ def test_cifar10_over_mnist_idx_files_fails(tmp_path):
   write_idx_folder(tmp_path / "mnist")
   message = data_error(make_config("cifar10", dir=str(tmp_path / "mnist")))
   for part in (
-      "data.name='cifar10' expects 32x32x3 images with 10 classes (50,000 train examples)",
-      f"data.dir={str(tmp_path / 'mnist')!r} holds IDX files",
-      "30 images of shape (28, 28, 1), labels 0..9",
-      "different: image size, channels",
-      "data.name='idx'",  # What to do: name the data for what it is,
-      "cifar10-jpeg-images.tar.gz",  # or get CIFAR-10 without a network.
+    "data.name='cifar10' expects 32x32x3 images with 10 classes (50,000 train examples)",
+    f"data.dir={str(tmp_path / 'mnist')!r} holds IDX files",
+    "30 images of shape (28, 28, 1), labels 0..9",
+    "different: image size, channels",
+    "data.name='idx'",  # What to do: name the data for what it is,
+    "cifar10-jpeg-images.tar.gz",  # or get CIFAR-10 without a network.
   ):
     assert part in message, (part, message)
 
@@ -130,15 +130,13 @@ def test_wrong_number_of_classes(tmp_path):
   assert "different: labels outside 0..9)" in message
   with pytest.raises(errors.DataError, match=r"10 classes.*47 classes.*number of classes"):
     checks.check_native(
-        "mnist", "train", where="TFDS has", shape=(28, 28, 1), num_examples=5, num_classes=47
+      "mnist", "train", where="TFDS has", shape=(28, 28, 1), num_examples=5, num_classes=47
     )
 
 
 def test_wrong_split_size(tmp_path, monkeypatch):
   with pytest.raises(errors.DataError) as error:
-    checks.check_native(
-        "mnist", "test", where="X holds", shape=(28, 28, 1), num_examples=60_000
-    )
+    checks.check_native("mnist", "test", where="X holds", shape=(28, 28, 1), num_examples=60_000)
   message = str(error.value)
   assert "(10,000 test examples)" in message and "X holds 60,000 images" in message
   assert "number of test examples" in message
@@ -177,17 +175,29 @@ def test_empty_data(tmp_path):
 def test_labels_out_of_range():
   with pytest.raises(errors.DataError, match=r"'toy' has 3 classes \(labels 0..2\).*0..5"):
     source.array_source(
-        "toy", np.zeros((4, 2, 2, 1), np.uint8), np.array([0, 1, 5, 2]), num_classes=3,
-        description={}, seed=0, batch_size=2, process_index=0, process_count=1,
+      "toy",
+      np.zeros((4, 2, 2, 1), np.uint8),
+      np.array([0, 1, 5, 2]),
+      num_classes=3,
+      description={},
+      seed=0,
+      batch_size=2,
+      process_index=0,
+      process_count=1,
     )
   with pytest.raises(errors.DataError, match=r"data.name='x': X holds labels 0..4, outside 0..2"):
     checks.check_native(
-        "x", "train", where="X holds", shape=(2, 2, 1), num_examples=5, labels=np.arange(5),
-        num_classes=3,
+      "x",
+      "train",
+      where="X holds",
+      shape=(2, 2, 1),
+      num_examples=5,
+      labels=np.arange(5),
+      num_classes=3,
     )
   with pytest.raises(errors.DataError, match=r"labels -1..4, outside 0 or more"):
     checks.check_native(
-        "x", "train", where="X holds", shape=(2, 2, 1), num_examples=6, labels=np.arange(-1, 5)
+      "x", "train", where="X holds", shape=(2, 2, 1), num_examples=6, labels=np.arange(-1, 5)
     )
 
 
@@ -237,8 +247,8 @@ def test_requests_are_validated():
 def test_grayscale_sources_give_rgb_on_request(tmp_path, image_size):
   write_idx_folder(tmp_path)
   for config in (
-      make_config("mnist", dir=str(tmp_path), channels=3, image_size=image_size),
-      make_config("embedded_mnist", channels=3, image_size=image_size),
+    make_config("mnist", dir=str(tmp_path), channels=3, image_size=image_size),
+    make_config("embedded_mnist", channels=3, image_size=image_size),
   ):
     src = create(config, batch_size=4)
     side = image_size or 28
@@ -265,8 +275,12 @@ def test_tfds_honours_channels_and_never_probes_the_network_under_mock(monkeypat
 
 def test_output_check_catches_an_ignored_request():
   fake = source.DataSource(
-      name="folder", element_shape=(28, 28, 1), num_examples=10, num_classes=None,
-      description={"source": "fake"}, batches=lambda step: iter(()),
+    name="folder",
+    element_shape=(28, 28, 1),
+    num_examples=10,
+    num_classes=None,
+    description={"source": "fake"},
+    batches=lambda step: iter(()),
   )
   with pytest.raises(errors.DataError, match=r"data.image_size=32 asks for 32x32.*fake.*28x28x1"):
     checks.check_output(fake, make_config("folder", image_size=32))
@@ -321,15 +335,15 @@ def test_tfds_offline_fails_within_seconds(tmp_path, no_network):
   assert no_network == ["storage.googleapis.com"]  # The probe ran, and was all that ran.
   assert list(data_dir.iterdir()) == []  # TFDS never started a download.
   for part in (
-      "data.name='cifar10' is a TensorFlow Datasets dataset that is not prepared",
-      f"data.dir={str(data_dir)!r}",
-      "is empty",
-      "network is unreachable (cannot resolve storage.googleapis.com",
-      "MNIST-format IDX files",
-      "data.name=folder",
-      "cifar10-jpeg-images.tar.gz",
-      "TFDS data_dir where the dataset was prepared",
-      "run once with network access",
+    "data.name='cifar10' is a TensorFlow Datasets dataset that is not prepared",
+    f"data.dir={str(data_dir)!r}",
+    "is empty",
+    "network is unreachable (cannot resolve storage.googleapis.com",
+    "MNIST-format IDX files",
+    "data.name=folder",
+    "cifar10-jpeg-images.tar.gz",
+    "TFDS data_dir where the dataset was prepared",
+    "run once with network access",
   ):
     assert part in message, (part, message)
 
@@ -353,8 +367,9 @@ def test_network_probe_is_bounded(monkeypatch, no_network):
 
 
 def test_tfds_unknown_split_lists_the_splits():
-  builder = types.SimpleNamespace(name="cifar10", info=types.SimpleNamespace(splits={
-      "train": None, "test": None}))
+  builder = types.SimpleNamespace(
+    name="cifar10", info=types.SimpleNamespace(splits={"train": None, "test": None})
+  )
   with pytest.raises(errors.DataError, match=r"no split 'validation'.*train, test"):
     tfds_source._check_split(builder, "validation")
   tfds_source._check_split(builder, "train[:10%]")

@@ -17,7 +17,7 @@ from ganjax.metrics import stacked_mnist_modes
 
 def make_config(**overrides):
   config = ml_collections.ConfigDict(
-      {"name": "stacked_mnist", "dir": None, "split": "train", "image_size": None}
+    {"name": "stacked_mnist", "dir": None, "split": "train", "image_size": None}
   )
   config.update(overrides)
   return config
@@ -74,7 +74,7 @@ def test_channels_are_the_indexed_digits_and_label_encodes_them():
   assert indices.shape == (batch_size, 3)
   for channel in range(3):
     np.testing.assert_array_equal(
-        batch["image"][..., channel], preprocessing.to_float(images[indices[:, channel], ..., 0])
+      batch["image"][..., channel], preprocessing.to_float(images[indices[:, channel], ..., 0])
     )
   np.testing.assert_array_equal(digits_of(batch["label"]), labels[indices])
   # The encoding is the one the mode counter decodes (channel 0 is the hundreds digit).
@@ -115,7 +115,7 @@ def test_modes_are_roughly_uniform():
   atol = tolerances.proportion_atol(0.1, len(digits))  # 5 standard errors: 0.015.
   for channel in range(3):
     np.testing.assert_allclose(
-        np.bincount(digits[:, channel]) / len(digits), 0.1, rtol=0, atol=atol
+      np.bincount(digits[:, channel]) / len(digits), 0.1, rtol=0, atol=atol
     )
 
 
@@ -159,22 +159,23 @@ def test_fixed_dataset_epochs_and_resume():
 def test_hosts_draw_their_own_batches():
   config = make_config()
   hosts = [
-      next(data.create_source(config, seed=0, batch_size=8, process_index=p, process_count=2)
-           .batches(0))
-      for p in range(2)
+    next(
+      data.create_source(config, seed=0, batch_size=8, process_index=p, process_count=2).batches(0)
+    )
+    for p in range(2)
   ]
   assert hosts[0]["image"].shape == (4, 28, 28, 3)
   assert not np.array_equal(hosts[0]["image"], hosts[1]["image"])
 
 
 @pytest.mark.parametrize(
-    "overrides,error,message",
-    [
-        ({"split": "test"}, ValueError, r"embedded.*only the split 'train'.*'test'"),
-        ({"num_examples": 0}, ValueError, r"num_examples.*positive.*0"),
-        ({"num_examples": 4}, ValueError, r"batch_size 8 is larger than the 4 examples"),
-        ({"dir": "/no/such/folder"}, FileNotFoundError, r"'/no/such/folder' is not a folder"),
-    ],
+  "overrides,error,message",
+  [
+    ({"split": "test"}, ValueError, r"embedded.*only the split 'train'.*'test'"),
+    ({"num_examples": 0}, ValueError, r"num_examples.*positive.*0"),
+    ({"num_examples": 4}, ValueError, r"batch_size 8 is larger than the 4 examples"),
+    ({"dir": "/no/such/folder"}, FileNotFoundError, r"'/no/such/folder' is not a folder"),
+  ],
 )
 def test_bad_config(overrides, error, message):
   with pytest.raises(error, match=message):

@@ -52,7 +52,7 @@ def test_folder_source_holds_out_last_files(tmp_path):
   for i in range(5):
     size = (40 + 4 * i, 36)
     Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(
-        tmp_path / f"img{i}.png"
+      tmp_path / f"img{i}.png"
     )
   data = _data(name="folder", dir=str(tmp_path), num_eval_images=2, crop_size=16)
   source = sr.create_pair_source(data, scale=2, seed=0, batch_size=4)
@@ -66,16 +66,25 @@ def test_folder_source_holds_out_last_files(tmp_path):
 
 def test_folder_missing():
   with pytest.raises(FileNotFoundError, match="/does/not/exist"):
-    sr.create_pair_source(_data(name="folder", dir="/does/not/exist"), scale=4, seed=0,
-                          batch_size=2)
+    sr.create_pair_source(
+      _data(name="folder", dir="/does/not/exist"), scale=4, seed=0, batch_size=2
+    )
 
 
 def test_tfds_source_gives_pairs_and_a_test_split_held_out_set():
   import tensorflow_datasets as tfds
 
   config = _data(
-      name="cifar10", crop_size=16, eval_crop_size=16, eval_max_crops=4, dir=None, split="train",
-      eval_split="test", image_size=None, channels=None, cache_in_memory_max_bytes=2**30,
+    name="cifar10",
+    crop_size=16,
+    eval_crop_size=16,
+    eval_max_crops=4,
+    dir=None,
+    split="train",
+    eval_split="test",
+    image_size=None,
+    channels=None,
+    cache_in_memory_max_bytes=2**30,
   )
   with tfds.testing.mock_data(num_examples=8):
     source = sr.create_pair_source(config, scale=2, seed=0, batch_size=4)
@@ -83,7 +92,7 @@ def test_tfds_source_gives_pairs_and_a_test_split_held_out_set():
     held_out = source.held_out()
   assert batch["hr"].shape == (4, 16, 16, 3) and batch["lr"].shape == (4, 8, 8, 3)
   np.testing.assert_array_equal(
-      preprocessing.to_uint8(batch["lr"]), sr.downsample(preprocessing.to_uint8(batch["hr"]), 2)
+    preprocessing.to_uint8(batch["lr"]), sr.downsample(preprocessing.to_uint8(batch["hr"]), 2)
   )
   assert source.description["dataset"] == "cifar10"
   assert len(held_out["hr"]) == 4 and held_out["lr"].shape[1:] == (8, 8, 3)

@@ -20,14 +20,14 @@ from ganjax.data import embedded, gaussian_mixture, idx, preprocessing, source
 
 def make_config(name, **overrides):
   config = ml_collections.ConfigDict(
-      {
-          "name": name,
-          "dir": None,
-          "split": "train",
-          "image_size": None,
-          "channels": None,
-          "cache_in_memory_max_bytes": 2 * 1024**3,
-      }
+    {
+      "name": name,
+      "dir": None,
+      "split": "train",
+      "image_size": None,
+      "channels": None,
+      "cache_in_memory_max_bytes": 2 * 1024**3,
+    }
   )
   config.update(overrides)
   return config
@@ -114,11 +114,11 @@ def source_factory(request, tmp_path, monkeypatch):
 
   def factory(seed=0, batch_size=4, process_index=0, process_count=1):
     return data.create_source(
-        config,
-        seed=seed,
-        batch_size=batch_size,
-        process_index=process_index,
-        process_count=process_count,
+      config,
+      seed=seed,
+      batch_size=batch_size,
+      process_index=process_index,
+      process_count=process_count,
     )
 
   return factory
@@ -164,8 +164,8 @@ def test_determinism_and_exact_resume(source_factory):
 def test_hosts_split_the_global_batch(source_factory):
   single = take(source_factory(batch_size=8).batches(2), 4)
   hosts = [
-      take(source_factory(batch_size=8, process_index=p, process_count=2).batches(2), 4)
-      for p in range(2)
+    take(source_factory(batch_size=8, process_index=p, process_count=2).batches(2), 4)
+    for p in range(2)
   ]
   for step, full in enumerate(single):
     assert hosts[0][step]["image"].shape[0] == 4
@@ -196,17 +196,17 @@ def test_every_epoch_visits_each_example_once(num_examples, batch_size):
   steps = num_examples // batch_size
   for epoch in range(3):
     seen = np.concatenate(
-        [
-            source.host_indices(
-                epoch * steps + s,
-                seed=3,
-                num_examples=num_examples,
-                batch_size=batch_size,
-                process_index=0,
-                process_count=1,
-            )
-            for s in range(steps)
-        ]
+      [
+        source.host_indices(
+          epoch * steps + s,
+          seed=3,
+          num_examples=num_examples,
+          batch_size=batch_size,
+          process_index=0,
+          process_count=1,
+        )
+        for s in range(steps)
+      ]
     )
     assert len(set(seen.tolist())) == len(seen) == steps * batch_size
     expected = source.epoch_permutation(3, epoch, num_examples)[: steps * batch_size]
@@ -263,13 +263,13 @@ def test_idx_missing_file_names_paths(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "content,message",
-    [
-        (struct.pack(">IIII", 1234, 5, 28, 28) + bytes(5 * 784), "magic"),
-        (struct.pack(">IIII", 2051, 6, 28, 28) + bytes(5 * 784), "declares"),
-        (struct.pack(">II", 2049, 5) + bytes(5), "dimensions"),
-        (b"\x00\x00", "shorter"),
-    ],
+  "content,message",
+  [
+    (struct.pack(">IIII", 1234, 5, 28, 28) + bytes(5 * 784), "magic"),
+    (struct.pack(">IIII", 2051, 6, 28, 28) + bytes(5 * 784), "declares"),
+    (struct.pack(">II", 2049, 5) + bytes(5), "dimensions"),
+    (b"\x00\x00", "shorter"),
+  ],
 )
 def test_idx_corrupt_header(tmp_path, content, message):
   (tmp_path / "train-images-idx3-ubyte").write_bytes(content)
@@ -382,12 +382,10 @@ def test_mixture_modes():
   # and the angle (in radians) by at most eps / 2; both are measured in float64.
   ring64 = ring.astype(np.float64)
   tolerances.assert_float32_close(
-      np.linalg.norm(ring64, axis=1), np.ones(8), length=1, magnitude=1.0
+    np.linalg.norm(ring64, axis=1), np.ones(8), length=1, magnitude=1.0
   )
   angles = np.sort(np.mod(np.arctan2(ring64[:, 1], ring64[:, 0]), 2 * np.pi))
-  tolerances.assert_float32_close(
-      angles, 2 * np.pi * np.arange(8) / 8, length=1, magnitude=1.0
-  )
+  tolerances.assert_float32_close(angles, 2 * np.pi * np.arange(8) / 8, length=1, magnitude=1.0)
   grid = gaussian_mixture.mixture_modes("grid")
   assert grid.shape == (25, 2) and len({tuple(m) for m in grid.tolist()}) == 25
   assert set(grid.ravel().tolist()) == {-4.0, -2.0, 0.0, 2.0, 4.0}
@@ -419,8 +417,11 @@ def test_mixture_samples(name, num_modes):
   np.testing.assert_allclose(offsets.std(axis=0), std, rtol=tolerances.std_rtol(n))
   resumed = next(src.batches(3))
   np.testing.assert_array_equal(resumed["image"], batches[3]["image"])
-  host1 = next(data.create_source(make_config(name), seed=0, batch_size=2000, process_index=1,
-                                  process_count=2).batches(0))
+  host1 = next(
+    data.create_source(
+      make_config(name), seed=0, batch_size=2000, process_index=1, process_count=2
+    ).batches(0)
+  )
   expected = gaussian_mixture.sample(name, 1000, np.random.default_rng([0, 0, 1]))[0]
   np.testing.assert_array_equal(host1["image"], expected)
 
@@ -430,7 +431,7 @@ def test_mixture_samples(name, num_modes):
 
 
 @pytest.mark.parametrize(
-    "name,shape,num_classes", [("mnist", (28, 28, 1), 10), ("cifar10", (32, 32, 3), 10)]
+  "name,shape,num_classes", [("mnist", (28, 28, 1), 10), ("cifar10", (32, 32, 3), 10)]
 )
 def test_tfds_in_memory(name, shape, num_classes):
   import tensorflow_datasets as tfds
@@ -447,8 +448,9 @@ def test_tfds_celeb_a_streams_cropped_and_resized():
   import tensorflow_datasets as tfds
 
   with tfds.testing.mock_data(num_examples=12):
-    src = data.create_source(make_config("celeb_a", cache_in_memory_max_bytes=0), seed=0,
-                             batch_size=4)
+    src = data.create_source(
+      make_config("celeb_a", cache_in_memory_max_bytes=0), seed=0, batch_size=4
+    )
     assert src.element_shape == (64, 64, 3) and src.num_classes is None
     assert not src.description["in_memory"]
     assert "center crop 140" in src.description["preprocessing"]
@@ -495,10 +497,10 @@ def test_sources_are_discovered():
 def test_preprocessing():
   pixels = np.array([0, 127, 128, 255], np.uint8)
   tolerances.assert_float32_close(  # x / 127.5 (up to 2) and - 1: two float32 roundings.
-      preprocessing.to_float(pixels),
-      np.array([-1, 127 / 127.5 - 1, 128 / 127.5 - 1, 1]),
-      length=2,
-      magnitude=2.0,
+    preprocessing.to_float(pixels),
+    np.array([-1, 127 / 127.5 - 1, 128 / 127.5 - 1, 1]),
+    length=2,
+    magnitude=2.0,
   )
   np.testing.assert_array_equal(preprocessing.to_uint8(preprocessing.to_float(pixels)), pixels)
   assert preprocessing.ensure_nhwc(np.zeros((2, 5, 5), np.uint8)).shape == (2, 5, 5, 1)

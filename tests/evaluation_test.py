@@ -31,13 +31,13 @@ def classifier_workdir(tmp_path_factory):
     f.write(params_bytes)
   with open(os.path.join(workdir, classifier.EVAL_FILE), "w") as f:
     json.dump(
-        {
-            "test_accuracy": 0.1,
-            "params_file": classifier.PARAMS_FILE,
-            "params_sha256": hashlib.sha256(params_bytes).hexdigest(),
-            "model": {"num_classes": classifier.NUM_CLASSES},
-        },
-        f,
+      {
+        "test_accuracy": 0.1,
+        "params_file": classifier.PARAMS_FILE,
+        "params_sha256": hashlib.sha256(params_bytes).hexdigest(),
+        "model": {"num_classes": classifier.NUM_CLASSES},
+      },
+      f,
     )
   return workdir
 
@@ -97,8 +97,8 @@ def _replay(images):
 def test_metric_selection_and_errors():
   check = evaluation.check_metrics
   assert check("classifier_fid,kid", "classifier", data_name="mnist", num_classes=None) == [
-      "classifier_fid",
-      "kid",
+    "classifier_fid",
+    "kid",
   ]
   with pytest.raises(ValueError, match="Unknown metric 'bogus'; valid: fid, classifier_fid, kid"):
     check(["bogus"], "inception", data_name="mnist", num_classes=None)
@@ -126,7 +126,7 @@ def test_inception_errors_clearly_without_weights(tmp_path):
   config.eval_inception_weights = str(tmp_path / "missing.pth")
   with pytest.raises(FileNotFoundError, match="missing.pth.*config.eval_inception_weights"):
     evaluation.evaluate_generator(
-        config, None, None, None, num_samples=10, metrics=["fid"], extractor="inception"
+      config, None, None, None, num_samples=10, metrics=["fid"], extractor="inception"
     )
   with pytest.raises(ValueError, match="eval_inception_weights.*eval_classifier_workdir"):
     evaluation.default_extractor_name(config_base.base_config())
@@ -142,7 +142,7 @@ def test_classifier_extractor_outputs_and_missing_workdir(tmp_path, extractor):
   # A float64 product of softmaxes, each entry rounded once to float32 (relative eps / 2): summed
   # in float64, they add up to 1 within eps / 2.
   tolerances.assert_float32_close(
-      out["probabilities"].astype(np.float64).sum(-1), np.ones(5), length=1, magnitude=1.0
+    out["probabilities"].astype(np.float64).sum(-1), np.ones(5), length=1, magnitude=1.0
   )
   assert out["digits"].shape == (5, 3)
   params = classifier.init_params(jax.random.key(0))  # The fixture's classifier.
@@ -170,11 +170,11 @@ def test_reference_cache_is_reused_and_keyed(tmp_path, extractor):
   other = evaluation.reference_statistics(config, counted, directory, num_real=200)
   assert other["path"] != first["path"] and not other["cached"]
   reweighted = evaluation.Extractor(
-      counted.name, counted.fn, {**counted.protocol, "weights_sha256": "0" * 64}
+    counted.name, counted.fn, {**counted.protocol, "weights_sha256": "0" * 64}
   )
   assert evaluation.reference_statistics(config, reweighted, directory)["path"] not in (
-      first["path"],
-      other["path"],
+    first["path"],
+    other["path"],
   )
   # A file whose stored key differs from its name's key is recomputed, not trusted.
   os.replace(other["path"], first["path"])
@@ -184,8 +184,10 @@ def test_reference_cache_is_reused_and_keyed(tmp_path, extractor):
   # Chunks of 1000 instead of 128 put the images in other batch positions: the features' float32
   # round-off (their float64 moments add nothing comparable).
   tolerances.assert_float32_close(
-      again["mean"], first["mean"], length=_feature_length(),
-      magnitude=np.abs(first["features"]).max(),
+    again["mean"],
+    first["mean"],
+    length=_feature_length(),
+    magnitude=np.abs(first["features"]).max(),
   )
 
 
@@ -193,15 +195,15 @@ def test_fid_of_the_reference_against_itself_is_zero(tmp_path, extractor):
   config = _config(tmp_path)
   real = _real_images(config, NUM_REAL)["image"]
   result = evaluation.evaluate_generator(
-      config,
-      _replay(real),
-      None,
-      None,
-      num_samples=NUM_REAL,
-      metrics=["classifier_fid", "precision_recall", "density_coverage", "kid", "is"],
-      extractor=extractor,
-      batch_size=64,
-      step=7,
+    config,
+    _replay(real),
+    None,
+    None,
+    num_samples=NUM_REAL,
+    metrics=["classifier_fid", "precision_recall", "density_coverage", "kid", "is"],
+    extractor=extractor,
+    batch_size=64,
+    step=7,
   )
   values, protocol = result["values"], result["protocol"]
   assert "fid" not in values
@@ -211,12 +213,14 @@ def test_fid_of_the_reference_against_itself_is_zero(tmp_path, extractor):
   reference = evaluation.reference_statistics(config, extractor, config.eval_reference_dir)
   real_features = reference["features"].astype(np.float64)
   fake = evaluation.generate_outputs(
-      _replay(real), None, None, np.zeros((NUM_REAL, 4)), None, extractor, batch_size=64
+    _replay(real), None, None, np.zeros((NUM_REAL, 4)), None, extractor, batch_size=64
   )
   fake_features = fake["features"].astype(np.float64)
   tolerances.assert_float32_close(
-      fake_features, real_features, length=_feature_length(),
-      magnitude=np.abs(real_features).max(),
+    fake_features,
+    real_features,
+    length=_feature_length(),
+    magnitude=np.abs(real_features).max(),
   )
   n, dim = real_features.shape
   # FID is the squared Wasserstein-2 distance of the Gaussian fits, at most the cost of pairing
@@ -239,7 +243,7 @@ def test_fid_of_the_reference_against_itself_is_zero(tmp_path, extractor):
   delta = np.abs(fake_features - real_features).max()
   l1 = np.abs(real_features).sum(axis=1).max() + dim * delta
   kid_atol = 4 * 3 * base.max() ** 2 * 2 * l1 * delta / dim + tolerances.float64_atol(
-      n * n, 4 * np.abs(kernel).max()
+    n * n, 4 * np.abs(kernel).max()
   )
   assert abs(values["kid"] - expected_kid) <= kid_atol, (values["kid"], expected_kid, kid_atol)
   assert values["is"] >= 1.0
@@ -256,7 +260,7 @@ def test_generation_and_extraction_sharded_equal_one_device(classifier_workdir):
   """13 samples of a conditional BatchNorm generator in batches of 5: on 8 devices (a batch of 8
   and a padded one) the generator's and the classifier's outputs equal one device's."""
   generator = mlp.Generator(
-      image_shape=(28, 28, 1), hidden=(16,), num_classes=10, conditioning="batchnorm"
+    image_shape=(28, 28, 1), hidden=(16,), num_classes=10, conditioning="batchnorm"
   )
   z = np.random.default_rng(0).normal(size=(13, 4)).astype(np.float32)
   labels = np.arange(13, dtype=np.int32) % 10
@@ -268,7 +272,7 @@ def test_generation_and_extraction_sharded_equal_one_device(classifier_workdir):
     mesh = parallel.make_mesh(num_devices)
     extractor = evaluation.classifier_extractor(classifier_workdir, batch_size=5, mesh=mesh)
     outputs[num_devices] = evaluation.generate_outputs(
-        generate, variables["params"], batch_stats, z, labels, extractor, batch_size=5, mesh=mesh
+      generate, variables["params"], batch_stats, z, labels, extractor, batch_size=5, mesh=mesh
     )
   assert outputs[8]["features"].shape == (13, classifier.FEATURE_DIM)
   # Round-off of the generator's and the classifier's fan-ins. A softmax moves by at most twice
@@ -278,13 +282,15 @@ def test_generation_and_extraction_sharded_equal_one_device(classifier_workdir):
   logits = classifier.predict(clf_params, images, mesh=parallel.make_mesh(1))[0]
   g_length = tolerances.summed_fan_in(variables["params"])
   tolerances.assert_float32_close(
-      outputs[8]["features"], outputs[1]["features"], length=g_length + _feature_length()
+    outputs[8]["features"], outputs[1]["features"], length=g_length + _feature_length()
   )
   length = g_length + tolerances.summed_fan_in(clf_params)
   logits_scale = np.abs(logits).max()
   tolerances.assert_float32_close(
-      outputs[8]["probabilities"], outputs[1]["probabilities"], length=length,
-      magnitude=2 * logits_scale,
+    outputs[8]["probabilities"],
+    outputs[1]["probabilities"],
+    length=length,
+    magnitude=2 * logits_scale,
   )
   # The digits are the argmax of those logits, up to ties within their round-off.
   atol = tolerances.float32_atol(length, logits_scale)
@@ -296,28 +302,28 @@ def test_conditional_and_stacked_mnist_metrics(tmp_path, extractor):
   config = _config(tmp_path)
   images = _real_images(config, 200)["image"]
   result = evaluation.evaluate_generator(
-      config,
-      _replay(images),
-      None,
-      None,
-      num_samples=200,
-      metrics=["intra_class_fid"],
-      extractor=extractor,
-      num_classes=10,
+    config,
+    _replay(images),
+    None,
+    None,
+    num_samples=200,
+    metrics=["intra_class_fid"],
+    extractor=extractor,
+    num_classes=10,
   )
   assert np.isfinite(result["values"]["intra_class_fid"])
   assert len(result["details"]["intra_class_fid_per_class"]) == 10
   stacked = _config(tmp_path, name="stacked_mnist")
   rgb = np.random.default_rng(1).uniform(-1, 1, (50, 28, 28, 3)).astype(np.float32)
   result = evaluation.evaluate_generator(
-      stacked,
-      _replay(rgb),
-      None,
-      None,
-      num_samples=50,
-      metrics=["stacked_mnist_modes", "is"],
-      extractor=extractor,
-      num_real=200,
+    stacked,
+    _replay(rgb),
+    None,
+    None,
+    num_samples=50,
+    metrics=["stacked_mnist_modes", "is"],
+    extractor=extractor,
+    num_real=200,
   )
   assert 1 <= result["values"]["stacked_mnist_modes"] <= 50
   assert result["protocol"]["reference"]["resolution"] == [28, 28, 3]
@@ -343,12 +349,12 @@ def test_evaluate_workdir_writes_values_and_protocol(tmp_path, classifier_workdi
   assert during["values"]["classifier_fid"] == evaluations[0]["classifier_fid"]
   assert during["protocol"]["num_generated"] == 100
   overrides = {
-      "eval_classifier_workdir": classifier_workdir,
-      "eval_num_real": NUM_REAL,
-      "eval_batch_size": 64,
+    "eval_classifier_workdir": classifier_workdir,
+    "eval_num_real": NUM_REAL,
+    "eval_batch_size": 64,
   }
   result = evaluation.evaluate_workdir(
-      workdir, num_samples=150, metrics="classifier_fid,kid", config_overrides=overrides
+    workdir, num_samples=150, metrics="classifier_fid,kid", config_overrides=overrides
   )
   path = os.path.join(workdir, "eval", "step_000003.json")
   assert result["path"] == path
@@ -362,7 +368,7 @@ def test_evaluate_workdir_writes_values_and_protocol(tmp_path, classifier_workdi
   assert protocol["reference"]["dataset"] == "embedded_mnist"
   assert os.path.isdir(os.path.join(tmp_path, ".ganjax_reference_stats"))  # The default place.
   best = evaluation.evaluate_workdir(
-      workdir, step="best", metrics="classifier_fid", num_samples=100, config_overrides=overrides
+    workdir, step="best", metrics="classifier_fid", num_samples=100, config_overrides=overrides
   )
   assert best["protocol"]["step"] == 3  # The only evaluation is the best one.
   with pytest.raises(FileNotFoundError, match="No checkpoint for step 2"):
@@ -384,9 +390,9 @@ def test_inception_extractor_plumbing(tmp_path, monkeypatch):
     seen["range"] = (images.min(), images.max())
     num = len(images)
     return {
-        "pool3": np.tile(images.reshape(num, -1)[:, :1], (1, inception.NUM_FEATURES)),
-        "logits": np.zeros((num, inception.NUM_LOGITS), np.float32),
-        "logits_unbiased": np.zeros((num, inception.NUM_LOGITS), np.float32),
+      "pool3": np.tile(images.reshape(num, -1)[:, :1], (1, inception.NUM_FEATURES)),
+      "logits": np.zeros((num, inception.NUM_LOGITS), np.float32),
+      "logits_unbiased": np.zeros((num, inception.NUM_LOGITS), np.float32),
     }
 
   monkeypatch.setattr(inception, "load_inception", fake_load)
@@ -399,8 +405,10 @@ def test_inception_extractor_plumbing(tmp_path, monkeypatch):
   assert out["features"].shape == (3, inception.NUM_FEATURES)
   # Zero logits: a float64 softmax of exact ones, 1 / 1008 rounded once to float32.
   tolerances.assert_float32_close(
-      out["probabilities"], np.full(out["probabilities"].shape, 1 / inception.NUM_LOGITS),
-      length=1, magnitude=1 / inception.NUM_LOGITS,
+    out["probabilities"],
+    np.full(out["probabilities"].shape, 1 / inception.NUM_LOGITS),
+    length=1,
+    magnitude=1 / inception.NUM_LOGITS,
   )
   assert extractor.protocol["resize"] == "bilinear 299, pytorch-fid"
   assert extractor.protocol["weights_sha256"] == "ab" * 32

@@ -15,13 +15,13 @@ PACKAGE = os.path.join(REPO_ROOT, "ganjax")
 # Strongly connected groups of modules that import each other (to be broken up: the evaluation
 # package and the shared helpers of issue 14).
 KNOWN_CYCLES = [
-    {"ganjax.evaluation", "ganjax.systems.gan"},
+  {"ganjax.evaluation", "ganjax.systems.gan"},
 ]
 # (importer, imported) pairs of system modules: LAPGAN, VAE and SRGAN borrow the GAN's helpers.
 KNOWN_SYSTEM_IMPORTS = {
-    ("ganjax.systems.lapgan", "ganjax.systems.gan"),
-    ("ganjax.systems.srgan", "ganjax.systems.gan"),
-    ("ganjax.systems.vae", "ganjax.systems.gan"),
+  ("ganjax.systems.lapgan", "ganjax.systems.gan"),
+  ("ganjax.systems.srgan", "ganjax.systems.gan"),
+  ("ganjax.systems.vae", "ganjax.systems.gan"),
 }
 
 
@@ -70,8 +70,8 @@ def import_graph() -> dict[str, set[str]]:
           base = ".".join([*parent, base] if base else parent)
         # A submodule by its name, else a name defined in the module ``base``.
         names = [
-            f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
-            for alias in node.names
+          f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
+          for alias in node.names
         ]
       else:
         continue
@@ -129,10 +129,10 @@ def test_no_new_import_cycles():
 def test_no_system_imports_another():
   graph = import_graph()
   system_imports = {
-      (module, target)
-      for module, targets in graph.items()
-      if module.startswith("ganjax.systems.")
-      for target in targets
-      if target.startswith("ganjax.systems.")
+    (module, target)
+    for module, targets in graph.items()
+    if module.startswith("ganjax.systems.")
+    for target in targets
+    if target.startswith("ganjax.systems.")
   }
   assert system_imports == KNOWN_SYSTEM_IMPORTS, system_imports

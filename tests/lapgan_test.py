@@ -116,13 +116,13 @@ def _classifier_workdir(path):
     f.write(params_bytes)
   with open(os.path.join(path, classifier.EVAL_FILE), "w") as f:
     json.dump(
-        {
-            "test_accuracy": 0.1,
-            "params_file": classifier.PARAMS_FILE,
-            "params_sha256": hashlib.sha256(params_bytes).hexdigest(),
-            "model": {"num_classes": classifier.NUM_CLASSES},
-        },
-        f,
+      {
+        "test_accuracy": 0.1,
+        "params_file": classifier.PARAMS_FILE,
+        "params_sha256": hashlib.sha256(params_bytes).hexdigest(),
+        "model": {"num_classes": classifier.NUM_CLASSES},
+      },
+      f,
     )
   return path
 
@@ -130,13 +130,13 @@ def _classifier_workdir(path):
 def test_evaluate_workdir_scores_the_chained_pyramid(trained, tmp_path):
   _, workdir, _ = trained
   overrides = {
-      "eval_classifier_workdir": _classifier_workdir(str(tmp_path / "classifier")),
-      "eval_num_real": 200,
-      "eval_batch_size": 50,
-      "eval_reference_dir": str(tmp_path / "reference"),
+    "eval_classifier_workdir": _classifier_workdir(str(tmp_path / "classifier")),
+    "eval_num_real": 200,
+    "eval_batch_size": 50,
+    "eval_reference_dir": str(tmp_path / "reference"),
   }
   result = lapgan_system.evaluate_workdir(
-      workdir, metrics="classifier_fid,is", num_samples=120, config_overrides=overrides
+    workdir, metrics="classifier_fid,is", num_samples=120, config_overrides=overrides
   )
   assert result["path"] == os.path.join(workdir, "eval", "step_000006.json")
   with open(result["path"]) as f:

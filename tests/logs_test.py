@@ -19,16 +19,16 @@ def _record(pathname: str, level: int) -> std_logging.LogRecord:
 
 
 @pytest.mark.parametrize(
-    "pathname, level, shown",
-    [
-        ("/venv/site-packages/orbax/checkpoint/_src/atomicity.py", std_logging.INFO, False),
-        ("/venv/site-packages/clu/metric_writers/logging_writer.py", std_logging.INFO, False),
-        ("/venv/site-packages/jax/_src/xla_bridge.py", std_logging.INFO, False),
-        ("/venv/site-packages/orbax/checkpoint/checkpoint_manager.py", std_logging.WARNING, True),
-        ("/venv/site-packages/orbax/checkpoint/checkpoint_manager.py", std_logging.ERROR, True),
-        ("/work/main/ganjax/loop.py", std_logging.INFO, True),  # "ganjax" is not "jax".
-        ("/work/main/ganjax/systems/srgan.py", std_logging.INFO, True),
-    ],
+  "pathname, level, shown",
+  [
+    ("/venv/site-packages/orbax/checkpoint/_src/atomicity.py", std_logging.INFO, False),
+    ("/venv/site-packages/clu/metric_writers/logging_writer.py", std_logging.INFO, False),
+    ("/venv/site-packages/jax/_src/xla_bridge.py", std_logging.INFO, False),
+    ("/venv/site-packages/orbax/checkpoint/checkpoint_manager.py", std_logging.WARNING, True),
+    ("/venv/site-packages/orbax/checkpoint/checkpoint_manager.py", std_logging.ERROR, True),
+    ("/work/main/ganjax/loop.py", std_logging.INFO, True),  # "ganjax" is not "jax".
+    ("/work/main/ganjax/systems/srgan.py", std_logging.INFO, True),
+  ],
 )
 def test_library_info_is_hidden_and_warnings_shown(pathname, level, shown):
   assert logs._FILTER.filter(_record(pathname, level)) is shown

@@ -24,15 +24,15 @@ BATCH = 4
 
 def _config(**overrides) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(
-      dict(
-          seed=0,
-          num_train_steps=TOTAL,
-          log_every_steps=4,
-          sample_every_steps=6,
-          eval_every_steps=6,
-          eval_best_metric="error",
-          checkpoint_every_steps=5,
-      )
+    dict(
+      seed=0,
+      num_train_steps=TOTAL,
+      log_every_steps=4,
+      sample_every_steps=6,
+      eval_every_steps=6,
+      eval_best_metric="error",
+      checkpoint_every_steps=5,
+    )
   )
   config.update(overrides)
   return config
@@ -136,18 +136,18 @@ class _Run:
       with pytest.MonkeyPatch.context() as m:
         m.setattr(loop.MetricsBuffer, "check", check_with_hook)
         return loop.run(
-            self.config,
-            self.workdir,
-            state=state,
-            start_step=start,
-            step_fn=step_fn,
-            batches=batches(),
-            save_checkpoint=save_checkpoint,
-            writer=_Writer(),
-            examples_per_step=BATCH,
-            write_samples=write_samples,
-            evaluate=evaluate,
-            progress=progress,
+          self.config,
+          self.workdir,
+          state=state,
+          start_step=start,
+          step_fn=step_fn,
+          batches=batches(),
+          save_checkpoint=save_checkpoint,
+          writer=_Writer(),
+          examples_per_step=BATCH,
+          write_samples=write_samples,
+          evaluate=evaluate,
+          progress=progress,
         )
     finally:
       ckpt.close()
@@ -186,28 +186,28 @@ def reference(tmp_path_factory):
 # logs at 4, 8, 12 (the metric buffer is also fetched before checkpoints), samples and
 # evaluations at 6 and 12. SIGINT takes the same path as SIGTERM: a few points suffice.
 POINTS = [
-    ("batch", 3),
-    ("step", 1),
-    ("step", 7),
-    ("flush", 4),
-    ("flush", 5),
-    ("log", 8),
-    ("samples", 6),
-    ("eval", 6),
-    ("checkpoint", 5),
-    ("checkpoint", 10),
-    ("step", TOTAL),
+  ("batch", 3),
+  ("step", 1),
+  ("step", 7),
+  ("flush", 4),
+  ("flush", 5),
+  ("log", 8),
+  ("samples", 6),
+  ("eval", 6),
+  ("checkpoint", 5),
+  ("checkpoint", 10),
+  ("step", TOTAL),
 ]
 CASES = [(at, step, signal.SIGTERM) for at, step in POINTS] + [
-    (at, step, signal.SIGINT) for at, step in POINTS if at in ("flush", "eval", "checkpoint")
+  (at, step, signal.SIGINT) for at, step in POINTS if at in ("flush", "eval", "checkpoint")
 ]
 
 
 @pytest.mark.parametrize(
-    "at, step, signum", CASES, ids=[f"{a}-{s}-{signal.Signals(n).name}" for a, s, n in CASES]
+  "at, step, signum", CASES, ids=[f"{a}-{s}-{signal.Signals(n).name}" for a, s, n in CASES]
 )
 def test_a_signal_anywhere_saves_the_step_reached_and_resumes_exactly(
-    tmp_path, reference, caplog, at, step, signum
+  tmp_path, reference, caplog, at, step, signum
 ):
   workdir = str(tmp_path)
   name = signal.Signals(signum).name
@@ -304,15 +304,15 @@ def test_a_non_finite_state_is_never_saved(tmp_path):
 
   with pytest.raises(checkpoint.NonFiniteStateError) as info:
     loop.run(
-        config,
-        workdir,
-        state=_create(),
-        start_step=0,
-        step_fn=_step,
-        batches=batches(),
-        save_checkpoint=lambda step, state: ckpt.save(step, state, {"step": step}),
-        writer=_Writer(),
-        examples_per_step=BATCH,
+      config,
+      workdir,
+      state=_create(),
+      start_step=0,
+      step_fn=_step,
+      batches=batches(),
+      save_checkpoint=lambda step, state: ckpt.save(step, state, {"step": step}),
+      writer=_Writer(),
+      examples_per_step=BATCH,
     )
   assert ckpt.all_steps() == [1, 2]
   message = str(info.value)
@@ -332,14 +332,14 @@ def test_a_non_finite_metric_names_the_last_good_checkpoint(tmp_path):
 
   with pytest.raises(loop.NonFiniteLossError, match=r"step 5: .*last good checkpoint \(step 4\)"):
     loop.run(
-        config,
-        workdir,
-        state=_create(),
-        start_step=0,
-        step_fn=step_fn,
-        batches=(_batch(i) for i in range(TOTAL)),
-        save_checkpoint=lambda step, state: saved.append(step),
-        writer=_Writer(),
-        examples_per_step=BATCH,
+      config,
+      workdir,
+      state=_create(),
+      start_step=0,
+      step_fn=step_fn,
+      batches=(_batch(i) for i in range(TOTAL)),
+      save_checkpoint=lambda step, state: saved.append(step),
+      writer=_Writer(),
+      examples_per_step=BATCH,
     )
   assert saved == [2, 4]

@@ -73,27 +73,27 @@ def _ra_g(f, r):
 
 
 REFERENCES = {
-    "minimax": Reference(_bce_d, lambda f, r: -np.mean(_softplus(f)), (LOG2, -LOG2), True),
-    "non_saturating": Reference(_bce_d, lambda f, r: np.mean(_softplus(-f)), (LOG2, LOG2), True),
-    "wgan": Reference(lambda r, f, a: f.mean() - r.mean(), lambda f, r: -f.mean(), (0.0, 0.0)),
-    "wgan_gp": Reference(lambda r, f, a: f.mean() - r.mean(), lambda f, r: -f.mean(), (0.0, 0.0)),
-    "hinge": Reference(
-        lambda r, f, a: np.mean(np.maximum(0.0, 1.0 - r)) + np.mean(np.maximum(0.0, 1.0 + f)),
-        lambda f, r: -f.mean(),
-        (2.0, 0.0),
-    ),
-    "least_squares": Reference(
-        lambda r, f, a: 0.5 * np.mean((r - 1.0) ** 2) + 0.5 * np.mean(f**2),
-        lambda f, r: 0.5 * np.mean((f - 1.0) ** 2),
-        (0.5, 0.5),
-        d_real_target=1.0,
-        d_fake_target=0.0,
-        g_fake_target=1.0,
-    ),
-    "relativistic": Reference(
-        lambda r, f, a: _bce(r - f, 1.0 - a), lambda f, r: _bce(f - r, 1.0), (LOG2, LOG2), True
-    ),
-    "relativistic_average": Reference(_ra_d, _ra_g, (LOG2, LOG2), True),
+  "minimax": Reference(_bce_d, lambda f, r: -np.mean(_softplus(f)), (LOG2, -LOG2), True),
+  "non_saturating": Reference(_bce_d, lambda f, r: np.mean(_softplus(-f)), (LOG2, LOG2), True),
+  "wgan": Reference(lambda r, f, a: f.mean() - r.mean(), lambda f, r: -f.mean(), (0.0, 0.0)),
+  "wgan_gp": Reference(lambda r, f, a: f.mean() - r.mean(), lambda f, r: -f.mean(), (0.0, 0.0)),
+  "hinge": Reference(
+    lambda r, f, a: np.mean(np.maximum(0.0, 1.0 - r)) + np.mean(np.maximum(0.0, 1.0 + f)),
+    lambda f, r: -f.mean(),
+    (2.0, 0.0),
+  ),
+  "least_squares": Reference(
+    lambda r, f, a: 0.5 * np.mean((r - 1.0) ** 2) + 0.5 * np.mean(f**2),
+    lambda f, r: 0.5 * np.mean((f - 1.0) ** 2),
+    (0.5, 0.5),
+    d_real_target=1.0,
+    d_fake_target=0.0,
+    g_fake_target=1.0,
+  ),
+  "relativistic": Reference(
+    lambda r, f, a: _bce(r - f, 1.0 - a), lambda f, r: _bce(f - r, 1.0), (LOG2, LOG2), True
+  ),
+  "relativistic_average": Reference(_ra_d, _ra_g, (LOG2, LOG2), True),
 }
 
 OBJECTIVES = sorted(losses.available_objectives())
@@ -156,9 +156,9 @@ def test_objective_values_and_gradients(name):
   # float32 gradient of a batch mean is (1/N) times each term's derivative, plus, for the
   # relativistic average, a mean of N sigmoids / N: round-off at the size of the largest of those.
   for grad, numeric in [
-      (grad_real, _numeric_grad(lambda r: ref.d_loss(r, f64, 0.0), r64)),
-      (grad_fake, _numeric_grad(lambda f: ref.d_loss(r64, f, 0.0), f64)),
-      (grad_g, _numeric_grad(lambda f: ref.g_loss(f, r64), f64)),
+    (grad_real, _numeric_grad(lambda r: ref.d_loss(r, f64, 0.0), r64)),
+    (grad_fake, _numeric_grad(lambda f: ref.d_loss(r64, f, 0.0), f64)),
+    (grad_g, _numeric_grad(lambda f: ref.g_loss(f, r64), f64)),
   ]:
     magnitude = float(np.abs(numeric).max()) + 1.0 / N
     assert_float32_close(grad, numeric, length=LENGTH, magnitude=magnitude)
@@ -202,7 +202,7 @@ def test_label_smoothing(name):
   # Smoothing moves the loss (by alpha times the mean real logit) far beyond that round-off, so
   # ignoring it would fail the comparison above.
   assert_differ_beyond_roundoff(
-      loss, ref.d_loss(r64, f64, 0.0), length=LENGTH, magnitude=_loss_magnitude(expected)
+    loss, ref.d_loss(r64, f64, 0.0), length=LENGTH, magnitude=_loss_magnitude(expected)
   )
 
 
@@ -294,7 +294,7 @@ def test_losses_are_finite_for_extreme_logits(name):
   d_loss, _ = objective.discriminator(extreme, extreme)
   g_loss, _ = objective.generator(extreme, extreme)
   grads = jax.grad(lambda x: objective.generator(x, x)[0] + objective.discriminator(x, x)[0])(
-      extreme
+    extreme
   )
   assert np.isfinite(d_loss) and np.isfinite(g_loss)
   assert np.all(np.isfinite(grads))

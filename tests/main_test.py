@@ -19,7 +19,7 @@ from ganjax.systems import gan
 def _cli(*args, stdout=subprocess.PIPE, **kwargs):
   cmd = [sys.executable, "-m", "ganjax.main", *args]
   return subprocess.Popen(
-      cmd, cwd=REPO_ROOT, stdout=stdout, stderr=subprocess.STDOUT, text=True, **kwargs
+    cmd, cwd=REPO_ROOT, stdout=stdout, stderr=subprocess.STDOUT, text=True, **kwargs
   )
 
 
@@ -33,7 +33,7 @@ def _run(*args, timeout=300):
 def _final_params(workdir):
   config, info = gan.load_run(workdir)
   networks = gan.build_networks(
-      config, tuple(info["data"]["element_shape"]), info["data"]["num_classes"]
+    config, tuple(info["data"]["element_shape"]), info["data"]["num_classes"]
   )
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
   state, _ = ckpt.restore(ckpt.latest_step(), gan.abstract_state(config, networks))
@@ -43,9 +43,9 @@ def _final_params(workdir):
 def test_train_then_sample(tmp_path):
   workdir = str(tmp_path / "dcgan")
   out = _run(
-      "--config=configs/dcgan.py:runlocal",
-      f"--workdir={workdir}",
-      "--config.parallel.num_devices=1",
+    "--config=configs/dcgan.py:runlocal",
+    f"--workdir={workdir}",
+    "--config.parallel.num_devices=1",
   )
   assert "steps/s" in out and "img/s" in out and "ETA" in out
   # Readable output: one progress line per logged step, no library bookkeeping (orbax logs ~15
@@ -72,13 +72,13 @@ def test_unknown_dataset_is_a_clear_error(tmp_path):
 def _long_run_args(workdir):
   """300 steps (about a second) logged every 5, with no checkpoint due before the end."""
   return (
-      "--config=configs/vanilla_gan.py:runlocal",
-      f"--workdir={workdir}",
-      "--config.parallel.num_devices=1",
-      "--config.num_train_steps=300",
-      "--config.checkpoint_every_steps=1000",
-      "--config.log_every_steps=5",
-      "--config.sample_every_steps=0",
+    "--config=configs/vanilla_gan.py:runlocal",
+    f"--workdir={workdir}",
+    "--config.parallel.num_devices=1",
+    "--config.num_train_steps=300",
+    "--config.checkpoint_every_steps=1000",
+    "--config.log_every_steps=5",
+    "--config.sample_every_steps=0",
   )
 
 

@@ -27,9 +27,9 @@ def sqrtm_reference(mu_a, sigma_a, mu_b, sigma_b):
   """The formula of pytorch-fid / TTUR, with scipy.linalg.sqrtm of the product."""
   covmean = scipy.linalg.sqrtm(sigma_a @ sigma_b)
   difference = mu_a - mu_b
-  return difference @ difference + np.trace(sigma_a) + np.trace(sigma_b) - 2 * np.trace(
-      covmean
-  ).real
+  return (
+    difference @ difference + np.trace(sigma_a) + np.trace(sigma_b) - 2 * np.trace(covmean).real
+  )
 
 
 def diagonal_closed_form(mu_a, var_a, mu_b, var_b):
@@ -81,10 +81,10 @@ def fid_atol(mu_a, sigma_a, mu_b, sigma_b, input_errors=(0.0, 0.0)) -> float:
   eigenvalues_m = np.linalg.eigvalsh((middle + middle.T) / 2)
   norm_m = float(np.max(np.abs(eigenvalues_m)))
   delta_m = (
-      tolerances.float64_atol(2 * dim, norm_a * norm_b)  # The two products.
-      + (2 * sqrt_error * np.sqrt(norm_a) + sqrt_error**2) * norm_b  # A^(1/2)'s error.
-      + norm_a * covariance_error  # B's error.
-      + tolerances.float64_atol(dim, norm_m)  # M's eigensolver.
+    tolerances.float64_atol(2 * dim, norm_a * norm_b)  # The two products.
+    + (2 * sqrt_error * np.sqrt(norm_a) + sqrt_error**2) * norm_b  # A^(1/2)'s error.
+    + norm_a * covariance_error  # B's error.
+    + tolerances.float64_atol(dim, norm_m)  # M's eigensolver.
   )
   difference = mu_a - mu_b
   terms = difference @ difference + abs(np.trace(sigma_a)) + abs(np.trace(sigma_b))
@@ -107,9 +107,7 @@ def assert_statistics_close(statistics, features):
   x = np.asarray(features, np.float64)
   mean_error, covariance_error = statistics_errors(x)
   np.testing.assert_allclose(statistics[0], np.mean(x, axis=0), rtol=0, atol=mean_error)
-  np.testing.assert_allclose(
-      statistics[1], np.cov(x, rowvar=False), rtol=0, atol=covariance_error
-  )
+  np.testing.assert_allclose(statistics[1], np.cov(x, rowvar=False), rtol=0, atol=covariance_error)
 
 
 def test_package_exports():
@@ -145,17 +143,17 @@ def test_diagonal_gaussians_closed_form(seed):
   # The distance is invariant under a common rotation: non-diagonal covariances, same value.
   rotation = scipy.stats.special_ortho_group.rvs(6, random_state=rng)
   rotated_statistics = (
-      rotation @ mu_a,
-      rotation @ np.diag(var_a) @ rotation.T,
-      rotation @ mu_b,
-      rotation @ np.diag(var_b) @ rotation.T,
+    rotation @ mu_a,
+    rotation @ np.diag(var_a) @ rotation.T,
+    rotation @ mu_b,
+    rotation @ np.diag(var_b) @ rotation.T,
   )
   rotated = metrics.frechet_distance_from_statistics(*rotated_statistics)
   # The rotated statistics round too: products of length 6 (twice for the covariances) at the
   # size of the means and of the variances.
   errors = (
-      tolerances.float64_atol(6, max(np.abs(mu_a).max(), np.abs(mu_b).max())),
-      tolerances.float64_atol(2 * 6, max(var_a.max(), var_b.max())),
+    tolerances.float64_atol(6, max(np.abs(mu_a).max(), np.abs(mu_b).max())),
+    tolerances.float64_atol(2 * 6, max(var_a.max(), var_b.max())),
   )
   assert_fid_close(rotated, expected, *rotated_statistics, input_errors=errors)
 
@@ -200,8 +198,8 @@ def test_matches_sqrtm_reference_from_features():
     value = metrics.frechet_distance(features_a.astype(np.float32), jnp.asarray(features_b))
   # float32 and jax (float32) inputs round the features: the reference sees the same rounding.
   expected, atol = reference(
-      features_a.astype(np.float32).astype(np.float64),
-      features_b.astype(np.float32).astype(np.float64),
+    features_a.astype(np.float32).astype(np.float64),
+    features_b.astype(np.float32).astype(np.float64),
   )
   assert abs(value - expected) <= atol, (value, expected, atol)
   expected, atol = reference(features_a, features_b)
@@ -233,11 +231,14 @@ def test_sample_estimate_approaches_closed_form():
   # var / n, sample variances with variance 2 var^2 / n, through FID's partial derivatives), and
   # the bias of ||mean_a - mean_b||^2, sum(var_a + var_b) / n; 5 standard errors.
   ratio = np.sqrt(var_b / var_a)
-  variance = np.sum(
+  variance = (
+    np.sum(
       4 * (mu_a - mu_b) ** 2 * (var_a + var_b)
       + 2 * ((1 - ratio) * var_a) ** 2
       + 2 * ((1 - 1 / ratio) * var_b) ** 2
-  ) / n
+    )
+    / n
+  )
   bias = np.sum(var_a + var_b) / n
   value = metrics.frechet_distance(features_a, features_b)
   assert abs(value - expected) <= 5 * np.sqrt(variance) + bias, (value, expected)
@@ -317,7 +318,7 @@ def test_feature_validation():
   with pytest.raises(ValueError, match=r"features_a must be a 2-D array .* got shape \(5,\)"):
     metrics.frechet_distance(np.zeros(5), good)
   with pytest.raises(
-      ValueError, match=r"features_b must have the same number of features as features_a \(3\)"
+    ValueError, match=r"features_b must have the same number of features as features_a \(3\)"
   ):
     metrics.frechet_distance(good, np.zeros((5, 4)))
   with pytest.raises(ValueError, match=r"features_b needs at least 2 samples to estimate a cov"):
@@ -332,7 +333,7 @@ def test_feature_validation():
 
 def labelled_features(rng, counts, shift):
   features = np.concatenate(
-      [rng.normal(label, 1.0, size=(count, 3)) + shift for label, count in counts.items()]
+    [rng.normal(label, 1.0, size=(count, 3)) + shift for label, count in counts.items()]
   )
   labels = np.concatenate([np.full(count, label) for label, count in counts.items()])
   order = rng.permutation(len(labels))

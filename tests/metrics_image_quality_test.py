@@ -24,7 +24,7 @@ def _psnr_atol(images, psnr, exact_sum=False):
   at the size of the result."""
   terms = 1 if exact_sum else int(np.prod(np.shape(images)[-3:]))
   return tolerances.float32_atol(terms, 10 / math.log(10)) + tolerances.float32_atol(
-      3, float(np.max(np.abs(psnr)))
+    3, float(np.max(np.abs(psnr)))
   )
 
 
@@ -98,11 +98,16 @@ def test_ssim_matches_skimage(channels):
   a, b = _pair(1, (2, 24, 31, channels))
   got = np.asarray(image_quality.ssim(a, b, 255))
   want = [
-      metrics.structural_similarity(
-          x, y, data_range=255, channel_axis=-1, gaussian_weights=True, sigma=1.5,
-          use_sample_covariance=False,
-      )
-      for x, y in zip(a, b, strict=True)
+    metrics.structural_similarity(
+      x,
+      y,
+      data_range=255,
+      channel_axis=-1,
+      gaussian_weights=True,
+      sigma=1.5,
+      use_sample_covariance=False,
+    )
+    for x, y in zip(a, b, strict=True)
   ]
   np.testing.assert_array_less(np.abs(got - np.asarray(want)), _ssim_atol(a, b, 255))
 
@@ -111,17 +116,24 @@ def test_float_range_and_jit():
   a, b = _pair(2, (2, 16, 16, 3), np.float32)
   got = jax.jit(lambda x, y: image_quality.ssim(x, y, 2.0))(a, b)
   want = [
-      metrics.structural_similarity(
-          x, y, data_range=2.0, channel_axis=-1, gaussian_weights=True, sigma=1.5,
-          use_sample_covariance=False,
-      )
-      for x, y in zip(a, b, strict=True)
+    metrics.structural_similarity(
+      x,
+      y,
+      data_range=2.0,
+      channel_axis=-1,
+      gaussian_weights=True,
+      sigma=1.5,
+      use_sample_covariance=False,
+    )
+    for x, y in zip(a, b, strict=True)
   ]
   np.testing.assert_array_less(np.abs(got - np.asarray(want)), _ssim_atol(a, b, 2.0))
   want = [metrics.peak_signal_noise_ratio(x, y, data_range=2.0) for x, y in zip(a, b, strict=True)]
   np.testing.assert_allclose(
-      jax.jit(lambda x, y: image_quality.psnr(x, y, 2.0))(a, b), want, rtol=0,
-      atol=_psnr_atol(a, want),
+    jax.jit(lambda x, y: image_quality.psnr(x, y, 2.0))(a, b),
+    want,
+    rtol=0,
+    atol=_psnr_atol(a, want),
   )
 
 

@@ -105,11 +105,11 @@ def test_golden_file_matches_the_recipe(golden, state_dict):
   # Float64 sums of |values| (the numbers below), perhaps in another order on another machine.
   length = sum(np.size(a) for a in state_dict.values())
   tolerances.assert_float64_close(
-      golden["weights_checksum"], ref.checksum(state_dict), length=length
+    golden["weights_checksum"], ref.checksum(state_dict), length=length
   )
   for name, images in ref.input_cases().items():
     tolerances.assert_float64_close(
-        golden[f"{name}/input_checksum"], ref.checksum({name: images}), length=images.size
+      golden[f"{name}/input_checksum"], ref.checksum({name: images}), length=images.size
     )
 
 
@@ -150,7 +150,7 @@ def test_logits_unbiased_leave_out_the_bias(ganjax_outputs, variables):
   # added and subtracted: round-off at the size of the products' |terms| plus |bias|.
   magnitude = tolerances.dot_magnitude(outputs["pool3"], fc["kernel"]) + np.abs(bias).max()
   tolerances.assert_float32_close(
-      outputs["logits"] - bias, outputs["logits_unbiased"], length=2048 + 2, magnitude=magnitude
+    outputs["logits"] - bias, outputs["logits_unbiased"], length=2048 + 2, magnitude=magnitude
   )
 
 
@@ -168,9 +168,7 @@ def test_matches_pytorch_fid_directly(ganjax_outputs, state_dict):
   finally:
     pfid.load_state_dict_from_url = original
   torch_shapes = {
-      k: tuple(v.shape)
-      for k, v in full.state_dict().items()
-      if not k.endswith("num_batches_tracked")
+    k: tuple(v.shape) for k, v in full.state_dict().items() if not k.endswith("num_batches_tracked")
   }
   assert torch_shapes == inception.pytorch_fid_parameter_shapes()
 
@@ -197,9 +195,15 @@ def test_matches_pytorch_fid_directly(ganjax_outputs, state_dict):
 
 
 @pytest.mark.parametrize(
-    "in_hw,out_hw",
-    [((32, 32), (299, 299)), ((320, 310), (299, 299)), ((299, 299), (299, 299)),
-     ((7, 5), (13, 3)), ((64, 48), (20, 30)), ((1, 3), (4, 2))],
+  "in_hw,out_hw",
+  [
+    ((32, 32), (299, 299)),
+    ((320, 310), (299, 299)),
+    ((299, 299), (299, 299)),
+    ((7, 5), (13, 3)),
+    ((64, 48), (20, 30)),
+    ((1, 3), (4, 2)),
+  ],
 )
 def test_resize_matches_torch_interpolate(in_hw, out_hw):
   torch = pytest.importorskip("torch")
@@ -212,7 +216,7 @@ def test_resize_matches_torch_interpolate(in_hw, out_hw):
   # then mix 4 values in [0, 1) (an output moves by at most the weights' error): 4 roundings at
   # the size of the largest coordinate.
   tolerances.assert_float32_close(
-      ours, theirs.numpy().transpose(0, 2, 3, 1), length=4, magnitude=max(in_hw)
+    ours, theirs.numpy().transpose(0, 2, 3, 1), length=4, magnitude=max(in_hw)
   )
 
 
@@ -239,16 +243,18 @@ def test_to_unit_range():
   quantized = inception.to_unit_range(jnp.array([0.001, 0.999]), quantize=True)
   # round(255 y) / 255, times 255 again: two roundings at the size of 255.
   tolerances.assert_float32_close(
-      quantized * 255, np.array([128.0, 255.0]), length=2, magnitude=255
+    quantized * 255, np.array([128.0, 255.0]), length=2, magnitude=255
   )
 
 
 @pytest.mark.parametrize(
-    "images,match",
-    [(np.zeros((1, 8, 8, 2), np.float32), "1 \\(grayscale\\) or 3"),
-     (np.zeros((8, 8, 3), np.float32), "NHWC"),
-     (np.zeros((1, 8, 8, 3), np.uint8), "dtype uint8"),
-     (np.full((1, 8, 8, 3), -0.5, np.float32), "to_unit_range")],
+  "images,match",
+  [
+    (np.zeros((1, 8, 8, 2), np.float32), "1 \\(grayscale\\) or 3"),
+    (np.zeros((8, 8, 3), np.float32), "NHWC"),
+    (np.zeros((1, 8, 8, 3), np.uint8), "dtype uint8"),
+    (np.full((1, 8, 8, 3), -0.5, np.float32), "to_unit_range"),
+  ],
 )
 def test_extract_features_rejects_bad_images(images, match):
   with pytest.raises(ValueError, match=match):
@@ -258,7 +264,9 @@ def test_extract_features_rejects_bad_images(images, match):
 def test_extract_features_of_no_images():
   outputs = inception.extract_features({}, np.zeros((0, 8, 8, 3), np.float32))
   assert {k: v.shape for k, v in outputs.items()} == {
-      "pool3": (0, 2048), "logits": (0, 1008), "logits_unbiased": (0, 1008),
+    "pool3": (0, 2048),
+    "logits": (0, 1008),
+    "logits_unbiased": (0, 1008),
   }
 
 
@@ -274,8 +282,9 @@ def test_extract_features_rejects_bad_batch_size():
 
 def test_converter_fills_every_variable(variables):
   abstract = jax.eval_shape(
-      inception.InceptionV3().init, jax.random.key(0), jnp.zeros((1, 75, 75, 3))
+    inception.InceptionV3().init, jax.random.key(0), jnp.zeros((1, 75, 75, 3))
   )
+
   def shapes(tree):
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {jax.tree_util.keystr(path): tuple(np.shape(leaf)) for path, leaf in flat}
@@ -293,8 +302,10 @@ def test_converter_layouts(variables, state_dict):
   assert conv[0, 5, 3, 9] == weight[9, 3, 0, 5]
   np.testing.assert_array_equal(variables["params"]["fc"]["kernel"], state_dict["fc.weight"].T)
   bn = "Mixed_7c.branch_pool.bn."
-  params, stats = variables["params"]["Mixed_7c"]["branch_pool"]["bn"], variables["batch_stats"][
-      "Mixed_7c"]["branch_pool"]["bn"]
+  params, stats = (
+    variables["params"]["Mixed_7c"]["branch_pool"]["bn"],
+    variables["batch_stats"]["Mixed_7c"]["branch_pool"]["bn"],
+  )
   np.testing.assert_array_equal(params["scale"], state_dict[bn + "weight"])
   np.testing.assert_array_equal(params["bias"], state_dict[bn + "bias"])
   np.testing.assert_array_equal(stats["mean"], state_dict[bn + "running_mean"])
@@ -364,7 +375,8 @@ def test_load_inception_converts_once_and_caches(tmp_path, monkeypatch, variable
   first = inception.load_inception(path, cache, expected_sha256_prefix=None)
   assert first.sha256 == sha256 and len(calls) == 1
   assert first.provenance() == {
-      "inception_weights": "weights.pth", "inception_weights_sha256": sha256,
+    "inception_weights": "weights.pth",
+    "inception_weights_sha256": sha256,
   }
   assert os.listdir(cache) == [f"inception_flax_{sha256}.npz"]
 

@@ -86,7 +86,7 @@ def test_subsets_match_reference():
     assert len(set(rows_x)) == len(set(rows_y)) == 20
     assert rows_x.max() < 50 and rows_y.max() < 37
   expected = [
-      unbiased_mmd2_reference(x[i], y[j]) for i, j in zip(indices_x, indices_y, strict=True)
+    unbiased_mmd2_reference(x[i], y[j]) for i, j in zip(indices_x, indices_y, strict=True)
   ]
   values = kernel._mmd2_of_subsets(x, y, indices_x, indices_y)
   assert values.dtype == np.float64
@@ -94,7 +94,7 @@ def test_subsets_match_reference():
   atol = max(mmd_atol(x[i], y[j]) for i, j in zip(indices_x, indices_y, strict=True))
   np.testing.assert_allclose(values, expected, rtol=0, atol=atol)
   result = metrics.kernel_inception_distance(
-      jnp.asarray(x), y, num_subsets=5, subset_size=20, seed=3
+    jnp.asarray(x), y, num_subsets=5, subset_size=20, seed=3
   )
   # A mean and a standard deviation move by at most the values' largest error (plus their own
   # round-off over 5 values, far below it).

@@ -159,8 +159,10 @@ def test_radii_match_reference_for_every_block_size():
       blocks = manifold._blocks(features, block, num_blocks)
       squared = np.asarray(manifold._radii(blocks, k)).reshape(-1)[:23]
     tolerances.assert_float64_close(
-        squared, radii_reference(features, k) ** 2, length=features.shape[1] + 2,
-        magnitude=magnitude,
+      squared,
+      radii_reference(features, k) ** 2,
+      length=features.shape[1] + 2,
+      magnitude=magnitude,
     )
 
 
@@ -229,11 +231,11 @@ def test_validation():
   with pytest.raises(ValueError, match="fake_features must be finite"):
     metrics.precision_recall(good, np.full((10, 3), np.nan))
   with pytest.raises(
-      ValueError, match=r"k must be smaller than the number of samples in real_features \(10"
+    ValueError, match=r"k must be smaller than the number of samples in real_features \(10"
   ):
     metrics.density_coverage(good, good, k=10)
   with pytest.raises(
-      ValueError, match=r"k must be smaller than the number of samples in fake_features \(3: the"
+    ValueError, match=r"k must be smaller than the number of samples in fake_features \(3: the"
   ):
     metrics.precision_recall(good, np.zeros((3, 3)), k=3)
   with pytest.raises(ValueError, match=r"fake_features must not|fake_features needs at least 1"):

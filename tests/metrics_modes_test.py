@@ -84,7 +84,7 @@ def test_uneven_histograms_match_scipy(name, num_modes, sigma, seed):
   assert result["modes"] == np.count_nonzero(counts)
   assert result["reverse_kl"] == pytest.approx(kl_to_uniform(counts), rel=1e-10, abs=1e-12)
   assert result["reverse_kl"] == pytest.approx(
-      math.log(num_modes) - scipy.stats.entropy(counts), rel=1e-10, abs=1e-12
+    math.log(num_modes) - scipy.stats.entropy(counts), rel=1e-10, abs=1e-12
   )
 
 
@@ -209,19 +209,19 @@ def test_accepts_lists_and_float32():
   result = metrics.mode_coverage([[0.0, 0.0], [1.0, 0.0]], [[0.0, 0.0], [5.0, 5.0]], 0.1)
   assert result["modes"] == 1 and result["hq_fraction"] == 0.5
   result = metrics.mode_coverage(
-      np.zeros((3, 2), np.float32), np.zeros((1, 2), np.float32), np.float32(0.1)
+    np.zeros((3, 2), np.float32), np.zeros((1, 2), np.float32), np.float32(0.1)
   )
   assert result["modes"] == 1 and result["reverse_kl"] == 0.0
 
 
 @pytest.mark.parametrize(
-    "samples,match",
-    [
-        (np.zeros((5, 3)), r"samples must have shape \(num_samples, 2\), got shape \(5, 3\)"),
-        (np.zeros(10), r"samples must have shape .*got shape \(10,\)"),
-        (np.zeros((2, 5, 2)), r"got shape \(2, 5, 2\)"),
-        (np.zeros((0, 2)), r"samples must not be empty, got shape \(0, 2\)"),
-    ],
+  "samples,match",
+  [
+    (np.zeros((5, 3)), r"samples must have shape \(num_samples, 2\), got shape \(5, 3\)"),
+    (np.zeros(10), r"samples must have shape .*got shape \(10,\)"),
+    (np.zeros((2, 5, 2)), r"got shape \(2, 5, 2\)"),
+    (np.zeros((0, 2)), r"samples must not be empty, got shape \(0, 2\)"),
+  ],
 )
 def test_bad_sample_shapes_raise(samples, match):
   with pytest.raises(ValueError, match=match):

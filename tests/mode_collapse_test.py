@@ -17,14 +17,14 @@ from ganjax.models import blocks, mlp
 from ganjax.systems import gan
 
 METHODS = (
-    "gan",
-    "pacgan2",
-    "pacgan3",
-    "pacgan4",
-    "unrolled5",
-    "minibatch_discrimination",
-    "mbstd",
-    "wgan_gp",
+  "gan",
+  "pacgan2",
+  "pacgan3",
+  "pacgan4",
+  "unrolled5",
+  "minibatch_discrimination",
+  "mbstd",
+  "wgan_gp",
 )
 
 
@@ -37,15 +37,15 @@ def _count(tree) -> int:
 
 
 @pytest.mark.parametrize(
-    "shape, pack", [((6, 3), 1), ((6, 3), 2), ((6, 3), 3), ((4, 5, 3, 2), 2), ((6, 2, 2, 1), 3)]
+  "shape, pack", [((6, 3), 1), ((6, 3), 2), ((6, 3), 3), ((4, 5, 3, 2), 2), ((6, 2, 2, 1), 3)]
 )
 def test_pack_samples_concatenates_consecutive_rows(shape, pack):
   x = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
   expected = np.stack(
-      [
-          np.concatenate([x[i * pack + j] for j in range(pack)], axis=-1)
-          for i in range(shape[0] // pack)
-      ]
+    [
+      np.concatenate([x[i * pack + j] for j in range(pack)], axis=-1)
+      for i in range(shape[0] // pack)
+    ]
   )
   got = np.asarray(blocks.pack_samples(jnp.asarray(x), pack))
   assert got.shape == (shape[0] // pack, *shape[1:-1], pack * shape[-1])
@@ -91,17 +91,17 @@ def test_pack_is_validated_against_batch_size_and_devices():
 
 
 @pytest.mark.parametrize(
-    "minibatch, extra",
-    [("none", 0), ("minibatch_discrimination", 16 * 3 * 2 + 3), ("mbstd", 1)],
+  "minibatch, extra",
+  [("none", 0), ("minibatch_discrimination", 16 * 3 * 2 + 3), ("mbstd", 1)],
 )
 def test_mlp_discriminator_minibatch_options(minibatch, extra):
   d = mlp.Discriminator(
-      hidden=(16,),
-      dropout=0.0,
-      minibatch=minibatch,
-      minibatch_kernels=3,
-      minibatch_kernel_dim=2,
-      mbstd_group_size=4,
+    hidden=(16,),
+    dropout=0.0,
+    minibatch=minibatch,
+    minibatch_kernels=3,
+    minibatch_kernel_dim=2,
+    mbstd_group_size=4,
   )
   x = jax.random.normal(jax.random.key(0), (8, 2))
   variables = d.init(jax.random.key(1), x[:2], train=False)
@@ -113,8 +113,10 @@ def test_mlp_discriminator_minibatch_options(minibatch, extra):
     other = d.apply(variables, x.at[1:].multiply(3.0), train=True)
     # By far more than the round-off of a forward pass (at the size of the logit, plus 1).
     tolerances.assert_differ_beyond_roundoff(
-        logits[0], other[0], length=tolerances.summed_fan_in(variables["params"]),
-        magnitude=abs(float(logits[0])) + 1.0,
+      logits[0],
+      other[0],
+      length=tolerances.summed_fan_in(variables["params"]),
+      magnitude=abs(float(logits[0])) + 1.0,
     )
 
 
@@ -136,13 +138,13 @@ def test_gaussian_mixture_config_methods(method):
   gan.validate_config(full)
   assert full.eval_num_samples == 2500 and 0 < full.eval_every_steps < full.num_train_steps
   expected = {
-      "pacgan2": ("model.pack", 2),
-      "pacgan3": ("model.pack", 3),
-      "pacgan4": ("model.pack", 4),
-      "unrolled5": ("unrolled_steps", 5),
-      "minibatch_discrimination": ("model.discriminator.minibatch", method),
-      "mbstd": ("model.discriminator.minibatch", method),
-      "wgan_gp": ("loss.name", "wgan_gp"),
+    "pacgan2": ("model.pack", 2),
+    "pacgan3": ("model.pack", 3),
+    "pacgan4": ("model.pack", 4),
+    "unrolled5": ("unrolled_steps", 5),
+    "minibatch_discrimination": ("model.discriminator.minibatch", method),
+    "mbstd": ("model.discriminator.minibatch", method),
+    "wgan_gp": ("loss.name", "wgan_gp"),
   }
   if method in expected:
     key, value = expected[method]
@@ -153,7 +155,7 @@ def test_gaussian_mixture_config_methods(method):
   if method == "wgan_gp":
     assert full.n_critic == 5
     assert full.optim.d.to_dict() == dict(
-        name="adam", learning_rate=1e-3, b1=0.5, b2=0.9, schedule="linear"
+      name="adam", learning_rate=1e-3, b1=0.5, b2=0.9, schedule="linear"
     )
     assert full.optim.g.to_dict() == full.optim.d.to_dict()
   assert full.batch_size % full.model.pack == 0
@@ -190,7 +192,7 @@ def test_gaussian_mixture_default_method_is_gan():
 def test_packed_unrolled_step_on_8_devices_equals_1_device():
   shape, latent = (2,), 2
   generator = mlp.Generator(
-      image_shape=shape, hidden=(8,), batch_norm=False, output_activation="linear"
+    image_shape=shape, hidden=(8,), batch_norm=False, output_activation="linear"
   )
   discriminator = blocks.Packed(mlp.Discriminator(hidden=(8,), dropout=0.0), pack=2)
   images = np.random.RandomState(0).normal(size=(16, *shape)).astype(np.float32)
@@ -198,25 +200,25 @@ def test_packed_unrolled_step_on_8_devices_equals_1_device():
   def run(mode, num_devices):
     mesh = parallel.make_mesh(num_devices)
     init = functools.partial(
-        state.create_gan_state,
-        generator=generator,
-        discriminator=discriminator,
-        latent_dim=latent,
-        element_shape=shape,
-        generator_optimizer=optax.sgd(0.1),
-        discriminator_optimizer=optax.sgd(0.1),
+      state.create_gan_state,
+      generator=generator,
+      discriminator=discriminator,
+      latent_dim=latent,
+      element_shape=shape,
+      generator_optimizer=optax.sgd(0.1),
+      discriminator_optimizer=optax.sgd(0.1),
     )
     s = jax.jit(init, out_shardings=parallel.replicated(mesh))(jax.random.key(0))
     initial = jax.device_get(s)
     step = parallel.compile_step(
-        functools.partial(
-            steps.train_step,
-            objective=losses.non_saturating,
-            latent_dim=latent,
-            unrolled_steps=2,
-        ),
-        mesh,
-        mode,
+      functools.partial(
+        steps.train_step,
+        objective=losses.non_saturating,
+        latent_dim=latent,
+        unrolled_steps=2,
+      ),
+      mesh,
+      mode,
     )
     batch = parallel.host_batch_to_global({"image": images}, mesh)
     for _ in range(2):
@@ -237,22 +239,26 @@ def test_packed_unrolled_step_on_8_devices_equals_1_device():
     for name in ("generator", "discriminator"):
       tolerances.assert_bitwise_equal(getattr(other, name).step, getattr(one, name).step)
       tolerances.assert_updates_close(
-          getattr(other, name).params, getattr(one, name).params,
-          getattr(initial, name).params, steps=2, length=length, err_msg=f"{mode} {name}",
+        getattr(other, name).params,
+        getattr(one, name).params,
+        getattr(initial, name).params,
+        steps=2,
+        length=length,
+        err_msg=f"{mode} {name}",
       )
     tolerances.assert_updates_close(
-        other.ema_params, one.ema_params, initial.ema_params, steps=2, length=length
+      other.ema_params, one.ema_params, initial.ema_params, steps=2, length=length
     )
     # The losses are O(1) functions of D's logits (the largest metric sets their scale); a
     # gradient norm also sums the squares of every gradient entry.
     for key, value in one_metrics.items():
       if key.endswith("grad_norm"):
         tolerances.assert_float32_close(
-            other_metrics[key], value, length=length + num_params, err_msg=key
+          other_metrics[key], value, length=length + num_params, err_msg=key
         )
       else:
         tolerances.assert_float32_close(
-            other_metrics[key], value, length=length, magnitude=scale, err_msg=key
+          other_metrics[key], value, length=length, magnitude=scale, err_msg=key
         )
 
 
@@ -280,7 +286,7 @@ def test_unrolled_step_through_maxout_d_has_finite_generator_gradients(eps_root,
   networks = gan.build_networks(config, (2,), None)
   s = gan.create_state(config, networks, mesh)
   step = parallel.compile_step(
-      steps.make_train_step(config, gan.get_objective(config)), mesh, config.parallel.mode
+    steps.make_train_step(config, gan.get_objective(config)), mesh, config.parallel.mode
   )
   rng = np.random.default_rng(0)
   real = rng.normal(size=(config.batch_size, 2)).astype(np.float32)

@@ -33,13 +33,13 @@ def _decompose_all(x, num_levels):
 
 
 @pytest.mark.parametrize(
-    "shape, num_levels, sizes",
-    [
-        ((3, 28, 28, 1), 2, [28, 14, 7]),
-        ((2, 32, 32, 3), 2, [32, 16, 8]),
-        ((2, 32, 32, 3), 3, [32, 16, 8, 4]),
-        ((2, 16, 24, 2), 3, [(16, 24), (8, 12), (4, 6), (2, 3)]),
-    ],
+  "shape, num_levels, sizes",
+  [
+    ((3, 28, 28, 1), 2, [28, 14, 7]),
+    ((2, 32, 32, 3), 2, [32, 16, 8]),
+    ((2, 32, 32, 3), 3, [32, 16, 8, 4]),
+    ((2, 16, 24, 2), 3, [(16, 24), (8, 12), (4, 6), (2, 3)]),
+  ],
 )
 def test_pyramid_decomposes_and_reconstructs_exactly(shape, num_levels, sizes):
   x = _images(shape)
@@ -49,9 +49,7 @@ def test_pyramid_decomposes_and_reconstructs_exactly(shape, num_levels, sizes):
     size = size if isinstance(size, tuple) else (size, size)
     assert level.shape == (shape[0], *size, shape[3])
   # Images in [-1, 1): every level's round-off, at that scale.
-  tolerances.assert_float32_close(
-      reconstructed, x, length=num_levels * LEVEL_LENGTH, magnitude=1.0
-  )
+  tolerances.assert_float32_close(reconstructed, x, length=num_levels * LEVEL_LENGTH, magnitude=1.0)
   # The coarsest level is the Gaussian pyramid's top; a band is what u(coarser) misses.
   np.testing.assert_array_equal(pyramid[-1], top)
   tolerances.assert_float32_close(finest, x, length=LEVEL_LENGTH, magnitude=1.0)
@@ -68,7 +66,7 @@ def test_pyramid_operators():
   down, up, bands = operators(x, jnp.full((1, 8, 8, 3), 0.25))
   x64 = np.asarray(x, np.float64)
   tolerances.assert_float32_close(  # The mean of 4 values in [-1, 1).
-      down[0, 0, 0, 0], x64[0, :2, :2, 0].mean(), length=4, magnitude=1.0
+    down[0, 0, 0, 0], x64[0, :2, :2, 0].mean(), length=4, magnitude=1.0
   )
   assert up.shape == x.shape
   # A constant image has no band-pass content: d and u both preserve constants, u up to the
@@ -80,12 +78,12 @@ def test_pyramid_operators():
 
 
 @pytest.mark.parametrize(
-    "size, num_levels, message",
-    [
-        (28, 3, "28x28 image does not halve evenly 3 times: level 2 is 7x7.*1..2"),
-        (30, 2, "30x30 image does not halve evenly 2 times.*1..1"),
-        (7, 1, "7x7 image does not halve evenly 1 times.*none"),
-    ],
+  "size, num_levels, message",
+  [
+    (28, 3, "28x28 image does not halve evenly 3 times: level 2 is 7x7.*1..2"),
+    (30, 2, "30x30 image does not halve evenly 2 times.*1..1"),
+    (7, 1, "7x7 image does not halve evenly 1 times.*none"),
+  ],
 )
 def test_pyramid_sizes_that_do_not_halve_raise(size, num_levels, message):
   with pytest.raises(ValueError, match=message):
@@ -105,9 +103,7 @@ def test_bad_level_counts_and_inputs_raise():
 
 def test_latent_layout_and_chain_invert_the_pyramid():
   shape, num_levels, latent_dim = (28, 28, 1), 2, 100
-  assert lapgan.latent_shapes(shape, num_levels, latent_dim) == [
-      (100,), (14, 14, 1), (28, 28, 1)
-  ]
+  assert lapgan.latent_shapes(shape, num_levels, latent_dim) == [(100,), (14, 14, 1), (28, 28, 1)]
   assert lapgan.latent_size(shape, num_levels, latent_dim) == 100 + 14 * 14 + 28 * 28
   z = _images((2, 1080))
   coarse = _images((2, 7, 7, 1), seed=1)
@@ -157,11 +153,11 @@ def test_coarse_networks_shapes_and_parameter_counts():
   labels = jnp.array([0, 1, 2])
   g10 = lapgan.CoarseGenerator(image_shape=(7, 7, 1), hidden=(256, 256), num_classes=10)
   assert parameter_count(_shapes(g10, z, labels)[0]) == (
-      (110 * 256 + 256) + (256 * 256 + 256) + (256 * 49 + 49)
+    (110 * 256 + 256) + (256 * 256 + 256) + (256 * 49 + 49)
   )
   d10 = lapgan.CoarseDiscriminator(hidden=(256, 256), num_classes=10)
   assert parameter_count(_shapes(d10, x, labels)[0]) == (
-      (59 * 256 + 256) + (256 * 256 + 256) + (256 + 1)
+    (59 * 256 + 256) + (256 * 256 + 256) + (256 + 1)
   )
 
 

@@ -11,9 +11,7 @@ from ganjax.state import parameter_count
 
 
 def _params(module, shape):
-  variables = jax.eval_shape(
-      lambda: module.init(jax.random.key(0), jnp.zeros(shape), train=False)
-  )
+  variables = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(shape), train=False))
   return variables["params"]
 
 
@@ -50,11 +48,11 @@ def test_generator_shapes(scale):
   # Shapes only (jax.eval_shape: nothing is compiled); tests/srgan_test.py runs the networks.
   g = srgan.Generator(scale=scale, features=8, num_blocks=2)
   variables = jax.eval_shape(
-      lambda: g.init(jax.random.key(0), jnp.zeros((1, 6, 9, 3)), train=False)
+    lambda: g.init(jax.random.key(0), jnp.zeros((1, 6, 9, 3)), train=False)
   )
   out, updates = jax.eval_shape(
-      lambda v: g.apply(v, jnp.zeros((2, 5, 7, 3)), train=True, mutable=["batch_stats"]),
-      variables,
+    lambda v: g.apply(v, jnp.zeros((2, 5, 7, 3)), train=True, mutable=["batch_stats"]),
+    variables,
   )
   assert out.shape == (2, 5 * scale, 7 * scale, 3)
   assert "batch_stats" in updates
@@ -70,11 +68,13 @@ def test_paper_generator_parameter_count():
   prelu = f  # one slope per channel
   bn = 2 * f  # scale and offset
   expected = (
-      _conv(9, c, f) + prelu  # input layer
-      + blocks * (2 * (_conv(3, f, f) + bn) + prelu)  # residual blocks
-      + _conv(3, f, f) + bn  # after the blocks, before the long skip
-      + 2 * (_conv(3, f, 4 * f) + prelu)  # two x2 sub-pixel stages for x4
-      + _conv(9, f, c)  # output layer
+    _conv(9, c, f)
+    + prelu  # input layer
+    + blocks * (2 * (_conv(3, f, f) + bn) + prelu)  # residual blocks
+    + _conv(3, f, f)
+    + bn  # after the blocks, before the long skip
+    + 2 * (_conv(3, f, 4 * f) + prelu)  # two x2 sub-pixel stages for x4
+    + _conv(9, f, c)  # output layer
   )
   assert expected == 1_550_659  # 15,616 + 64 + 16 * 74,176 + 37,056 + 2 * 147,776 + 15,555
   params = _params(srgan.Generator(scale=4), (1, 24, 24, 3))
@@ -96,6 +96,6 @@ def test_tiny_discriminator_logits():
   x = jnp.zeros((3, 32, 48, 3))
   variables = jax.eval_shape(lambda: d.init(jax.random.key(0), x, train=False))
   logits, _ = jax.eval_shape(
-      lambda v: d.apply(v, x, train=True, mutable=["batch_stats"]), variables
+    lambda v: d.apply(v, x, train=True, mutable=["batch_stats"]), variables
   )
   assert logits.shape == (3,)

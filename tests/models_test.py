@@ -31,17 +31,17 @@ class Case(NamedTuple):
 # Every architecture at every supported resolution / channel count. A new module in ganjax/models
 # must add its cases here (test_every_model_is_covered enforces it).
 CASES = [
-    Case("mlp", (28, 28, 1), dict(hidden=(16, 16)), dict(hidden=(16, 16)), True),
-    Case("mlp", (2,), dict(hidden=(16,), output_activation="linear"), dict(hidden=(16,)), True),
-    Case("dcgan", (28, 28, 1), dict(width=8), dict(width=8), True),  # Tutorial: dropout 0.3.
-    Case("dcgan", (32, 32, 3), dict(width=8), dict(width=8), False),  # Radford: no dropout.
-    Case("dcgan", (64, 64, 3), dict(width=8), dict(width=8, dropout=0.25), True),
-    # SNGAN ResNet / standard CNN: spectral norm (power-iteration state) in D, BatchNorm in G.
-    Case("resnet", (32, 32, 3), dict(width=8), dict(width=8), False),
-    Case("resnet", (48, 48, 3), dict(width=2), dict(width=2), False),
-    Case("resnet", (64, 64, 1), dict(width=2), dict(width=2), False),
-    Case("sndcgan", (32, 32, 3), dict(width=4), dict(width=4), False),
-    Case("sndcgan", (48, 48, 3), dict(width=4), dict(width=4), False),
+  Case("mlp", (28, 28, 1), dict(hidden=(16, 16)), dict(hidden=(16, 16)), True),
+  Case("mlp", (2,), dict(hidden=(16,), output_activation="linear"), dict(hidden=(16,)), True),
+  Case("dcgan", (28, 28, 1), dict(width=8), dict(width=8), True),  # Tutorial: dropout 0.3.
+  Case("dcgan", (32, 32, 3), dict(width=8), dict(width=8), False),  # Radford: no dropout.
+  Case("dcgan", (64, 64, 3), dict(width=8), dict(width=8, dropout=0.25), True),
+  # SNGAN ResNet / standard CNN: spectral norm (power-iteration state) in D, BatchNorm in G.
+  Case("resnet", (32, 32, 3), dict(width=8), dict(width=8), False),
+  Case("resnet", (48, 48, 3), dict(width=2), dict(width=2), False),
+  Case("resnet", (64, 64, 1), dict(width=2), dict(width=2), False),
+  Case("sndcgan", (32, 32, 3), dict(width=4), dict(width=4), False),
+  Case("sndcgan", (48, 48, 3), dict(width=4), dict(width=4), False),
 ]
 CASE_IDS = [f"{c.name}-{'x'.join(map(str, c.shape))}" for c in CASES]
 DCGAN_64 = CASE_IDS.index("dcgan-64x64x3")
@@ -54,12 +54,12 @@ def _num(tree) -> int:
 def _run(net, variables, inputs, labels=None, *, train, dropout_seed=0):
   """Applies a network the way the training step does; returns (output, new batch_stats)."""
   out, updates = net.apply(
-      variables,
-      inputs,
-      labels,
-      train=train,
-      rngs={"dropout": jax.random.key(dropout_seed)},
-      mutable=["batch_stats"],
+    variables,
+    inputs,
+    labels,
+    train=train,
+    rngs={"dropout": jax.random.key(dropout_seed)},
+    mutable=["batch_stats"],
   )
   return out, updates.get("batch_stats", {})
 
@@ -69,7 +69,7 @@ def _networks(index: int):
   case = CASES[index]
   module = models.get_model_module(case.name)
   return module.Generator(image_shape=case.shape, **case.g_kwargs), module.Discriminator(
-      **case.d_kwargs
+    **case.d_kwargs
   )
 
 
@@ -175,10 +175,10 @@ def _abstract_counts(generator, discriminator, shape, latent_dim):
   logits = jax.eval_shape(lambda v, x: discriminator.apply(v, x, train=False), d_vars, x)
   assert fake.shape == (2, *shape) and logits.shape == (2,)
   return (
-      _num(g_vars["params"]),
-      _num(g_vars.get("batch_stats", {})),
-      _num(d_vars["params"]),
-      _num(d_vars.get("batch_stats", {})),
+    _num(g_vars["params"]),
+    _num(g_vars.get("batch_stats", {})),
+    _num(d_vars["params"]),
+    _num(d_vars.get("batch_stats", {})),
   )
 
 
@@ -188,10 +188,10 @@ def test_mlp_seed_parameter_counts():
   # Dense layers are (in * out + out); each generator BatchNorm adds a scale and an offset
   # (2 * out parameters) and a running mean and variance (2 * out statistics).
   g_params = (
-      (64 * 256 + 256 + 2 * 256)
-      + (256 * 512 + 512 + 2 * 512)
-      + (512 * 1024 + 1024 + 2 * 1024)
-      + (1024 * 784 + 784)
+    (64 * 256 + 256 + 2 * 256)
+    + (256 * 512 + 512 + 2 * 512)
+    + (512 * 1024 + 1024 + 2 * 1024)
+    + (1024 * 784 + 784)
   )
   g_stats = 2 * (256 + 512 + 1024)
   d_params = (784 * 512 + 512) + (512 * 256 + 256) + (256 * 128 + 128) + (128 * 1 + 1)
@@ -200,7 +200,7 @@ def test_mlp_seed_parameter_counts():
 
 def test_mlp_for_2d_points():
   generator = mlp.Generator(
-      image_shape=(2,), hidden=(400, 400), batch_norm=False, output_activation="linear"
+    image_shape=(2,), hidden=(400, 400), batch_norm=False, output_activation="linear"
   )
   counts = _abstract_counts(generator, mlp.Discriminator(hidden=(200,), dropout=0.0), (2,), 2)
   g_params = (2 * 400 + 400) + (400 * 400 + 400) + (400 * 2 + 2)
@@ -211,7 +211,7 @@ def test_mlp_for_2d_points():
 def test_mlp_maxout_discriminator():
   # The PacGAN/VEEGAN 2-D discriminator: 3 x 200 maxout units of 5 pieces, N(0, 0.02) kernels.
   discriminator = mlp.Discriminator(
-      hidden=(200, 200, 200), dropout=0.0, maxout_pieces=5, kernel_init_std=0.02
+    hidden=(200, 200, 200), dropout=0.0, maxout_pieces=5, kernel_init_std=0.02
   )
   counts = _abstract_counts(mlp.Generator(image_shape=(2,), hidden=(8,)), discriminator, (2,), 2)
   assert counts[2] == (2 * 1000 + 1000) + 2 * (200 * 1000 + 1000) + (200 + 1)
@@ -225,14 +225,14 @@ def test_mlp_maxout_discriminator():
   expected = (hidden @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"])[:, 0]
   # Round-off of both layers' fan-ins and biases, at the scale of the absolute terms: the pieces'
   # sums |x| |W0| + |b0| bound |hidden| and its error, then through |W1|.
-  pieces = (np.abs(x64) @ np.abs(p["Dense_0"]["kernel"]) + np.abs(p["Dense_0"]["bias"]))
+  pieces = np.abs(x64) @ np.abs(p["Dense_0"]["kernel"]) + np.abs(p["Dense_0"]["bias"])
   hidden_abs = pieces.reshape(5, 3, 4).max(-1)
   magnitude = np.max(hidden_abs @ np.abs(p["Dense_1"]["kernel"]) + np.abs(p["Dense_1"]["bias"]))
   tolerances.assert_float32_close(
-      small.apply(variables, x, train=False),
-      expected,
-      length=tolerances.summed_fan_in(p) + 2,
-      magnitude=magnitude,
+    small.apply(variables, x, train=False),
+    expected,
+    length=tolerances.summed_fan_in(p) + 2,
+    magnitude=magnitude,
   )
   # N(0, 0.5^2) kernels (not the default LeCun 1 / sqrt(2) = 0.71): 2,000 draws of a wider layer,
   # their std within 5 standard errors.
@@ -255,10 +255,10 @@ def test_dcgan_28_seed_parameter_counts():
   generator = dcgan.Generator(image_shape=(28, 28, c), width=w)
   counts = _abstract_counts(generator, dcgan.Discriminator(width=w), (28, 28, c), nz)
   g_params = (
-      (nz * 7 * 7 * 4 * w + 2 * 7 * 7 * 4 * w)  # Dense (no bias) + BN
-      + (25 * 4 * w * 2 * w + 2 * 2 * w)  # ConvT 5x5 s1 (no bias) + BN
-      + (25 * 2 * w * w + 2 * w)  # ConvT 5x5 s2 (no bias) + BN
-      + (25 * w * c)  # ConvT 5x5 s2 to C channels (no bias)
+    (nz * 7 * 7 * 4 * w + 2 * 7 * 7 * 4 * w)  # Dense (no bias) + BN
+    + (25 * 4 * w * 2 * w + 2 * 2 * w)  # ConvT 5x5 s1 (no bias) + BN
+    + (25 * 2 * w * w + 2 * w)  # ConvT 5x5 s2 (no bias) + BN
+    + (25 * w * c)  # ConvT 5x5 s2 to C channels (no bias)
   )
   g_stats = 2 * (7 * 7 * 4 * w + 2 * w + w)
   d_params = (25 * c * w + w) + (25 * w * 2 * w + 2 * w) + (7 * 7 * 2 * w * 1 + 1)
@@ -330,16 +330,16 @@ def test_variance_scaling_initialisers():
 
 
 @pytest.mark.parametrize(
-    "size, kernel, stride, padding, expected",
-    [
-        (7, 5, 1, "SAME", 7),
-        (7, 5, 2, "SAME", 14),
-        (14, 5, 2, "SAME", 28),
-        (1, 4, 1, "VALID", 4),
-        (4, 4, 2, "SAME", 8),
-        (16, 4, 2, "SAME", 32),
-        (32, 4, 2, "SAME", 64),
-    ],
+  "size, kernel, stride, padding, expected",
+  [
+    (7, 5, 1, "SAME", 7),
+    (7, 5, 2, "SAME", 14),
+    (14, 5, 2, "SAME", 28),
+    (1, 4, 1, "VALID", 4),
+    (4, 4, 2, "SAME", 8),
+    (16, 4, 2, "SAME", 32),
+    (32, 4, 2, "SAME", 64),
+  ],
 )
 def test_conv_transpose_sizes(size, kernel, stride, padding, expected):
   class Up(nn.Module):

@@ -47,10 +47,14 @@ def _decoder_count(shape, w, latent):
   size, channels = shape[0], shape[-1]
   if size == 28:
     return (
-        latent * 196 * w + 2 * 196 * w  # Dense (no bias) + BN.
-        + 25 * 4 * w * 2 * w + 2 * 2 * w  # 5x5 4w -> 2w + BN.
-        + 25 * 2 * w * w + 2 * w  # 5x5 2w -> w + BN.
-        + 25 * w * channels + channels  # 5x5 w -> C, with bias.
+      latent * 196 * w
+      + 2 * 196 * w  # Dense (no bias) + BN.
+      + 25 * 4 * w * 2 * w
+      + 2 * 2 * w  # 5x5 4w -> 2w + BN.
+      + 25 * 2 * w * w
+      + 2 * w  # 5x5 2w -> w + BN.
+      + 25 * w * channels
+      + channels  # 5x5 w -> C, with bias.
     )
   stages = dcgan.radford_channels(size, w)  # ..., 2w, w.
   total, previous = 0, latent
@@ -71,22 +75,26 @@ def test_shapes_and_parameter_counts(shape):
   # The decoder is the DCGAN generator of the same width with an output bias.
   generator = dcgan.Generator(image_shape=shape, width=w)
   g_params = jax.eval_shape(
-      lambda: generator.init(jax.random.key(0), jnp.zeros((2, latent)), train=False)
+    lambda: generator.init(jax.random.key(0), jnp.zeros((2, latent)), train=False)
   )["params"]
   assert _count(params["decoder"]) == _count(g_params) + shape[-1]
 
   x = jax.ShapeDtypeStruct((batch, *shape), jnp.float32)
   noise = jax.ShapeDtypeStruct((batch, latent), jnp.float32)
   (output, mean, logvar), _ = jax.eval_shape(
-      lambda v, x, n: model.apply(v, x, n, train=True, mutable=["batch_stats"]),
-      variables, x, noise,
+    lambda v, x, n: model.apply(v, x, n, train=True, mutable=["batch_stats"]),
+    variables,
+    x,
+    noise,
   )
   assert output.shape == (batch, *shape) and mean.shape == logvar.shape == (batch, latent)
-  generate = jax.eval_shape(lambda v, z: model.apply(v, z, method=vae.VAE.generate),
-                            variables, noise)
+  generate = jax.eval_shape(
+    lambda v, z: model.apply(v, z, method=vae.VAE.generate), variables, noise
+  )
   assert generate.shape == (batch, *shape)
-  reconstruct = jax.eval_shape(lambda v, x: model.apply(v, x, method=vae.VAE.reconstruct),
-                               variables, x)
+  reconstruct = jax.eval_shape(
+    lambda v, x: model.apply(v, x, method=vae.VAE.reconstruct), variables, x
+  )
   assert reconstruct.shape == (batch, *shape)
 
 
@@ -94,9 +102,7 @@ def test_generated_images_are_in_range():
   model = vae.build((28, 28, 1), 5, encoder={"width": 2}, decoder={"width": 2})
   z = 10 * np.random.default_rng(1).normal(size=(4, 5)).astype(np.float32)
   # One compilation: initialise, then decode far-out latents.
-  images = jax.jit(
-      lambda z: model.apply(_init(model, (28, 28, 1)), z, method=vae.VAE.generate)
-  )(z)
+  images = jax.jit(lambda z: model.apply(_init(model, (28, 28, 1)), z, method=vae.VAE.generate))(z)
   assert images.shape == (4, 28, 28, 1)
   assert float(jnp.min(images)) >= -1 and float(jnp.max(images)) <= 1
 
@@ -139,22 +145,22 @@ def test_gaussian_kl_closed_form():
   logvar = jnp.array([[0.0, 0.0], [0.0, 0.0], [math.log(4.0), math.log(0.25)]])
   kl = np.asarray(vae.gaussian_kl(mean, logvar))
   assert kl.shape == (3,)
+
   # KL(N(mu, s^2) || N(0, 1)) = log(1/s) + (s^2 + mu^2) / 2 - 1/2 per dimension.
   def one(mu, s):
     return math.log(1 / s) + (s * s + mu * mu) / 2 - 0.5
 
   expected = np.array([0.0, 0.5 + 2.0, one(0.5, 2.0) + one(0.3, 0.5)])
-  tolerances.assert_float32_close(
-      kl, expected, length=2 * 5, magnitude=_kl_magnitude(mean, logvar)
-  )
+  tolerances.assert_float32_close(kl, expected, length=2 * 5, magnitude=_kl_magnitude(mean, logvar))
 
 
 def test_gaussian_kl_against_quadrature_and_monte_carlo():
   mu, s = 0.7, 0.6
   # Numerical integral of q log(q / p) for one dimension.
   quad, quad_error = integrate.quad(
-      lambda z: stats.norm.pdf(z, mu, s) * (stats.norm.logpdf(z, mu, s) - stats.norm.logpdf(z)),
-      -12, 12,
+    lambda z: stats.norm.pdf(z, mu, s) * (stats.norm.logpdf(z, mu, s) - stats.norm.logpdf(z)),
+    -12,
+    12,
   )
   closed = float(vae.gaussian_kl(jnp.array([[mu]]), jnp.array([[2 * math.log(s)]]))[0])
   # float32 round-off of one dimension's closed form, plus quad's own error estimate.
@@ -163,11 +169,13 @@ def test_gaussian_kl_against_quadrature_and_monte_carlo():
   # Monte Carlo over 3 dimensions with samples of the reparameterized posterior.
   mean = jnp.array([0.7, -1.2, 0.1])
   logvar = jnp.array([2 * math.log(0.6), 0.5, -1.0])
-  z = vae.reparameterize(jax.random.key(3), jnp.tile(mean, (200_000, 1)),
-                         jnp.tile(logvar, (200_000, 1)))
+  z = vae.reparameterize(
+    jax.random.key(3), jnp.tile(mean, (200_000, 1)), jnp.tile(logvar, (200_000, 1))
+  )
   std = np.exp(0.5 * np.asarray(logvar))
   log_ratio = stats.norm.logpdf(np.asarray(z), np.asarray(mean), std) - stats.norm.logpdf(
-      np.asarray(z))
+    np.asarray(z)
+  )
   per_draw = log_ratio.sum(axis=1)
   estimate = per_draw.mean()
   closed = float(vae.gaussian_kl(mean[None], logvar[None])[0])
@@ -195,7 +203,7 @@ def test_reparameterize_statistics_and_gradients():
   np.testing.assert_array_equal(dz_dm, [1.0])
   # exp(lv / 2) eps / 2 against (draw - m) / 2, whose draw was rounded at the scale of |draw|.
   tolerances.assert_float32_close(
-      dz_dlv, (np.float64(draw[0]) - 0.3) / 2, length=3, magnitude=abs(float(draw[0])) + 0.3
+    dz_dlv, (np.float64(draw[0]) - 0.3) / 2, length=3, magnitude=abs(float(draw[0])) + 0.3
   )
 
 
@@ -225,10 +233,10 @@ def test_bernoulli_nll_against_scipy_and_by_hand():
   # log(1 + exp(100)) overflows to inf).
   big = jnp.array([[100.0, -100.0]])
   tolerances.assert_float32_close(
-      vae.reconstruction_nll(big, jnp.array([[1.0, -1.0]])),
-      np.zeros(1),
-      length=2 * 4,
-      magnitude=100.0,
+    vae.reconstruction_nll(big, jnp.array([[1.0, -1.0]])),
+    np.zeros(1),
+    length=2 * 4,
+    magnitude=100.0,
   )
 
 
@@ -236,8 +244,9 @@ def test_gaussian_nll_against_scipy():
   rng = np.random.default_rng(1)
   means = rng.uniform(0, 1, size=(2, 3, 3, 2)).astype(np.float32)
   images = rng.uniform(-1, 1, size=(2, 3, 3, 2)).astype(np.float32)
-  nll = np.asarray(vae.reconstruction_nll(jnp.asarray(means), jnp.asarray(images), "gaussian",
-                                          gaussian_std=0.2))
+  nll = np.asarray(
+    vae.reconstruction_nll(jnp.asarray(means), jnp.asarray(images), "gaussian", gaussian_std=0.2)
+  )
   t = (images.astype(np.float64) + 1) / 2
   expected = -stats.norm.logpdf(t, means, 0.2).reshape(2, -1).sum(axis=1)
   # 18 pixels of 0.5 ((t - m) / s)^2 + log s + log(2 pi) / 2, six operations each.
@@ -258,16 +267,16 @@ def test_elbo_terms_and_beta_loss():
   # five; the loss adds them, scales the KL by beta and averages two examples.
   recon, kl = 2 * math.log(2), _kl_magnitude(mean, logvar)
   tolerances.assert_float32_close(
-      terms["reconstruction"], np.full(2, 2 * math.log(2)), length=2 * 4, magnitude=recon
+    terms["reconstruction"], np.full(2, 2 * math.log(2)), length=2 * 4, magnitude=recon
   )
   tolerances.assert_float32_close(terms["kl"], np.array([0.0, 2.0]), length=5, magnitude=kl)
   for beta in (1.0, 4.0):
     tolerances.assert_float32_close(
-        vae.loss(terms, beta=beta),
-        2 * math.log(2) + beta,
-        length=2 * 4 + 5 + 3,
-        magnitude=recon + beta * kl,
-        err_msg=f"beta={beta}",
+      vae.loss(terms, beta=beta),
+      2 * math.log(2) + beta,
+      length=2 * 4 + 5 + 3,
+      magnitude=recon + beta * kl,
+      err_msg=f"beta={beta}",
     )
   np.testing.assert_array_equal(vae.loss(terms), vae.loss(terms, beta=1.0))  # The default.
 
@@ -275,12 +284,12 @@ def test_elbo_terms_and_beta_loss():
 def test_decoded_images_are_the_likelihood_means():
   logits = jnp.array([-3.0, 0.0, 2.0])
   tolerances.assert_float32_close(  # tanh(l / 2): a halving and a tanh, in [-1, 1].
-      vae.output_to_images(logits, "bernoulli"),
-      2 / (1 + np.exp(-np.asarray(logits, np.float64))) - 1,
-      length=2,
-      magnitude=1.0,
+    vae.output_to_images(logits, "bernoulli"),
+    2 / (1 + np.exp(-np.asarray(logits, np.float64))) - 1,
+    length=2,
+    magnitude=1.0,
   )
   # clip(2 m - 1, -1, 1): 2 * 0.25 - 1 = -0.5 is exact in float32, the others clip to +-1.
   np.testing.assert_array_equal(
-      vae.output_to_images(jnp.array([-0.1, 0.25, 1.2]), "gaussian"), [-1.0, -0.5, 1.0]
+    vae.output_to_images(jnp.array([-0.1, 0.25, 1.2]), "gaussian"), [-1.0, -0.5, 1.0]
   )

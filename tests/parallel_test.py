@@ -18,23 +18,23 @@ pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulat
 def _run(mode, num_devices, generator, discriminator, shape, latent, images, n_steps=2):
   mesh = parallel.make_mesh(num_devices)
   init = functools.partial(
-      create_gan_state,
-      generator=generator,
-      discriminator=discriminator,
-      latent_dim=latent,
-      element_shape=shape,
-      # SGD: equal gradients give equal params (Adam would amplify float rounding in tiny grads).
-      generator_optimizer=optax.sgd(0.1),
-      discriminator_optimizer=optax.sgd(0.1),
+    create_gan_state,
+    generator=generator,
+    discriminator=discriminator,
+    latent_dim=latent,
+    element_shape=shape,
+    # SGD: equal gradients give equal params (Adam would amplify float rounding in tiny grads).
+    generator_optimizer=optax.sgd(0.1),
+    discriminator_optimizer=optax.sgd(0.1),
   )
   state = jax.jit(init, out_shardings=parallel.replicated(mesh))(jax.random.key(0))
   initial = jax.device_get(state)  # The step donates its input state.
   step = parallel.compile_step(
-      functools.partial(
-          steps.train_step, objective=losses.non_saturating, latent_dim=latent, ema_decay=0.9
-      ),
-      mesh,
-      mode,
+    functools.partial(
+      steps.train_step, objective=losses.non_saturating, latent_dim=latent, ema_decay=0.9
+    ),
+    mesh,
+    mode,
   )
   batch = parallel.host_batch_to_global({"image": images}, mesh)
   for _ in range(n_steps):
@@ -55,12 +55,15 @@ def _assert_runs_close(one, other, reduction, n_steps=2):
     tolerances.assert_bitwise_equal(getattr(other_state, name).step, getattr(state, name).step)
     for field in ("params", "batch_stats", "opt_state"):
       tolerances.assert_updates_close(
-          getattr(getattr(other_state, name), field), getattr(getattr(state, name), field),
-          getattr(getattr(initial, name), field), steps=n_steps, length=length,
-          err_msg=f"{name}.{field}",
+        getattr(getattr(other_state, name), field),
+        getattr(getattr(state, name), field),
+        getattr(getattr(initial, name), field),
+        steps=n_steps,
+        length=length,
+        err_msg=f"{name}.{field}",
       )
   tolerances.assert_updates_close(
-      other_state.ema_params, state.ema_params, initial.ema_params, steps=n_steps, length=length
+    other_state.ema_params, state.ema_params, initial.ema_params, steps=n_steps, length=length
   )
   # The metrics of the last step: the losses and D's outputs are O(1) functions of D's logits (the
   # largest sets their scale); a gradient norm also sums the squares of every gradient entry.
@@ -69,18 +72,18 @@ def _assert_runs_close(one, other, reduction, n_steps=2):
   for key, value in metrics.items():
     if key.endswith("grad_norm"):
       tolerances.assert_float32_close(
-          other_metrics[key], value, length=n_steps * length + num_params, err_msg=key
+        other_metrics[key], value, length=n_steps * length + num_params, err_msg=key
       )
     else:
       tolerances.assert_float32_close(
-          other_metrics[key], value, length=n_steps * length, magnitude=scale, err_msg=key
+        other_metrics[key], value, length=n_steps * length, magnitude=scale, err_msg=key
       )
 
 
 def _mlp_with_batchnorm(shape):
   return (
-      mlp.Generator(image_shape=shape, hidden=(32, 32), batch_norm=True),
-      mlp.Discriminator(hidden=(32, 16), dropout=0.2),
+    mlp.Generator(image_shape=shape, hidden=(32, 32), batch_norm=True),
+    mlp.Discriminator(hidden=(32, 16), dropout=0.2),
   )
 
 
@@ -108,8 +111,8 @@ def test_shard_map_mode_equals_1_device_without_batchnorm():
   shape = (28, 28, 1)
   images = np.random.RandomState(0).uniform(-1, 1, (16, *shape)).astype(np.float32)
   nets = (
-      mlp.Generator(image_shape=shape, hidden=(32, 32), batch_norm=False),
-      mlp.Discriminator(hidden=(32, 16), dropout=0.0),
+    mlp.Generator(image_shape=shape, hidden=(32, 32), batch_norm=False),
+    mlp.Discriminator(hidden=(32, 16), dropout=0.0),
   )
   one = _run("global", 1, *nets, shape, 8, images)
   per_device = _run("shard_map", 8, *nets, shape, 8, images)

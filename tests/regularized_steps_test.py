@@ -23,15 +23,15 @@ IMAGES = (8, 8, 1)
 def _state(element_shape=POINTS, d_optimizer=None):
   # No BatchNorm and no dropout in D: input gradients are per-example and deterministic.
   return create_gan_state(
-      jax.random.key(0),
-      generator=mlp.Generator(
-          image_shape=element_shape, hidden=(16,), batch_norm=False, output_activation="linear"
-      ),
-      discriminator=mlp.Discriminator(hidden=(16, 16), dropout=0.0),
-      latent_dim=LATENT,
-      element_shape=element_shape,
-      generator_optimizer=optax.adam(1e-3),
-      discriminator_optimizer=d_optimizer or optax.adam(1e-3),
+    jax.random.key(0),
+    generator=mlp.Generator(
+      image_shape=element_shape, hidden=(16,), batch_norm=False, output_activation="linear"
+    ),
+    discriminator=mlp.Discriminator(hidden=(16, 16), dropout=0.0),
+    latent_dim=LATENT,
+    element_shape=element_shape,
+    generator_optimizer=optax.adam(1e-3),
+    discriminator_optimizer=d_optimizer or optax.adam(1e-3),
   )
 
 
@@ -41,10 +41,10 @@ def _real(shape=POINTS, n=8, seed=1):
 
 def _d_step(state, real, regularization, d_step=0, objective=losses.non_saturating):
   fn = functools.partial(
-      steps.discriminator_step,
-      objective=objective,
-      latent_dim=LATENT,
-      regularization=regularization,
+    steps.discriminator_step,
+    objective=objective,
+    latent_dim=LATENT,
+    regularization=regularization,
   )
   return jax.jit(fn)(state, real, jax.random.key(3), d_step=d_step)
 
@@ -75,12 +75,12 @@ def test_regularization_from_config_uses_implied_weights_and_overrides():
   config = _config()
   assert steps.regularization_from_config(config, losses.non_saturating).penalties == ()
   assert steps.regularization_from_config(config, losses.wgan_gp).penalties == (
-      ("gradient_penalty", 10.0),
+    ("gradient_penalty", 10.0),
   )
   config = _config(gradient_penalty=5.0, r1=0.1)
   assert steps.regularization_from_config(config, losses.wgan_gp).penalties == (
-      ("gradient_penalty", 5.0),
-      ("r1", 0.1),
+    ("gradient_penalty", 5.0),
+    ("r1", 0.1),
   )
   config = _config(gradient_penalty=0.0)  # 0 turns even the implied penalty off.
   assert steps.regularization_from_config(config, losses.wgan_gp).penalties == ()
@@ -107,15 +107,18 @@ def test_penalty_metric_equals_the_regularizer_on_the_pre_update_critic(name):
   # the logits it is a function of); the update differs by the penalty's gradient.
   logits = max(abs(float(plain_metrics[k])) for k in plain_metrics if not k.endswith("grad_norm"))
   tolerances.assert_float32_close(
-      metrics["d_loss"], plain_metrics["d_loss"], length=_d_loss_length(state, real),
-      magnitude=logits,
+    metrics["d_loss"],
+    plain_metrics["d_loss"],
+    length=_d_loss_length(state, real),
+    magnitude=logits,
   )
   # Adam's first step moves every entry by the learning rate (1e-3) with its gradient's sign, so an
   # entry whose gradient the penalty flips moves by twice that. Round-off flips only gradients
   # within round-off of 0: at most the outliers tolerances.assert_adam_trajectories_close allows.
   pairs = zip(
-      jax.tree.leaves(new.discriminator.params), jax.tree.leaves(plain.discriminator.params),
-      strict=True,
+    jax.tree.leaves(new.discriminator.params),
+    jax.tree.leaves(plain.discriminator.params),
+    strict=True,
   )
   flipped = sum(int(np.sum(np.abs(a - b) > 1e-3)) for a, b in pairs)
   total = sum(x.size for x in jax.tree.leaves(plain.discriminator.params))
@@ -123,9 +126,7 @@ def test_penalty_metric_equals_the_regularizer_on_the_pre_update_critic(name):
   key = {"gradient_penalty": "gp"}.get(name, name)
   assert float(metrics[key]) > 0
   # weight * penalty: one float32 product.
-  tolerances.assert_float32_close(
-      metrics["d_penalty"], weight * np.float64(metrics[key]), length=1
-  )
+  tolerances.assert_float32_close(metrics["d_penalty"], weight * np.float64(metrics[key]), length=1)
   if name == "r1":  # Independent check: R1 of the pre-update critic on the same real batch.
     d = state.discriminator
 
@@ -136,7 +137,7 @@ def test_penalty_metric_equals_the_regularizer_on_the_pre_update_critic(name):
     # A mean of squared norms (non-negative terms) of input gradients, each a forward and a
     # backward pass through D, computed op by op here and fused in the step.
     tolerances.assert_float32_close(
-        metrics["r1"], expected, length=tolerances.gradient_length(d.params, len(real))
+      metrics["r1"], expected, length=tolerances.gradient_length(d.params, len(real))
     )
 
 
@@ -160,15 +161,16 @@ def test_penalty_gradient_matches_a_hand_written_loss():
   length = _penalty_gradient_length(state, real)
   r1_grads = jax.grad(r1_of)(d.params)
   for got, base, old, g in zip(
-      jax.tree.leaves(new.discriminator.params),
-      jax.tree.leaves(plain.discriminator.params),
-      jax.tree.leaves(d.params),
-      jax.tree.leaves(r1_grads), strict=True,
+    jax.tree.leaves(new.discriminator.params),
+    jax.tree.leaves(plain.discriminator.params),
+    jax.tree.leaves(d.params),
+    jax.tree.leaves(r1_grads),
+    strict=True,
   ):
     objective_grad = np.asarray(old, np.float64) - np.asarray(base, np.float64)
     magnitude = max(float(np.max(np.abs(objective_grad))), float(np.max(np.abs(g))))
     atol = tolerances.float32_atol(length, magnitude) + tolerances.float32_atol(
-        2, float(np.max(np.abs(old)))
+      2, float(np.max(np.abs(old)))
     )
     np.testing.assert_allclose(got - base, -g, rtol=0, atol=atol)
 
@@ -189,9 +191,9 @@ def test_consistency_penalty_on_images_reports_real_and_fake_terms():
   assert float(metrics["consistency_real"]) > 0 and float(metrics["consistency_fake"]) > 0
   # The sum of the two terms: one float32 addition of non-negative numbers.
   tolerances.assert_float32_close(
-      metrics["d_penalty"],
-      np.float64(metrics["consistency_real"]) + np.float64(metrics["consistency_fake"]),
-      length=1,
+    metrics["d_penalty"],
+    np.float64(metrics["consistency_real"]) + np.float64(metrics["consistency_fake"]),
+    length=1,
   )
 
 
@@ -199,8 +201,8 @@ def test_diffaugment_and_instance_noise_change_what_d_sees():
   state, real = _state(IMAGES), _real(IMAGES)
   _, plain = _d_step(state, real, steps.NO_REGULARIZATION)
   for reg in (
-      steps.Regularization(augment_policy="color,translation,cutout"),
-      steps.Regularization(instance_noise=0.5, instance_noise_steps=100),
+    steps.Regularization(augment_policy="color,translation,cutout"),
+    steps.Regularization(instance_noise=0.5, instance_noise_steps=100),
   ):
     _, metrics = _d_step(state, real, reg)
     assert np.isfinite(float(metrics["d_loss"]))
@@ -228,13 +230,13 @@ def test_every_objective_trains_in_the_full_step(name):
   config = ml_collections.ConfigDict({"regularizer": {}, "augment": {}})
   reg = steps.regularization_from_config(config, objective)
   step = jax.jit(
-      functools.partial(
-          steps.train_step,
-          objective=objective,
-          latent_dim=LATENT,
-          n_critic=2,
-          regularization=reg,
-      )
+    functools.partial(
+      steps.train_step,
+      objective=objective,
+      latent_dim=LATENT,
+      n_critic=2,
+      regularization=reg,
+    )
   )
   state = _state()
   batch = {"image": _real(n=16)}

@@ -42,8 +42,10 @@ def _assert_two_sided_close(penalty, norms, target, length=LENGTH):
   ``2 |norm - target|``; ``(norm + target)^2`` bounds both that and the square's own rounding."""
   norms = np.asarray(norms, np.float64)
   tolerances.assert_float32_close(
-      penalty, np.mean((norms - target) ** 2), length=length,
-      magnitude=float(np.max((norms + target) ** 2)),
+    penalty,
+    np.mean((norms - target) ** 2),
+    length=length,
+    magnitude=float(np.max((norms + target) ** 2)),
   )
 
 
@@ -59,7 +61,7 @@ def test_linear_critic_penalties_closed_form(norm):
   gp, gp_metrics = regularizers.gradient_penalty(d_fn, real, fake, jax.random.key(0))
   _assert_two_sided_close(gp, norms, 1.0)
   tolerances.assert_float32_close(
-      gp_metrics["gp_grad_norm"], w_norm, length=LENGTH, magnitude=w_norm
+    gp_metrics["gp_grad_norm"], w_norm, length=LENGTH, magnitude=w_norm
   )
   tolerances.assert_bitwise_equal(gp_metrics["gp"], gp)  # The same value, reported.
 
@@ -70,7 +72,7 @@ def test_linear_critic_penalties_closed_form(norm):
   r1, r1_metrics = regularizers.r1_penalty(d_fn, real)
   tolerances.assert_float32_close(r1, 0.5 * w_norm**2, length=LENGTH, magnitude=0.5 * w_norm**2)
   tolerances.assert_float32_close(
-      r1_metrics["r1_grad_norm"], w_norm, length=LENGTH, magnitude=w_norm
+    r1_metrics["r1_grad_norm"], w_norm, length=LENGTH, magnitude=w_norm
   )
   r2, r2_metrics = regularizers.r2_penalty(d_fn, fake)
   tolerances.assert_float32_close(r2, 0.5 * w_norm**2, length=LENGTH, magnitude=0.5 * w_norm**2)
@@ -78,7 +80,7 @@ def test_linear_critic_penalties_closed_form(norm):
 
   for interpolate in (False, True):
     dragan, dragan_metrics = regularizers.dragan_penalty(
-        d_fn, real, jax.random.key(1), interpolate=interpolate
+      d_fn, real, jax.random.key(1), interpolate=interpolate
     )
     _assert_two_sided_close(dragan, norms, 1.0)
     assert set(dragan_metrics) == {"dragan", "dragan_grad_norm"}
@@ -93,7 +95,7 @@ def test_quadratic_critic_r1_against_numpy():
   # Sums and means of non-negative terms: round-off at the size of the result.
   tolerances.assert_float32_close(r1, 0.5 * np.mean(np.sum(x**2, axis=1)), length=LENGTH)
   tolerances.assert_float32_close(
-      metrics["r1_grad_norm"], np.linalg.norm(x, axis=1).mean(), length=LENGTH
+    metrics["r1_grad_norm"], np.linalg.norm(x, axis=1).mean(), length=LENGTH
   )
 
 
@@ -145,13 +147,14 @@ def test_consistency_of_affine_critic_under_shift():
   # at the size of its |terms|; the square multiplies that by 2 |difference|, the mean adds BATCH.
   w64 = np.abs(np.asarray(w, np.float64)).reshape(-1)
   dots = max(
-      tolerances.dot_magnitude(np.asarray(v, np.float64).reshape(BATCH, -1), w64)
-      for v in (x, x_aug)
+    tolerances.dot_magnitude(np.asarray(v, np.float64).reshape(BATCH, -1), w64) for v in (x, x_aug)
   )
   largest = float(np.max(np.abs(differences)))
   tolerances.assert_float32_close(
-      penalty, expected, length=LENGTH + 1,
-      magnitude=2 * largest * 2 * (dots + 0.3) + largest**2,
+    penalty,
+    expected,
+    length=LENGTH + 1,
+    magnitude=2 * largest * 2 * (dots + 0.3) + largest**2,
   )
   tolerances.assert_bitwise_equal(metrics["consistency"], penalty)  # The same value, reported.
   zero, _ = regularizers.consistency_penalty(d_fn, x, x)
@@ -230,11 +233,9 @@ def test_lazy_regularization_schedule_and_cond():
   # Differentiable w.r.t. D's parameters through the cond: d/dw (40 * 0.5 ||w||^2) = 40 w, the
   # mean of BATCH equal per-example gradients, times the weight.
   grad_fn = jax.jit(
-      jax.grad(lambda v, step: lazy(step, regularizers.r1_penalty, _linear_critic(v), real)[0])
+    jax.grad(lambda v, step: lazy(step, regularizers.r1_penalty, _linear_critic(v), real)[0])
   )
-  tolerances.assert_float32_close(
-      grad_fn(w, 4), 40.0 * np.asarray(w, np.float64), length=BATCH + 2
-  )
+  tolerances.assert_float32_close(grad_fn(w, 4), 40.0 * np.asarray(w, np.float64), length=BATCH + 2)
   assert np.all(np.asarray(grad_fn(w, 5)) == 0)
   with pytest.raises(ValueError, match="positive integer"):
     regularizers.lazy_regularization(1.0, 0)
@@ -254,7 +255,7 @@ def test_instance_noise_and_annealing():
   assert noisy.shape == x.shape and noisy.dtype == x.dtype
   # Statistical: 5 relative standard errors of the sample std of noisy.size normal draws.
   np.testing.assert_allclose(
-      np.std(np.asarray(noisy)), 0.3, rtol=tolerances.std_rtol(noisy.size), atol=0
+    np.std(np.asarray(noisy)), 0.3, rtol=tolerances.std_rtol(noisy.size), atol=0
   )
   assert np.array_equal(regularizers.instance_noise(x, jax.random.key(0), 0.0), x)
   stddevs = [float(regularizers.annealed_stddev(0.2, s, 100)) for s in (0, 25, 100, 500)]
@@ -274,9 +275,9 @@ def test_weight_clipping_keeps_params_in_box_exactly():
   c = 0.01
   rs = np.random.RandomState(0)
   params = {
-      # Starts far outside the box, in both directions, with awkward magnitudes.
-      "w": jnp.asarray(rs.normal(size=(64, 32)) * np.logspace(-4, 3, 32), jnp.float32),
-      "b": jnp.asarray(rs.uniform(-c, c, size=(32,)), jnp.float32),
+    # Starts far outside the box, in both directions, with awkward magnitudes.
+    "w": jnp.asarray(rs.normal(size=(64, 32)) * np.logspace(-4, 3, 32), jnp.float32),
+    "b": jnp.asarray(rs.uniform(-c, c, size=(32,)), jnp.float32),
   }
   opt = optax.chain(optax.adam(0.5), regularizers.weight_clipping(c))
   state = opt.init(params)

@@ -119,14 +119,14 @@ def test_conditional_models_require_labels():
 
 
 @pytest.mark.parametrize(
-    "module, shape, supported",
-    [
-        (resnet, (16, 16, 3), "32, 48, 64"),
-        (resnet, (128, 128, 3), "32, 48, 64"),
-        (resnet, (32, 28, 3), "32, 48, 64"),
-        (sndcgan, (64, 64, 3), "32, 48"),
-        (sndcgan, (28, 28, 1), "32, 48"),
-    ],
+  "module, shape, supported",
+  [
+    (resnet, (16, 16, 3), "32, 48, 64"),
+    (resnet, (128, 128, 3), "32, 48, 64"),
+    (resnet, (32, 28, 3), "32, 48, 64"),
+    (sndcgan, (64, 64, 3), "32, 48"),
+    (sndcgan, (28, 28, 1), "32, 48"),
+  ],
 )
 def test_unsupported_sizes_raise(module, shape, supported):
   message = rf"{supported} pixels, got {shape[0]}x{shape[1]}"
@@ -166,10 +166,10 @@ def _abstract_counts(generator, discriminator, shape, latent_dim, labels=None):
   logits = jax.eval_shape(lambda v, x: discriminator.apply(v, x, y, train=False), d_vars, x)
   assert fake.shape == (2, *shape) and logits.shape == (2,)
   return (
-      _num(g_vars["params"]),
-      _num(g_vars.get("batch_stats", {})),
-      _num(d_vars["params"]),
-      _num(d_vars.get("batch_stats", {})),
+    _num(g_vars["params"]),
+    _num(g_vars.get("batch_stats", {})),
+    _num(d_vars["params"]),
+    _num(d_vars.get("batch_stats", {})),
   )
 
 
@@ -183,11 +183,11 @@ def test_resnet_32_paper_parameter_counts(num_classes):
   nz, g_ch, d_ch, c, n = 128, 256, 128, 3, num_classes
   shape = (32, 32, c)
   counts = _abstract_counts(
-      resnet.Generator(image_shape=shape, num_classes=n),
-      resnet.Discriminator(num_classes=n),
-      shape,
-      nz,
-      labels=n,
+    resnet.Generator(image_shape=shape, num_classes=n),
+    resnet.Discriminator(num_classes=n),
+    shape,
+    nz,
+    labels=n,
   )
   # BatchNorm: scale + offset per channel; conditional BN: a gain and a bias per class and channel.
   block_bn = 2 * g_ch if n is None else 2 * n * g_ch
@@ -195,11 +195,14 @@ def test_resnet_32_paper_parameter_counts(num_classes):
   g_params = (nz * 4 * 4 * g_ch + 4 * 4 * g_ch) + 3 * g_block + 2 * g_ch + _conv(3, g_ch, c)
   g_stats = 2 * g_ch * (2 * 3 + 1)  # Running mean + variance of 7 BatchNorms.
   d_params = (
-      _conv(3, c, d_ch) + _conv(3, d_ch, d_ch) + _conv(1, c, d_ch)  # optimized block
-      + 2 * _conv(3, d_ch, d_ch) + _conv(1, d_ch, d_ch)  # down block: learnable shortcut
-      + 2 * 2 * _conv(3, d_ch, d_ch)  # two plain blocks: identity shortcuts
-      + (d_ch + 1)  # dense -> 1
-      + (0 if n is None else n * d_ch)  # projection embedding V
+    _conv(3, c, d_ch)
+    + _conv(3, d_ch, d_ch)
+    + _conv(1, c, d_ch)  # optimized block
+    + 2 * _conv(3, d_ch, d_ch)
+    + _conv(1, d_ch, d_ch)  # down block: learnable shortcut
+    + 2 * 2 * _conv(3, d_ch, d_ch)  # two plain blocks: identity shortcuts
+    + (d_ch + 1)  # dense -> 1
+    + (0 if n is None else n * d_ch)  # projection embedding V
   )
   # Spectral norm state: u of shape (1, out) and a scalar sigma per normalised weight.
   sn_layers = [d_ch] * 10 + [1] + ([] if n is None else [d_ch])
@@ -213,15 +216,19 @@ def test_sndcgan_32_paper_parameter_counts():
   # Table 3: z = 128, w = 64 (G 512-256-128-64, D 64-64-128-128-256-256-512), RGB.
   nz, w, c = 128, 64, 3
   counts = _abstract_counts(
-      sndcgan.Generator(image_shape=(32, 32, c)), sndcgan.Discriminator(), (32, 32, c), nz
+    sndcgan.Generator(image_shape=(32, 32, c)), sndcgan.Discriminator(), (32, 32, c), nz
   )
   dense = 4 * 4 * 8 * w
   g_params = (
-      (nz * dense + dense) + 2 * dense  # dense + BatchNorm over its units
-      + _conv(4, 8 * w, 4 * w) + 2 * 4 * w
-      + _conv(4, 4 * w, 2 * w) + 2 * 2 * w
-      + _conv(4, 2 * w, w) + 2 * w
-      + _conv(3, w, c)
+    (nz * dense + dense)
+    + 2 * dense  # dense + BatchNorm over its units
+    + _conv(4, 8 * w, 4 * w)
+    + 2 * 4 * w
+    + _conv(4, 4 * w, 2 * w)
+    + 2 * 2 * w
+    + _conv(4, 2 * w, w)
+    + 2 * w
+    + _conv(3, w, c)
   )
   g_stats = 2 * (dense + 4 * w + 2 * w + w)
   channels = [c, w, w, 2 * w, 2 * w, 4 * w, 4 * w, 8 * w]
@@ -278,18 +285,18 @@ def test_jitted_hinge_train_step_changes_both_networks():
   module = resnet
   shape, n_critic = (32, 32, 3), 2
   state = create_gan_state(
-      jax.random.key(0),
-      generator=module.Generator(image_shape=shape, width=4),
-      discriminator=module.Discriminator(width=4),
-      latent_dim=LATENT,
-      element_shape=shape,
-      generator_optimizer=optax.adam(2e-4, b1=0.0, b2=0.9),
-      discriminator_optimizer=optax.adam(2e-4, b1=0.0, b2=0.9),
+    jax.random.key(0),
+    generator=module.Generator(image_shape=shape, width=4),
+    discriminator=module.Discriminator(width=4),
+    latent_dim=LATENT,
+    element_shape=shape,
+    generator_optimizer=optax.adam(2e-4, b1=0.0, b2=0.9),
+    discriminator_optimizer=optax.adam(2e-4, b1=0.0, b2=0.9),
   )
   step = jax.jit(
-      functools.partial(
-          steps.train_step, objective=losses.hinge, latent_dim=LATENT, n_critic=n_critic
-      )
+    functools.partial(
+      steps.train_step, objective=losses.hinge, latent_dim=LATENT, n_critic=n_critic
+    )
   )
   real = jax.random.uniform(jax.random.key(1), (n_critic * BATCH, *shape), minval=-1, maxval=1)
   new = state
@@ -308,7 +315,7 @@ def test_jitted_hinge_train_step_changes_both_networks():
 
 
 @pytest.mark.parametrize(
-    "arg, model", [("runlocal", "resnet"), ("arch=sndcgan,runlocal", "sndcgan")]
+  "arg, model", [("runlocal", "resnet"), ("arch=sndcgan,runlocal", "sndcgan")]
 )
 def test_config_loads_and_builds(arg, model):
   config = load_config("sngan", arg)
@@ -320,7 +327,7 @@ def test_config_loads_and_builds(arg, model):
   assert config.batch_size == 8 and config.model.generator.width <= 16
   networks = gan.build_networks(config, (32, 32, 3), None)
   counts = _abstract_counts(
-      networks.generator, networks.discriminator, (32, 32, 3), config.model.latent_dim
+    networks.generator, networks.discriminator, (32, 32, 3), config.model.latent_dim
   )
   assert counts[3] > 0  # Spectral norm state in D.
   full = load_config("sngan", arg.replace("runlocal", "dataset=folder").strip(","))

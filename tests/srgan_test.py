@@ -82,8 +82,10 @@ def test_resume_equals_uninterrupted_without_recompiling(trained_run, tmp_path):
   resumed = srgan.train_and_evaluate(config, str(tmp_path))
   assert int(resumed.step) == 4
   straight = trained_run.state
-  for a, b in ((straight.generator, resumed.generator),
-               (straight.discriminator, resumed.discriminator)):
+  for a, b in (
+    (straight.generator, resumed.generator),
+    (straight.discriminator, resumed.discriminator),
+  ):
     jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
     jax.tree.map(np.testing.assert_array_equal, a.batch_stats, b.batch_stats)
     jax.tree.map(np.testing.assert_array_equal, a.opt_state, b.opt_state)

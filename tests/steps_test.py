@@ -21,13 +21,13 @@ SHAPE = (32, 32, 3)
 def _initial_state():
   # DCGAN 32x32: both networks carry BatchNorm statistics.
   return create_gan_state(
-      jax.random.key(0),
-      generator=dcgan.Generator(image_shape=SHAPE, width=4),
-      discriminator=dcgan.Discriminator(width=4),
-      latent_dim=LATENT,
-      element_shape=SHAPE,
-      generator_optimizer=optax.adam(1e-2),
-      discriminator_optimizer=optax.adam(1e-2),
+    jax.random.key(0),
+    generator=dcgan.Generator(image_shape=SHAPE, width=4),
+    discriminator=dcgan.Discriminator(width=4),
+    latent_dim=LATENT,
+    element_shape=SHAPE,
+    generator_optimizer=optax.adam(1e-2),
+    discriminator_optimizer=optax.adam(1e-2),
   )
 
 
@@ -44,22 +44,25 @@ def _assert_ema_close(expected_decay, old, new, ema):
   """``ema`` is ``decay * old + (1 - decay) * new``: two products and a sum in float32, however
   the step writes them (e.g. ``old + (1 - decay) * (new - old)``), at the scale of the values."""
   for (path, o), n, e in zip(
-      jax.tree_util.tree_leaves_with_path(old), jax.tree.leaves(new), jax.tree.leaves(ema),
-      strict=True,
+    jax.tree_util.tree_leaves_with_path(old),
+    jax.tree.leaves(new),
+    jax.tree.leaves(ema),
+    strict=True,
   ):
     o, n = np.asarray(o, np.float64), np.asarray(n, np.float64)
     tolerances.assert_float32_close(
-        e, expected_decay * o + (1 - expected_decay) * n, length=3,
-        magnitude=max(np.abs(o).max(), np.abs(n).max()), err_msg=jax.tree_util.keystr(path),
+      e,
+      expected_decay * o + (1 - expected_decay) * n,
+      length=3,
+      magnitude=max(np.abs(o).max(), np.abs(n).max()),
+      err_msg=jax.tree_util.keystr(path),
     )
 
 
 def test_discriminator_step_changes_only_discriminator():
   state = _initial_state()
   new, metrics = jax.jit(
-      functools.partial(
-          steps.discriminator_step, objective=losses.non_saturating, latent_dim=LATENT
-      )
+    functools.partial(steps.discriminator_step, objective=losses.non_saturating, latent_dim=LATENT)
   )(state, _real(), jax.random.key(3))
   assert _changed(state.discriminator.params, new.discriminator.params)
   assert _changed(state.discriminator.opt_state, new.discriminator.opt_state)
@@ -73,9 +76,9 @@ def test_discriminator_step_changes_only_discriminator():
 def test_generator_step_changes_only_generator():
   state = _initial_state()
   new, metrics = jax.jit(
-      functools.partial(
-          steps.generator_step, objective=losses.non_saturating, latent_dim=LATENT, ema_decay=0.5
-      )
+    functools.partial(
+      steps.generator_step, objective=losses.non_saturating, latent_dim=LATENT, ema_decay=0.5
+    )
   )(state, _real(), jax.random.key(4))
   assert _changed(state.generator.params, new.generator.params)
   assert _changed(state.generator.batch_stats, new.generator.batch_stats)
@@ -99,9 +102,9 @@ def test_split_critic_batches_keeps_rows_local():
 def test_train_step_runs_n_critic_discriminator_updates(n_critic):
   state = _initial_state()
   step = jax.jit(
-      functools.partial(
-          steps.train_step, objective=losses.non_saturating, latent_dim=LATENT, n_critic=n_critic
-      )
+    functools.partial(
+      steps.train_step, objective=losses.non_saturating, latent_dim=LATENT, n_critic=n_critic
+    )
   )
   new, metrics = step(state, {"image": _real(4 * n_critic)}, jax.random.key(0))
   # Adam's step counter counts the updates each network received.
@@ -114,7 +117,7 @@ def test_train_step_runs_n_critic_discriminator_updates(n_critic):
 def test_train_step_is_deterministic_and_depends_on_step():
   state = _initial_state()
   step = jax.jit(
-      functools.partial(steps.train_step, objective=losses.non_saturating, latent_dim=LATENT)
+    functools.partial(steps.train_step, objective=losses.non_saturating, latent_dim=LATENT)
   )
   batch = {"image": _real(4)}
   a, _ = step(state, batch, jax.random.key(0))
@@ -128,13 +131,13 @@ def test_train_step_is_deterministic_and_depends_on_step():
 def test_ema_warmup_ramps_the_decay():
   state = _initial_state().replace(step=jnp.asarray(0, jnp.int32))
   new, _ = steps.generator_step(
-      state,
-      _real(),
-      jax.random.key(4),
-      objective=losses.non_saturating,
-      latent_dim=LATENT,
-      ema_decay=0.999,
-      ema_warmup=True,
+    state,
+    _real(),
+    jax.random.key(4),
+    objective=losses.non_saturating,
+    latent_dim=LATENT,
+    ema_decay=0.999,
+    ema_warmup=True,
   )
   # At step 0 the decay is min(0.999, 1 / 10) = 0.1.
   _assert_ema_close(0.1, state.ema_params, new.generator.params, new.ema_params)
@@ -146,28 +149,28 @@ def test_ema_warmup_ramps_the_decay():
 
 def _tiny_mlp_state(d_optimizer):
   generator = mlp.Generator(
-      image_shape=(2,), hidden=(4,), batch_norm=False, output_activation="linear"
+    image_shape=(2,), hidden=(4,), batch_norm=False, output_activation="linear"
   )
   discriminator = mlp.Discriminator(hidden=(4,), dropout=0.0)
   state = create_gan_state(
-      jax.random.key(0),
-      generator=generator,
-      discriminator=discriminator,
-      latent_dim=2,
-      element_shape=(2,),
-      generator_optimizer=optax.sgd(1.0),  # new params = params - grad.
-      discriminator_optimizer=d_optimizer,
+    jax.random.key(0),
+    generator=generator,
+    discriminator=discriminator,
+    latent_dim=2,
+    element_shape=(2,),
+    generator_optimizer=optax.sgd(1.0),  # new params = params - grad.
+    discriminator_optimizer=d_optimizer,
   )
   return state, generator, discriminator
 
 
 def _g_step(state, real, rng, unrolled_steps, latent_dim=2):
   fn = functools.partial(
-      steps.generator_step,
-      objective=losses.non_saturating,
-      latent_dim=latent_dim,
-      ema_decay=0.0,
-      unrolled_steps=unrolled_steps,
+    steps.generator_step,
+    objective=losses.non_saturating,
+    latent_dim=latent_dim,
+    ema_decay=0.0,
+    unrolled_steps=unrolled_steps,
   )
   return jax.jit(fn)(state, real, rng)[0]
 
@@ -188,7 +191,7 @@ def test_unrolled_generator_gradient_matches_hand_unrolled_sgd():
     d_params = state.discriminator.params
     for _ in range(unrolled):  # Metz et al. Eq. (6): plain gradient steps of D's loss.
       d_grads = jax.grad(
-          lambda p: objective.discriminator(d_logits(p, real), d_logits(p, fake))[0]
+        lambda p: objective.discriminator(d_logits(p, real), d_logits(p, fake))[0]
       )(d_params)
       d_params = jax.tree.map(lambda p, g: p - lr * g, d_params, d_grads)
     return objective.generator(d_logits(d_params, fake), None)[0]
@@ -206,19 +209,21 @@ def test_unrolled_generator_gradient_matches_hand_unrolled_sgd():
     new = _g_step(state, real, rng, unrolled)
     expected = jax.grad(reference_loss)(state.generator.params, unrolled)
     for (path, e), g, p in zip(
-        jax.tree_util.tree_leaves_with_path(expected), jax.tree.leaves(step_grads(new)),
-        jax.tree.leaves(state.generator.params), strict=True,
+      jax.tree_util.tree_leaves_with_path(expected),
+      jax.tree.leaves(step_grads(new)),
+      jax.tree.leaves(state.generator.params),
+      strict=True,
     ):
       magnitude = max(float(np.abs(e).max()), float(np.abs(p).max()))
       tolerances.assert_float32_close(
-          g, e, length=length, magnitude=magnitude, err_msg=jax.tree_util.keystr(path)
+        g, e, length=length, magnitude=magnitude, err_msg=jax.tree_util.keystr(path)
       )
       atol = max(atol, tolerances.float32_atol(length, magnitude))
     assert not _changed(state.discriminator, new.discriminator)  # Unrolled params discarded.
     results[unrolled] = step_grads(new)
   difference = max(
-      float(np.max(np.abs(a - b)))
-      for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[k]), strict=True)
+    float(np.max(np.abs(a - b)))
+    for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[k]), strict=True)
   )
   # Unrolling changes G's gradient far beyond the tolerance above, so a step that ignored
   # unrolled_steps would fail the comparison with the reference.
@@ -228,7 +233,7 @@ def test_unrolled_generator_gradient_matches_hand_unrolled_sgd():
 def test_unrolled_steps_zero_is_the_plain_generator_step():
   state = _initial_state()
   fn = functools.partial(
-      steps.generator_step, objective=losses.non_saturating, latent_dim=LATENT, ema_decay=0.5
+    steps.generator_step, objective=losses.non_saturating, latent_dim=LATENT, ema_decay=0.5
   )
   plain, _ = jax.jit(fn)(state, _real(), jax.random.key(4))
   zero, _ = jax.jit(functools.partial(fn, unrolled_steps=0))(state, _real(), jax.random.key(4))
@@ -239,15 +244,15 @@ def test_unrolled_train_step_with_adam_leaves_d_to_its_own_step():
   state, _, _ = _tiny_mlp_state(optax.adam(1e-2))
   batch = {"image": jnp.asarray(np.random.RandomState(1).normal(size=(8, 2)), jnp.float32)}
   step = jax.jit(
-      functools.partial(
-          steps.train_step, objective=losses.non_saturating, latent_dim=2, unrolled_steps=2
-      )
+    functools.partial(
+      steps.train_step, objective=losses.non_saturating, latent_dim=2, unrolled_steps=2
+    )
   )
   new, metrics = step(state, batch, jax.random.key(0))
   assert all(np.isfinite(v) for v in jax.device_get(metrics).values())
   assert int(new.discriminator.opt_state[0].count) == 1  # Only the real D step updated D.
   plain, _ = jax.jit(
-      functools.partial(steps.train_step, objective=losses.non_saturating, latent_dim=2)
+    functools.partial(steps.train_step, objective=losses.non_saturating, latent_dim=2)
   )(state, batch, jax.random.key(0))
   # Same D update; different G update (the unrolled gradient).
   assert not _changed(plain.discriminator, new.discriminator)

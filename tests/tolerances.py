@@ -43,8 +43,9 @@ def _arrays(tree):
 
 def assert_bitwise_equal(actual, desired, err_msg: str = "") -> None:
   """Equal bit for bit (pytrees allowed): same program, same inputs, same device count."""
-  a_leaves, d_leaves = jax.tree.leaves(jax.device_get(actual)), jax.tree.leaves(
-      jax.device_get(desired)
+  a_leaves, d_leaves = (
+    jax.tree.leaves(jax.device_get(actual)),
+    jax.tree.leaves(jax.device_get(desired)),
   )
   assert len(a_leaves) == len(d_leaves), (len(a_leaves), len(d_leaves), err_msg)
   for i, (a, d) in enumerate(zip(a_leaves, d_leaves, strict=True)):
@@ -52,13 +53,13 @@ def assert_bitwise_equal(actual, desired, err_msg: str = "") -> None:
 
 
 def assert_float32_close(
-    actual,
-    desired,
-    *,
-    length: int,
-    magnitude: float | None = None,
-    ulps: float = 4.0,
-    err_msg: str = "",
+  actual,
+  desired,
+  *,
+  length: int,
+  magnitude: float | None = None,
+  ulps: float = 4.0,
+  err_msg: str = "",
 ) -> None:
   """Equal up to float32 round-off of ``length`` accumulated terms (pytrees allowed).
 
@@ -77,7 +78,7 @@ def _assert_close(actual, desired, atol_fn, length, magnitude, ulps, smallest, e
     scale = magnitude if magnitude is not None else largest
     atol = atol_fn(length, scale, ulps)
     np.testing.assert_allclose(
-        a, d, rtol=0, atol=atol, err_msg=f"leaf {i} (atol {atol:.3g}) {err_msg}"
+      a, d, rtol=0, atol=atol, err_msg=f"leaf {i} (atol {atol:.3g}) {err_msg}"
     )
 
 
@@ -87,16 +88,16 @@ def adam_step_bound(learning_rate: float, b1: float = 0.9, b2: float = 0.999) ->
 
 
 def assert_adam_trajectories_close(
-    actual,
-    desired,
-    *,
-    steps: int,
-    learning_rate: float,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    length: int,
-    outlier_fraction: float = 0.01,
-    err_msg: str = "",
+  actual,
+  desired,
+  *,
+  steps: int,
+  learning_rate: float,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  length: int,
+  outlier_fraction: float = 0.01,
+  err_msg: str = "",
 ) -> None:
   """Parameters after ``steps`` Adam updates of round-off-different but equal computations.
 
@@ -121,8 +122,8 @@ def assert_adam_trajectories_close(
     outliers += int(np.sum(diff > float32_atol(length * steps, scale)))
   allowed = max(1, int(outlier_fraction * total))
   assert outliers <= allowed, (
-      f"{outliers} of {total} entries differ by more than float32 round-off "
-      f"(allowed {allowed}) {err_msg}"
+    f"{outliers} of {total} entries differ by more than float32 round-off "
+    f"(allowed {allowed}) {err_msg}"
   )
 
 
@@ -178,13 +179,13 @@ def assert_same_argmax(indices, logits, *, atol: float, err_msg: str = "") -> No
   shortfall = logits.max(axis=-1) - chosen
   bad = shortfall > 2 * atol
   assert not np.any(bad), (
-      f"{int(np.sum(bad))} of {indices.size} indices are not the argmax within round-off "
-      f"(2 atol = {2 * atol:.3g}; worst shortfall {float(shortfall.max()):.3g}) {err_msg}"
+    f"{int(np.sum(bad))} of {indices.size} indices are not the argmax within round-off "
+    f"(2 atol = {2 * atol:.3g}; worst shortfall {float(shortfall.max()):.3g}) {err_msg}"
   )
 
 
 def assert_updates_close(
-    actual, desired, initial, *, steps: int, length: int, err_msg: str = ""
+  actual, desired, initial, *, steps: int, length: int, err_msg: str = ""
 ) -> None:
   """``actual`` and ``desired`` (pytrees) reached from ``initial`` by ``steps`` updates that are
   linear in what they add (SGD, an EMA, BatchNorm's running averages), computed with the float32
@@ -205,7 +206,7 @@ def assert_updates_close(
   for k, (a, d, i) in enumerate(zip(a_leaves, d_leaves, i_leaves, strict=True)):
     assert a.shape == d.shape == i.shape, (k, a.shape, d.shape, i.shape, err_msg)
     np.testing.assert_allclose(
-        a - i, d - i, rtol=0, atol=atol, err_msg=f"leaf {k} (atol {atol:.3g}) {err_msg}"
+      a - i, d - i, rtol=0, atol=atol, err_msg=f"leaf {k} (atol {atol:.3g}) {err_msg}"
     )
 
 
@@ -224,13 +225,13 @@ def float64_atol(length: int, magnitude: float = 1.0, ulps: float = 4.0) -> floa
 
 
 def assert_float64_close(
-    actual,
-    desired,
-    *,
-    length: int,
-    magnitude: float | None = None,
-    ulps: float = 4.0,
-    err_msg: str = "",
+  actual,
+  desired,
+  *,
+  length: int,
+  magnitude: float | None = None,
+  ulps: float = 4.0,
+  err_msg: str = "",
 ) -> None:
   """:func:`assert_float32_close` with :func:`float64_atol`: equal up to float64 round-off."""
   _assert_close(actual, desired, float64_atol, length, magnitude, ulps, 1e-300, err_msg)
@@ -252,13 +253,13 @@ def dot_magnitude(a, b) -> float:
 
 
 def assert_differ_beyond_roundoff(
-    actual,
-    other,
-    *,
-    length: int,
-    magnitude: float | None = None,
-    factor: float = 100.0,
-    err_msg: str = "",
+  actual,
+  other,
+  *,
+  length: int,
+  magnitude: float | None = None,
+  factor: float = 100.0,
+  err_msg: str = "",
 ) -> None:
   """``actual`` and ``other`` (pytrees) differ somewhere by more than ``factor`` times
   :func:`float32_atol` ``(length, magnitude)``: a real difference (another label, dropout mask,
@@ -270,11 +271,11 @@ def assert_differ_beyond_roundoff(
     magnitude = max((float(np.max(np.abs(o), initial=0)) for o in o_leaves), default=0.0)
   atol = factor * float32_atol(length, magnitude)
   worst = max(
-      (float(np.max(np.abs(a - o), initial=0)) for a, o in zip(a_leaves, o_leaves, strict=True)),
-      default=0.0,
+    (float(np.max(np.abs(a - o), initial=0)) for a, o in zip(a_leaves, o_leaves, strict=True)),
+    default=0.0,
   )
   assert worst > atol, (
-      f"largest difference {worst:.3g} <= {factor:g} x round-off {atol:.3g} {err_msg}"
+    f"largest difference {worst:.3g} <= {factor:g} x round-off {atol:.3g} {err_msg}"
   )
 
 

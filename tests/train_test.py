@@ -25,13 +25,13 @@ def _leaves(state):
 
 
 @pytest.mark.parametrize(
-    "name, arg",
-    [
-        ("dcgan", "runlocal"),
-        ("vanilla_gan", "runlocal"),
-        ("gaussian_mixture", "dataset=ring,runlocal"),
-        ("gaussian_mixture", "dataset=grid,runlocal"),
-    ],
+  "name, arg",
+  [
+    ("dcgan", "runlocal"),
+    ("vanilla_gan", "runlocal"),
+    ("gaussian_mixture", "dataset=ring,runlocal"),
+    ("gaussian_mixture", "dataset=grid,runlocal"),
+  ],
 )
 def test_train_writes_every_output(tmp_path, name, arg):
   config = _tiny(name, arg)
@@ -48,13 +48,13 @@ def test_train_writes_every_output(tmp_path, name, arg):
     records = [json.loads(line) for line in f]
   lines = [r for r in records if "d_loss" in r]  # Training scalars; evaluations have own lines.
   assert [r["step"] for r in lines] == list(
-      range(config.log_every_steps, config.num_train_steps + 1, config.log_every_steps)
+    range(config.log_every_steps, config.num_train_steps + 1, config.log_every_steps)
   )
   assert {"d_loss", "g_loss", "d_real", "d_fake", "steps_per_sec", "wall_time"} <= set(lines[-1])
   evaluations = [r for r in records if "modes" in r]
   if config.data.name in ("ring", "grid"):  # Mode coverage every eval_every_steps and at the end.
     assert [r["step"] for r in evaluations] == list(
-        range(config.eval_every_steps, config.num_train_steps + 1, config.eval_every_steps)
+      range(config.eval_every_steps, config.num_train_steps + 1, config.eval_every_steps)
     )
   else:
     assert not evaluations
@@ -132,9 +132,9 @@ def test_checkpoint_shape_mismatch_names_the_arrays(tmp_path):
   workdir = str(tmp_path / "run")
   gan.train_and_evaluate(_tiny("vanilla_gan", num_train_steps=3), workdir)
   wider = _tiny(
-      "vanilla_gan",
-      num_train_steps=6,
-      **{"model.generator.hidden": (48, 32), "resume.allow_config_changes": True},
+    "vanilla_gan",
+    num_train_steps=6,
+    **{"model.generator.hidden": (48, 32), "resume.allow_config_changes": True},
   )
   expected = r"generator/params/Dense_0/kernel: checkpoint \(64, 32\), config \(64, 48\)"
   with pytest.raises(checkpoint.CheckpointMismatchError, match=expected):
@@ -157,14 +157,14 @@ def test_sample_mode_writes_grid_and_npz(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "override, message",
-    [
-        ({"data.name": "no_such_data"}, "no_such_data"),
-        ({"model.name": "no_such_model"}, "no_such_model"),
-        ({"loss.name": "no_such_loss"}, "no_such_loss"),
-        ({"parallel.mode": "pmap"}, "global, shard_map"),
-        ({"batch_size": 0}, "batch_size"),
-    ],
+  "override, message",
+  [
+    ({"data.name": "no_such_data"}, "no_such_data"),
+    ({"model.name": "no_such_model"}, "no_such_model"),
+    ({"loss.name": "no_such_loss"}, "no_such_loss"),
+    ({"parallel.mode": "pmap"}, "global, shard_map"),
+    ({"batch_size": 0}, "batch_size"),
+  ],
 )
 def test_bad_config_values_fail_with_the_choices(tmp_path, override, message):
   with pytest.raises(ValueError, match=message):

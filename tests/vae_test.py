@@ -40,19 +40,19 @@ def classifier_workdir(tmp_path_factory):
   """A classifier with random weights, saved as train_classifier saves one."""
   workdir = str(tmp_path_factory.mktemp("classifier"))
   params_bytes = flax.serialization.to_bytes(
-      jax.device_get(classifier.init_params(jax.random.key(0)))
+    jax.device_get(classifier.init_params(jax.random.key(0)))
   )
   with open(os.path.join(workdir, classifier.PARAMS_FILE), "wb") as f:
     f.write(params_bytes)
   with open(os.path.join(workdir, classifier.EVAL_FILE), "w") as f:
     json.dump(
-        {
-            "test_accuracy": 0.1,
-            "params_file": classifier.PARAMS_FILE,
-            "params_sha256": hashlib.sha256(params_bytes).hexdigest(),
-            "model": {"num_classes": classifier.NUM_CLASSES},
-        },
-        f,
+      {
+        "test_accuracy": 0.1,
+        "params_file": classifier.PARAMS_FILE,
+        "params_sha256": hashlib.sha256(params_bytes).hexdigest(),
+        "model": {"num_classes": classifier.NUM_CLASSES},
+      },
+      f,
     )
   return workdir
 
@@ -85,12 +85,16 @@ def test_runlocal_trains_evaluates_samples_and_resumes_exactly(tmp_path, classif
   for r in lines:
     assert {"reconstruction", "kl", "elbo", "grad_norm", "steps_per_sec", "wall_time"} <= set(r)
     tolerances.assert_float32_close(
-        r["loss"], r["reconstruction"] + 2.0 * r["kl"], length=length,
-        magnitude=r["reconstruction"] + 2.0 * r["kl"],
+      r["loss"],
+      r["reconstruction"] + 2.0 * r["kl"],
+      length=length,
+      magnitude=r["reconstruction"] + 2.0 * r["kl"],
     )
     tolerances.assert_float32_close(
-        r["elbo"], -(r["reconstruction"] + r["kl"]), length=config.log_every_steps + 2,
-        magnitude=r["reconstruction"] + r["kl"],
+      r["elbo"],
+      -(r["reconstruction"] + r["kl"]),
+      length=config.log_every_steps + 2,
+      magnitude=r["reconstruction"] + r["kl"],
     )
   evaluations = [r for r in records if "classifier_fid" in r]
   assert [r["step"] for r in evaluations] == [6]
@@ -102,7 +106,9 @@ def test_runlocal_trains_evaluates_samples_and_resumes_exactly(tmp_path, classif
     assert os.path.exists(os.path.join(workdir, "samples", name)), name
   # 16 sample images: 4 columns; the reconstruction grid: 4 rows of reals + 4 of reconstructions.
   assert Image.open(os.path.join(workdir, "samples", "reconstruction_step_000006.png")).size == (
-      4 * 30 + 2, 8 * 30 + 2)
+    4 * 30 + 2,
+    8 * 30 + 2,
+  )
   assert glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
   assert checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")).latest_step() == 6
 
@@ -115,8 +121,11 @@ def test_runlocal_trains_evaluates_samples_and_resumes_exactly(tmp_path, classif
   np.testing.assert_array_equal(np.load(str(tmp_path / "grid.npz"))["samples"], samples)
   evaluate = systems.mode_function("vae", "evaluate", "evaluate_workdir")
   result = evaluate(
-      workdir, step=None, metrics=["classifier_fid"], num_samples=120,
-      config_overrides={"eval_classifier_workdir": classifier_workdir},
+    workdir,
+    step=None,
+    metrics=["classifier_fid"],
+    num_samples=120,
+    config_overrides={"eval_classifier_workdir": classifier_workdir},
   )
   assert result["path"] == os.path.join(workdir, "eval", "step_000006.json")
   assert np.isfinite(result["values"]["classifier_fid"])
@@ -145,7 +154,7 @@ def _initial_state():
   config = _tiny()
   model = vae_system.build_model(config, (28, 28, 1))
   return config, jax.device_get(
-      vae_system.create_state(config, model, (28, 28, 1), parallel.make_mesh(1))
+    vae_system.create_state(config, model, (28, 28, 1), parallel.make_mesh(1))
   )
 
 
@@ -170,8 +179,13 @@ def test_global_mode_on_2_devices_equals_1_device():
   # with near-zero gradients (and, through them, in BatchNorm's statistics and Adam's moments).
   # The longest reduction is a conv kernel's gradient, over the batch of 8 and 28x28 positions.
   tolerances.assert_adam_trajectories_close(
-      two, one, steps=2, learning_rate=config.optim.learning_rate,
-      b1=config.optim.b1, b2=config.optim.b2, length=8 * 28 * 28,
+    two,
+    one,
+    steps=2,
+    learning_rate=config.optim.learning_rate,
+    b1=config.optim.b1,
+    b2=config.optim.b2,
+    length=8 * 28 * 28,
   )
   # The loss of the last step is a sum over the batch and 784 pixels each.
   tolerances.assert_float32_close(m2["loss"], m1["loss"], length=8 * 28 * 28)
@@ -189,14 +203,14 @@ def test_shard_map_mode_runs_and_stays_close_to_1_device():
 
 
 @pytest.mark.parametrize(
-    "override, message",
-    [
-        ({"model.likelihood": "poisson"}, "bernoulli, gaussian"),
-        ({"loss.beta": -1.0}, "beta"),
-        ({"parallel.mode": "pmap"}, "global, shard_map"),
-        ({"model.latent_dim": 0}, "latent_dim"),
-        ({"data.name": "ring"}, "image data"),
-    ],
+  "override, message",
+  [
+    ({"model.likelihood": "poisson"}, "bernoulli, gaussian"),
+    ({"loss.beta": -1.0}, "beta"),
+    ({"parallel.mode": "pmap"}, "global, shard_map"),
+    ({"model.latent_dim": 0}, "latent_dim"),
+    ({"data.name": "ring"}, "image data"),
+  ],
 )
 def test_bad_config_values_fail_with_the_choices(tmp_path, override, message):
   with pytest.raises(ValueError, match=message):

@@ -59,28 +59,52 @@ def test_differences_compare_the_json_form():
   old = {"a": {"b": 1, "gone": 2}, "x": float("nan"), "flag": 1, "p": None}
   new = {"a": {"b": 1.0, "c": [1, 2]}, "x": float("nan"), "flag": True, "p": "set"}
   assert workdir.config_differences(old, new) == [
-      {"field": "a.c", "new": [1, 2], "guarded": True},
-      {"field": "flag", "old": 1, "new": True, "guarded": True},
-      {"field": "p", "old": None, "new": "set", "guarded": True},
-      {"field": "a.gone", "old": 2, "guarded": True},
+    {"field": "a.c", "new": [1, 2], "guarded": True},
+    {"field": "flag", "old": 1, "new": True, "guarded": True},
+    {"field": "p", "old": None, "new": "set", "guarded": True},
+    {"field": "a.gone", "old": 2, "guarded": True},
   ]
 
 
 @pytest.mark.parametrize(
-    "field",
-    ["loss.name", "model.generator.hidden", "optim.g.learning_rate", "data.name", "seed",
-     "batch_size", "n_critic", "regularizer.r1", "augment.policy", "ema.decay", "task",
-     "unrolled_steps", "parallel.mode", "srgan.pretrain_steps", "some_new_field"],
+  "field",
+  [
+    "loss.name",
+    "model.generator.hidden",
+    "optim.g.learning_rate",
+    "data.name",
+    "seed",
+    "batch_size",
+    "n_critic",
+    "regularizer.r1",
+    "augment.policy",
+    "ema.decay",
+    "task",
+    "unrolled_steps",
+    "parallel.mode",
+    "srgan.pretrain_steps",
+    "some_new_field",
+  ],
 )
 def test_guarded_fields(field):
   assert workdir.is_guarded(field)
 
 
 @pytest.mark.parametrize(
-    "field",
-    ["num_train_steps", "log_every_steps", "sample_every_steps", "checkpoint_every_steps",
-     "keep_checkpoints", "eval_every_steps", "eval_metrics", "resume.allow_config_changes",
-     "parallel.num_devices", "srgan.eval_shave", "data.eval_max_crops"],
+  "field",
+  [
+    "num_train_steps",
+    "log_every_steps",
+    "sample_every_steps",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "eval_every_steps",
+    "eval_metrics",
+    "resume.allow_config_changes",
+    "parallel.num_devices",
+    "srgan.eval_shave",
+    "data.eval_max_crops",
+  ],
 )
 def test_free_fields(field):
   assert not workdir.is_guarded(field)
@@ -105,7 +129,7 @@ def test_launches_record_changes_and_refuse_guarded_ones(tmp_path):
 
   # The reported case: the loss and G's learning rate changed on a trained workdir.
   changed = _tiny(
-      num_train_steps=6, log_every_steps=1, **{"loss.name": "hinge", "optim.g.learning_rate": 0.05}
+    num_train_steps=6, log_every_steps=1, **{"loss.name": "hinge", "optim.g.learning_rate": 0.05}
   )
   with pytest.raises(errors.WorkdirError) as refused:
     gan.train_and_evaluate(changed, path)
@@ -125,10 +149,10 @@ def test_launches_record_changes_and_refuse_guarded_ones(tmp_path):
   third = _launches(path)[2]
   assert third["resumed_from_step"] == 4 and third["allow_config_changes"] is True
   assert _changes(third) == {
-      "num_train_steps": (4, 6, False),
-      "loss.name": ("non_saturating", "hinge", True),
-      "optim.g.learning_rate": (0.001, 0.05, True),
-      "resume.allow_config_changes": (False, True, False),
+    "num_train_steps": (4, 6, False),
+    "loss.name": ("non_saturating", "hinge", True),
+    "optim.g.learning_rate": (0.001, 0.05, True),
+    "resume.allow_config_changes": (False, True, False),
   }
   assert _config_json(path)["loss"]["name"] == "hinge"
   # The original config is still the first line's.
@@ -136,8 +160,11 @@ def test_launches_record_changes_and_refuse_guarded_ones(tmp_path):
 
   # num_train_steps below the checkpoint's step: an error naming both and the flag to raise.
   below = _tiny(num_train_steps=3, **{"loss.name": "hinge", "optim.g.learning_rate": 0.05})
-  with pytest.raises(errors.WorkdirError, match=r"checkpoint at step 6, beyond "
-                     r"--config.num_train_steps=3.*--config.num_train_steps=6 or more"):
+  with pytest.raises(
+    errors.WorkdirError,
+    match=r"checkpoint at step 6, beyond "
+    r"--config.num_train_steps=3.*--config.num_train_steps=6 or more",
+  ):
     gan.train_and_evaluate(below, path)
   # Equal: nothing to train, and no error.
   below.num_train_steps = 6
@@ -174,10 +201,17 @@ def test_a_locked_workdir_refuses_a_second_launch(tmp_path):
   path = str(tmp_path / "run")
   os.makedirs(path)
   holder = subprocess.Popen(
-      [sys.executable, "-c",
-       "import sys; from ganjax import workdir; workdir.lock(sys.argv[1]); print('locked', "
-       "flush=True); sys.stdin.read()", path],
-      cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    [
+      sys.executable,
+      "-c",
+      "import sys; from ganjax import workdir; workdir.lock(sys.argv[1]); print('locked', "
+      "flush=True); sys.stdin.read()",
+      path,
+    ],
+    cwd=REPO_ROOT,
+    stdin=subprocess.PIPE,
+    stdout=subprocess.PIPE,
+    text=True,
   )
   try:
     assert holder.stdout.readline().strip() == "locked"
@@ -219,8 +253,11 @@ def test_a_lock_from_another_host_is_not_taken_over(tmp_path):
   path = str(tmp_path / "run")
   _write_lock(path, pid=_dead_pid(), host="elsewhere")
   lock_file = os.path.join(path, workdir.LOCK_FILE)
-  with pytest.raises(errors.WorkdirError, match=rf"another host: PID \d+ on host elsewhere.*"
-                     rf"delete {lock_file} and relaunch"):
+  with pytest.raises(
+    errors.WorkdirError,
+    match=rf"another host: PID \d+ on host elsewhere.*"
+    rf"delete {lock_file} and relaunch",
+  ):
     workdir.lock(path)
   assert os.path.exists(lock_file)
 

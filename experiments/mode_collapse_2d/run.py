@@ -36,10 +36,10 @@ CONFIG = os.path.join(REPO, "configs", "gaussian_mixture.py")
 
 # Published reference: Lin et al. 2018 (PacGAN), Table 1 (10 trials).
 PUBLISHED = {
-    ("ring", "gan"): "6.3 modes, 98.2 % HQ, rev-KL 0.45",
-    ("ring", "pacgan2"): "7.9 modes, 95.6 % HQ, rev-KL 0.07",
-    ("grid", "gan"): "17.3 modes, 94.8 % HQ, rev-KL 0.70",
-    ("grid", "pacgan4"): "24.8 modes, 93.6 % HQ, rev-KL 0.04",
+  ("ring", "gan"): "6.3 modes, 98.2 % HQ, rev-KL 0.45",
+  ("ring", "pacgan2"): "7.9 modes, 95.6 % HQ, rev-KL 0.07",
+  ("grid", "gan"): "17.3 modes, 94.8 % HQ, rev-KL 0.70",
+  ("grid", "pacgan4"): "24.8 modes, 93.6 % HQ, rev-KL 0.04",
 }
 TARGETS = {"ring": (8, 0.97), "grid": (25, 0.95)}
 
@@ -72,12 +72,12 @@ def run_one(out: str, dataset: str, method: str, seed: int, core: int | None, nu
   shutil.rmtree(workdir, ignore_errors=True)
   os.makedirs(workdir)
   command = [
-      sys.executable,
-      "-m",
-      "ganjax.main",
-      f"--config={CONFIG}:dataset={dataset},method={method}",
-      f"--config.seed={seed}",
-      f"--workdir={workdir}",
+    sys.executable,
+    "-m",
+    "ganjax.main",
+    f"--config={CONFIG}:dataset={dataset},method={method}",
+    f"--config.seed={seed}",
+    f"--workdir={workdir}",
   ]
   if core is not None and shutil.which("taskset"):
     command = ["taskset", "-c", str(core), *command]
@@ -89,21 +89,21 @@ def run_one(out: str, dataset: str, method: str, seed: int, core: int | None, nu
   if result.returncode or evaluation is None:
     raise RuntimeError(f"{dataset}/{method}/seed {seed} failed; see {workdir}/log.txt")
   record = {
-      "dataset": dataset,
-      "method": method,
-      "seed": seed,
-      "modes": evaluation["modes"],
-      "hq_fraction": evaluation["hq_fraction"],
-      "reverse_kl": evaluation["reverse_kl"],
-      "steps": num_steps,
-      "wall_s": round(wall, 1),
+    "dataset": dataset,
+    "method": method,
+    "seed": seed,
+    "modes": evaluation["modes"],
+    "hq_fraction": evaluation["hq_fraction"],
+    "reverse_kl": evaluation["reverse_kl"],
+    "steps": num_steps,
+    "wall_s": round(wall, 1),
   }
   with open(record_path, "w") as f:
     json.dump(record, f)
   print(
-      f"{dataset:5s} {method:25s} seed {seed}: {record['modes']:2d} modes, "
-      f"{100 * record['hq_fraction']:5.1f} % HQ, rev-KL {record['reverse_kl']:.3f}, {wall:.0f} s",
-      flush=True,
+    f"{dataset:5s} {method:25s} seed {seed}: {record['modes']:2d} modes, "
+    f"{100 * record['hq_fraction']:5.1f} % HQ, rev-KL {record['reverse_kl']:.3f}, {wall:.0f} s",
+    flush=True,
   )
   return record
 
@@ -116,39 +116,39 @@ def _mean_std(values: list[float], fmt: str) -> str:
 
 def markdown(records: list[dict], methods, datasets, protocol: str, machine: str) -> str:
   lines = [
-      "# 2-D mode-collapse study (ring and grid of Gaussians)",
-      "",
-      f"Measured {datetime.date.today().isoformat()} on {machine}; rerun with "
-      "`python experiments/mode_collapse_2d/run.py` (results.json holds every run).",
-      "",
-      "## Protocol",
-      "",
-      protocol,
-      "",
-      "## Results (mean ± std over seeds)",
-      "",
+    "# 2-D mode-collapse study (ring and grid of Gaussians)",
+    "",
+    f"Measured {datetime.date.today().isoformat()} on {machine}; rerun with "
+    "`python experiments/mode_collapse_2d/run.py` (results.json holds every run).",
+    "",
+    "## Protocol",
+    "",
+    protocol,
+    "",
+    "## Results (mean ± std over seeds)",
+    "",
   ]
   for dataset in datasets:
     target_modes, target_hq = TARGETS[dataset]
     lines += [
-        f"### {dataset} (target: {target_modes} modes, ≥ {100 * target_hq:.0f} % HQ, "
-        "each run ≤ 3 min)",
-        "",
-        "| method | seeds | steps | modes | % high quality | reverse KL | wall time (s) | "
-        "published (PacGAN Table 1) |",
-        "|---|---|---|---|---|---|---|---|",
+      f"### {dataset} (target: {target_modes} modes, ≥ {100 * target_hq:.0f} % HQ, "
+      "each run ≤ 3 min)",
+      "",
+      "| method | seeds | steps | modes | % high quality | reverse KL | wall time (s) | "
+      "published (PacGAN Table 1) |",
+      "|---|---|---|---|---|---|---|---|",
     ]
     for method in methods:
       rows = [r for r in records if r["dataset"] == dataset and r["method"] == method]
       if not rows:
         continue
       lines.append(
-          f"| {method} | {len(rows)} | {rows[0].get('steps', '')} | "
-          f"{_mean_std([r['modes'] for r in rows], '.1f')} | "
-          f"{_mean_std([100 * r['hq_fraction'] for r in rows], '.1f')} | "
-          f"{_mean_std([r['reverse_kl'] for r in rows], '.3f')} | "
-          f"{_mean_std([r['wall_s'] for r in rows], '.0f')} | "
-          f"{PUBLISHED.get((dataset, method), '')} |"
+        f"| {method} | {len(rows)} | {rows[0].get('steps', '')} | "
+        f"{_mean_std([r['modes'] for r in rows], '.1f')} | "
+        f"{_mean_std([100 * r['hq_fraction'] for r in rows], '.1f')} | "
+        f"{_mean_std([r['reverse_kl'] for r in rows], '.3f')} | "
+        f"{_mean_std([r['wall_s'] for r in rows], '.0f')} | "
+        f"{PUBLISHED.get((dataset, method), '')} |"
       )
     lines += ["", f"![final samples, seed 0](scatter_{dataset}.png)", ""]
   return "\n".join(lines)
@@ -159,36 +159,36 @@ def protocol_text(config_module) -> str:
   g, d = config.model.generator, config.model.discriminator
   steps = ", ".join(f"{m} {n}" for m, n in config_module.STEPS.items())
   return "\n".join(
-      [
-          "- Data: ring = 8 Gaussians on a circle of radius 1, sigma 0.01; grid = 25 Gaussians at "
-          "{-4, -2, 0, 2, 4}^2, sigma 0.05 (fresh samples every step).",
-          f"- Generator: MLP, latent N(0, I) of dim {config.model.latent_dim}, hidden "
-          f"{tuple(g.hidden)}, LeakyReLU({g.leaky_slope}), BatchNorm {g.batch_norm}, linear "
-          "output.",
-          f"- Discriminator: MLP, hidden {tuple(d.hidden)}, "
-          + (
-              f"maxout units of {d.maxout_pieces} pieces"
-              if d.maxout_pieces > 1
-              else f"LeakyReLU({d.leaky_slope})"
-          )
-          + (f", N(0, {d.kernel_init_std}^2) kernels" if d.kernel_init_std else "")
-          + ", no dropout; methods change it as `configs/gaussian_mixture.py` documents.",
-          f"- Training: {config.num_train_steps} generator steps (the costlier methods train for "
-          f"fewer so that each run stays within 3 minutes on one core: {steps}), batch "
-          f"{config.batch_size} "
-          f"(PacGAN3: {config.batch_size - config.batch_size % 3}), objective "
-          f"{config.loss.name}, Adam(lr {config.optim.g.learning_rate}, b1 {config.optim.g.b1}, "
-          f"b2 {config.optim.g.b2}) for both, learning-rate schedule "
-          f"{config.optim.g.get('schedule', 'constant')}, generator EMA {config.ema.decay} "
-          "(evaluated on the EMA weights when it is on). WGAN-GP: n_critic 5, Adam b2 0.9, "
-          "gradient penalty 10.",
-          f"- Evaluation (Srivastava et al. 2017; Lin et al. 2018): {config.eval_num_samples} "
-          "samples of the final generator; a sample is high quality (HQ) within 3 sigma of its "
-          "nearest mode; modes = modes nearest to at least one HQ sample; reverse KL = KL(HQ "
-          "samples' mode histogram || uniform).",
-          "- Each run is one process pinned to one core (two runs in parallel on the 2-core "
-          "machine); wall time includes start-up and compilation.",
-      ]
+    [
+      "- Data: ring = 8 Gaussians on a circle of radius 1, sigma 0.01; grid = 25 Gaussians at "
+      "{-4, -2, 0, 2, 4}^2, sigma 0.05 (fresh samples every step).",
+      f"- Generator: MLP, latent N(0, I) of dim {config.model.latent_dim}, hidden "
+      f"{tuple(g.hidden)}, LeakyReLU({g.leaky_slope}), BatchNorm {g.batch_norm}, linear "
+      "output.",
+      f"- Discriminator: MLP, hidden {tuple(d.hidden)}, "
+      + (
+        f"maxout units of {d.maxout_pieces} pieces"
+        if d.maxout_pieces > 1
+        else f"LeakyReLU({d.leaky_slope})"
+      )
+      + (f", N(0, {d.kernel_init_std}^2) kernels" if d.kernel_init_std else "")
+      + ", no dropout; methods change it as `configs/gaussian_mixture.py` documents.",
+      f"- Training: {config.num_train_steps} generator steps (the costlier methods train for "
+      f"fewer so that each run stays within 3 minutes on one core: {steps}), batch "
+      f"{config.batch_size} "
+      f"(PacGAN3: {config.batch_size - config.batch_size % 3}), objective "
+      f"{config.loss.name}, Adam(lr {config.optim.g.learning_rate}, b1 {config.optim.g.b1}, "
+      f"b2 {config.optim.g.b2}) for both, learning-rate schedule "
+      f"{config.optim.g.get('schedule', 'constant')}, generator EMA {config.ema.decay} "
+      "(evaluated on the EMA weights when it is on). WGAN-GP: n_critic 5, Adam b2 0.9, "
+      "gradient penalty 10.",
+      f"- Evaluation (Srivastava et al. 2017; Lin et al. 2018): {config.eval_num_samples} "
+      "samples of the final generator; a sample is high quality (HQ) within 3 sigma of its "
+      "nearest mode; modes = modes nearest to at least one HQ sample; reverse KL = KL(HQ "
+      "samples' mode histogram || uniform).",
+      "- Each run is one process pinned to one core (two runs in parallel on the 2-core "
+      "machine); wall time includes start-up and compilation.",
+    ]
   )
 
 
@@ -247,9 +247,9 @@ def main(argv=None) -> int:
   parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
   parser.add_argument("--note", default="", help="a remark added under the protocol")
   parser.add_argument(
-      "--collect_only",
-      action="store_true",
-      help="run nothing: make the table and plots from the finished runs in --out",
+    "--collect_only",
+    action="store_true",
+    help="run nothing: make the table and plots from the finished runs in --out",
   )
   args = parser.parse_args(argv)
   datasets = [d for d in args.datasets.split(",") if d]

@@ -51,12 +51,12 @@ def valid_names() -> list[str]:
 
 
 def create_source(
-    data_config: ml_collections.ConfigDict,
-    *,
-    seed: int,
-    batch_size: int,
-    process_index: int = 0,
-    process_count: int = 1,
+  data_config: ml_collections.ConfigDict,
+  *,
+  seed: int,
+  batch_size: int,
+  process_index: int = 0,
+  process_count: int = 1,
 ) -> DataSource:
   """Builds the data source for ``data_config`` (``config.data``).
 
@@ -81,15 +81,15 @@ def create_source(
   for module in source_modules():
     if module.claims(data_config):
       source = module.create(
-          data_config,
-          seed=seed,
-          batch_size=batch_size,
-          process_index=process_index,
-          process_count=process_count,
+        data_config,
+        seed=seed,
+        batch_size=batch_size,
+        process_index=process_index,
+        process_count=process_count,
       )
       checks.check_output(source, data_config)
       return source
   raise ConfigError(
-      f"Unknown data.name {name!r}. Valid names: {', '.join(valid_names())}; any TensorFlow "
-      "Datasets name (e.g. 'mnist', 'cifar10', 'celeb_a') also works through the tfds source."
+    f"Unknown data.name {name!r}. Valid names: {', '.join(valid_names())}; any TensorFlow "
+    "Datasets name (e.g. 'mnist', 'cifar10', 'celeb_a') also works through the tfds source."
   )

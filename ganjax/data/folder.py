@@ -31,12 +31,12 @@ from PIL import Image
 
 from ganjax.data import checks, preprocessing
 from ganjax.data.source import (
-    Batch,
-    DataSource,
-    check_batch_fits,
-    check_process,
-    host_batch_size,
-    indexed_batches,
+  Batch,
+  DataSource,
+  check_batch_fits,
+  check_process,
+  host_batch_size,
+  indexed_batches,
 )
 from ganjax.errors import ConfigError, DataError, MissingPathError
 
@@ -54,12 +54,12 @@ def claims(data_config: ml_collections.ConfigDict) -> bool:
 
 
 def create(
-    data_config: ml_collections.ConfigDict,
-    *,
-    seed: int,
-    batch_size: int,
-    process_index: int,
-    process_count: int,
+  data_config: ml_collections.ConfigDict,
+  *,
+  seed: int,
+  batch_size: int,
+  process_index: int,
+  process_count: int,
 ) -> DataSource:
   """A lazily decoded source over the image folder ``data.dir``."""
   path = data_config.get("dir")
@@ -89,17 +89,17 @@ def create(
     width, height = check_same_size(files)
     shape = (height, width, channels)
   checked = checks.check_native(
-      data_config.name,
-      split,
-      where=f"data.dir={path!r} holds",
-      shape=shape,
-      num_examples=len(files),
-      labels=labels,
-      num_classes=len(class_names) if labels is not None else None,
+    data_config.name,
+    split,
+    where=f"data.dir={path!r} holds",
+    shape=shape,
+    num_examples=len(files),
+    labels=labels,
+    num_classes=len(class_names) if labels is not None else None,
   )
   checked_note = checked.note if image_size else f"{checked.note}; all images {width}x{height}"
   pool = concurrent.futures.ThreadPoolExecutor(
-      min(32, (os.cpu_count() or 1) + 4), thread_name_prefix="ganjax-decode"
+    min(32, (os.cpu_count() or 1) + 4), thread_name_prefix="ganjax-decode"
   )
   num_examples = len(files)
   use_cache = num_examples * int(np.prod(shape)) <= cache_max
@@ -110,8 +110,8 @@ def create(
     image = preprocessing.decode_image(files[index], channels=channels, image_size=image_size)
     if image.shape != shape:
       raise DataError(
-          f"Image {files[index]} is {image.shape[1]}x{image.shape[0]} but {files[0]} is "
-          f"{shape[1]}x{shape[0]}; set data.image_size to resize all images to one size."
+        f"Image {files[index]} is {image.shape[1]}x{image.shape[0]} but {files[0]} is "
+        f"{shape[1]}x{shape[0]}; set data.image_size to resize all images to one size."
       )
     return image
 
@@ -131,37 +131,36 @@ def create(
 
   def batches(start_step: int) -> Iterator[Batch]:
     return indexed_batches(
-        fetch,
-        start_step=start_step,
-        seed=seed,
-        num_examples=num_examples,
-        batch_size=batch_size,
-        process_index=process_index,
-        process_count=process_count,
-        lookahead=1,
+      fetch,
+      start_step=start_step,
+      seed=seed,
+      num_examples=num_examples,
+      batch_size=batch_size,
+      process_index=process_index,
+      process_count=process_count,
+      lookahead=1,
     )
 
   resize = f"center crop to square + resize to {image_size} (Pillow); " if image_size else ""
   return DataSource(
-      name=data_config.name,
-      element_shape=shape,
-      num_examples=num_examples,
-      num_classes=checked.num_classes,
-      description={
-          "source": "folder",
-          "dataset": data_config.name,
-          "path": os.path.abspath(path),
-          "extracted_to": extracted,
-          "root": os.path.abspath(root),
-          "split": split,
-          "num_examples": num_examples,
-          "class_names": class_names,
-          "in_memory": use_cache,
-          "checked": checked_note,
-          "preprocessing": f"decode to {'L' if channels == 1 else 'RGB'}; {resize}"
-          "uint8 / 127.5 - 1",
-      },
-      batches=batches,
+    name=data_config.name,
+    element_shape=shape,
+    num_examples=num_examples,
+    num_classes=checked.num_classes,
+    description={
+      "source": "folder",
+      "dataset": data_config.name,
+      "path": os.path.abspath(path),
+      "extracted_to": extracted,
+      "root": os.path.abspath(root),
+      "split": split,
+      "num_examples": num_examples,
+      "class_names": class_names,
+      "in_memory": use_cache,
+      "checked": checked_note,
+      "preprocessing": f"decode to {'L' if channels == 1 else 'RGB'}; {resize}uint8 / 127.5 - 1",
+    },
+    batches=batches,
   )
 
 
@@ -234,14 +233,14 @@ def split_folder(root: str, split: str) -> str:
     if not os.path.isdir(folder):
       available = sorted(e for e in os.listdir(root) if os.path.isdir(os.path.join(root, e)))
       raise DataError(
-          f"data.split={split!r} not found in {root}; its split subfolders: {available}."
+        f"data.split={split!r} not found in {root}; its split subfolders: {available}."
       )
     return folder
   if split != "train":
     raise DataError(
-        f"data.name='folder' has no {split} split: {root} has no train/ and test/ subfolders, so "
-        f"it is all split 'train'. Use data.split='train', or put the images in "
-        f"{os.path.join(root, 'train')}/ and {os.path.join(root, split)}/ (plus test/)."
+      f"data.name='folder' has no {split} split: {root} has no train/ and test/ subfolders, so "
+      f"it is all split 'train'. Use data.split='train', or put the images in "
+      f"{os.path.join(root, 'train')}/ and {os.path.join(root, split)}/ (plus test/)."
     )
   return root
 
@@ -251,23 +250,21 @@ def list_images(root: str) -> tuple[list[str], np.ndarray | None, list[str]]:
   entries = sorted(e for e in os.listdir(root) if not e.startswith("."))
   loose = [os.path.join(root, e) for e in entries if _is_image(os.path.join(root, e))]
   class_files = {
-      e: _images_below(os.path.join(root, e))
-      for e in entries
-      if os.path.isdir(os.path.join(root, e))
+    e: _images_below(os.path.join(root, e)) for e in entries if os.path.isdir(os.path.join(root, e))
   }
   class_files = {name: files for name, files in class_files.items() if files}
   if loose and class_files:
     raise DataError(
-        f"{root} holds images both directly and in class subfolders "
-        f"({', '.join(class_files)}); use one layout."
+      f"{root} holds images both directly and in class subfolders "
+      f"({', '.join(class_files)}); use one layout."
     )
   if loose:
     return loose, None, []
   if not class_files:
     raise DataError(
-        f"No images found in {root} (searched for extensions "
-        f"{', '.join(IMAGE_EXTENSIONS)}, case-insensitive); point data.dir at a folder of images "
-        "or of class subfolders of images."
+      f"No images found in {root} (searched for extensions "
+      f"{', '.join(IMAGE_EXTENSIONS)}, case-insensitive); point data.dir at a folder of images "
+      "or of class subfolders of images."
     )
   files, labels = [], []
   for label, name in enumerate(class_files):
@@ -287,8 +284,8 @@ def check_same_size(files: list[str]) -> tuple[int, int]:
     size = _probe_size(path)
     if size != first:
       raise DataError(
-          f"Image {path} is {size[0]}x{size[1]} but {files[0]} is {first[0]}x{first[1]}; set "
-          "data.image_size to resize all images to one size."
+        f"Image {path} is {size[0]}x{size[1]} but {files[0]} is {first[0]}x{first[1]}; set "
+        "data.image_size to resize all images to one size."
       )
   return first
 
@@ -310,8 +307,9 @@ def _images_below(folder: str) -> list[str]:
   for dirpath, dirnames, filenames in os.walk(folder):
     dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
     files.extend(
-        os.path.join(dirpath, f) for f in sorted(filenames)
-        if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
+      os.path.join(dirpath, f)
+      for f in sorted(filenames)
+      if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
     )
   return files
 

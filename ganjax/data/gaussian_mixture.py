@@ -55,12 +55,12 @@ def claims(data_config: ml_collections.ConfigDict) -> bool:
 
 
 def create(
-    data_config: ml_collections.ConfigDict,
-    *,
-    seed: int,
-    batch_size: int,
-    process_index: int,
-    process_count: int,
+  data_config: ml_collections.ConfigDict,
+  *,
+  seed: int,
+  batch_size: int,
+  process_index: int,
+  process_count: int,
 ) -> DataSource:
   """The infinite mixture source ``data.name`` ("ring" or "grid")."""
   name = data_config.name
@@ -74,18 +74,18 @@ def create(
       yield {"image": points, "label": labels}
 
   return DataSource(
-      name=name,
-      element_shape=(2,),
-      num_examples=None,
-      num_classes=len(modes),
-      description={
-          "source": "gaussian_mixture",
-          "dataset": name,
-          "num_modes": len(modes),
-          "std": mixture_std(name),
-          "modes": modes.tolist(),
-          "sampling": "uniform over modes; rng = default_rng([seed, step, process_index])",
-          "preprocessing": "none (raw 2-D coordinates)",
-      },
-      batches=batches,
+    name=name,
+    element_shape=(2,),
+    num_examples=None,
+    num_classes=len(modes),
+    description={
+      "source": "gaussian_mixture",
+      "dataset": name,
+      "num_modes": len(modes),
+      "std": mixture_std(name),
+      "modes": modes.tolist(),
+      "sampling": "uniform over modes; rng = default_rng([seed, step, process_index])",
+      "preprocessing": "none (raw 2-D coordinates)",
+    },
+    batches=batches,
   )

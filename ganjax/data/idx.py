@@ -59,8 +59,8 @@ def read_idx(path: str, *, expected_ndim: int | None = None) -> np.ndarray:
   if expected_ndim is not None and ndim != expected_ndim:
     expected = (_UBYTE << 8) | expected_ndim
     raise DataError(
-        f"Corrupt IDX file {path}: magic number {magic} means {ndim} dimensions, expected "
-        f"{expected_ndim} (magic {expected})."
+      f"Corrupt IDX file {path}: magic number {magic} means {ndim} dimensions, expected "
+      f"{expected_ndim} (magic {expected})."
     )
   header_size = 4 + 4 * ndim
   if len(data) < header_size:
@@ -70,8 +70,8 @@ def read_idx(path: str, *, expected_ndim: int | None = None) -> np.ndarray:
   expected_bytes = header_size + int(np.prod(shape)) * dtype.itemsize
   if len(data) != expected_bytes:
     raise DataError(
-        f"Corrupt IDX file {path}: the header declares shape {shape} ({expected_bytes} bytes) "
-        f"but the file has {len(data)} bytes."
+      f"Corrupt IDX file {path}: the header declares shape {shape} ({expected_bytes} bytes) "
+      f"but the file has {len(data)} bytes."
     )
   array = np.frombuffer(data, dtype=dtype, offset=header_size).reshape(shape)
   return array.astype(dtype.newbyteorder("="))
@@ -86,7 +86,7 @@ def find_idx_files(directory: str, split: str, name: str | None = None) -> tuple
   """
   if split not in _SPLIT_PREFIX:
     raise ConfigError(
-        f"IDX files have the splits {', '.join(_SPLIT_PREFIX)}; got data.split={split!r}."
+      f"IDX files have the splits {', '.join(_SPLIT_PREFIX)}; got data.split={split!r}."
     )
   prefixes = [_SPLIT_PREFIX[split]]
   if name and name != "idx":
@@ -94,14 +94,15 @@ def find_idx_files(directory: str, split: str, name: str | None = None) -> tuple
   found = []
   for suffix in (_IMAGES_SUFFIX, _LABELS_SUFFIX):
     candidates = [
-        os.path.join(directory, f"{prefix}-{suffix}{ext}") for prefix in prefixes
-        for ext in ("", ".gz")
+      os.path.join(directory, f"{prefix}-{suffix}{ext}")
+      for prefix in prefixes
+      for ext in ("", ".gz")
     ]
     existing = [path for path in candidates if os.path.isfile(path)]
     if not existing:
       raise MissingPathError(
-          f"No IDX {suffix.split('-')[0]} file for split {split!r}; looked for: "
-          + ", ".join(candidates)
+        f"No IDX {suffix.split('-')[0]} file for split {split!r}; looked for: "
+        + ", ".join(candidates)
       )
     found.append(existing[0])
   return found[0], found[1]
@@ -112,7 +113,7 @@ def holds_idx_files(directory: str | None) -> bool:
   if not directory or not os.path.isdir(directory):
     return False
   return any(
-      entry.endswith((_IMAGES_SUFFIX, _IMAGES_SUFFIX + ".gz")) for entry in os.listdir(directory)
+    entry.endswith((_IMAGES_SUFFIX, _IMAGES_SUFFIX + ".gz")) for entry in os.listdir(directory)
   )
 
 
@@ -121,7 +122,7 @@ def claims(data_config: ml_collections.ConfigDict) -> bool:
 
 
 def load_split(
-    directory: str, split: str, name: str | None = None
+  directory: str, split: str, name: str | None = None
 ) -> tuple[np.ndarray, np.ndarray, str, str]:
   """Reads and checks the uint8 images and labels of ``split`` in ``directory``.
 
@@ -132,23 +133,23 @@ def load_split(
   labels = read_idx(labels_path, expected_ndim=1)
   if images.dtype != np.uint8 or labels.dtype != np.uint8:
     raise DataError(
-        f"IDX files must hold unsigned bytes; got {images.dtype} in {images_path} and "
-        f"{labels.dtype} in {labels_path}."
+      f"IDX files must hold unsigned bytes; got {images.dtype} in {images_path} and "
+      f"{labels.dtype} in {labels_path}."
     )
   if len(images) != len(labels):
     raise DataError(
-        f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels."
+      f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels."
     )
   return images, labels, images_path, labels_path
 
 
 def create(
-    data_config: ml_collections.ConfigDict,
-    *,
-    seed: int,
-    batch_size: int,
-    process_index: int,
-    process_count: int,
+  data_config: ml_collections.ConfigDict,
+  *,
+  seed: int,
+  batch_size: int,
+  process_index: int,
+  process_count: int,
 ) -> DataSource:
   """An in-memory source over the IDX image/label files of ``data.split`` in ``data.dir``."""
   name = data_config.name
@@ -161,41 +162,41 @@ def create(
   images, labels, images_path, labels_path = load_split(directory, split, name)
   native_shape = images.shape[1:3]
   checked = checks.check_native(
-      name,
-      split,
-      where=f"data.dir={directory!r} holds IDX files ({os.path.basename(images_path)}) with",
-      shape=(*native_shape, 1),
-      num_examples=len(images),
-      labels=labels,
-      fix="If these files are the data you want, set data.name='idx' (or the name of the "
-      "dataset they hold, e.g. 'mnist'); otherwise point data.dir at the data of "
-      f"data.name={name!r}.",
+    name,
+    split,
+    where=f"data.dir={directory!r} holds IDX files ({os.path.basename(images_path)}) with",
+    shape=(*native_shape, 1),
+    num_examples=len(images),
+    labels=labels,
+    fix="If these files are the data you want, set data.name='idx' (or the name of the "
+    "dataset they hold, e.g. 'mnist'); otherwise point data.dir at the data of "
+    f"data.name={name!r}.",
   )
   image_size = data_config.get("image_size")
   channels = data_config.get("channels")
   images = preprocessing.convert_channels(preprocessing.resize_images(images, image_size), channels)
   resize = (
-      f"center crop + resize {native_shape} -> {image_size} (Pillow); "
-      if image_size and native_shape != (image_size, image_size)
-      else ""
+    f"center crop + resize {native_shape} -> {image_size} (Pillow); "
+    if image_size and native_shape != (image_size, image_size)
+    else ""
   )
   gray_to_rgb = "grayscale -> RGB (repeated); " if channels == 3 else ""
   return array_source(
-      name,
-      images,
-      labels,
-      num_classes=checked.num_classes,
-      description={
-          "source": "idx",
-          "dataset": name,
-          "path": os.path.abspath(images_path),
-          "labels_path": os.path.abspath(labels_path),
-          "split": split,
-          "checked": checked.note,
-          "preprocessing": f"{resize}{gray_to_rgb}uint8 / 127.5 - 1",
-      },
-      seed=seed,
-      batch_size=batch_size,
-      process_index=process_index,
-      process_count=process_count,
+    name,
+    images,
+    labels,
+    num_classes=checked.num_classes,
+    description={
+      "source": "idx",
+      "dataset": name,
+      "path": os.path.abspath(images_path),
+      "labels_path": os.path.abspath(labels_path),
+      "split": split,
+      "checked": checked.note,
+      "preprocessing": f"{resize}{gray_to_rgb}uint8 / 127.5 - 1",
+    },
+    seed=seed,
+    batch_size=batch_size,
+    process_index=process_index,
+    process_count=process_count,
   )

@@ -64,8 +64,8 @@ def center_crop_box(width: int, height: int, crop_size: int | None = None) -> tu
   side = min(width, height) if crop_size is None else int(crop_size)
   if side > min(width, height):
     raise ConfigError(
-        f"Cannot crop {side}x{side} from a {width}x{height} image; use a data.crop_size of at "
-        f"most {min(width, height)}."
+      f"Cannot crop {side}x{side} from a {width}x{height} image; use a data.crop_size of at "
+      f"most {min(width, height)}."
     )
   left = (width - side) // 2
   top = (height - side) // 2
@@ -73,7 +73,7 @@ def center_crop_box(width: int, height: int, crop_size: int | None = None) -> tu
 
 
 def center_crop_and_resize(
-    image: np.ndarray | Image.Image, size: int | None, crop_size: int | None = None
+  image: np.ndarray | Image.Image, size: int | None, crop_size: int | None = None
 ) -> np.ndarray:
   """Centre-crops a square and resizes it to ``size`` x ``size``; returns uint8 (H, W[, C]).
 
@@ -96,9 +96,7 @@ def center_crop_and_resize(
   return result
 
 
-def resize_images(
-    images: np.ndarray, size: int | None, crop_size: int | None = None
-) -> np.ndarray:
+def resize_images(images: np.ndarray, size: int | None, crop_size: int | None = None) -> np.ndarray:
   """Applies :func:`center_crop_and_resize` to every image of a uint8 batch; returns NHWC."""
   images = ensure_nhwc(images)
   _, height, width, _ = images.shape
@@ -108,11 +106,11 @@ def resize_images(
 
 
 def decode_image(
-    source: ImageInput,
-    *,
-    channels: int = 3,
-    image_size: int | None = None,
-    crop_size: int | None = None,
+  source: ImageInput,
+  *,
+  channels: int = 3,
+  image_size: int | None = None,
+  crop_size: int | None = None,
 ) -> np.ndarray:
   """Decodes an encoded image (path, bytes or file) into uint8 (H, W, channels).
 

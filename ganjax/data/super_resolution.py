@@ -54,12 +54,12 @@ Batch = dict[str, np.ndarray]
 
 # skimage.data photographs: training pool (RGB, then grayscale) and the held-out images.
 SKIMAGE_TRAIN_RGB = (
-    "astronaut",
-    "rocket",
-    "immunohistochemistry",
-    "hubble_deep_field",
-    "retina",
-    "motorcycle_left",
+  "astronaut",
+  "rocket",
+  "immunohistochemistry",
+  "hubble_deep_field",
+  "retina",
+  "motorcycle_left",
 )
 SKIMAGE_TRAIN_GRAY = ("camera", "coins", "moon", "brick", "grass", "gravel")
 SKIMAGE_HELD_OUT = ("chelsea", "coffee")
@@ -98,26 +98,26 @@ def check_divisible(height: int, width: int, scale: int, what: str) -> None:
   """Raises ``ValueError`` unless both sides divide by ``scale``."""
   if height % scale or width % scale:
     raise ConfigError(
-        f"The {what} size {height}x{width} is not divisible by the scale {scale}; use a multiple "
-        f"of {scale} (e.g. {max(scale, height // scale * scale)})."
+      f"The {what} size {height}x{width} is not divisible by the scale {scale}; use a multiple "
+      f"of {scale} (e.g. {max(scale, height // scale * scale)})."
     )
 
 
 def make_pairs(hr: np.ndarray, scale: int) -> Batch:
   """uint8 HR images -> ``{"hr", "lr"}`` float32 in [-1, 1] (LR by bicubic downsampling)."""
   return {
-      "hr": preprocessing.to_float(hr),
-      "lr": preprocessing.to_float(downsample(hr, scale)),
+    "hr": preprocessing.to_float(hr),
+    "lr": preprocessing.to_float(downsample(hr, scale)),
   }
 
 
 def random_crops(
-    images: Callable[[int], np.ndarray],
-    num_images: int,
-    rng: np.random.Generator,
-    count: int,
-    crop_size: int,
-    flip: bool,
+  images: Callable[[int], np.ndarray],
+  num_images: int,
+  rng: np.random.Generator,
+  count: int,
+  crop_size: int,
+  flip: bool,
 ) -> np.ndarray:
   """``count`` uniform random ``crop_size`` squares of uint8 images (``images(i)`` loads one)."""
   which = rng.integers(num_images, size=count)
@@ -128,8 +128,8 @@ def random_crops(
     h, w = image.shape[:2]
     if h < crop_size or w < crop_size:
       raise DataError(
-          f"Training image {index} is {w}x{h}, smaller than data.crop_size={crop_size}; use a "
-          "smaller crop_size."
+        f"Training image {index} is {w}x{h}, smaller than data.crop_size={crop_size}; use a "
+        "smaller crop_size."
       )
     top = int(tops[i] * (h - crop_size + 1))
     left = int(lefts[i] * (w - crop_size + 1))
@@ -144,9 +144,9 @@ def tiles(image: np.ndarray, size: int) -> list[np.ndarray]:
   rows, cols = h // size, w // size
   top0, left0 = (h - rows * size) // 2, (w - cols * size) // 2
   return [
-      image[top0 + r * size : top0 + (r + 1) * size, left0 + c * size : left0 + (c + 1) * size]
-      for r in range(rows)
-      for c in range(cols)
+    image[top0 + r * size : top0 + (r + 1) * size, left0 + c * size : left0 + (c + 1) * size]
+    for r in range(rows)
+    for c in range(cols)
   ]
 
 
@@ -196,15 +196,15 @@ def load_skimage(name: str) -> np.ndarray:
 
 
 def _held_out_set(
-    images: list[np.ndarray], labels: list[str], scale: int, eval_crop_size: int, max_crops: int
+  images: list[np.ndarray], labels: list[str], scale: int, eval_crop_size: int, max_crops: int
 ) -> dict[str, Any]:
   """Tiles of the held-out images -> uint8 HR / LR / bicubic arrays (at most ``max_crops``)."""
   smallest = min(min(image.shape[:2]) for image in images)
   size = min(eval_crop_size, smallest) // scale * scale
   if size < 11 + 2 * scale:  # SSIM's 11x11 window after shaving `scale` pixels per border.
     raise DataError(
-        f"Held-out images are too small ({smallest} px) for evaluation crops at scale {scale}: "
-        f"need at least {11 + 2 * scale} pixels per side."
+      f"Held-out images are too small ({smallest} px) for evaluation crops at scale {scale}: "
+      f"need at least {11 + 2 * scale} pixels per side."
     )
   crops, names = [], []
   for image, label in zip(images, labels, strict=True):
@@ -220,13 +220,13 @@ def _held_out_set(
 
 
 def create_pair_source(
-    data_config: ml_collections.ConfigDict,
-    *,
-    scale: int,
-    seed: int,
-    batch_size: int,
-    process_index: int = 0,
-    process_count: int = 1,
+  data_config: ml_collections.ConfigDict,
+  *,
+  scale: int,
+  seed: int,
+  batch_size: int,
+  process_index: int = 0,
+  process_count: int = 1,
 ) -> PairSource:
   """The super-resolution source of ``config.data`` (see the module docstring).
 
@@ -254,23 +254,34 @@ def create_pair_source(
     load_train = train.__getitem__
     num_images = len(train)
     held_out = functools.partial(
-        _held_out_set, [load_skimage(n) for n in held_names], held_names, scale, eval_crop,
-        max_crops,
+      _held_out_set,
+      [load_skimage(n) for n in held_names],
+      held_names,
+      scale,
+      eval_crop,
+      max_crops,
     )
     description = {
-        "source": "skimage.data (shipped with scikit-image; offline)",
-        "train_images": train_names,
-        "held_out_images": held_names,
+      "source": "skimage.data (shipped with scikit-image; offline)",
+      "train_images": train_names,
+      "held_out_images": held_names,
     }
   elif name == "folder":
     load_train, num_images, held_out, description = _folder(
-        data_config, scale, eval_crop, max_crops
+      data_config, scale, eval_crop, max_crops
     )
   else:
     return _generic(
-        data_config, scale=scale, seed=seed, batch_size=batch_size, crop_size=crop_size,
-        flip=flip, eval_crop=eval_crop, max_crops=max_crops, process_index=process_index,
-        process_count=process_count,
+      data_config,
+      scale=scale,
+      seed=seed,
+      batch_size=batch_size,
+      crop_size=crop_size,
+      flip=flip,
+      eval_crop=eval_crop,
+      max_crops=max_crops,
+      process_index=process_index,
+      process_count=process_count,
     )
 
   offset = process_index * host_batch
@@ -289,23 +300,29 @@ def create_pair_source(
       step += 1
 
   description = {
-      **description,
-      "dataset": name,
-      "num_train_images": num_images,
-      "preprocessing": _preprocessing_note(crop_size, scale, flip),
+    **description,
+    "dataset": name,
+    "num_train_images": num_images,
+    "preprocessing": _preprocessing_note(crop_size, scale, flip),
   }
   return PairSource(
-      name=name, scale=scale, crop_size=crop_size, channels=3, num_images=num_images,
-      description=description, batches=batches, held_out=functools.cache(held_out),
+    name=name,
+    scale=scale,
+    crop_size=crop_size,
+    channels=3,
+    num_images=num_images,
+    description=description,
+    batches=batches,
+    held_out=functools.cache(held_out),
   )
 
 
 def _preprocessing_note(crop_size: int, scale: int, flip: bool) -> str:
   flip_note = " + random left-right flip" if flip else ""
   return (
-      f"uniform random {crop_size}x{crop_size} HR crops{flip_note}"
-      f"; LR = Pillow BICUBIC resize of the uint8 crop to {crop_size // scale}x"
-      f"{crop_size // scale}, rounded to uint8; both uint8 / 127.5 - 1"
+    f"uniform random {crop_size}x{crop_size} HR crops{flip_note}"
+    f"; LR = Pillow BICUBIC resize of the uint8 crop to {crop_size // scale}x"
+    f"{crop_size // scale}, rounded to uint8; both uint8 / 127.5 - 1"
   )
 
 
@@ -331,8 +348,8 @@ def _folder(data_config, scale: int, eval_crop: int, max_crops: int):
     num_eval = int(data_config.get("num_eval_images", 64))
     if not 0 < num_eval < len(train_files):
       raise ConfigError(
-          f"data.num_eval_images={num_eval} must be in [1, {len(train_files) - 1}] for the "
-          f"{len(train_files)} images of {root}."
+        f"data.num_eval_images={num_eval} must be in [1, {len(train_files) - 1}] for the "
+        f"{len(train_files)} images of {root}."
       )
     train_files, held_files = train_files[:-num_eval], train_files[-num_eval:]
     split_note = f"the last {num_eval} files (sorted) held out"
@@ -343,38 +360,51 @@ def _folder(data_config, scale: int, eval_crop: int, max_crops: int):
 
   def held_out():
     images = [preprocessing.decode_image(f, channels=3) for f in held_files]
-    return _held_out_set(images, [os.path.basename(f) for f in held_files], scale, eval_crop,
-                         max_crops)
+    return _held_out_set(
+      images, [os.path.basename(f) for f in held_files], scale, eval_crop, max_crops
+    )
 
   description = {
-      "source": "folder",
-      "path": os.path.abspath(path),
-      "root": os.path.abspath(root),
-      "split": split_note,
-      "num_held_out_images": len(held_files),
+    "source": "folder",
+    "path": os.path.abspath(path),
+    "root": os.path.abspath(root),
+    "split": split_note,
+    "num_held_out_images": len(held_files),
   }
   return load_train, len(train_files), held_out, description
 
 
 def _generic(
-    data_config, *, scale, seed, batch_size, crop_size, flip, eval_crop, max_crops, process_index,
-    process_count,
+  data_config,
+  *,
+  scale,
+  seed,
+  batch_size,
+  crop_size,
+  flip,
+  eval_crop,
+  max_crops,
+  process_index,
+  process_count,
 ) -> PairSource:
   """Crops from the batches of a :func:`ganjax.data.create_source` source (TFDS, ...)."""
   from ganjax import data as data_lib
 
   # data.crop_size is the HR crop here; the image sources read it as a centre crop (TFDS).
   source_config = ml_collections.ConfigDict(
-      {k: v for k, v in data_config.to_dict().items() if k != "crop_size"}
+    {k: v for k, v in data_config.to_dict().items() if k != "crop_size"}
   )
   train_source = data_lib.create_source(
-      source_config, seed=seed, batch_size=batch_size, process_index=process_index,
-      process_count=process_count,
+    source_config,
+    seed=seed,
+    batch_size=batch_size,
+    process_index=process_index,
+    process_count=process_count,
   )
   h, w = train_source.element_shape[:2]
   if h < crop_size or w < crop_size:
     raise ConfigError(
-        f"data.crop_size={crop_size} is larger than the {w}x{h} images of {data_config.name!r}."
+      f"data.crop_size={crop_size} is larger than the {w}x{h} images of {data_config.name!r}."
     )
 
   def batches(start_step: int) -> Iterator[Batch]:
@@ -399,13 +429,18 @@ def _generic(
     return _held_out_set(list(images), labels, scale, eval_crop, max_crops)
 
   description = {
-      "source": train_source.description,
-      "dataset": data_config.name,
-      "held_out": f"split {data_config.get('eval_split', 'test')!r}, first {max_crops} examples",
-      "preprocessing": _preprocessing_note(crop_size, scale, flip),
+    "source": train_source.description,
+    "dataset": data_config.name,
+    "held_out": f"split {data_config.get('eval_split', 'test')!r}, first {max_crops} examples",
+    "preprocessing": _preprocessing_note(crop_size, scale, flip),
   }
   return PairSource(
-      name=data_config.name, scale=scale, crop_size=crop_size, channels=3,
-      num_images=train_source.num_examples, description=description, batches=batches,
-      held_out=functools.cache(held_out),
+    name=data_config.name,
+    scale=scale,
+    crop_size=crop_size,
+    channels=3,
+    num_images=train_source.num_examples,
+    description=description,
+    batches=batches,
+    held_out=functools.cache(held_out),
   )

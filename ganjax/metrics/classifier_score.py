@@ -60,28 +60,28 @@ def inception_score(probabilities: Any, num_splits: int = 10) -> InceptionScore:
   probabilities = _checks.as_numeric("probabilities", probabilities)
   if probabilities.ndim != 2 or probabilities.shape[0] < 1 or probabilities.shape[1] < 1:
     raise ValueError(
-        "probabilities must be a non-empty 2-D array of shape (num_samples, num_classes), got "
-        f"shape {probabilities.shape}."
+      "probabilities must be a non-empty 2-D array of shape (num_samples, num_classes), got "
+      f"shape {probabilities.shape}."
     )
   probabilities = probabilities.astype(np.float64)
   _checks.check_finite("probabilities", probabilities)
   if np.any(probabilities < 0):
     raise ValueError(
-        f"probabilities must be non-negative, got minimum {probabilities.min():.3g}; pass softmax "
-        "probabilities, not logits."
+      f"probabilities must be non-negative, got minimum {probabilities.min():.3g}; pass softmax "
+      "probabilities, not logits."
     )
   row_error = np.abs(np.sum(probabilities, axis=1) - 1.0)
   worst = int(np.argmax(row_error))
   if row_error[worst] > _SUM_TOLERANCE:
     raise ValueError(
-        f"Every row of probabilities must sum to 1, but row {worst} sums to "
-        f"{probabilities[worst].sum():.6g}; pass softmax probabilities, not logits."
+      f"Every row of probabilities must sum to 1, but row {worst} sums to "
+      f"{probabilities[worst].sum():.6g}; pass softmax probabilities, not logits."
     )
   num_samples = len(probabilities)
   num_splits = _checks.check_int("num_splits", num_splits, minimum=1)
   if num_splits > num_samples:
     raise ConfigError(
-        f"num_splits must be <= the number of samples ({num_samples}), got {num_splits}."
+      f"num_splits must be <= the number of samples ({num_samples}), got {num_splits}."
     )
   scores = []
   for split in range(num_splits):

@@ -34,13 +34,13 @@ from ganjax.errors import ConfigError
 from ganjax.metrics import _checks
 
 __all__ = [
-    "FeatureStatistics",
-    "IntraClassFrechetDistance",
-    "RankDeficientWarning",
-    "feature_statistics",
-    "frechet_distance",
-    "frechet_distance_from_statistics",
-    "intra_class_frechet_distance",
+  "FeatureStatistics",
+  "IntraClassFrechetDistance",
+  "RankDeficientWarning",
+  "feature_statistics",
+  "frechet_distance",
+  "frechet_distance_from_statistics",
+  "intra_class_frechet_distance",
 ]
 
 # Rows converted to float64 at a time by feature_statistics, bounding its extra memory.
@@ -97,13 +97,13 @@ def feature_statistics(features: Any) -> FeatureStatistics:
     ValueError: ``features`` not 2-D, with fewer than 2 rows, or not finite.
   """
   features = _checks.check_features(
-      "features", features, min_samples=2, why="to estimate a covariance"
+    "features", features, min_samples=2, why="to estimate a covariance"
   )
   return _statistics(features)
 
 
 def _check_statistics(
-    mean_name: str, mean: Any, cov_name: str, cov: Any, num_features: int | None
+  mean_name: str, mean: Any, cov_name: str, cov: Any, num_features: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
   mean = _checks.as_numeric(mean_name, mean).astype(np.float64)
   cov = _checks.as_numeric(cov_name, cov).astype(np.float64)
@@ -111,21 +111,20 @@ def _check_statistics(
     raise ValueError(f"{mean_name} must be a 1-D array of shape (D,), got shape {mean.shape}.")
   if num_features is not None and mean.shape[0] != num_features:
     raise ValueError(
-        f"{mean_name} must have the same dimension as mu_a ({num_features}), got shape "
-        f"{mean.shape}."
+      f"{mean_name} must have the same dimension as mu_a ({num_features}), got shape {mean.shape}."
     )
   dim = mean.shape[0]
   if cov.shape != (dim, dim):
     raise ValueError(
-        f"{cov_name} must have shape ({dim}, {dim}) to match {mean_name}, got shape {cov.shape}."
+      f"{cov_name} must have shape ({dim}, {dim}) to match {mean_name}, got shape {cov.shape}."
     )
   _checks.check_finite(mean_name, mean)
   _checks.check_finite(cov_name, cov)
   asymmetry = float(np.max(np.abs(cov - cov.T)))
   if asymmetry > _TOLERANCE * float(np.max(np.abs(cov))):
     raise ValueError(
-        f"{cov_name} must be a symmetric covariance matrix, got max |{cov_name} - "
-        f"{cov_name}.T| = {asymmetry:.3g}."
+      f"{cov_name} must be a symmetric covariance matrix, got max |{cov_name} - "
+      f"{cov_name}.T| = {asymmetry:.3g}."
     )
   return mean, (cov + cov.T) / 2
 
@@ -134,8 +133,8 @@ def _check_positive_semidefinite(name: str, eigenvalues: np.ndarray, scale: floa
   smallest = float(eigenvalues[0])
   if smallest < -_TOLERANCE * scale:
     raise ValueError(
-        f"{name} must be positive semi-definite, got smallest eigenvalue {smallest:.3g} "
-        f"(largest {float(eigenvalues[-1]):.3g})."
+      f"{name} must be positive semi-definite, got smallest eigenvalue {smallest:.3g} "
+      f"(largest {float(eigenvalues[-1]):.3g})."
     )
 
 
@@ -185,18 +184,18 @@ def _frechet_distance(mu_a: Any, sigma_a: Any, mu_b: Any, sigma_b: Any) -> float
   _check_positive_semidefinite("sigma_b", eigenvalues_b, max(covariance_scale, eps * mean_scale))
   rank_scale = max(covariance_scale, mean_scale)
   ranks = {
-      "sigma_a": _numerical_rank(eigenvalues_a, rank_scale),
-      "sigma_b": _numerical_rank(eigenvalues_b, rank_scale),
+    "sigma_a": _numerical_rank(eigenvalues_a, rank_scale),
+    "sigma_b": _numerical_rank(eigenvalues_b, rank_scale),
   }
   dim = mu_a.shape[0]
   deficient = [f"{name} has rank {rank}" for name, rank in ranks.items() if rank < dim]
   if deficient:
     warnings.warn(
-        f"Singular covariance ({'; '.join(deficient)} < {dim} feature dimensions): fewer samples "
-        "than feature dimensions, or collapsed (identical or degenerate) samples. The Fréchet "
-        "distance is finite but biased and not comparable with full-rank estimates.",
-        RankDeficientWarning,
-        stacklevel=3,
+      f"Singular covariance ({'; '.join(deficient)} < {dim} feature dimensions): fewer samples "
+      "than feature dimensions, or collapsed (identical or degenerate) samples. The Fréchet "
+      "distance is finite but biased and not comparable with full-rank estimates.",
+      RankDeficientWarning,
+      stacklevel=3,
     )
   sqrt_a = (eigenvectors_a * np.sqrt(np.clip(eigenvalues_a, 0.0, None))) @ eigenvectors_a.T
   middle = sqrt_a @ sigma_b @ sqrt_a
@@ -227,15 +226,15 @@ def frechet_distance(features_a: Any, features_b: Any) -> float:
     RankDeficientWarning: when a covariance is singular (N <= D, or collapsed samples).
   """
   features_a = _checks.check_features(
-      "features_a", features_a, min_samples=2, why="to estimate a covariance"
+    "features_a", features_a, min_samples=2, why="to estimate a covariance"
   )
   features_b = _checks.check_features(
-      "features_b",
-      features_b,
-      num_features=features_a.shape[1],
-      other="features_a",
-      min_samples=2,
-      why="to estimate a covariance",
+    "features_b",
+    features_b,
+    num_features=features_a.shape[1],
+    other="features_a",
+    min_samples=2,
+    why="to estimate a covariance",
   )
   return _frechet_distance(*_statistics(features_a), *_statistics(features_b))
 
@@ -246,14 +245,14 @@ def _check_labels(name: str, labels: Any, features_name: str, num_samples: int) 
     raise TypeError(f"{name} must be an integer array, got dtype {labels.dtype}.")
   if labels.shape != (num_samples,):
     raise ValueError(
-        f"{name} must have shape ({num_samples},), one label per row of {features_name}, got "
-        f"shape {labels.shape}."
+      f"{name} must have shape ({num_samples},), one label per row of {features_name}, got "
+      f"shape {labels.shape}."
     )
   return labels
 
 
 def intra_class_frechet_distance(
-    real_features: Any, real_labels: Any, fake_features: Any, fake_labels: Any
+  real_features: Any, real_labels: Any, fake_features: Any, fake_labels: Any
 ) -> IntraClassFrechetDistance:
   """Intra-class FID: the mean over classes of the per-class FID (Miyato & Koyama 2018).
 
@@ -281,20 +280,20 @@ def intra_class_frechet_distance(
   """
   real_features = _checks.check_features("real_features", real_features)
   fake_features = _checks.check_features(
-      "fake_features", fake_features, num_features=real_features.shape[1], other="real_features"
+    "fake_features", fake_features, num_features=real_features.shape[1], other="real_features"
   )
   real_labels = _check_labels("real_labels", real_labels, "real_features", len(real_features))
   fake_labels = _check_labels("fake_labels", fake_labels, "fake_features", len(fake_features))
   real_classes = set(np.unique(real_labels).tolist())
   fake_classes = set(np.unique(fake_labels).tolist())
   for present, absent, missing in [
-      ("real_labels", "fake_labels", real_classes - fake_classes),
-      ("fake_labels", "real_labels", fake_classes - real_classes),
+    ("real_labels", "fake_labels", real_classes - fake_classes),
+    ("fake_labels", "real_labels", fake_classes - real_classes),
   ]:
     if missing:
       raise ValueError(
-          f"Classes {sorted(missing)} occur in {present} but not in {absent}; intra-class FID "
-          "needs samples of every class on both sides."
+        f"Classes {sorted(missing)} occur in {present} but not in {absent}; intra-class FID "
+        "needs samples of every class on both sides."
       )
   per_class = {}
   for label in sorted(real_classes):
@@ -303,8 +302,8 @@ def intra_class_frechet_distance(
     for name, members in [("real_features", real), ("fake_features", fake)]:
       if len(members) < 2:
         raise ConfigError(
-            f"Class {label} has {len(members)} sample(s) in {name}; every class needs at least 2 "
-            "per side to estimate a covariance."
+          f"Class {label} has {len(members)} sample(s) in {name}; every class needs at least 2 "
+          "per side to estimate a covariance."
         )
     per_class[int(label)] = _frechet_distance(*_statistics(real), *_statistics(fake))
   return IntraClassFrechetDistance(float(np.mean(list(per_class.values()))), per_class)

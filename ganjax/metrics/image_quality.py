@@ -77,12 +77,20 @@ def _gaussian_valid(x: jax.Array, taps: jax.Array) -> jax.Array:
   y = jnp.moveaxis(x, -1, 1).reshape(n * c, 1, h, w)
   dn = ("NCHW", "OIHW", "NCHW")
   y = jax.lax.conv_general_dilated(
-      y, taps.reshape(1, 1, k, 1), (1, 1), "VALID", dimension_numbers=dn,
-      precision=jax.lax.Precision.HIGHEST,
+    y,
+    taps.reshape(1, 1, k, 1),
+    (1, 1),
+    "VALID",
+    dimension_numbers=dn,
+    precision=jax.lax.Precision.HIGHEST,
   )
   y = jax.lax.conv_general_dilated(
-      y, taps.reshape(1, 1, 1, k), (1, 1), "VALID", dimension_numbers=dn,
-      precision=jax.lax.Precision.HIGHEST,
+    y,
+    taps.reshape(1, 1, 1, k),
+    (1, 1),
+    "VALID",
+    dimension_numbers=dn,
+    precision=jax.lax.Precision.HIGHEST,
   )
   return jnp.moveaxis(y.reshape(n, c, h - k + 1, w - k + 1), 1, -1)
 
@@ -110,8 +118,8 @@ def ssim(a, b, data_range: float, *, sigma: float = SSIM_SIGMA) -> jax.Array:
   taps_np = _gaussian_taps(float(sigma), SSIM_TRUNCATE)
   if min(a.shape[-3:-1]) < taps_np.shape[0]:
     raise ValueError(
-        f"ssim: images of {a.shape[-3]}x{a.shape[-2]} pixels are smaller than the "
-        f"{taps_np.shape[0]}x{taps_np.shape[0]} Gaussian window."
+      f"ssim: images of {a.shape[-3]}x{a.shape[-2]} pixels are smaller than the "
+      f"{taps_np.shape[0]}x{taps_np.shape[0]} Gaussian window."
     )
   lead = a.shape[:-3]
   a = a.reshape(-1, *a.shape[-3:])

@@ -68,24 +68,24 @@ from ganjax.errors import ConfigError, MissingPathError
 from ganjax.models import layers
 
 __all__ = [
-    "FID_WEIGHTS_FILENAME",
-    "FID_WEIGHTS_URL",
-    "InceptionV3",
-    "InceptionWeights",
-    "convert_pytorch_fid_weights",
-    "extract_features",
-    "load_inception",
-    "load_pytorch_fid_weights",
-    "preprocess",
-    "pytorch_fid_parameter_shapes",
-    "resize_bilinear",
-    "to_unit_range",
+  "FID_WEIGHTS_FILENAME",
+  "FID_WEIGHTS_URL",
+  "InceptionV3",
+  "InceptionWeights",
+  "convert_pytorch_fid_weights",
+  "extract_features",
+  "load_inception",
+  "load_pytorch_fid_weights",
+  "preprocess",
+  "pytorch_fid_parameter_shapes",
+  "resize_bilinear",
+  "to_unit_range",
 ]
 
 # pytorch-fid's port of the TF 2015-12-05 Inception graph and where it is published.
 FID_WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_URL = (
-    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + FID_WEIGHTS_FILENAME
+  "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + FID_WEIGHTS_FILENAME
 )
 # The hex digits in a torch hub file name are the start of the file's SHA-256.
 FID_WEIGHTS_SHA256_PREFIX = "6726825d"
@@ -126,12 +126,12 @@ def _check_images(images: Any, who: str) -> None:
   shape, dtype = jnp.shape(images), jnp.result_type(images)
   if len(shape) != 4 or shape[-1] not in (1, 3):
     raise ValueError(
-        f"{who} expects NHWC images with 1 (grayscale) or 3 (RGB) channels, got shape {shape}."
+      f"{who} expects NHWC images with 1 (grayscale) or 3 (RGB) channels, got shape {shape}."
     )
   if not jnp.issubdtype(dtype, jnp.floating):
     raise ValueError(
-        f"{who} expects floating-point images in [0, 1], got dtype {dtype}; divide 8-bit images "
-        "by 255."
+      f"{who} expects floating-point images in [0, 1], got dtype {dtype}; divide 8-bit images "
+      "by 255."
     )
 
 
@@ -222,9 +222,14 @@ class BasicConv2d(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     ph, pw = _pair(self.padding)
     x = nn.Conv(
-        self.features, _pair(self.kernel_size), strides=_pair(self.strides),
-        padding=((ph, ph), (pw, pw)), use_bias=False, precision=self.precision,
-        kernel_init=_KERNEL_INIT, name="conv",
+      self.features,
+      _pair(self.kernel_size),
+      strides=_pair(self.strides),
+      padding=((ph, ph), (pw, pw)),
+      use_bias=False,
+      precision=self.precision,
+      kernel_init=_KERNEL_INIT,
+      name="conv",
     )(x)
     x = nn.BatchNorm(use_running_average=True, epsilon=BN_EPSILON, name="bn")(x)
     return nn.relu(x)
@@ -328,16 +333,22 @@ class FIDInceptionE(nn.Module):
     conv = functools.partial(BasicConv2d, precision=self.precision)
     b1 = conv(320, 1, name="branch1x1")(x)
     b3 = conv(384, 1, name="branch3x3_1")(x)
-    b3 = jnp.concatenate([
+    b3 = jnp.concatenate(
+      [
         conv(384, (1, 3), padding=(0, 1), name="branch3x3_2a")(b3),
         conv(384, (3, 1), padding=(1, 0), name="branch3x3_2b")(b3),
-    ], axis=-1)
+      ],
+      axis=-1,
+    )
     bd = conv(448, 1, name="branch3x3dbl_1")(x)
     bd = conv(384, 3, padding=1, name="branch3x3dbl_2")(bd)
-    bd = jnp.concatenate([
+    bd = jnp.concatenate(
+      [
         conv(384, (1, 3), padding=(0, 1), name="branch3x3dbl_3a")(bd),
         conv(384, (3, 1), padding=(1, 0), name="branch3x3dbl_3b")(bd),
-    ], axis=-1)
+      ],
+      axis=-1,
+    )
     if self.max_pool:
       pooled = nn.max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
     else:
@@ -396,11 +407,11 @@ class InceptionV3(nn.Module):
 
 # Flax leaf (collection, name) -> PyTorch state-dict suffix.
 _LEAF_TO_TORCH = {
-    ("params", "kernel"): "weight",
-    ("params", "scale"): "weight",
-    ("params", "bias"): "bias",
-    ("batch_stats", "mean"): "running_mean",
-    ("batch_stats", "var"): "running_var",
+  ("params", "kernel"): "weight",
+  ("params", "scale"): "weight",
+  ("params", "bias"): "bias",
+  ("batch_stats", "mean"): "running_mean",
+  ("batch_stats", "var"): "running_var",
 }
 
 
@@ -408,7 +419,7 @@ _LEAF_TO_TORCH = {
 def _variable_table() -> dict[str, tuple[str, tuple[str, ...], tuple[int, ...]]]:
   """PyTorch name -> (collection, flax path, flax shape), for every variable of the network."""
   shapes = jax.eval_shape(
-      InceptionV3().init, jax.random.key(0), jax.ShapeDtypeStruct((1, 75, 75, 3), jnp.float32)
+    InceptionV3().init, jax.random.key(0), jax.ShapeDtypeStruct((1, 75, 75, 3), jnp.float32)
   )
   table = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:
@@ -473,16 +484,16 @@ def convert_pytorch_fid_weights(state_dict: Mapping[str, Any]) -> dict[str, Any]
     if unexpected:
       parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:5])})")
     raise ConfigError(
-        f"Not a pytorch-fid FID Inception state dict: {'; '.join(parts)} names. Expected the "
-        f"{len(table)} tensors of fid_inception_v3() ({FID_WEIGHTS_FILENAME})."
+      f"Not a pytorch-fid FID Inception state dict: {'; '.join(parts)} names. Expected the "
+      f"{len(table)} tensors of fid_inception_v3() ({FID_WEIGHTS_FILENAME})."
     )
   variables: dict[str, Any] = {}
   for name, (collection, path, flax_shape) in table.items():
     value = np.asarray(state_dict[name], dtype=np.float32)
     if value.shape != _torch_shape(flax_shape):
       raise ConfigError(
-          f"{name} has shape {value.shape}; the FID Inception network needs "
-          f"{_torch_shape(flax_shape)}."
+        f"{name} has shape {value.shape}; the FID Inception network needs "
+        f"{_torch_shape(flax_shape)}."
       )
     if value.ndim == 4:
       value = value.transpose(2, 3, 1, 0)
@@ -502,15 +513,14 @@ def load_pytorch_fid_weights(path: str | os.PathLike) -> dict[str, Any]:
     import torch  # An optional dependency, imported lazily.
   except ImportError as e:
     raise ImportError(
-        f"Reading the PyTorch weights file {os.fspath(path)!r} needs torch, which is not "
-        "installed: pip install torch (a CPU build is enough), or the 'fid-reference' extra of "
-        "ganjax. The converted weights are cached, so this is needed once per weights file."
+      f"Reading the PyTorch weights file {os.fspath(path)!r} needs torch, which is not "
+      "installed: pip install torch (a CPU build is enough), or the 'fid-reference' extra of "
+      "ganjax. The converted weights are cached, so this is needed once per weights file."
     ) from e
   state_dict = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
   if not isinstance(state_dict, Mapping):
     raise ConfigError(
-        f"{os.fspath(path)!r} holds a {type(state_dict).__name__}, not a state dict "
-        "(name -> tensor)."
+      f"{os.fspath(path)!r} holds a {type(state_dict).__name__}, not a state dict (name -> tensor)."
     )
   return convert_pytorch_fid_weights({k: v.detach().cpu().numpy() for k, v in state_dict.items()})
 
@@ -526,8 +536,8 @@ class InceptionWeights:
   def provenance(self) -> dict[str, str]:
     """What a reported metric should carry to name its feature extractor."""
     return {
-        "inception_weights": os.path.basename(self.path),
-        "inception_weights_sha256": self.sha256,
+      "inception_weights": os.path.basename(self.path),
+      "inception_weights_sha256": self.sha256,
     }
 
 
@@ -573,8 +583,9 @@ def _write_cache(cache_path: str, variables: Mapping[str, Any], sha256: str) -> 
   tmp = f"{cache_path}.tmp-{os.getpid()}.npz"
   try:
     os.makedirs(os.path.dirname(cache_path) or ".", exist_ok=True)
-    np.savez(tmp, __sha256__=np.array(sha256), __version__=np.array(_CACHE_VERSION),
-             **_flatten(variables))
+    np.savez(
+      tmp, __sha256__=np.array(sha256), __version__=np.array(_CACHE_VERSION), **_flatten(variables)
+    )
     os.replace(tmp, cache_path)  # Atomic: readers see the old state or the whole file.
   except OSError as e:
     logging.warning("Could not cache the converted Inception weights at %s: %s", cache_path, e)
@@ -583,10 +594,10 @@ def _write_cache(cache_path: str, variables: Mapping[str, Any], sha256: str) -> 
 
 
 def load_inception(
-    path: str | os.PathLike | None,
-    cache_dir: str | os.PathLike | None = None,
-    *,
-    expected_sha256_prefix: str | None = FID_WEIGHTS_SHA256_PREFIX,
+  path: str | os.PathLike | None,
+  cache_dir: str | os.PathLike | None = None,
+  *,
+  expected_sha256_prefix: str | None = FID_WEIGHTS_SHA256_PREFIX,
 ) -> InceptionWeights:
   """The FID Inception variables from pytorch-fid's weights file, converted once and cached.
 
@@ -613,17 +624,17 @@ def load_inception(
   if not path or not os.path.isfile(path):
     where = f"{os.fspath(path)!r} does not exist" if path else "no weights file was given"
     raise MissingPathError(
-        f"The FID Inception weights are needed and {where}. Download pytorch-fid's "
-        f"{FID_WEIGHTS_FILENAME} from {FID_WEIGHTS_URL} and set "
-        f"config.{WEIGHTS_CONFIG_FIELD} to its path."
+      f"The FID Inception weights are needed and {where}. Download pytorch-fid's "
+      f"{FID_WEIGHTS_FILENAME} from {FID_WEIGHTS_URL} and set "
+      f"config.{WEIGHTS_CONFIG_FIELD} to its path."
     )
   path = os.fspath(path)
   sha256 = _sha256(path)
   if expected_sha256_prefix is not None and not sha256.startswith(expected_sha256_prefix):
     raise ConfigError(
-        f"{path!r} has SHA-256 {sha256}, which does not start with {expected_sha256_prefix!r} "
-        f"as {FID_WEIGHTS_FILENAME} does; re-download it from {FID_WEIGHTS_URL}, or pass "
-        "expected_sha256_prefix=None to use other weights deliberately."
+      f"{path!r} has SHA-256 {sha256}, which does not start with {expected_sha256_prefix!r} "
+      f"as {FID_WEIGHTS_FILENAME} does; re-download it from {FID_WEIGHTS_URL}, or pass "
+      "expected_sha256_prefix=None to use other weights deliberately."
     )
   cache_dir = os.fspath(cache_dir) if cache_dir is not None else os.path.dirname(path)
   cache_path = os.path.join(cache_dir, f"inception_flax_{sha256}.npz")
@@ -646,12 +657,12 @@ def _forward(model: InceptionV3, variables: Any, images: jax.Array) -> dict[str,
 
 
 def extract_features(
-    variables: Mapping[str, Any],
-    images: Any,
-    batch_size: int = 50,
-    *,
-    model: InceptionV3 | None = None,
-    mesh: Mesh | None = None,
+  variables: Mapping[str, Any],
+  images: Any,
+  batch_size: int = 50,
+  *,
+  model: InceptionV3 | None = None,
+  mesh: Mesh | None = None,
 ) -> dict[str, np.ndarray]:
   """Runs :class:`InceptionV3` over ``images`` in jitted batches sharded over ``mesh``.
 
@@ -687,8 +698,8 @@ def extract_features(
     low, high = float(images.min()), float(images.max())
     if low < 0.0 or high > 1.0:
       raise ValueError(
-          f"extract_features expects images in [0, 1], got values in [{low:.3g}, {high:.3g}]; "
-          "ganjax images in [-1, 1] are converted by to_unit_range()."
+        f"extract_features expects images in [0, 1], got values in [{low:.3g}, {high:.3g}]; "
+        "ganjax images in [-1, 1] are converted by to_unit_range()."
       )
   n = images.shape[0]
   widths = {"pool3": NUM_FEATURES, "logits": NUM_LOGITS, "logits_unbiased": NUM_LOGITS}

@@ -57,7 +57,7 @@ def _unbiased_mmd2(x: jax.Array, y: jax.Array) -> jax.Array:
 
 @jax.jit
 def _subset_mmd2(
-    features_a: jax.Array, features_b: jax.Array, indices_a: jax.Array, indices_b: jax.Array
+  features_a: jax.Array, features_b: jax.Array, indices_a: jax.Array, indices_b: jax.Array
 ) -> jax.Array:
   """MMD^2_u of every subset: (S,) from (N_a, D), (N_b, D) features and (S, m) row indices."""
 
@@ -69,7 +69,7 @@ def _subset_mmd2(
 
 
 def _draw_subsets(
-    num_a: int, num_b: int, num_subsets: int, subset_size: int, seed: int
+  num_a: int, num_b: int, num_subsets: int, subset_size: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
   """(S, m) row indices of each feature set, without replacement within a subset."""
   rng = np.random.default_rng(seed)
@@ -82,25 +82,25 @@ def _draw_subsets(
 
 
 def _mmd2_of_subsets(
-    features_a: np.ndarray, features_b: np.ndarray, indices_a: np.ndarray, indices_b: np.ndarray
+  features_a: np.ndarray, features_b: np.ndarray, indices_a: np.ndarray, indices_b: np.ndarray
 ) -> np.ndarray:
   """Float64 MMD^2_u of the given subsets, as a (S,) numpy array."""
   with jax.enable_x64(True):
     values = _subset_mmd2(
-        jnp.asarray(features_a, jnp.float64),
-        jnp.asarray(features_b, jnp.float64),
-        jnp.asarray(indices_a),
-        jnp.asarray(indices_b),
+      jnp.asarray(features_a, jnp.float64),
+      jnp.asarray(features_b, jnp.float64),
+      jnp.asarray(indices_a),
+      jnp.asarray(indices_b),
     )
     return np.asarray(values, dtype=np.float64)
 
 
 def kernel_inception_distance(
-    features_a: Any,
-    features_b: Any,
-    num_subsets: int = 100,
-    subset_size: int = 1000,
-    seed: int = 0,
+  features_a: Any,
+  features_b: Any,
+  num_subsets: int = 100,
+  subset_size: int = 1000,
+  seed: int = 0,
 ) -> KernelInceptionDistance:
   """Kernel Inception Distance between two feature sets (Binkowski et al. 2018).
 
@@ -128,12 +128,12 @@ def kernel_inception_distance(
   why = "for the unbiased MMD estimator"
   features_a = _checks.check_features("features_a", features_a, min_samples=2, why=why)
   features_b = _checks.check_features(
-      "features_b",
-      features_b,
-      num_features=features_a.shape[1],
-      other="features_a",
-      min_samples=2,
-      why=why,
+    "features_b",
+    features_b,
+    num_features=features_a.shape[1],
+    other="features_a",
+    min_samples=2,
+    why=why,
   )
   num_subsets = _checks.check_int("num_subsets", num_subsets, minimum=1)
   subset_size = _checks.check_int("subset_size", subset_size, minimum=2)
@@ -141,15 +141,15 @@ def kernel_inception_distance(
   available = min(len(features_a), len(features_b))
   if subset_size > available:
     warnings.warn(
-        f"subset_size={subset_size} is larger than the smaller feature set ({available} rows "
-        f"in features_a: {len(features_a)}, features_b: {len(features_b)}); using "
-        f"subset_size={available}.",
-        UserWarning,
-        stacklevel=2,
+      f"subset_size={subset_size} is larger than the smaller feature set ({available} rows "
+      f"in features_a: {len(features_a)}, features_b: {len(features_b)}); using "
+      f"subset_size={available}.",
+      UserWarning,
+      stacklevel=2,
     )
     subset_size = available
   indices_a, indices_b = _draw_subsets(
-      len(features_a), len(features_b), num_subsets, subset_size, seed
+    len(features_a), len(features_b), num_subsets, subset_size, seed
   )
   values = _mmd2_of_subsets(features_a, features_b, indices_a, indices_b)
   return KernelInceptionDistance(float(np.mean(values)), float(np.std(values)))

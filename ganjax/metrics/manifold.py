@@ -130,13 +130,13 @@ def _kth_neighbour(points: jax.Array, valid: jax.Array, *, k: int) -> jax.Array:
 
 @jax.jit
 def _cross_balls(
-    rows: jax.Array,
-    row_radii: jax.Array,
-    row_valid: jax.Array,
-    cols: jax.Array,
-    col_radii: jax.Array,
-    col_valid: jax.Array,
-    closed: jax.Array,
+  rows: jax.Array,
+  row_radii: jax.Array,
+  row_valid: jax.Array,
+  cols: jax.Array,
+  col_radii: jax.Array,
+  col_valid: jax.Array,
+  closed: jax.Array,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Ball memberships between two sets, in one pass over their distances.
 
@@ -174,13 +174,13 @@ def _cross_balls(
 
     initial = jnp.zeros(block.shape[0], dtype=jnp.int32)
     count, (in_row_ball, ball_hit) = jax.lax.scan(
-        scan_columns, initial, (cols, col_radii, col_valid)
+      scan_columns, initial, (cols, col_radii, col_valid)
     )
     return (col_flags[0] | in_row_ball, col_flags[1] | ball_hit), count
 
   no_flags = jnp.zeros(col_valid.shape, dtype=bool)
   (col_in_row_ball, col_ball_hit), row_counts = jax.lax.scan(
-      row_block, (no_flags, no_flags), (rows, row_radii, row_valid)
+    row_block, (no_flags, no_flags), (rows, row_radii, row_valid)
   )
   return row_counts.reshape(-1), col_in_row_ball.reshape(-1), col_ball_hit.reshape(-1)
 
@@ -200,9 +200,9 @@ def _blocks(features: np.ndarray, block: int, num_blocks: int) -> _Blocks:
   padded[:count] = features
   valid = np.arange(num_blocks * block) < count
   return _Blocks(
-      jnp.asarray(padded.reshape(num_blocks, block, dim)),
-      jnp.asarray(valid.reshape(num_blocks, block)),
-      count,
+    jnp.asarray(padded.reshape(num_blocks, block, dim)),
+    jnp.asarray(valid.reshape(num_blocks, block)),
+    count,
   )
 
 
@@ -218,32 +218,32 @@ def _centre(real: np.ndarray) -> np.ndarray:
 
 
 def _prepare(
-    real_features: Any, fake_features: Any, k: int, batch_size: int, fake_radii: bool
+  real_features: Any, fake_features: Any, k: int, batch_size: int, fake_radii: bool
 ) -> tuple[_Blocks, _Blocks, int]:
   """Validates the arguments; returns the real and fake blocks (centred by ``_centre``) and k."""
   real = _checks.check_features("real_features", real_features, min_samples=2)
   fake = _checks.check_features(
-      "fake_features",
-      fake_features,
-      num_features=real.shape[1],
-      other="real_features",
-      min_samples=2 if fake_radii else 1,
+    "fake_features",
+    fake_features,
+    num_features=real.shape[1],
+    other="real_features",
+    min_samples=2 if fake_radii else 1,
   )
   k = _checks.check_int("k", k, minimum=1)
   batch_size = _checks.check_int("batch_size", batch_size, minimum=1)
   for name, features in [("real_features", real), ("fake_features", fake)][: 1 + fake_radii]:
     if k >= len(features):
       raise ValueError(
-          f"k must be smaller than the number of samples in {name} ({len(features)}: the k-th "
-          f"neighbour excludes the sample itself), got k={k}."
+        f"k must be smaller than the number of samples in {name} ({len(features)}: the k-th "
+        f"neighbour excludes the sample itself), got k={k}."
       )
   real = real.astype(np.float64)
   centre = _centre(real)
   block = min(batch_size, max(len(real), len(fake)))
   return (
-      _blocks(real - centre, block, -(-len(real) // block)),
-      _blocks(fake.astype(np.float64) - centre, block, -(-len(fake) // block)),
-      k,
+    _blocks(real - centre, block, -(-len(real) // block)),
+    _blocks(fake.astype(np.float64) - centre, block, -(-len(fake) // block)),
+    k,
   )
 
 
@@ -253,7 +253,7 @@ def _radii(blocks: _Blocks, k: int) -> jax.Array:
 
 
 def precision_recall(
-    real_features: Any, fake_features: Any, k: int = 3, *, batch_size: int = 1024
+  real_features: Any, fake_features: Any, k: int = 3, *, batch_size: int = 1024
 ) -> PrecisionRecall:
   """Improved precision and recall of generated features (Kynkäänniemi et al. 2019).
 
@@ -280,7 +280,7 @@ def precision_recall(
   with jax.enable_x64(True):
     real, fake, k = _prepare(real_features, fake_features, k, batch_size, True)
     fakes_in_real_balls, reals_in_fake_balls, _ = _cross_balls(
-        fake.points, _radii(fake, k), fake.valid, real.points, _radii(real, k), real.valid, True
+      fake.points, _radii(fake, k), fake.valid, real.points, _radii(real, k), real.valid, True
     )
     precise = np.asarray(fakes_in_real_balls[: fake.count] > 0)
     recalled = np.asarray(reals_in_fake_balls[: real.count])
@@ -288,7 +288,7 @@ def precision_recall(
 
 
 def density_coverage(
-    real_features: Any, fake_features: Any, k: int = 5, *, batch_size: int = 1024
+  real_features: Any, fake_features: Any, k: int = 5, *, batch_size: int = 1024
 ) -> DensityCoverage:
   """Density and coverage of generated features (Naeem et al. 2020).
 
@@ -318,10 +318,10 @@ def density_coverage(
     real, fake, k = _prepare(real_features, fake_features, k, batch_size, False)
     no_radii = jnp.zeros(fake.valid.shape, dtype=fake.points.dtype)  # Fake balls are not used.
     counts, _, covered = _cross_balls(
-        fake.points, no_radii, fake.valid, real.points, _radii(real, k), real.valid, False
+      fake.points, no_radii, fake.valid, real.points, _radii(real, k), real.valid, False
     )
     counts = np.asarray(counts[: fake.count])
     covered = np.asarray(covered[: real.count])
   return DensityCoverage(
-      float(np.sum(counts, dtype=np.int64) / (k * len(counts))), float(np.mean(covered))
+    float(np.sum(counts, dtype=np.int64) / (k * len(counts))), float(np.mean(covered))
   )

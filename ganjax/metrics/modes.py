@@ -53,7 +53,7 @@ _CHUNK = 65536
 def _check_points(name: str, array: Any, dim: int | None) -> np.ndarray:
   points = np.asarray(array)
   if points.dtype == object or not (
-      np.issubdtype(points.dtype, np.floating) or np.issubdtype(points.dtype, np.integer)
+    np.issubdtype(points.dtype, np.floating) or np.issubdtype(points.dtype, np.integer)
   ):
     raise TypeError(f"{name} must be a real numeric array, got dtype {points.dtype}.")
   expected = f"(num_{name}, {dim if dim is not None else 'D'})"
@@ -90,11 +90,11 @@ def _reverse_kl_to_uniform(histogram: np.ndarray) -> float:
 
 
 def mode_coverage(
-    samples: Any,
-    modes: Any,
-    sigma: float,
-    *,
-    min_samples_per_mode: int = 1,
+  samples: Any,
+  modes: Any,
+  sigma: float,
+  *,
+  min_samples_per_mode: int = 1,
 ) -> dict[str, Any]:
   """Mode-coverage metrics of generated ``samples`` for a mixture of isotropic Gaussians.
 
@@ -131,10 +131,10 @@ def mode_coverage(
   if not (math.isfinite(sigma) and sigma > 0):
     raise ValueError(f"sigma must be finite and > 0, got {sigma}.")
   if isinstance(min_samples_per_mode, bool) or not isinstance(
-      min_samples_per_mode, (int, np.integer)
+    min_samples_per_mode, (int, np.integer)
   ):
     raise TypeError(
-        f"min_samples_per_mode must be an int, got {type(min_samples_per_mode).__name__}."
+      f"min_samples_per_mode must be an int, got {type(min_samples_per_mode).__name__}."
     )
   if min_samples_per_mode < 1:
     raise ValueError(f"min_samples_per_mode must be >= 1, got {min_samples_per_mode}.")
@@ -143,18 +143,18 @@ def mode_coverage(
   high_quality = distance < NUM_STDS * float(sigma)  # False for NaN / inf distances.
   histogram = np.bincount(nearest[high_quality], minlength=len(modes)).astype(np.int64)
   return {
-      "modes": int(np.sum(histogram >= min_samples_per_mode)),
-      "hq_fraction": float(np.count_nonzero(high_quality) / len(samples)),
-      "reverse_kl": _reverse_kl_to_uniform(histogram),
-      "mode_histogram": histogram,
+    "modes": int(np.sum(histogram >= min_samples_per_mode)),
+    "hq_fraction": float(np.count_nonzero(high_quality) / len(samples)),
+    "reverse_kl": _reverse_kl_to_uniform(histogram),
+    "mode_histogram": histogram,
   }
 
 
 def mixture_mode_coverage(
-    samples: Any,
-    dataset_name: str,
-    *,
-    min_samples_per_mode: int = 1,
+  samples: Any,
+  dataset_name: str,
+  *,
+  min_samples_per_mode: int = 1,
 ) -> dict[str, Any]:
   """:func:`mode_coverage` against the centres and std of ganjax's mixture ``dataset_name``.
 
@@ -166,11 +166,11 @@ def mixture_mode_coverage(
   """
   if dataset_name not in gaussian_mixture.NAMES:
     raise ValueError(
-        f"Unknown mixture dataset {dataset_name!r}; valid: {', '.join(gaussian_mixture.NAMES)}."
+      f"Unknown mixture dataset {dataset_name!r}; valid: {', '.join(gaussian_mixture.NAMES)}."
     )
   return mode_coverage(
-      samples,
-      gaussian_mixture.mixture_modes(dataset_name),
-      gaussian_mixture.mixture_std(dataset_name),
-      min_samples_per_mode=min_samples_per_mode,
+    samples,
+    gaussian_mixture.mixture_modes(dataset_name),
+    gaussian_mixture.mixture_std(dataset_name),
+    min_samples_per_mode=min_samples_per_mode,
   )

@@ -54,8 +54,8 @@ def stacked_mnist_modes(digit_labels: Any) -> dict[str, Any]:
     raise TypeError(f"digit_labels must be an integer array, got dtype {labels.dtype}.")
   if labels.ndim != 2 or labels.shape[1] != _NUM_CHANNELS:
     raise ValueError(
-        f"digit_labels must have shape (num_samples, {_NUM_CHANNELS}), one digit per channel, got "
-        f"shape {labels.shape}."
+      f"digit_labels must have shape (num_samples, {_NUM_CHANNELS}), one digit per channel, got "
+      f"shape {labels.shape}."
     )
   if labels.shape[0] < 1:
     raise ValueError(f"digit_labels must not be empty, got shape {labels.shape}.")
@@ -63,14 +63,14 @@ def stacked_mnist_modes(digit_labels: Any) -> dict[str, Any]:
   if len(bad):
     row, channel = bad[0]
     raise ValueError(
-        f"digit_labels must be digits in 0..{_NUM_DIGITS - 1}, got {labels[row, channel]} at row "
-        f"{row}, channel {channel}."
+      f"digit_labels must be digits in 0..{_NUM_DIGITS - 1}, got {labels[row, channel]} at row "
+      f"{row}, channel {channel}."
     )
   weights = _NUM_DIGITS ** np.arange(_NUM_CHANNELS - 1, -1, -1)
   modes = labels.astype(np.int64) @ weights
   histogram = np.bincount(modes, minlength=NUM_MODES).astype(np.int64)
   return {
-      "modes": int(np.count_nonzero(histogram)),
-      "reverse_kl": _reverse_kl_to_uniform(histogram),
-      "mode_histogram": histogram,
+    "modes": int(np.count_nonzero(histogram)),
+    "reverse_kl": _reverse_kl_to_uniform(histogram),
+    "mode_histogram": histogram,
   }

@@ -36,9 +36,9 @@ _NOT_ARCHITECTURES = frozenset({"blocks", "layers"})
 
 def _candidate_names() -> list[str]:
   return [
-      info.name
-      for info in pkgutil.iter_modules(__path__)
-      if not info.name.startswith("_") and info.name not in _NOT_ARCHITECTURES
+    info.name
+    for info in pkgutil.iter_modules(__path__)
+    if not info.name.startswith("_") and info.name not in _NOT_ARCHITECTURES
   ]
 
 
@@ -67,6 +67,4 @@ def get_model_module(name: str) -> ModuleType:
     module = importlib.import_module(f"{__name__}.{name}")
     if _is_architecture(module):
       return module
-  raise ConfigError(
-      f"Unknown model name {name!r}; valid choices: {', '.join(available_models())}."
-  )
+  raise ConfigError(f"Unknown model name {name!r}; valid choices: {', '.join(available_models())}.")

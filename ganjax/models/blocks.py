@@ -106,22 +106,22 @@ def spectral_norm(layer: nn.Module, *, n_steps: int = 1, enabled: bool = True) -
   if enabled and n_steps < 1:
     raise ConfigError(f"Spectral normalisation needs n_steps >= 1 power iterations, got {n_steps}.")
   return SpectralNorm(
-      layer,
-      n_steps=n_steps if enabled else 0,
-      epsilon=SN_EPSILON,
-      collection_name="batch_stats",
+    layer,
+    n_steps=n_steps if enabled else 0,
+    epsilon=SN_EPSILON,
+    collection_name="batch_stats",
   )
 
 
 def sn_dense(
-    features: int,
-    *,
-    use_bias: bool = True,
-    kernel_init: Initializer = _LECUN_NORMAL,
-    bias_init: Initializer = _ZEROS,
-    dtype: Any = None,
-    n_steps: int = 1,
-    enabled: bool = True,
+  features: int,
+  *,
+  use_bias: bool = True,
+  kernel_init: Initializer = _LECUN_NORMAL,
+  bias_init: Initializer = _ZEROS,
+  dtype: Any = None,
+  n_steps: int = 1,
+  enabled: bool = True,
 ) -> nn.SpectralNorm:
   """A spectrally normalised :func:`layers.dense`: ``y = x (W / sigma(W)) + b``.
 
@@ -129,24 +129,24 @@ def sn_dense(
   for ``n_steps`` / ``enabled``. Reference: Miyato et al. 2018, arXiv:1802.05957.
   """
   layer = layers.dense(
-      features, use_bias=use_bias, kernel_init=kernel_init, bias_init=bias_init, dtype=dtype
+    features, use_bias=use_bias, kernel_init=kernel_init, bias_init=bias_init, dtype=dtype
   )
   return spectral_norm(layer, n_steps=n_steps, enabled=enabled)
 
 
 def sn_conv(
-    features: int,
-    kernel_size: int,
-    stride: int = 1,
-    padding: layers.Padding = "SAME",
-    *,
-    use_bias: bool = True,
-    kernel_init: Initializer = _LECUN_NORMAL,
-    bias_init: Initializer = _ZEROS,
-    impl: str = "xla",
-    dtype: Any = None,
-    n_steps: int = 1,
-    enabled: bool = True,
+  features: int,
+  kernel_size: int,
+  stride: int = 1,
+  padding: layers.Padding = "SAME",
+  *,
+  use_bias: bool = True,
+  kernel_init: Initializer = _LECUN_NORMAL,
+  bias_init: Initializer = _ZEROS,
+  impl: str = "xla",
+  dtype: Any = None,
+  n_steps: int = 1,
+  enabled: bool = True,
 ) -> nn.SpectralNorm:
   """A spectrally normalised :func:`layers.conv` (any ``impl``).
 
@@ -157,25 +157,34 @@ def sn_conv(
   ``sn_conv(...)(x, update_stats=train)``; see :func:`spectral_norm`.
   """
   return _spectral_conv(
-      layers.conv, features, kernel_size, stride, padding, use_bias=use_bias,
-      kernel_init=kernel_init, bias_init=bias_init, impl=impl, dtype=dtype, n_steps=n_steps,
-      enabled=enabled,
+    layers.conv,
+    features,
+    kernel_size,
+    stride,
+    padding,
+    use_bias=use_bias,
+    kernel_init=kernel_init,
+    bias_init=bias_init,
+    impl=impl,
+    dtype=dtype,
+    n_steps=n_steps,
+    enabled=enabled,
   )
 
 
 def sn_conv_transpose(
-    features: int,
-    kernel_size: int,
-    stride: int = 1,
-    padding: layers.Padding = "SAME",
-    *,
-    use_bias: bool = True,
-    kernel_init: Initializer = _LECUN_NORMAL,
-    bias_init: Initializer = _ZEROS,
-    impl: str = "xla",
-    dtype: Any = None,
-    n_steps: int = 1,
-    enabled: bool = True,
+  features: int,
+  kernel_size: int,
+  stride: int = 1,
+  padding: layers.Padding = "SAME",
+  *,
+  use_bias: bool = True,
+  kernel_init: Initializer = _LECUN_NORMAL,
+  bias_init: Initializer = _ZEROS,
+  impl: str = "xla",
+  dtype: Any = None,
+  n_steps: int = 1,
+  enabled: bool = True,
 ) -> nn.SpectralNorm:
   """A spectrally normalised :func:`layers.conv_transpose` (any ``impl``).
 
@@ -185,9 +194,18 @@ def sn_conv_transpose(
   as ``sn_conv_transpose(...)(x, update_stats=train)``; see :func:`spectral_norm`.
   """
   return _spectral_conv(
-      layers.conv_transpose, features, kernel_size, stride, padding, use_bias=use_bias,
-      kernel_init=kernel_init, bias_init=bias_init, impl=impl, dtype=dtype, n_steps=n_steps,
-      enabled=enabled,
+    layers.conv_transpose,
+    features,
+    kernel_size,
+    stride,
+    padding,
+    use_bias=use_bias,
+    kernel_init=kernel_init,
+    bias_init=bias_init,
+    impl=impl,
+    dtype=dtype,
+    n_steps=n_steps,
+    enabled=enabled,
   )
 
 
@@ -222,13 +240,13 @@ def check_labels(labels: Any, batch: int, num_classes: int, who: str) -> jax.Arr
   """
   if labels is None:
     raise ValueError(
-        f"{who} is class-conditional and needs labels (integers of shape ({batch},) in "
-        f"[0, {num_classes})), got labels=None."
+      f"{who} is class-conditional and needs labels (integers of shape ({batch},) in "
+      f"[0, {num_classes})), got labels=None."
     )
   labels = jnp.asarray(labels)
   if labels.shape != (batch,):
     raise ValueError(
-        f"{who}: labels must have shape ({batch},) (one per example), got shape {labels.shape}."
+      f"{who}: labels must have shape ({batch},) (one per example), got shape {labels.shape}."
     )
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise ValueError(f"{who}: labels must be integers, got dtype {labels.dtype}.")
@@ -283,10 +301,10 @@ class MinibatchDiscrimination(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     f = _flatten_features(x, "MinibatchDiscrimination")
     t = self.param(
-        "kernel",
-        layers.normal(self.init_stddev),
-        (f.shape[-1], self.num_kernels, self.kernel_dim),
-        jnp.float32,
+      "kernel",
+      layers.normal(self.init_stddev),
+      (f.shape[-1], self.num_kernels, self.kernel_dim),
+      jnp.float32,
     )
     # M laid out as (B, C, N): the L1 distances accumulate over C as (B, N, N) planes, which
     # XLA:CPU runs about 6x faster than one (N, N, B, C) broadcast reduced over its last axis.
@@ -334,15 +352,15 @@ class MinibatchStdDev(nn.Module):
     n, c = x.shape[0], x.shape[-1]
     if self.num_channels < 1 or c % self.num_channels:
       raise ConfigError(
-          f"MinibatchStdDev: num_channels={self.num_channels} must be >= 1 and divide the "
-          f"{c} input channels."
+        f"MinibatchStdDev: num_channels={self.num_channels} must be >= 1 and divide the "
+        f"{c} input channels."
       )
     g = min(self.group_size, n)
     if n % g:
       if self.strict:
         raise ConfigError(
-            f"MinibatchStdDev: group_size {g} does not divide the batch size {n}; use a batch "
-            "size that is a multiple of it, or strict=False to use the whole batch as one group."
+          f"MinibatchStdDev: group_size {g} does not divide the batch size {n}; use a batch "
+          "size that is a multiple of it, or strict=False to use the whole batch as one group."
         )
       g = n
     m, f = n // g, self.num_channels
@@ -391,12 +409,12 @@ class ConditionalBatchNorm(nn.Module):
     c = x.shape[-1]
     dtype = layers.resolve_dtype(self.dtype)
     y = nn.BatchNorm(
-        use_running_average=not train,
-        momentum=layers.BN_MOMENTUM,
-        epsilon=layers.BN_EPSILON,
-        use_bias=False,
-        use_scale=False,
-        dtype=dtype,
+      use_running_average=not train,
+      momentum=layers.BN_MOMENTUM,
+      epsilon=layers.BN_EPSILON,
+      use_bias=False,
+      use_scale=False,
+      dtype=dtype,
     )(x)
     gain = self.param("gain", _ONES, (self.num_classes, c), jnp.float32)
     bias = self.param("bias", _ZEROS, (self.num_classes, c), jnp.float32)
@@ -408,11 +426,11 @@ class ConditionalBatchNorm(nn.Module):
 
 
 def projection_logits(
-    features: jax.Array,
-    labels: jax.Array,
-    kernel: jax.Array,
-    bias: jax.Array | None,
-    embedding: jax.Array,
+  features: jax.Array,
+  labels: jax.Array,
+  kernel: jax.Array,
+  bias: jax.Array | None,
+  embedding: jax.Array,
 ) -> jax.Array:
   """The projection discriminator's output (Miyato & Koyama 2018, Eq. 3), as a pure function.
 
@@ -450,17 +468,17 @@ class ProjectionHead(nn.Module):
 
   @nn.compact
   def __call__(
-      self, features: jax.Array, labels: jax.Array | None = None, *, train: bool
+    self, features: jax.Array, labels: jax.Array | None = None, *, train: bool
   ) -> jax.Array:
     phi = _flatten_features(features, "ProjectionHead")
     labels = check_labels(labels, phi.shape[0], self.num_classes, "ProjectionHead")
     linear = sn_dense(
-        1, kernel_init=_GLOROT_UNIFORM, n_steps=self.n_steps, enabled=self.spectral_norm
+      1, kernel_init=_GLOROT_UNIFORM, n_steps=self.n_steps, enabled=self.spectral_norm
     )
     embed = spectral_norm(
-        nn.Embed(self.num_classes, phi.shape[-1], embedding_init=_GLOROT_UNIFORM),
-        n_steps=self.n_steps,
-        enabled=self.spectral_norm,
+      nn.Embed(self.num_classes, phi.shape[-1], embedding_init=_GLOROT_UNIFORM),
+      n_steps=self.n_steps,
+      enabled=self.spectral_norm,
     )
     out = linear(phi, update_stats=train)[:, 0]
     v = embed(labels, update_stats=train).astype(phi.dtype)
@@ -491,9 +509,7 @@ class LabelEmbedding(nn.Module):
     if self.dim is None:
       e = jax.nn.one_hot(labels, self.num_classes, dtype=x.dtype)
     else:
-      table = self.param(
-          "embedding", layers.normal(1.0), (self.num_classes, self.dim), jnp.float32
-      )
+      table = self.param("embedding", layers.normal(1.0), (self.num_classes, self.dim), jnp.float32)
       e = jnp.take(table, labels, axis=0).astype(x.dtype)
     e = e.reshape(x.shape[0], *(1,) * (x.ndim - 2), e.shape[-1])
     e = jnp.broadcast_to(e, (*x.shape[:-1], e.shape[-1]))
@@ -522,7 +538,7 @@ class ClassifierHead(nn.Module):
   def __call__(self, features: jax.Array, *, train: bool) -> jax.Array:
     h = _flatten_features(features, "ClassifierHead")
     layer = sn_dense(
-        self.num_classes, dtype=self.dtype, n_steps=self.n_steps, enabled=self.spectral_norm
+      self.num_classes, dtype=self.dtype, n_steps=self.n_steps, enabled=self.spectral_norm
     )
     return layer(h, update_stats=train)
 
@@ -535,7 +551,7 @@ DISCRIMINATOR_CONDITIONING = ("concat", "projection", "acgan")
 
 
 def check_conditioning(
-    who: str, num_classes: int | None, conditioning: str, choices: tuple[str, ...]
+  who: str, num_classes: int | None, conditioning: str, choices: tuple[str, ...]
 ) -> bool:
   """Validates a network's conditioning fields; returns whether it is class-conditional."""
   layers.check_choice(f"{who} conditioning", conditioning, choices)
@@ -547,13 +563,13 @@ def check_conditioning(
 
 
 def generator_norm(
-    x: jax.Array,
-    labels: jax.Array | None,
-    *,
-    train: bool,
-    num_classes: int | None,
-    scale_init: Initializer = _ONES,
-    dtype: Any = None,
+  x: jax.Array,
+  labels: jax.Array | None,
+  *,
+  train: bool,
+  num_classes: int | None,
+  scale_init: Initializer = _ONES,
+  dtype: Any = None,
 ) -> jax.Array:
   """The generator's BatchNorm: plain, or class-conditional when ``num_classes`` is set.
 
@@ -567,14 +583,14 @@ def generator_norm(
 
 
 def discriminator_head(
-    features: jax.Array,
-    labels: jax.Array | None,
-    linear: Callable[[jax.Array], jax.Array],
-    *,
-    train: bool,
-    num_classes: int | None,
-    conditioning: str,
-    spectral_norm: bool = False,
+  features: jax.Array,
+  labels: jax.Array | None,
+  linear: Callable[[jax.Array], jax.Array],
+  *,
+  train: bool,
+  num_classes: int | None,
+  conditioning: str,
+  spectral_norm: bool = False,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
   """The discriminator's output on its last features ``(B, ...)``, for every conditioning.
 
@@ -594,8 +610,8 @@ def discriminator_head(
     class_logits = ClassifierHead(num_classes, spectral_norm=spectral_norm)(features, train=train)
     return linear(features), class_logits.astype(jnp.float32)
   raise ConfigError(
-      f"Unknown discriminator conditioning {conditioning!r}; valid choices: "
-      f"{', '.join(DISCRIMINATOR_CONDITIONING)}."
+    f"Unknown discriminator conditioning {conditioning!r}; valid choices: "
+    f"{', '.join(DISCRIMINATOR_CONDITIONING)}."
   )
 
 
@@ -625,8 +641,8 @@ def pack_samples(x: jax.Array, pack: int) -> jax.Array:
   b = x.shape[0]
   if b % pack:
     raise ConfigError(
-        f"A batch of B={b} samples does not divide into packs of m={pack} (PacGAN); use a batch "
-        f"size that is a multiple of {pack}."
+      f"A batch of B={b} samples does not divide into packs of m={pack} (PacGAN); use a batch "
+      f"size that is a multiple of {pack}."
     )
   grouped = x.reshape(b // pack, pack, *x.shape[1:])
   grouped = jnp.moveaxis(grouped, 1, -2)  # (B/m, ..., m, C)

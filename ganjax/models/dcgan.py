@@ -63,8 +63,8 @@ def check_image_size(height: int, width: int) -> int:
   """Returns the image size; raises ``ValueError`` unless the image is square and supported."""
   if height != width or height not in SUPPORTED_SIZES:
     raise ConfigError(
-        f"DCGAN supports square images of {', '.join(map(str, SUPPORTED_SIZES))} pixels, got "
-        f"{height}x{width}; resize the data (config.data.image_size)."
+      f"DCGAN supports square images of {', '.join(map(str, SUPPORTED_SIZES))} pixels, got "
+      f"{height}x{width}; resize the data (config.data.image_size)."
     )
   return height
 
@@ -114,7 +114,7 @@ class Generator(nn.Module):
   @nn.compact
   def __call__(self, z: jax.Array, labels: jax.Array | None = None, *, train: bool) -> jax.Array:
     conditional = blocks.check_conditioning(
-        "DCGAN Generator", self.num_classes, self.conditioning, blocks.GENERATOR_CONDITIONING
+      "DCGAN Generator", self.num_classes, self.conditioning, blocks.GENERATOR_CONDITIONING
     )
     if conditional and self.conditioning == "concat":
       z = blocks.LabelEmbedding(self.num_classes, self.label_dim)(z, labels)
@@ -122,7 +122,7 @@ class Generator(nn.Module):
 
     def norm(h, **kw):
       return blocks.generator_norm(
-          h, labels, train=train, num_classes=cbn_classes, dtype=self.dtype, **kw
+        h, labels, train=train, num_classes=cbn_classes, dtype=self.dtype, **kw
       )
 
     if len(self.image_shape) != 3:
@@ -194,28 +194,28 @@ class Discriminator(nn.Module):
 
   @nn.compact
   def __call__(
-      self, x: jax.Array, labels: jax.Array | None = None, *, train: bool
+    self, x: jax.Array, labels: jax.Array | None = None, *, train: bool
   ) -> jax.Array | tuple[jax.Array, jax.Array]:
     if x.ndim != 4:
       raise ValueError(f"DCGAN discriminator needs (B, H, W, C) images, got shape {x.shape}.")
     conditional = blocks.check_conditioning(
-        "DCGAN Discriminator",
-        self.num_classes,
-        self.conditioning,
-        blocks.DISCRIMINATOR_CONDITIONING,
+      "DCGAN Discriminator",
+      self.num_classes,
+      self.conditioning,
+      blocks.DISCRIMINATOR_CONDITIONING,
     )
     if conditional and self.conditioning == "concat":
       x = blocks.LabelEmbedding(self.num_classes)(x, labels)
 
     def head(h, linear):
       return blocks.discriminator_head(
-          h,
-          labels,
-          linear,
-          train=train,
-          num_classes=self.num_classes if conditional else None,
-          conditioning=self.conditioning,
-          spectral_norm=self.spectral_norm,
+        h,
+        labels,
+        linear,
+        train=train,
+        num_classes=self.num_classes if conditional else None,
+        conditioning=self.conditioning,
+        spectral_norm=self.spectral_norm,
       )
 
     size = check_image_size(x.shape[1], x.shape[2])

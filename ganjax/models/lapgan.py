@@ -77,9 +77,9 @@ def pyramid_shapes(height: int, width: int, num_levels: int) -> list[tuple[int, 
     if h % 2 or w % 2 or h < 2 or w < 2:
       valid = max_levels(height, width)
       raise ConfigError(
-          f"A {height}x{width} image does not halve evenly {num_levels} times: level {level} is "
-          f"{h}x{w}. Valid num_levels for {height}x{width}: "
-          f"{'1..' + str(valid) if valid else 'none (resize the data to an even size)'}."
+        f"A {height}x{width} image does not halve evenly {num_levels} times: level {level} is "
+        f"{h}x{w}. Valid num_levels for {height}x{width}: "
+        f"{'1..' + str(valid) if valid else 'none (resize the data to an even size)'}."
       )
     shapes.append((h // 2, w // 2))
   return shapes
@@ -152,7 +152,7 @@ def reconstruct(pyramid: Sequence[jax.Array]) -> jax.Array:
 
 
 def latent_shapes(
-    image_shape: Sequence[int], num_levels: int, latent_dim: int
+  image_shape: Sequence[int], num_levels: int, latent_dim: int
 ) -> list[tuple[int, ...]]:
   """Shapes of the pieces of the pyramid's flat latent, in order.
 
@@ -171,15 +171,15 @@ def latent_size(image_shape: Sequence[int], num_levels: int, latent_dim: int) ->
 
 
 def split_latents(
-    z: jax.Array, image_shape: Sequence[int], num_levels: int, latent_dim: int
+  z: jax.Array, image_shape: Sequence[int], num_levels: int, latent_dim: int
 ) -> list[jax.Array]:
   """Splits flat latents ``(B, latent_size)`` into the pieces of :func:`latent_shapes`."""
   shapes = latent_shapes(image_shape, num_levels, latent_dim)
   total = sum(math.prod(s) for s in shapes)
   if z.ndim != 2 or z.shape[1] != total:
     raise ValueError(
-        f"LAPGAN latents for images {tuple(image_shape)} with {num_levels} levels and "
-        f"latent_dim {latent_dim} have shape (B, {total}), got {z.shape}."
+      f"LAPGAN latents for images {tuple(image_shape)} with {num_levels} levels and "
+      f"latent_dim {latent_dim} have shape (B, {total}), got {z.shape}."
     )
   pieces, start = [], 0
   for shape in shapes:
@@ -190,12 +190,12 @@ def split_latents(
 
 
 def chain(
-    coarse: Callable[[jax.Array], jax.Array],
-    level: Callable[[int, jax.Array, jax.Array], jax.Array],
-    z: jax.Array,
-    image_shape: Sequence[int],
-    num_levels: int,
-    latent_dim: int,
+  coarse: Callable[[jax.Array], jax.Array],
+  level: Callable[[int, jax.Array, jax.Array], jax.Array],
+  z: jax.Array,
+  image_shape: Sequence[int],
+  num_levels: int,
+  latent_dim: int,
 ) -> list[jax.Array]:
   """Samples the pyramid coarse to fine (Denton et al. 2015, Sec. 3.3, Fig. 1).
 
@@ -316,12 +316,12 @@ class LevelGenerator(nn.Module):
 
   @nn.compact
   def __call__(
-      self,
-      low: jax.Array,
-      noise: jax.Array,
-      labels: jax.Array | None = None,
-      *,
-      train: bool,
+    self,
+    low: jax.Array,
+    noise: jax.Array,
+    labels: jax.Array | None = None,
+    *,
+    train: bool,
   ) -> jax.Array:
     del train
     _check_inputs("LevelGenerator", low)
@@ -333,8 +333,8 @@ class LevelGenerator(nn.Module):
       noise = noise.reshape(b, h, w, -1)
     if noise.shape[:3] != (b, h, w):
       raise ValueError(
-          f"LevelGenerator: the noise {noise.shape} must cover the image {low.shape} (a plane "
-          f"(B, {h}, {w}, {NOISE_CHANNELS}) or flat (B, {h * w * NOISE_CHANNELS}))."
+        f"LevelGenerator: the noise {noise.shape} must cover the image {low.shape} (a plane "
+        f"(B, {h}, {w}, {NOISE_CHANNELS}) or flat (B, {h * w * NOISE_CHANNELS}))."
       )
     x = jnp.concatenate([low, noise.astype(low.dtype)], axis=-1)
     if self.num_classes is not None:
@@ -368,20 +368,20 @@ class LevelDiscriminator(nn.Module):
 
   @nn.compact
   def __call__(
-      self,
-      band: jax.Array,
-      low: jax.Array,
-      labels: jax.Array | None = None,
-      *,
-      train: bool,
+    self,
+    band: jax.Array,
+    low: jax.Array,
+    labels: jax.Array | None = None,
+    *,
+    train: bool,
   ) -> jax.Array:
     del train
     _check_inputs("LevelDiscriminator", band)
     layers.check_choice("conv_impl", self.conv_impl, layers.CONV_IMPLS)
     if band.shape != low.shape:
       raise ValueError(
-          f"LevelDiscriminator: the band-pass image {band.shape} and the low-pass image "
-          f"{low.shape} must have the same shape."
+        f"LevelDiscriminator: the band-pass image {band.shape} and the low-pass image "
+        f"{low.shape} must have the same shape."
       )
     x = jnp.concatenate([band, low], axis=-1)
     if self.num_classes is not None:

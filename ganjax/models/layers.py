@@ -175,7 +175,7 @@ def resolve_dtype(dtype: Any) -> Any:
 
 
 def conv_transpose_padding(
-    kernel: int, stride: int, padding: str | tuple[int, int]
+  kernel: int, stride: int, padding: str | tuple[int, int]
 ) -> tuple[int, int]:
   """Padding (low, high) of the stride-dilated input that ``lax.conv_transpose`` uses.
 
@@ -239,7 +239,7 @@ def _plain_conv(x, kernel, strides, pads, precision) -> jax.Array:
     x = _pad(x, [(min(lo, 0), min(hi, 0)) for lo, hi in pads])
     pads = [(max(lo, 0), max(hi, 0)) for lo, hi in pads]
   return lax.conv_general_dilated(
-      x, kernel, strides, pads, dimension_numbers=_DIMENSION_NUMBERS, precision=precision
+    x, kernel, strides, pads, dimension_numbers=_DIMENSION_NUMBERS, precision=precision
   )
 
 
@@ -301,7 +301,7 @@ def _dilated_phase(x, kernel, strides, pads, precision) -> jax.Array:
 
 
 def _subpixel_taps(
-    kernel: int, stride: int, pad_lo: int, pad_hi: int, size: int
+  kernel: int, stride: int, pad_lo: int, pad_hi: int, size: int
 ) -> tuple[np.ndarray, tuple[int, int], int, int]:
   """The sub-pixel decomposition of one spatial dimension of a transposed convolution.
 
@@ -342,8 +342,8 @@ def _subpixel_conv(x, kernel, strides, pads, precision, preferred_element_type=N
   n = kernel.ndim - 2
   in_features, features = kernel.shape[-2:]
   taps = [
-      _subpixel_taps(k, s, lo, hi, size)
-      for k, s, (lo, hi), size in zip(kernel.shape[:n], strides, pads, x.shape[1:-1], strict=True)
+    _subpixel_taps(k, s, lo, hi, size)
+    for k, s, (lo, hi), size in zip(kernel.shape[:n], strides, pads, x.shape[1:-1], strict=True)
   ]
   # kc[u_1, a_1, ..., u_n, a_n, in, out] = kernel[index_1[u_1, a_1], ...], zero past the kernel.
   kc = jnp.pad(kernel, [(0, 1)] * n + [(0, 0), (0, 0)])
@@ -353,7 +353,7 @@ def _subpixel_conv(x, kernel, strides, pads, precision, preferred_element_type=N
   # -> (u_1, ..., u_n, in, a_1, ..., a_n, out) -> (u_1, ..., u_n, in, prod(strides) * out).
   perm = (*range(0, 2 * n, 2), 2 * n, *range(1, 2 * n, 2), 2 * n + 1)
   kc = jnp.transpose(kc, perm).reshape(
-      *(index.shape[0] for index, *_ in taps), in_features, math.prod(strides) * features
+    *(index.shape[0] for index, *_ in taps), in_features, math.prod(strides) * features
   )
   spatial = "DHW"[3 - n :]
   dimension_numbers = (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
@@ -363,20 +363,20 @@ def _subpixel_conv(x, kernel, strides, pads, precision, preferred_element_type=N
     x = lax.pad(x, jnp.zeros((), x.dtype), config)
     conv_pads = [(0, 0)] * n
   y = lax.conv_general_dilated(
-      x,
-      kc,
-      (1,) * n,
-      conv_pads,
-      dimension_numbers=dimension_numbers,
-      precision=precision,
-      preferred_element_type=preferred_element_type,
+    x,
+    kc,
+    (1,) * n,
+    conv_pads,
+    dimension_numbers=dimension_numbers,
+    precision=precision,
+    preferred_element_type=preferred_element_type,
   )
   # Depth to space: (B, q_1, ..., q_n, a_1, ..., a_n, out) -> (B, q_1 a_1, ..., q_n a_n, out).
   batch = y.shape[0]
   y = y.reshape(batch, *y.shape[1 : n + 1], *strides, features)
   perm = (0, *(i for d in range(n) for i in (1 + d, 1 + n + d)), 2 * n + 1)
   y = jnp.transpose(y, perm).reshape(
-      batch, *(q * s for (_, _, q, _), s in zip(taps, strides, strict=True)), features
+    batch, *(q * s for (_, _, q, _), s in zip(taps, strides, strict=True)), features
   )
   return y[(slice(None), *(slice(0, out) for *_, out in taps))]
 
@@ -389,10 +389,10 @@ def _dilated_col2im(x, kernel, strides, pads, precision) -> jax.Array:
   out = [_dilated_out(n, k, s, p) for n, k, s, p in sizes]
   # Contractions keep the batch axis apart (no reshape merges a possibly sharded batch axis).
   cols = jnp.einsum(
-      "bhwc,cf->bhwf",
-      x,
-      jnp.transpose(kernel, (2, 0, 1, 3)).reshape(in_features, kh * kw * features),
-      precision=precision,
+    "bhwc,cf->bhwf",
+    x,
+    jnp.transpose(kernel, (2, 0, 1, 3)).reshape(in_features, kh * kw * features),
+    precision=precision,
   ).reshape(batch, height, width, kh, kw, features)
   y = None
   for i in range(kh):
@@ -432,10 +432,13 @@ def _weight_grad_gemm(x, g, kernel_size, strides, pads, precision) -> jax.Array:
   def chunk_grad(xc, gc):
     xp = _pad(xc, pads)
     cols = [
-        xp[:, i : i + strides[0] * (out_h - 1) + 1 : strides[0],
-           j : j + strides[1] * (out_w - 1) + 1 : strides[1]]
-        for i in range(kh)
-        for j in range(kw)
+      xp[
+        :,
+        i : i + strides[0] * (out_h - 1) + 1 : strides[0],
+        j : j + strides[1] * (out_w - 1) + 1 : strides[1],
+      ]
+      for i in range(kh)
+      for j in range(kw)
     ]
     cols = jnp.concatenate(cols, axis=-1)
     contract = (0, 1, 2)
@@ -588,13 +591,13 @@ class Conv(nn.Conv):
     strides = _tuple(self.strides, n)
     padding = nn.linear.canonicalize_padding(self.padding, n)
     if (
-        self.impl != "fast"
-        or n != 2
-        or any(d != 1 for d in _tuple(self.input_dilation, n) + _tuple(self.kernel_dilation, n))
-        or self.feature_group_count != 1
-        or padding in ("CIRCULAR", "REFLECT", "CAUSAL")
-        or self.conv_general_dilated is not None
-        or self.conv_general_dilated_cls is not None
+      self.impl != "fast"
+      or n != 2
+      or any(d != 1 for d in _tuple(self.input_dilation, n) + _tuple(self.kernel_dilation, n))
+      or self.feature_group_count != 1
+      or padding in ("CIRCULAR", "REFLECT", "CAUSAL")
+      or self.conv_general_dilated is not None
+      or self.conv_general_dilated_cls is not None
     ):
       return super().__call__(inputs)
     inputs, restore = _flatten_batch(inputs, n)
@@ -610,8 +613,11 @@ class Conv(nn.Conv):
 
     kernel, bias, inputs = _params(self, inputs, (*kernel_size, inputs.shape[-1], self.features))
     if dense:  # One output pixel: a matrix product.
-      y = jnp.dot(inputs.reshape(inputs.shape[0], -1), kernel.reshape(-1, self.features),
-                  precision=self.precision)
+      y = jnp.dot(
+        inputs.reshape(inputs.shape[0], -1),
+        kernel.reshape(-1, self.features),
+        precision=self.precision,
+      )
       y = y.reshape(inputs.shape[0], 1, 1, self.features)
     else:
       y = strided_conv(inputs, kernel, strides, pads, self.precision)
@@ -624,16 +630,16 @@ def _params(module, inputs, kernel_shape):
   """The kernel (masked) and bias of a conv module, promoted with the inputs to its dtype."""
   if module.mask is not None and module.mask.shape != kernel_shape:
     raise ValueError(
-        "Mask needs to have the same shape as weights. "
-        f"Shapes are: {module.mask.shape}, {kernel_shape}"
+      "Mask needs to have the same shape as weights. "
+      f"Shapes are: {module.mask.shape}, {kernel_shape}"
     )
   kernel = module.param("kernel", module.kernel_init, kernel_shape, module.param_dtype)
   if module.mask is not None:
     kernel *= module.mask
   bias = (
-      module.param("bias", module.bias_init, (module.features,), module.param_dtype)
-      if module.use_bias
-      else None
+    module.param("bias", module.bias_init, (module.features,), module.param_dtype)
+    if module.use_bias
+    else None
   )
   inputs, kernel, bias = module.promote_dtype(inputs, kernel, bias, dtype=module.dtype)
   return kernel, bias, inputs
@@ -672,12 +678,12 @@ class ConvTranspose(nn.ConvTranspose):
     fast = self.impl == "fast" and n == 2 and self.preferred_element_type is None
     dense = fast and padding == "VALID" and all(d == 1 for d in size)
     if (
-        self.impl not in ("subpixel", "fast")
-        or (all(s == 1 for s in strides) and not dense)
-        or n > 3
-        or any(d != 1 for d in dilation)
-        or self.transpose_kernel
-        or padding == "CIRCULAR"
+      self.impl not in ("subpixel", "fast")
+      or (all(s == 1 for s in strides) and not dense)
+      or n > 3
+      or any(d != 1 for d in dilation)
+      or self.transpose_kernel
+      or padding == "CIRCULAR"
     ):
       return super().__call__(inputs)
 
@@ -693,25 +699,23 @@ class ConvTranspose(nn.ConvTranspose):
     elif fast:
       y = dilated_conv(inputs, kernel, strides, pads, self.precision)
     else:
-      y = _subpixel_conv(
-          inputs, kernel, strides, pads, self.precision, self.preferred_element_type
-      )
+      y = _subpixel_conv(inputs, kernel, strides, pads, self.precision, self.preferred_element_type)
     if bias is not None:
       y += jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
     return restore(y)
 
 
 def conv(
-    features: int,
-    kernel_size: int,
-    stride: int = 1,
-    padding: Padding = "SAME",
-    *,
-    use_bias: bool = True,
-    kernel_init: Initializer = _LECUN_NORMAL,
-    bias_init: Initializer = _ZEROS,
-    impl: str = "xla",
-    dtype: Any = None,
+  features: int,
+  kernel_size: int,
+  stride: int = 1,
+  padding: Padding = "SAME",
+  *,
+  use_bias: bool = True,
+  kernel_init: Initializer = _LECUN_NORMAL,
+  bias_init: Initializer = _ZEROS,
+  impl: str = "xla",
+  dtype: Any = None,
 ) -> nn.Module:
   """A square 2-D convolution over NHWC inputs.
 
@@ -725,29 +729,29 @@ def conv(
   impl = resolve_conv_impl(impl)
   kw = dict(impl="fast") if impl == "fast" else {}
   return (Conv if impl == "fast" else nn.Conv)(
-      features,
-      kernel_size=(kernel_size, kernel_size),
-      strides=(stride, stride),
-      padding=padding,
-      use_bias=use_bias,
-      kernel_init=kernel_init,
-      bias_init=bias_init,
-      dtype=resolve_dtype(dtype),
-      **kw,
+    features,
+    kernel_size=(kernel_size, kernel_size),
+    strides=(stride, stride),
+    padding=padding,
+    use_bias=use_bias,
+    kernel_init=kernel_init,
+    bias_init=bias_init,
+    dtype=resolve_dtype(dtype),
+    **kw,
   )
 
 
 def conv_transpose(
-    features: int,
-    kernel_size: int,
-    stride: int = 1,
-    padding: Padding = "SAME",
-    *,
-    use_bias: bool = True,
-    kernel_init: Initializer = _LECUN_NORMAL,
-    bias_init: Initializer = _ZEROS,
-    impl: str = "xla",
-    dtype: Any = None,
+  features: int,
+  kernel_size: int,
+  stride: int = 1,
+  padding: Padding = "SAME",
+  *,
+  use_bias: bool = True,
+  kernel_init: Initializer = _LECUN_NORMAL,
+  bias_init: Initializer = _ZEROS,
+  impl: str = "xla",
+  dtype: Any = None,
 ) -> nn.Module:
   """A square 2-D transposed ("fractionally strided") convolution over NHWC inputs.
 
@@ -765,39 +769,37 @@ def conv_transpose(
   impl = resolve_conv_impl(impl)
   kw = dict(impl=impl) if impl != "xla" else {}
   return (nn.ConvTranspose if impl == "xla" else ConvTranspose)(
-      features,
-      kernel_size=(kernel_size, kernel_size),
-      strides=(stride, stride),
-      padding=padding,
-      use_bias=use_bias,
-      kernel_init=kernel_init,
-      bias_init=bias_init,
-      dtype=resolve_dtype(dtype),
-      **kw,
+    features,
+    kernel_size=(kernel_size, kernel_size),
+    strides=(stride, stride),
+    padding=padding,
+    use_bias=use_bias,
+    kernel_init=kernel_init,
+    bias_init=bias_init,
+    dtype=resolve_dtype(dtype),
+    **kw,
   )
 
 
 def dense(
-    features: int,
-    *,
-    use_bias: bool = True,
-    kernel_init: Initializer = _LECUN_NORMAL,
-    bias_init: Initializer = _ZEROS,
-    dtype: Any = None,
+  features: int,
+  *,
+  use_bias: bool = True,
+  kernel_init: Initializer = _LECUN_NORMAL,
+  bias_init: Initializer = _ZEROS,
+  dtype: Any = None,
 ) -> nn.Dense:
   """A dense layer (``nn.Dense``) computing in ``dtype`` (see :data:`DTYPES`)."""
   return nn.Dense(
-      features,
-      use_bias=use_bias,
-      kernel_init=kernel_init,
-      bias_init=bias_init,
-      dtype=resolve_dtype(dtype),
+    features,
+    use_bias=use_bias,
+    kernel_init=kernel_init,
+    bias_init=bias_init,
+    dtype=resolve_dtype(dtype),
   )
 
 
-def batch_norm(
-    train: bool, *, scale_init: Initializer = _ONES, dtype: Any = None
-) -> nn.BatchNorm:
+def batch_norm(train: bool, *, scale_init: Initializer = _ONES, dtype: Any = None) -> nn.BatchNorm:
   """BatchNorm over all but the last axis; batch statistics in train mode, running ones otherwise.
 
   Running averages live in the ``"batch_stats"`` collection (momentum :data:`BN_MOMENTUM`), which
@@ -805,9 +807,9 @@ def batch_norm(
   flax computes the statistics in float32 and keeps parameters and running averages float32.
   """
   return nn.BatchNorm(
-      use_running_average=not train,
-      momentum=BN_MOMENTUM,
-      epsilon=BN_EPSILON,
-      scale_init=scale_init,
-      dtype=resolve_dtype(dtype),
+    use_running_average=not train,
+    momentum=BN_MOMENTUM,
+    epsilon=BN_EPSILON,
+    scale_init=scale_init,
+    dtype=resolve_dtype(dtype),
   )

@@ -79,7 +79,7 @@ class Generator(nn.Module):
     layers.check_choice("output_activation", self.output_activation, tuple(OUTPUT_ACTIVATIONS))
     layers.check_choice("dtype", self.dtype, layers.DTYPES)
     conditional = blocks.check_conditioning(
-        "MLP Generator", self.num_classes, self.conditioning, blocks.GENERATOR_CONDITIONING
+      "MLP Generator", self.num_classes, self.conditioning, blocks.GENERATOR_CONDITIONING
     )
     num_classes = None
     x = z
@@ -88,16 +88,14 @@ class Generator(nn.Module):
     elif conditional:
       if not self.batch_norm:
         raise ConfigError(
-            "MLP Generator: conditioning='batchnorm' needs batch_norm=True; use "
-            "conditioning='concat' for a generator without BatchNorm."
+          "MLP Generator: conditioning='batchnorm' needs batch_norm=True; use "
+          "conditioning='concat' for a generator without BatchNorm."
         )
       num_classes = self.num_classes
     for features in self.hidden:
       x = layers.dense(features, dtype=self.dtype)(x)
       if self.batch_norm:
-        x = blocks.generator_norm(
-            x, labels, train=train, num_classes=num_classes, dtype=self.dtype
-        )
+        x = blocks.generator_norm(x, labels, train=train, num_classes=num_classes, dtype=self.dtype)
       x = nn.leaky_relu(x, self.leaky_slope)
     x = layers.dense(math.prod(self.image_shape), dtype=self.dtype)(x)
     x = OUTPUT_ACTIVATIONS[self.output_activation](x)
@@ -148,12 +146,12 @@ class Discriminator(nn.Module):
 
   @nn.compact
   def __call__(
-      self, x: jax.Array, labels: jax.Array | None = None, *, train: bool
+    self, x: jax.Array, labels: jax.Array | None = None, *, train: bool
   ) -> jax.Array | tuple[jax.Array, jax.Array]:
     layers.check_choice("dtype", self.dtype, layers.DTYPES)
     layers.check_choice("minibatch", self.minibatch, MINIBATCH_CHOICES)
     conditional = blocks.check_conditioning(
-        "MLP Discriminator", self.num_classes, self.conditioning, blocks.DISCRIMINATOR_CONDITIONING
+      "MLP Discriminator", self.num_classes, self.conditioning, blocks.DISCRIMINATOR_CONDITIONING
     )
     if self.maxout_pieces < 1:
       raise ConfigError(f"MLP Discriminator: maxout_pieces must be >= 1, got {self.maxout_pieces}.")
@@ -182,11 +180,11 @@ class Discriminator(nn.Module):
     elif self.minibatch == "mbstd":
       x = blocks.MinibatchStdDev(group_size=self.mbstd_group_size)(x)
     return blocks.discriminator_head(
-        x,
-        labels,
-        lambda h: dense(1, h)[:, 0].astype(jnp.float32),
-        train=train,
-        num_classes=self.num_classes if conditional else None,
-        conditioning=self.conditioning,
-        spectral_norm=self.spectral_norm,
+      x,
+      labels,
+      lambda h: dense(1, h)[:, 0].astype(jnp.float32),
+      train=train,
+      num_classes=self.num_classes if conditional else None,
+      conditioning=self.conditioning,
+      spectral_norm=self.spectral_norm,
     )

@@ -93,8 +93,8 @@ def check_image_size(height: int, width: int) -> int:
   """Returns the image size; raises ``ValueError`` unless the image is square and supported."""
   if height != width or height not in SUPPORTED_SIZES:
     raise ConfigError(
-        f"The SNGAN ResNet supports square images of {', '.join(map(str, SUPPORTED_SIZES))} "
-        f"pixels, got {height}x{width}; resize the data (config.data.image_size)."
+      f"The SNGAN ResNet supports square images of {', '.join(map(str, SUPPORTED_SIZES))} "
+      f"pixels, got {height}x{width}; resize the data (config.data.image_size)."
     )
   return height
 
@@ -114,10 +114,20 @@ def discriminator_layout(size: int, width: int) -> list[tuple[int, bool]]:
   if size == 32:
     return [(width, True), (width, True), (width, False), (width, False)]
   if size == 48:
-    return [(width, True), (2 * width, True), (4 * width, True), (8 * width, True),
-            (16 * width, False)]
-  return [(width, True), (2 * width, True), (4 * width, True), (8 * width, True),
-          (16 * width, True)]
+    return [
+      (width, True),
+      (2 * width, True),
+      (4 * width, True),
+      (8 * width, True),
+      (16 * width, False),
+    ]
+  return [
+    (width, True),
+    (2 * width, True),
+    (4 * width, True),
+    (8 * width, True),
+    (16 * width, True),
+  ]
 
 
 def _upsample(x: jax.Array) -> jax.Array:
@@ -162,14 +172,16 @@ class GeneratorBlock(nn.Module):
     def norm(h):
       if self.num_classes is None:
         return layers.batch_norm(train, dtype=self.dtype)(h)
-      return blocks.ConditionalBatchNorm(self.num_classes, dtype=self.dtype)(
-          h, labels, train=train
-      )
+      return blocks.ConditionalBatchNorm(self.num_classes, dtype=self.dtype)(h, labels, train=train)
 
     def conv(features, kernel_size, init):
       return blocks.sn_conv(
-          features, kernel_size, kernel_init=init, impl=self.conv_impl, dtype=self.dtype,
-          enabled=self.spectral_norm,
+        features,
+        kernel_size,
+        kernel_init=init,
+        impl=self.conv_impl,
+        dtype=self.dtype,
+        enabled=self.spectral_norm,
       )
 
     h = nn.relu(norm(x))
@@ -210,8 +222,12 @@ class DiscriminatorBlock(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     def conv(features, kernel_size, init):
       return blocks.sn_conv(
-          features, kernel_size, kernel_init=init, impl=self.conv_impl, dtype=self.dtype,
-          enabled=self.spectral_norm,
+        features,
+        kernel_size,
+        kernel_init=init,
+        impl=self.conv_impl,
+        dtype=self.dtype,
+        enabled=self.spectral_norm,
       )
 
     downsample = self.downsample or self.optimized
@@ -267,19 +283,28 @@ class Generator(nn.Module):
     common = dict(conv_impl=self.conv_impl, dtype=self.dtype)
 
     x = blocks.sn_dense(
-        start * start * stage_channels[0], kernel_init=_GLOROT, dtype=self.dtype,
-        enabled=self.spectral_norm,
+      start * start * stage_channels[0],
+      kernel_init=_GLOROT,
+      dtype=self.dtype,
+      enabled=self.spectral_norm,
     )(z, update_stats=train)
     x = x.reshape(z.shape[0], start, start, stage_channels[0])
     for i, features in enumerate(stage_channels[1:]):
       x = GeneratorBlock(
-          features, num_classes=self.num_classes, spectral_norm=self.spectral_norm,
-          name=f"block{i + 1}", **common,
+        features,
+        num_classes=self.num_classes,
+        spectral_norm=self.spectral_norm,
+        name=f"block{i + 1}",
+        **common,
       )(x, labels, train=train)
     x = nn.relu(layers.batch_norm(train, dtype=self.dtype)(x))
     x = blocks.sn_conv(
-        channels, 3, kernel_init=_GLOROT, impl=self.conv_impl, dtype=self.dtype,
-        enabled=self.spectral_norm,
+      channels,
+      3,
+      kernel_init=_GLOROT,
+      impl=self.conv_impl,
+      dtype=self.dtype,
+      enabled=self.spectral_norm,
     )(x, update_stats=train)
     return jnp.tanh(x).astype(jnp.float32)
 
@@ -310,7 +335,7 @@ class Discriminator(nn.Module):
   def __call__(self, x: jax.Array, labels: jax.Array | None = None, *, train: bool) -> jax.Array:
     if x.ndim != 4:
       raise ValueError(
-          f"The SNGAN ResNet discriminator needs (B, H, W, C) images, got shape {x.shape}."
+        f"The SNGAN ResNet discriminator needs (B, H, W, C) images, got shape {x.shape}."
       )
     size = check_image_size(x.shape[1], x.shape[2])
     _check_common(self.conv_impl, self.dtype)
@@ -320,12 +345,17 @@ class Discriminator(nn.Module):
     h = x.astype(layers.resolve_dtype(self.dtype))
     for i, (features, downsample) in enumerate(discriminator_layout(size, w)):
       h = DiscriminatorBlock(
-          features, downsample=downsample, optimized=i == 0, spectral_norm=self.spectral_norm,
-          conv_impl=self.conv_impl, dtype=self.dtype, name=f"block{i + 1}",
+        features,
+        downsample=downsample,
+        optimized=i == 0,
+        spectral_norm=self.spectral_norm,
+        conv_impl=self.conv_impl,
+        dtype=self.dtype,
+        name=f"block{i + 1}",
       )(h, train=train)
     phi = jnp.sum(nn.relu(h).astype(jnp.float32), axis=(1, 2))  # Global sum pooling.
     out = blocks.sn_dense(1, kernel_init=_GLOROT, enabled=self.spectral_norm)(
-        phi, update_stats=train
+      phi, update_stats=train
     )[:, 0]
     if self.num_classes is None:
       return out

@@ -54,9 +54,9 @@ def check_image_size(height: int, width: int) -> int:
   """Returns the image size; raises ``ValueError`` unless the image is square and supported."""
   if height != width or height not in SUPPORTED_SIZES:
     raise ConfigError(
-        f"The SNGAN standard CNN supports square images of "
-        f"{', '.join(map(str, SUPPORTED_SIZES))} pixels, got {height}x{width}; resize the data "
-        "(config.data.image_size)."
+      f"The SNGAN standard CNN supports square images of "
+      f"{', '.join(map(str, SUPPORTED_SIZES))} pixels, got {height}x{width}; resize the data "
+      "(config.data.image_size)."
     )
   return height
 
@@ -64,8 +64,15 @@ def check_image_size(height: int, width: int) -> int:
 def discriminator_layers(width: int) -> list[tuple[int, int, int]]:
   """``(channels, kernel, stride)`` of the discriminator's convolutions (Table 3)."""
   w = width
-  return [(w, 3, 1), (w, 4, 2), (2 * w, 3, 1), (2 * w, 4, 2), (4 * w, 3, 1), (4 * w, 4, 2),
-          (8 * w, 3, 1)]
+  return [
+    (w, 3, 1),
+    (w, 4, 2),
+    (2 * w, 3, 1),
+    (2 * w, 4, 2),
+    (4 * w, 3, 1),
+    (4 * w, 4, 2),
+    (8 * w, 3, 1),
+  ]
 
 
 class Generator(nn.Module):
@@ -100,7 +107,7 @@ class Generator(nn.Module):
     kw = dict(kernel_init=_INIT, impl=self.conv_impl, dtype=dtype)
 
     x = spectral_norm(
-        layers.dense(start * start * 8 * w, kernel_init=_INIT, dtype=dtype), enabled=sn
+      layers.dense(start * start * 8 * w, kernel_init=_INIT, dtype=dtype), enabled=sn
     )(z, update_stats=train)
     x = nn.relu(layers.batch_norm(train, dtype=dtype)(x))
     x = x.reshape(z.shape[0], start, start, 8 * w)

@@ -45,8 +45,7 @@ def check_scale(scale: int) -> int:
   """Returns ``scale``; raises ``ValueError`` naming the valid factors otherwise."""
   if scale not in SCALES:
     raise ConfigError(
-        f"Unsupported super-resolution scale {scale!r}; valid choices: "
-        f"{', '.join(map(str, SCALES))}."
+      f"Unsupported super-resolution scale {scale!r}; valid choices: {', '.join(map(str, SCALES))}."
     )
   return int(scale)
 

@@ -66,7 +66,7 @@ def check_likelihood(likelihood: str) -> str:
   """Returns ``likelihood``; raises ``ValueError`` naming the valid choices otherwise."""
   if likelihood not in LIKELIHOODS:
     raise ConfigError(
-        f"Unknown likelihood {likelihood!r}; valid choices: {', '.join(LIKELIHOODS)}."
+      f"Unknown likelihood {likelihood!r}; valid choices: {', '.join(LIKELIHOODS)}."
     )
   return likelihood
 
@@ -190,7 +190,7 @@ class VAE(nn.Module):
   decoder: Decoder
 
   def __call__(
-      self, x: jax.Array, noise: jax.Array, *, train: bool
+    self, x: jax.Array, noise: jax.Array, *, train: bool
   ) -> tuple[jax.Array, jax.Array, jax.Array]:
     mean, logvar = self.encoder(x, train=train)
     z = shift_and_scale(noise, mean, logvar)
@@ -210,20 +210,20 @@ class VAE(nn.Module):
 
 
 def build(
-    image_shape: tuple[int, int, int],
-    latent_dim: int,
-    *,
-    encoder: dict | None = None,
-    decoder: dict | None = None,
-    likelihood: str = "bernoulli",
+  image_shape: tuple[int, int, int],
+  latent_dim: int,
+  *,
+  encoder: dict | None = None,
+  decoder: dict | None = None,
+  likelihood: str = "bernoulli",
 ) -> VAE:
   """The :class:`VAE` for ``image_shape``; ``encoder`` / ``decoder`` are the networks' kwargs."""
   check_likelihood(likelihood)
   if latent_dim < 1:
     raise ConfigError(f"latent_dim must be >= 1, got {latent_dim}.")
   return VAE(
-      encoder=Encoder(latent_dim=latent_dim, **(encoder or {})),
-      decoder=Decoder(image_shape=tuple(image_shape), likelihood=likelihood, **(decoder or {})),
+    encoder=Encoder(latent_dim=latent_dim, **(encoder or {})),
+    decoder=Decoder(image_shape=tuple(image_shape), likelihood=likelihood, **(decoder or {})),
   )
 
 
@@ -269,10 +269,10 @@ def gaussian_kl(mean: jax.Array, logvar: jax.Array) -> jax.Array:
 
 
 def reconstruction_nll(
-    output: jax.Array,
-    images: jax.Array,
-    likelihood: str = "bernoulli",
-    gaussian_std: float = 0.1,
+  output: jax.Array,
+  images: jax.Array,
+  likelihood: str = "bernoulli",
+  gaussian_std: float = 0.1,
 ) -> jax.Array:
   """``-log p(x | z)`` per example (nats, summed over pixels) of [-1, 1] ``images``.
 
@@ -296,20 +296,20 @@ def reconstruction_nll(
     if gaussian_std <= 0:
       raise ConfigError(f"gaussian_std must be > 0, got {gaussian_std}.")
     nll = (
-        0.5 * jnp.square((target - output) / gaussian_std)
-        + math.log(gaussian_std)
-        + 0.5 * math.log(2 * math.pi)
+      0.5 * jnp.square((target - output) / gaussian_std)
+      + math.log(gaussian_std)
+      + 0.5 * math.log(2 * math.pi)
     )
   return jnp.sum(nll.reshape(nll.shape[0], -1), axis=-1)
 
 
 def elbo_terms(
-    output: jax.Array,
-    images: jax.Array,
-    mean: jax.Array,
-    logvar: jax.Array,
-    likelihood: str = "bernoulli",
-    gaussian_std: float = 0.1,
+  output: jax.Array,
+  images: jax.Array,
+  mean: jax.Array,
+  logvar: jax.Array,
+  likelihood: str = "bernoulli",
+  gaussian_std: float = 0.1,
 ) -> dict[str, jax.Array]:
   """The negative ELBO's two terms per example: ``{"reconstruction": (B,), "kl": (B,)}``.
 
@@ -317,8 +317,8 @@ def elbo_terms(
   one-sample estimate at the decoder ``output`` of a reparameterized draw, the KL is exact.
   """
   return {
-      "reconstruction": reconstruction_nll(output, images, likelihood, gaussian_std),
-      "kl": gaussian_kl(mean, logvar),
+    "reconstruction": reconstruction_nll(output, images, likelihood, gaussian_std),
+    "kl": gaussian_kl(mean, logvar),
   }
 
 

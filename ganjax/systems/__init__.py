@@ -39,9 +39,7 @@ _BUILTIN_MODULES = {"classifier": "ganjax.classifier"}
 def available_systems() -> list[str]:
   """Sorted names of the system modules of this package."""
   return sorted(
-      info.name
-      for info in pkgutil.iter_modules(__path__)
-      if not info.name.startswith("_")
+    info.name for info in pkgutil.iter_modules(__path__) if not info.name.startswith("_")
   )
 
 
@@ -69,7 +67,7 @@ def workdir_task(workdir: str) -> str:
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise MissingPathError(
-        f"{path} does not exist: {workdir!r} is not a ganjax workdir (train a config there first)."
+      f"{path} does not exist: {workdir!r} is not a ganjax workdir (train a config there first)."
     )
   with open(path) as f:
     return json.load(f).get("task", "gan")

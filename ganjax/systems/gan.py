@@ -57,7 +57,7 @@ def _module_kwargs(config_dict: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def build_networks(
-    config: ml_collections.ConfigDict, element_shape: tuple[int, ...], num_classes: int | None
+  config: ml_collections.ConfigDict, element_shape: tuple[int, ...], num_classes: int | None
 ) -> Networks:
   """Instantiates ``ganjax.models.<config.model.name>``'s Generator and Discriminator.
 
@@ -80,12 +80,12 @@ def build_networks(
   if pack > 1:
     if conditional:
       raise ConfigError(
-          f"config.model.pack={pack} (PacGAN) cannot be combined with model.conditional=True: a "
-          "pack mixes examples of different classes. Use pack=1 for a conditional GAN."
+        f"config.model.pack={pack} (PacGAN) cannot be combined with model.conditional=True: a "
+        "pack mixes examples of different classes. Use pack=1 for a conditional GAN."
       )
     discriminator = blocks.Packed(discriminator, pack=pack)
   return Networks(
-      generator, discriminator, tuple(element_shape), num_classes if conditional else None
+    generator, discriminator, tuple(element_shape), num_classes if conditional else None
   )
 
 
@@ -93,15 +93,15 @@ def check_conditional(model_name: str, module: Any, num_classes: int | None) -> 
   """A conditional GAN needs labelled data and a model whose networks take ``num_classes``."""
   if not num_classes:
     raise ConfigError(
-        "config.model.conditional=True needs labelled data, but this dataset has no labels "
-        f"(num_classes={num_classes!r}). Use a labelled dataset (e.g. an image folder with class "
-        "subfolders) or set model.conditional=False."
+      "config.model.conditional=True needs labelled data, but this dataset has no labels "
+      f"(num_classes={num_classes!r}). Use a labelled dataset (e.g. an image folder with class "
+      "subfolders) or set model.conditional=False."
     )
   for network in (module.Generator, module.Discriminator):
     if not _takes_num_classes(network):
       raise ConfigError(
-          f"config.model.conditional=True, but model {model_name!r} has no class-conditional "
-          f"{network.__name__}; conditional models: {', '.join(conditional_models())}."
+        f"config.model.conditional=True, but model {model_name!r} has no class-conditional "
+        f"{network.__name__}; conditional models: {', '.join(conditional_models())}."
       )
 
 
@@ -125,8 +125,8 @@ def _with_dtype(network: type, dtype: str, kwargs: dict[str, Any]) -> dict[str, 
     return {"dtype": dtype, **kwargs}
   if dtype != "float32":
     raise ConfigError(
-        f"config.model.dtype={dtype!r} is not supported by {network.__module__}.{network.__name__}"
-        " (it has no dtype field); valid: 'float32'."
+      f"config.model.dtype={dtype!r} is not supported by {network.__module__}.{network.__name__}"
+      " (it has no dtype field); valid: 'float32'."
     )
   return kwargs
 
@@ -143,7 +143,7 @@ def discriminator_optimizer(config: ml_collections.ConfigDict):
 def get_objective(config: ml_collections.ConfigDict) -> losses.Objective:
   """``config.loss``'s objective, with its label smoothing."""
   return losses.get_objective(
-      config.loss.name, label_smoothing=config.loss.get("label_smoothing", 0.0)
+    config.loss.name, label_smoothing=config.loss.get("label_smoothing", 0.0)
   )
 
 
@@ -152,14 +152,14 @@ def state_factory(config: ml_collections.ConfigDict, networks: Networks):
 
   def init(rng):
     return state_lib.create_gan_state(
-        rng,
-        generator=networks.generator,
-        discriminator=networks.discriminator,
-        latent_dim=config.model.latent_dim,
-        element_shape=networks.element_shape,
-        generator_optimizer=state_lib.make_optimizer(config.optim.g, config.num_train_steps),
-        discriminator_optimizer=discriminator_optimizer(config),
-        num_classes=networks.num_classes,
+      rng,
+      generator=networks.generator,
+      discriminator=networks.discriminator,
+      latent_dim=config.model.latent_dim,
+      element_shape=networks.element_shape,
+      generator_optimizer=state_lib.make_optimizer(config.optim.g, config.num_train_steps),
+      discriminator_optimizer=discriminator_optimizer(config),
+      num_classes=networks.num_classes,
     )
 
   return init
@@ -225,7 +225,7 @@ def evaluation_latents(seed: int, num_samples: int, latent_dim: int) -> jax.Arra
 def eval_latents(config) -> jax.Array:
   """The fixed latents of every evaluation: ``eval_num_samples`` draws derived from the seed."""
   return evaluation_latents(
-      config.seed, config.get("eval_num_samples", 2500), config.model.latent_dim
+    config.seed, config.get("eval_num_samples", 2500), config.model.latent_dim
   )
 
 
@@ -237,7 +237,7 @@ def eval_labels(config, num_classes: int | None) -> jax.Array | None:
 
 
 def evaluate_modes(
-    generate, params, batch_stats, latents, dataset_name: str, labels=None
+  generate, params, batch_stats, latents, dataset_name: str, labels=None
 ) -> dict[str, Any]:
   """Mode coverage of the generator's samples on a 2-D Gaussian mixture (PacGAN protocol).
 
@@ -248,9 +248,9 @@ def evaluate_modes(
   samples = np.asarray(generate(params, batch_stats, latents, labels))
   result = metrics_lib.mixture_mode_coverage(samples.reshape(len(samples), -1), dataset_name)
   return {
-      "modes": int(result["modes"]),
-      "hq_fraction": float(result["hq_fraction"]),
-      "reverse_kl": float(result["reverse_kl"]),
+    "modes": int(result["modes"]),
+    "hq_fraction": float(result["hq_fraction"]),
+    "reverse_kl": float(result["reverse_kl"]),
   }
 
 
@@ -275,8 +275,7 @@ def make_evaluator(config, source, generate, num_classes: int | None = None, wor
 
     return evaluate_mixture
   if not any(
-      config.get(f)
-      for f in ("eval_extractor", "eval_inception_weights", "eval_classifier_workdir")
+    config.get(f) for f in ("eval_extractor", "eval_inception_weights", "eval_classifier_workdir")
   ):
     return None
   from ganjax import evaluation
@@ -285,16 +284,16 @@ def make_evaluator(config, source, generate, num_classes: int | None = None, wor
 
   def evaluate_images(state, step) -> dict[str, Any]:
     result = evaluation.evaluate_generator(
-        config,
-        generate,
-        sample_params(config, state),
-        state.generator.batch_stats,
-        num_samples=config.eval_num_samples,
-        metrics=config.get("eval_metrics") or None,
-        extractor=extractor,
-        num_classes=num_classes,
-        step=step,
-        workdir=workdir,
+      config,
+      generate,
+      sample_params(config, state),
+      state.generator.batch_stats,
+      num_samples=config.eval_num_samples,
+      metrics=config.get("eval_metrics") or None,
+      extractor=extractor,
+      num_classes=num_classes,
+      step=step,
+      workdir=workdir,
     )
     if workdir is not None and jax.process_index() == 0:
       loop.write_json(os.path.join(workdir, "eval", f"step_{step:06d}.json"), result)
@@ -306,12 +305,12 @@ def make_evaluator(config, source, generate, num_classes: int | None = None, wor
 def run_info(config, source, networks: Networks, state, mesh) -> dict[str, Any]:
   """What a reader of the results needs to know about how they were made."""
   return {
-      **loop.provenance(config, mesh),
-      "data": loop.data_info(source, networks.element_shape, networks.num_classes is not None),
-      "parameters": {
-          "generator": state_lib.parameter_count(state.generator.params),
-          "discriminator": state_lib.parameter_count(state.discriminator.params),
-      },
+    **loop.provenance(config, mesh),
+    "data": loop.data_info(source, networks.element_shape, networks.num_classes is not None),
+    "parameters": {
+      "generator": state_lib.parameter_count(state.generator.params),
+      "discriminator": state_lib.parameter_count(state.discriminator.params),
+    },
   }
 
 
@@ -330,14 +329,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   check_pack(config.model.get("pack", 1), config.batch_size)
   if config.parallel.mode not in parallel.MODES:
     raise ConfigError(
-        f"Unknown parallel.mode {config.parallel.mode!r}; valid choices: "
-        f"{', '.join(parallel.MODES)}."
+      f"Unknown parallel.mode {config.parallel.mode!r}; valid choices: {', '.join(parallel.MODES)}."
     )
   if not 0.0 <= config.ema.decay < 1.0:
     raise ConfigError(f"ema.decay must be in [0, 1), got {config.ema.decay}.")
   if config.get("regularizer", {}).get("weight_clip", 0.0) < 0:
     raise ConfigError(
-        f"regularizer.weight_clip must be >= 0, got {config.regularizer.weight_clip}."
+      f"regularizer.weight_clip must be >= 0, got {config.regularizer.weight_clip}."
     )
   steps.regularization_from_config(config, get_objective(config))
   models.get_model_module(config.model.name)
@@ -349,8 +347,8 @@ def check_pack(pack: int, batch_size: int, num_devices: int = 1) -> None:
     raise ConfigError(f"config.model.pack must be >= 1 (1 = no packing), got {pack}.")
   if batch_size % (pack * num_devices):
     raise ConfigError(
-        f"batch_size={batch_size} does not split into packs of model.pack={pack} samples on each "
-        f"of {num_devices} device(s); use a multiple of {pack * num_devices}."
+      f"batch_size={batch_size} does not split into packs of model.pack={pack} samples on each "
+      f"of {num_devices} device(s); use a multiple of {pack * num_devices}."
     )
 
 
@@ -383,10 +381,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   networks = build_networks(config, source.element_shape, source.num_classes)
   objective = get_objective(config)
   state, start_step = loop.resume_or_create(
-      checkpointer,
-      lambda: abstract_state(config, networks, mesh),
-      lambda: create_state(config, networks, mesh),
-      config=config,
+    checkpointer,
+    lambda: abstract_state(config, networks, mesh),
+    lambda: create_state(config, networks, mesh),
+    config=config,
   )
   info = run_info(config, source, networks, state, mesh)
   writer = loop.record_run(config, workdir, info, start_step)
@@ -395,7 +393,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   generate = make_generate_fn(networks)
   evaluate = make_evaluator(config, source, generate, networks.num_classes, workdir)
   fixed_z, fixed_labels, grid_columns = sample_inputs(
-      config.seed, config.num_sample_images, config.model.latent_dim, networks.num_classes
+    config.seed, config.num_sample_images, config.model.latent_dim, networks.num_classes
   )
   base_rng = jax.random.fold_in(jax.random.key(config.seed), 0x7EA1)
   batches = source.batches(start_step)
@@ -410,44 +408,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
 
   def write_samples(step: int, state) -> None:
     samples = np.asarray(
-        generate(sample_params(config, state), state.generator.batch_stats, fixed_z, fixed_labels)
+      generate(sample_params(config, state), state.generator.batch_stats, fixed_z, fixed_labels)
     )
     if not is_chief:
       return
     path = os.path.join(workdir, "samples", f"step_{step:06d}.png")
     picture = sampling.save_samples(
-        path, samples, reference, title=f"step {step}", num_columns=grid_columns
+      path, samples, reference, title=f"step {step}", num_columns=grid_columns
     )
     writer.write_images(step, {"samples": picture[None]})
     logging.info("Wrote %s", path)
 
   logging.info(
-      "Training %s on %s (%s examples, shape %s) for %d steps, global batch %d on %d device(s) "
-      "(%s).",
-      config.model.name,
-      source.name,
-      source.num_examples,
-      source.element_shape,
-      config.num_train_steps,
-      config.batch_size,
-      mesh.devices.size,
-      config.parallel.mode,
+    "Training %s on %s (%s examples, shape %s) for %d steps, global batch %d on %d device(s) (%s).",
+    config.model.name,
+    source.name,
+    source.num_examples,
+    source.element_shape,
+    config.num_train_steps,
+    config.batch_size,
+    mesh.devices.size,
+    config.parallel.mode,
   )
   state = loop.run(
-      config,
-      workdir,
-      state=state,
-      start_step=start_step,
-      step_fn=step_fn,
-      batches=itertools.chain([first_batch], batches),
-      save_checkpoint=lambda step, state: checkpointer.save(
-          step, state, loop.data_position(config, step, examples_per_step)
-      ),
-      writer=writer,
-      examples_per_step=examples_per_step,
-      write_samples=write_samples,
-      evaluate=None if evaluate is None else lambda step, state: evaluate(state, step),
-      progress=_progress,
+    config,
+    workdir,
+    state=state,
+    start_step=start_step,
+    step_fn=step_fn,
+    batches=itertools.chain([first_batch], batches),
+    save_checkpoint=lambda step, state: checkpointer.save(
+      step, state, loop.data_position(config, step, examples_per_step)
+    ),
+    writer=writer,
+    examples_per_step=examples_per_step,
+    write_samples=write_samples,
+    evaluate=None if evaluate is None else lambda step, state: evaluate(state, step),
+    progress=_progress,
   )
 
   checkpointer.wait_until_finished()
@@ -479,21 +476,17 @@ def load(workdir: str, step: int | str | None = None) -> TrainedRun:
   config, info = load_run(workdir)
   data_info = info["data"]
   networks = build_networks(config, tuple(data_info["element_shape"]), data_info["num_classes"])
-  state, step = checkpoint_lib.restore_from_workdir(
-      workdir, step, abstract_state(config, networks)
-  )
+  state, step = checkpoint_lib.restore_from_workdir(workdir, step, abstract_state(config, networks))
   generate = make_generate_fn(networks)
 
   def sample_fn(num_samples: int, seed: int, labels):
     z, labels = sampling.latents_and_labels(
-        seed, num_samples, config.model.latent_dim, networks.num_classes, labels
+      seed, num_samples, config.model.latent_dim, networks.num_classes, labels
     )
     samples = generate(sample_params(config, state), state.generator.batch_stats, z, labels)
     return np.asarray(samples), {"latents": np.asarray(z), "labels": labels}
 
-  return TrainedRun(
-      workdir, config, int(step), state, networks.num_classes, sample_fn=sample_fn
-  )
+  return TrainedRun(workdir, config, int(step), state, networks.num_classes, sample_fn=sample_fn)
 
 
 def evaluate_workdir(workdir: str, **kwargs) -> dict[str, Any]:
@@ -504,7 +497,7 @@ def evaluate_workdir(workdir: str, **kwargs) -> dict[str, Any]:
 
 
 def sample_from_workdir(
-    workdir: str, num_samples: int, output: str, seed: int | None = None
+  workdir: str, num_samples: int, output: str, seed: int | None = None
 ) -> np.ndarray:
   """``--mode=sample``: writes ``output`` (a grid, one class per row when conditional, or a
   scatter plot) and ``output``.npz from the latest checkpoint (:func:`load`).
@@ -517,25 +510,25 @@ def sample_from_workdir(
   samples, inputs = run.sample_with_inputs(num_samples, config.seed if seed is None else seed)
   columns = num_samples // run.num_classes if run.num_classes else None
   sampling.save_samples(
-      output, samples, title=f"{os.path.basename(workdir)} step {run.step}", num_columns=columns
+    output, samples, title=f"{os.path.basename(workdir)} step {run.step}", num_columns=columns
   )
   npz_path = os.path.splitext(output)[0] + ".npz"
   labels = inputs["labels"]
   extra = {} if labels is None else {"labels": np.asarray(labels)}
   np.savez_compressed(
-      npz_path,
-      samples=samples,
-      latents=inputs["latents"],
-      step=run.step,
-      ema=config.ema.decay > 0,
-      **extra,
+    npz_path,
+    samples=samples,
+    latents=inputs["latents"],
+    step=run.step,
+    ema=config.ema.decay > 0,
+    **extra,
   )
   logging.info(
-      "Wrote %s and %s (%d samples from step %d, %s params).",
-      output,
-      npz_path,
-      num_samples,
-      run.step,
-      "EMA" if config.ema.decay > 0 else "raw",
+    "Wrote %s and %s (%d samples from step %d, %s params).",
+    output,
+    npz_path,
+    num_samples,
+    run.step,
+    "EMA" if config.ema.decay > 0 else "raw",
   )
   return samples

@@ -101,7 +101,7 @@ def _kwargs(config_dict) -> dict[str, Any]:
 
 
 def build_pyramid(
-    config: ml_collections.ConfigDict, image_shape: tuple[int, ...], num_classes: int | None
+  config: ml_collections.ConfigDict, image_shape: tuple[int, ...], num_classes: int | None
 ) -> Pyramid:
   """The networks of ``config.model`` for data of ``image_shape``.
 
@@ -116,36 +116,36 @@ def build_pyramid(
   conditional = bool(config.model.get("conditional", False))
   if conditional and not num_classes:
     raise ConfigError(
-        "config.model.conditional=True needs labelled data, but this dataset has no labels "
-        f"(num_classes={num_classes!r}). Use labelled data or set model.conditional=False."
+      "config.model.conditional=True needs labelled data, but this dataset has no labels "
+      f"(num_classes={num_classes!r}). Use labelled data or set model.conditional=False."
     )
   classes = num_classes if conditional else None
   level_g = _kwargs(config.model.level.generator)
   level_d = _kwargs(config.model.level.discriminator)
   generators = [
-      lapgan_lib.LevelGenerator(num_classes=classes, **level_g) for _ in range(num_levels)
+    lapgan_lib.LevelGenerator(num_classes=classes, **level_g) for _ in range(num_levels)
   ]
   discriminators = [
-      lapgan_lib.LevelDiscriminator(num_classes=classes, **level_d) for _ in range(num_levels)
+    lapgan_lib.LevelDiscriminator(num_classes=classes, **level_d) for _ in range(num_levels)
   ]
   coarse_shape = (*shapes[-1], image_shape[2])
   generators.append(
-      lapgan_lib.CoarseGenerator(
-          image_shape=coarse_shape, num_classes=classes, **_kwargs(config.model.coarse.generator)
-      )
+    lapgan_lib.CoarseGenerator(
+      image_shape=coarse_shape, num_classes=classes, **_kwargs(config.model.coarse.generator)
+    )
   )
   discriminators.append(
-      lapgan_lib.CoarseDiscriminator(
-          num_classes=classes, **_kwargs(config.model.coarse.discriminator)
-      )
+    lapgan_lib.CoarseDiscriminator(
+      num_classes=classes, **_kwargs(config.model.coarse.discriminator)
+    )
   )
   return Pyramid(
-      tuple(image_shape),
-      num_levels,
-      config.model.latent_dim,
-      classes,
-      tuple(generators),
-      tuple(discriminators),
+    tuple(image_shape),
+    num_levels,
+    config.model.latent_dim,
+    classes,
+    tuple(generators),
+    tuple(discriminators),
   )
 
 
@@ -176,18 +176,18 @@ def state_factory(config: ml_collections.ConfigDict, pyramid: Pyramid):
       g_params = g.init(g_key, *g_inputs, train=False)["params"]
       d_params = d.init(d_key, *d_inputs, train=False)["params"]
       states[name] = state_lib.GANState(
-          step=jnp.zeros((), jnp.int32),
-          generator=state_lib.TrainState.create(
-              apply_fn=g.apply,
-              params=g_params,
-              tx=state_lib.make_optimizer(config.optim.g, config.num_train_steps),
-          ),
-          discriminator=state_lib.TrainState.create(
-              apply_fn=d.apply,
-              params=d_params,
-              tx=state_lib.make_optimizer(config.optim.d, config.num_train_steps),
-          ),
-          ema_params=g_params,
+        step=jnp.zeros((), jnp.int32),
+        generator=state_lib.TrainState.create(
+          apply_fn=g.apply,
+          params=g_params,
+          tx=state_lib.make_optimizer(config.optim.g, config.num_train_steps),
+        ),
+        discriminator=state_lib.TrainState.create(
+          apply_fn=d.apply,
+          params=d_params,
+          tx=state_lib.make_optimizer(config.optim.d, config.num_train_steps),
+        ),
+        ema_params=g_params,
       )
     # Strongly typed leaves (TrainState.create counts from a Python 0): the avals of a restored
     # state, so a fresh and a resumed run share one compiled step.
@@ -214,18 +214,16 @@ def abstract_state(config, pyramid: Pyramid, mesh=None):
 def sample_params(config, state: dict[str, state_lib.GANState]) -> dict[str, Any]:
   """Every level's generator params used for samples: the EMA when it is on."""
   use_ema = config.ema.decay > 0
-  return {
-      name: (s.ema_params if use_ema else s.generator.params) for name, s in state.items()
-  }
+  return {name: (s.ema_params if use_ema else s.generator.params) for name, s in state.items()}
 
 
 def parameter_counts(state: dict[str, state_lib.GANState]) -> dict[str, dict[str, int]]:
   return {
-      name: {
-          "generator": state_lib.parameter_count(s.generator.params),
-          "discriminator": state_lib.parameter_count(s.discriminator.params),
-      }
-      for name, s in state.items()
+    name: {
+      "generator": state_lib.parameter_count(s.generator.params),
+      "discriminator": state_lib.parameter_count(s.discriminator.params),
+    }
+    for name, s in state.items()
   }
 
 
@@ -250,17 +248,17 @@ def _pmean(tree, axis_name: str | None):
 
 
 def _level_step(
-    gan: state_lib.GANState,
-    real: jax.Array,
-    low: jax.Array | None,
-    noise_shape: tuple[int, ...],
-    labels: jax.Array | None,
-    rng: jax.Array,
-    *,
-    objective: losses.Objective,
-    ema_decay: float,
-    ema_warmup: bool,
-    axis_name: str | None,
+  gan: state_lib.GANState,
+  real: jax.Array,
+  low: jax.Array | None,
+  noise_shape: tuple[int, ...],
+  labels: jax.Array | None,
+  rng: jax.Array,
+  *,
+  objective: losses.Objective,
+  ema_decay: float,
+  ema_warmup: bool,
+  axis_name: str | None,
 ) -> tuple[state_lib.GANState, dict[str, jax.Array]]:
   """One D update and one G update of one level's GAN on its part of the real pyramid.
 
@@ -276,7 +274,7 @@ def _level_step(
     return d.apply_fn({"params": params}, x, *conditioning, labels, train=True)
 
   fake = jax.lax.stop_gradient(
-      generate(g.params, _local_normal(jax.random.fold_in(rng, _D_NOISE), noise_shape, axis_name))
+    generate(g.params, _local_normal(jax.random.fold_in(rng, _D_NOISE), noise_shape, axis_name))
   )
 
   def d_loss(params):
@@ -305,15 +303,15 @@ def _level_step(
 
 
 def train_step(
-    state: dict[str, state_lib.GANState],
-    batch: dict[str, jax.Array],
-    rng: jax.Array,
-    *,
-    pyramid: Pyramid,
-    objective: losses.Objective,
-    ema_decay: float = 0.0,
-    ema_warmup: bool = True,
-    axis_name: str | None = None,
+  state: dict[str, state_lib.GANState],
+  batch: dict[str, jax.Array],
+  rng: jax.Array,
+  *,
+  pyramid: Pyramid,
+  objective: losses.Objective,
+  ema_decay: float = 0.0,
+  ema_warmup: bool = True,
+  axis_name: str | None = None,
 ) -> tuple[dict[str, state_lib.GANState], dict[str, jax.Array]]:
   """Updates every level's D and G on the Laplacian pyramid of ``batch["image"]``.
 
@@ -329,8 +327,8 @@ def train_step(
   if pyramid.num_classes:
     if "label" not in batch:
       raise ValueError(
-          "A conditional LAPGAN needs labelled batches ({'image', 'label'}); this batch has "
-          f"keys {sorted(batch)}."
+        "A conditional LAPGAN needs labelled batches ({'image', 'label'}); this batch has "
+        f"keys {sorted(batch)}."
       )
     labels = batch["label"]
   gauss = lapgan_lib.gaussian_pyramid(images, num_levels)
@@ -344,16 +342,16 @@ def train_step(
       real = gauss[k] - low
       noise_shape = (batch_size, *gauss[k].shape[1:3], lapgan_lib.NOISE_CHANNELS)
     new_state[name], level_metrics = _level_step(
-        state[name],
-        real,
-        low,
-        noise_shape,
-        labels,
-        jax.random.fold_in(rng, k),
-        objective=objective,
-        ema_decay=ema_decay,
-        ema_warmup=ema_warmup,
-        axis_name=axis_name,
+      state[name],
+      real,
+      low,
+      noise_shape,
+      labels,
+      jax.random.fold_in(rng, k),
+      objective=objective,
+      ema_decay=ema_decay,
+      ema_warmup=ema_warmup,
+      axis_name=axis_name,
     )
     metrics.update({f"{name}/{key}": value for key, value in level_metrics.items()})
   return new_state, metrics
@@ -375,17 +373,15 @@ def make_level_generate_fn(pyramid: Pyramid):
   def generate_levels(params, z, labels=None):
     def coarse(z_coarse):
       name = f"level_{pyramid.num_levels}"
-      return pyramid.generators[-1].apply(
-          {"params": params[name]}, z_coarse, labels, train=False
-      )
+      return pyramid.generators[-1].apply({"params": params[name]}, z_coarse, labels, train=False)
 
     def level(k, low, noise):
       return pyramid.generators[k].apply(
-          {"params": params[f"level_{k}"]}, low, noise, labels, train=False
+        {"params": params[f"level_{k}"]}, low, noise, labels, train=False
       )
 
     return lapgan_lib.chain(
-        coarse, level, z, pyramid.image_shape, pyramid.num_levels, pyramid.latent_dim
+      coarse, level, z, pyramid.image_shape, pyramid.num_levels, pyramid.latent_dim
     )
 
   return generate_levels
@@ -476,8 +472,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"config.{key} must be >= 0 (0 = only at the end), got {config[key]}.")
   if config.parallel.mode not in parallel.MODES:
     raise ConfigError(
-        f"Unknown parallel.mode {config.parallel.mode!r}; valid choices: "
-        f"{', '.join(parallel.MODES)}."
+      f"Unknown parallel.mode {config.parallel.mode!r}; valid choices: {', '.join(parallel.MODES)}."
     )
   if not 0.0 <= config.ema.decay < 1.0:
     raise ConfigError(f"ema.decay must be in [0, 1), got {config.ema.decay}.")
@@ -490,16 +485,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 def run_info(config, source, pyramid: Pyramid, state, mesh) -> dict[str, Any]:
   """What a reader of the results needs to know about how they were made."""
   return {
-      **loop.provenance(config, mesh),
-      "data": loop.data_info(source, pyramid.image_shape, pyramid.num_classes is not None),
-      "pyramid": {
-          "num_levels": pyramid.num_levels,
-          "shapes": [list(s) for s in pyramid.shapes],
-          "latent_size": pyramid.latent_size,
-          "downsample": "2x2 average pooling",
-          "upsample": "bilinear (jax.image.resize, linear)",
-      },
-      "parameters": parameter_counts(state),
+    **loop.provenance(config, mesh),
+    "data": loop.data_info(source, pyramid.image_shape, pyramid.num_classes is not None),
+    "pyramid": {
+      "num_levels": pyramid.num_levels,
+      "shapes": [list(s) for s in pyramid.shapes],
+      "latent_size": pyramid.latent_size,
+      "downsample": "2x2 average pooling",
+      "upsample": "bilinear (jax.image.resize, linear)",
+    },
+    "parameters": parameter_counts(state),
   }
 
 
@@ -513,31 +508,38 @@ def _evaluation_config(config, pyramid: Pyramid) -> ml_collections.ConfigDict:
 def _mark_protocol(result: dict[str, Any], pyramid: Pyramid) -> dict[str, Any]:
   result["protocol"]["system"] = "lapgan"
   result["protocol"]["latents"] = (
-      "normal(fold_in(key(seed), 0xE7A1), (num_generated, latent_size)): the coarse latent "
-      f"({pyramid.latent_dim}), then one noise plane per finer level, coarsest first "
-      f"(latent_size {pyramid.latent_size})"
+    "normal(fold_in(key(seed), 0xE7A1), (num_generated, latent_size)): the coarse latent "
+    f"({pyramid.latent_dim}), then one noise plane per finer level, coarsest first "
+    f"(latent_size {pyramid.latent_size})"
   )
   return result
 
 
 def evaluate_state(
-    config, pyramid: Pyramid, state, step: int, *, extractor, metrics=None, num_samples=None,
-    workdir: str | None = None,
+  config,
+  pyramid: Pyramid,
+  state,
+  step: int,
+  *,
+  extractor,
+  metrics=None,
+  num_samples=None,
+  workdir: str | None = None,
 ) -> dict[str, Any]:
   """:func:`ganjax.evaluation.evaluate_generator` of the chained pyramid of ``state``."""
   from ganjax import evaluation
 
   result = evaluation.evaluate_generator(
-      _evaluation_config(config, pyramid),
-      make_generate_fn(pyramid),
-      sample_params(config, state),
-      {},
-      num_samples=num_samples or config.get("eval_num_samples", 2500),
-      metrics=metrics if metrics is not None else (config.get("eval_metrics") or None),
-      extractor=extractor,
-      num_classes=pyramid.num_classes,
-      step=step,
-      workdir=workdir,
+    _evaluation_config(config, pyramid),
+    make_generate_fn(pyramid),
+    sample_params(config, state),
+    {},
+    num_samples=num_samples or config.get("eval_num_samples", 2500),
+    metrics=metrics if metrics is not None else (config.get("eval_metrics") or None),
+    extractor=extractor,
+    num_classes=pyramid.num_classes,
+    step=step,
+    workdir=workdir,
   )
   return _mark_protocol(result, pyramid)
 
@@ -545,8 +547,7 @@ def evaluate_state(
 def _make_evaluator(config, pyramid: Pyramid, workdir: str):
   """``evaluate(state, step) -> scalars`` when a feature extractor is configured, else None."""
   if not any(
-      config.get(f)
-      for f in ("eval_extractor", "eval_inception_weights", "eval_classifier_workdir")
+    config.get(f) for f in ("eval_extractor", "eval_inception_weights", "eval_classifier_workdir")
   ):
     return None
   from ganjax import evaluation
@@ -573,7 +574,7 @@ def _progress_line(scalars: dict[str, float], num_levels: int) -> str:
 
 @workdir_lib.releases_lock
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str
+  config: ml_collections.ConfigDict, workdir: str
 ) -> dict[str, state_lib.GANState]:
   """Trains the LAPGAN the config describes; resumes from ``workdir`` when it holds checkpoints.
 
@@ -585,16 +586,16 @@ def train_and_evaluate(
   pyramid = build_pyramid(config, source.element_shape, source.num_classes)
   objective = gan_lib.get_objective(config)
   state, start_step = loop.resume_or_create(
-      checkpointer,
-      lambda: abstract_state(config, pyramid, mesh),
-      lambda: create_state(config, pyramid, mesh),
-      config=config,
+    checkpointer,
+    lambda: abstract_state(config, pyramid, mesh),
+    lambda: create_state(config, pyramid, mesh),
+    config=config,
   )
   writer = loop.record_run(
-      config, workdir, run_info(config, source, pyramid, state, mesh), start_step
+    config, workdir, run_info(config, source, pyramid, state, mesh), start_step
   )
   compiled_step = compiled_train_step(
-      pyramid, objective, config.ema.decay, config.ema.warmup, mesh, config.parallel.mode
+    pyramid, objective, config.ema.decay, config.ema.warmup, mesh, config.parallel.mode
   )
   generate_levels = make_level_generate_fn(pyramid)
   evaluate = _make_evaluator(config, pyramid, workdir)
@@ -606,9 +607,9 @@ def train_and_evaluate(
   if start_step == 0 and is_chief:
     reference = first_batch["image"][: config.num_sample_images]
     picture = save_pyramid_picture(
-        os.path.join(workdir, "samples", "real.png"),
-        real_levels(reference, pyramid.num_levels),
-        min(columns, len(reference)),
+      os.path.join(workdir, "samples", "real.png"),
+      real_levels(reference, pyramid.num_levels),
+      min(columns, len(reference)),
     )
     writer.write_images(0, {"real": picture[None]})
 
@@ -626,32 +627,32 @@ def train_and_evaluate(
     logging.info("Wrote %s", path)
 
   logging.info(
-      "Training a %d-level LAPGAN (levels %s) on %s (%s examples) for %d steps, global batch %d "
-      "on %d device(s) (%s).",
-      pyramid.num_levels + 1,
-      " -> ".join(f"{h}x{w}" for h, w, _ in reversed(pyramid.shapes)),
-      source.name,
-      source.num_examples,
-      config.num_train_steps,
-      config.batch_size,
-      mesh.devices.size,
-      config.parallel.mode,
+    "Training a %d-level LAPGAN (levels %s) on %s (%s examples) for %d steps, global batch %d "
+    "on %d device(s) (%s).",
+    pyramid.num_levels + 1,
+    " -> ".join(f"{h}x{w}" for h, w, _ in reversed(pyramid.shapes)),
+    source.name,
+    source.num_examples,
+    config.num_train_steps,
+    config.batch_size,
+    mesh.devices.size,
+    config.parallel.mode,
   )
   state = loop.run(
-      config,
-      workdir,
-      state=state,
-      start_step=start_step,
-      step_fn=step_fn,
-      batches=itertools.chain([first_batch], batches),
-      save_checkpoint=lambda step, state: checkpointer.save(
-          step, state, loop.data_position(config, step, config.batch_size)
-      ),
-      writer=writer,
-      examples_per_step=config.batch_size,
-      write_samples=write_samples,
-      evaluate=None if evaluate is None else lambda step, state: evaluate(state, step),
-      progress=lambda scalars: _progress_line(scalars, pyramid.num_levels),
+    config,
+    workdir,
+    state=state,
+    start_step=start_step,
+    step_fn=step_fn,
+    batches=itertools.chain([first_batch], batches),
+    save_checkpoint=lambda step, state: checkpointer.save(
+      step, state, loop.data_position(config, step, config.batch_size)
+    ),
+    writer=writer,
+    examples_per_step=config.batch_size,
+    write_samples=write_samples,
+    evaluate=None if evaluate is None else lambda step, state: evaluate(state, step),
+    progress=lambda scalars: _progress_line(scalars, pyramid.num_levels),
   )
 
   checkpointer.wait_until_finished()
@@ -663,26 +664,26 @@ def train_and_evaluate(
 
 @functools.lru_cache(maxsize=4)
 def compiled_train_step(
-    pyramid: Pyramid,
-    objective: losses.Objective,
-    ema_decay: float,
-    ema_warmup: bool,
-    mesh,
-    mode: str,
+  pyramid: Pyramid,
+  objective: losses.Objective,
+  ema_decay: float,
+  ema_warmup: bool,
+  mesh,
+  mode: str,
 ):
   """:func:`train_step` compiled for the mesh (:func:`ganjax.parallel.compile_step`); one
   function per process for equal arguments, so a run resumed in-process does not recompile."""
 
   def step_fn(state, batch, rng, *, axis_name=None):
     return train_step(
-        state,
-        batch,
-        rng,
-        pyramid=pyramid,
-        objective=objective,
-        ema_decay=ema_decay,
-        ema_warmup=ema_warmup,
-        axis_name=axis_name,
+      state,
+      batch,
+      rng,
+      pyramid=pyramid,
+      objective=objective,
+      ema_decay=ema_decay,
+      ema_warmup=ema_warmup,
+      axis_name=axis_name,
     )
 
   return parallel.compile_step(step_fn, mesh, mode)
@@ -714,7 +715,7 @@ def load(workdir: str, step: int | str | None = None) -> TrainedRun:
 
   def sample_fn(num_samples: int, seed: int, labels):
     z, labels = sampling.latents_and_labels(
-        seed, num_samples, pyramid.latent_size, pyramid.num_classes, labels
+      seed, num_samples, pyramid.latent_size, pyramid.num_classes, labels
     )
     levels = [np.asarray(x) for x in generate_levels(sample_params(config, state), z, labels)]
     final = np.clip(levels[-1], -1.0, 1.0)
@@ -724,7 +725,7 @@ def load(workdir: str, step: int | str | None = None) -> TrainedRun:
 
 
 def sample_from_workdir(
-    workdir: str, num_samples: int, output: str, seed: int | None = None
+  workdir: str, num_samples: int, output: str, seed: int | None = None
 ) -> np.ndarray:
   """``--mode=sample``: writes ``output`` (every level of each sample, coarse to final, one column
   per sample), ``output``\\ _final.png (the final images) and ``output``.npz from the latest
@@ -745,29 +746,33 @@ def sample_from_workdir(
   sampling.save_image_grid(stem + "_final.png", final, columns)
   extra = {} if labels is None else {"labels": np.asarray(labels)}
   np.savez_compressed(
-      stem + ".npz",
-      samples=final,
-      latents=inputs["latents"],
-      step=run.step,
-      ema=config.ema.decay > 0,
-      **{f"level_{k}": x for k, x in zip(reversed(range(len(levels))), levels, strict=True)},
-      **extra,
+    stem + ".npz",
+    samples=final,
+    latents=inputs["latents"],
+    step=run.step,
+    ema=config.ema.decay > 0,
+    **{f"level_{k}": x for k, x in zip(reversed(range(len(levels))), levels, strict=True)},
+    **extra,
   )
   logging.info(
-      "Wrote %s, %s_final.png and %s.npz (%d samples from step %d).",
-      output, stem, stem, num_samples, run.step,
+    "Wrote %s, %s_final.png and %s.npz (%d samples from step %d).",
+    output,
+    stem,
+    stem,
+    num_samples,
+    run.step,
   )
   return final
 
 
 def evaluate_workdir(
-    workdir: str,
-    *,
-    step: int | str | None = None,
-    metrics=None,
-    num_samples: int | None = None,
-    config_overrides: dict[str, Any] | None = None,
-    extractor=None,
+  workdir: str,
+  *,
+  step: int | str | None = None,
+  metrics=None,
+  num_samples: int | None = None,
+  config_overrides: dict[str, Any] | None = None,
+  extractor=None,
 ) -> dict[str, Any]:
   """Scores the chained pyramid of a checkpoint like :func:`ganjax.evaluation.evaluate_workdir`.
 
@@ -783,7 +788,13 @@ def evaluate_workdir(
   if extractor is None:
     extractor = evaluation.default_extractor_name(config)
   result = evaluate_state(
-      config, pyramid, state, step, extractor=extractor, metrics=metrics,
-      num_samples=num_samples, workdir=workdir,
+    config,
+    pyramid,
+    state,
+    step,
+    extractor=extractor,
+    metrics=metrics,
+    num_samples=num_samples,
+    workdir=workdir,
   )
   return evaluation.save_evaluation(workdir, step, result)

@@ -142,8 +142,14 @@ def make_optimizers(config: ml_collections.ConfigDict):
   Memoized on the optimizer settings: equal configs get the same optax objects, so the jitted
   steps (whose state carries them as static fields) are compiled once per process.
   """
-  key = json.dumps({"g": config.optim.g.to_dict(), "d": config.optim.d.to_dict(),
-                    "pretrain_steps": int(config.srgan.pretrain_steps)}, sort_keys=True)
+  key = json.dumps(
+    {
+      "g": config.optim.g.to_dict(),
+      "d": config.optim.d.to_dict(),
+      "pretrain_steps": int(config.srgan.pretrain_steps),
+    },
+    sort_keys=True,
+  )
   return _optimizers(key)
 
 
@@ -151,8 +157,10 @@ def make_optimizers(config: ml_collections.ConfigDict):
 def _optimizers(key: str):
   settings = json.loads(key)
   config = ml_collections.ConfigDict(
-      {"optim": {"g": settings["g"], "d": settings["d"]},
-       "srgan": {"pretrain_steps": settings["pretrain_steps"]}}
+    {
+      "optim": {"g": settings["g"], "d": settings["d"]},
+      "srgan": {"pretrain_steps": settings["pretrain_steps"]},
+    }
   )
   g, d = config.optim.g, config.optim.d
   g_tx = optax.adam(generator_learning_rate(config), b1=g.b1, b2=g.b2)
@@ -177,9 +185,9 @@ def state_factory(config: ml_collections.ConfigDict):
     g_vars = _init_variables(generator, g_key, (1, *lr_shape))
     d_vars = _init_variables(discriminator, d_key, (1, *hr_shape))
     return SRGANState(
-        step=jnp.zeros((), jnp.int32),
-        generator=_train_state(g_vars, g_tx),
-        discriminator=_train_state(d_vars, d_tx),
+      step=jnp.zeros((), jnp.int32),
+      generator=_train_state(g_vars, g_tx),
+      discriminator=_train_state(d_vars, d_tx),
     )
 
   return init
@@ -190,8 +198,10 @@ def _train_state(variables, tx) -> TrainState:
   step counter, as a checkpoint restores it (``TrainState.create``'s Python 0 is weakly typed, and
   a weak type is part of the jit cache key: a resumed run would compile the steps again)."""
   return TrainState.create(
-      apply_fn=None, params=variables["params"], tx=tx,
-      batch_stats=variables.get("batch_stats", {}),
+    apply_fn=None,
+    params=variables["params"],
+    tx=tx,
+    batch_stats=variables.get("batch_stats", {}),
   ).replace(step=jnp.zeros((), jnp.int32))
 
 
@@ -237,17 +247,19 @@ def load_vgg19(path: str, layer: str = "conv5_4") -> dict[str, dict[str, np.ndar
   names = vgg19_layers(layer)
   if not os.path.isfile(path):
     raise MissingPathError(
-        f"srgan.content_features_path={path!r} does not exist. Expected a .npz of VGG19 weights "
-        f"with arrays 'convB_I/kernel' (3, 3, in, out) and 'convB_I/bias' for {names[0]} .. "
-        f"{names[-1]} (see ganjax.systems.srgan.load_vgg19), or unset the field for the pixel "
-        "MSE content loss."
+      f"srgan.content_features_path={path!r} does not exist. Expected a .npz of VGG19 weights "
+      f"with arrays 'convB_I/kernel' (3, 3, in, out) and 'convB_I/bias' for {names[0]} .. "
+      f"{names[-1]} (see ganjax.systems.srgan.load_vgg19), or unset the field for the pixel "
+      "MSE content loss."
     )
   with np.load(path) as f:
     missing = [f"{n}/{k}" for n in names for k in ("kernel", "bias") if f"{n}/{k}" not in f]
     if missing:
       raise ConfigError(f"{path} lacks the VGG19 arrays {missing[:6]} (needed up to {layer}).")
-    return {n: {"kernel": f[f"{n}/kernel"].astype(np.float32),
-                "bias": f[f"{n}/bias"].astype(np.float32)} for n in names}
+    return {
+      n: {"kernel": f[f"{n}/kernel"].astype(np.float32), "bias": f[f"{n}/bias"].astype(np.float32)}
+      for n in names
+    }
 
 
 def vgg19_layers(layer: str) -> list[str]:
@@ -269,7 +281,7 @@ def vgg19_features(params: dict[str, Any], images: jax.Array) -> jax.Array:
       x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
     p = params[name]
     x = jax.lax.conv_general_dilated(
-        x, p["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+      x, p["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
     x = jax.nn.relu(x + p["bias"])
   return x
@@ -291,8 +303,9 @@ def content_loss(loss: LossSettings, feature_params, sr: jax.Array, hr: jax.Arra
   if not feature_params:
     return jnp.mean(jnp.square(sr - hr))
   s = loss.content_feature_scale
-  return jnp.mean(jnp.square(s * vgg19_features(feature_params, sr)
-                             - s * vgg19_features(feature_params, hr)))
+  return jnp.mean(
+    jnp.square(s * vgg19_features(feature_params, sr) - s * vgg19_features(feature_params, hr))
+  )
 
 
 def load_content_features(config) -> dict[str, Any]:
@@ -312,8 +325,9 @@ def _variables(ts: TrainState, params) -> dict[str, Any]:
 
 
 @functools.partial(jax.jit, static_argnames=("generator", "loss"), donate_argnums=0)
-def pretrain_step(state: SRGANState, batch, feature_params, *, generator: srgan_models.Generator,
-                  loss: LossSettings):
+def pretrain_step(
+  state: SRGANState, batch, feature_params, *, generator: srgan_models.Generator, loss: LossSettings
+):
   """One SRResNet update on the content loss; returns ``(state, metrics)``.
 
   Pure and jitted: compiled once per process for equal networks (``generator``, a static
@@ -323,27 +337,34 @@ def pretrain_step(state: SRGANState, batch, feature_params, *, generator: srgan_
   g = state.generator
 
   def loss_fn(params):
-    sr, updates = generator.apply(_variables(g, params), batch["lr"], train=True,
-                                  mutable=["batch_stats"])
+    sr, updates = generator.apply(
+      _variables(g, params), batch["lr"], train=True, mutable=["batch_stats"]
+    )
     value = content_loss(loss, feature_params, sr, batch["hr"])
     return value, (sr, updates["batch_stats"])
 
   (value, (sr, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(g.params)
   g = g.apply_gradients(grads=grads).replace(batch_stats=stats)
   metrics = {
-      "content_loss": value,
-      "train_psnr": jnp.mean(image_quality.psnr(batch["hr"], jnp.clip(sr, -1, 1), 2.0)),
-      "g_grad_norm": optax.global_norm(grads),
+    "content_loss": value,
+    "train_psnr": jnp.mean(image_quality.psnr(batch["hr"], jnp.clip(sr, -1, 1), 2.0)),
+    "g_grad_norm": optax.global_norm(grads),
   }
   return state.replace(step=state.step + 1, generator=g), metrics
 
 
 @functools.partial(
-    jax.jit, static_argnames=("generator", "discriminator", "loss"), donate_argnums=0
+  jax.jit, static_argnames=("generator", "discriminator", "loss"), donate_argnums=0
 )
-def adversarial_step(state: SRGANState, batch, feature_params, *,
-                     generator: srgan_models.Generator,
-                     discriminator: srgan_models.Discriminator, loss: LossSettings):
+def adversarial_step(
+  state: SRGANState,
+  batch,
+  feature_params,
+  *,
+  generator: srgan_models.Generator,
+  discriminator: srgan_models.Discriminator,
+  loss: LossSettings,
+):
   """One D update (BCE) then one G update (content + weight x non-saturating); pure, jitted
   (once per process for equal networks, loss settings, optimizers and shapes).
 
@@ -355,17 +376,20 @@ def adversarial_step(state: SRGANState, batch, feature_params, *,
   g, d = state.generator, state.discriminator
 
   def g_forward(params):
-    sr, updates = generator.apply(_variables(g, params), batch["lr"], train=True,
-                                  mutable=["batch_stats"])
+    sr, updates = generator.apply(
+      _variables(g, params), batch["lr"], train=True, mutable=["batch_stats"]
+    )
     return sr, updates["batch_stats"]
 
   sr, g_pullback, g_stats = jax.vjp(g_forward, g.params, has_aux=True)
 
   def d_loss_fn(params):
-    real, upd = discriminator.apply(_variables(d, params), batch["hr"], train=True,
-                                    mutable=["batch_stats"])
-    fake, upd = discriminator.apply({"params": params, **upd}, sr, train=True,
-                                    mutable=["batch_stats"])
+    real, upd = discriminator.apply(
+      _variables(d, params), batch["hr"], train=True, mutable=["batch_stats"]
+    )
+    fake, upd = discriminator.apply(
+      {"params": params, **upd}, sr, train=True, mutable=["batch_stats"]
+    )
     d_loss, m = losses.bce_discriminator_loss(real, fake)
     return d_loss, (m, upd["batch_stats"])
 
@@ -373,8 +397,7 @@ def adversarial_step(state: SRGANState, batch, feature_params, *,
   d = d.apply_gradients(grads=d_grads).replace(batch_stats=d_stats)
 
   def g_loss_fn(sr):
-    fake, _ = discriminator.apply(_variables(d, d.params), sr, train=True,
-                                  mutable=["batch_stats"])
+    fake, _ = discriminator.apply(_variables(d, d.params), sr, train=True, mutable=["batch_stats"])
     adv, _ = losses.non_saturating_generator_loss(fake)
     content = content_loss(loss, feature_params, sr, batch["hr"])
     total = content + loss.adversarial_weight * adv
@@ -384,13 +407,13 @@ def adversarial_step(state: SRGANState, batch, feature_params, *,
   (g_grads,) = g_pullback(sr_grad)
   g = g.apply_gradients(grads=g_grads).replace(batch_stats=g_stats)
   metrics = {
-      **d_metrics,
-      "g_loss": g_loss,
-      "content_loss": content,
-      "adversarial_loss": adv,
-      "train_psnr": jnp.mean(image_quality.psnr(batch["hr"], jnp.clip(sr, -1, 1), 2.0)),
-      "g_grad_norm": optax.global_norm(g_grads),
-      "d_grad_norm": optax.global_norm(d_grads),
+    **d_metrics,
+    "g_loss": g_loss,
+    "content_loss": content,
+    "adversarial_loss": adv,
+    "train_psnr": jnp.mean(image_quality.psnr(batch["hr"], jnp.clip(sr, -1, 1), 2.0)),
+    "g_grad_norm": optax.global_norm(g_grads),
+    "d_grad_norm": optax.global_norm(d_grads),
   }
   return state.replace(step=state.step + 1, generator=g, discriminator=d), metrics
 
@@ -435,11 +458,12 @@ def quality_metrics(hr: jax.Array, test: jax.Array, shave: int) -> dict[str, jax
   if shave:
     hr, test = hr[:, shave:-shave, shave:-shave], test[:, shave:-shave, shave:-shave]
   return {
-      "psnr": image_quality.psnr(hr, test, 255.0).mean(),
-      "ssim": image_quality.ssim(hr, test, 255.0).mean(),
-      "psnr_y": image_quality.psnr(image_quality.to_luma(hr), image_quality.to_luma(test),
-                                   255.0).mean(),
-      "sharpness": _gradient_energy(test) / _gradient_energy(hr),
+    "psnr": image_quality.psnr(hr, test, 255.0).mean(),
+    "ssim": image_quality.ssim(hr, test, 255.0).mean(),
+    "psnr_y": image_quality.psnr(
+      image_quality.to_luma(hr), image_quality.to_luma(test), 255.0
+    ).mean(),
+    "sharpness": _gradient_energy(test) / _gradient_energy(hr),
   }
 
 
@@ -448,16 +472,16 @@ def evaluation_protocol(config, held_out) -> dict[str, Any]:
   shave = eval_shave(config)
   n, h, w, _ = held_out["hr"].shape
   return {
-      "images": f"{n} held-out HR crops of {h}x{w} (never trained on): "
-      f"{sorted({name.split('#')[0] for name in held_out['names']})}",
-      "lr": f"Pillow BICUBIC downsampling x{config.scale} of the uint8 HR crop",
-      "baseline": "bicubic_*: Pillow BICUBIC upsampling of the same uint8 LR images",
-      "color": "psnr/ssim on RGB (mean over channels for SSIM); psnr_y on ITU-R BT.601 luma",
-      "quantization": "outputs clipped to [-1, 1] and rounded to uint8; data_range 255",
-      "border": f"{shave} pixels shaved at each border",
-      "ssim": "Wang et al. 2004, 11x11 Gaussian window sigma 1.5, population covariances "
-      "(skimage gaussian_weights=True, use_sample_covariance=False)",
-      "sharpness": "mean luma gradient magnitude of the output / of the HR images (1 = HR's)",
+    "images": f"{n} held-out HR crops of {h}x{w} (never trained on): "
+    f"{sorted({name.split('#')[0] for name in held_out['names']})}",
+    "lr": f"Pillow BICUBIC downsampling x{config.scale} of the uint8 HR crop",
+    "baseline": "bicubic_*: Pillow BICUBIC upsampling of the same uint8 LR images",
+    "color": "psnr/ssim on RGB (mean over channels for SSIM); psnr_y on ITU-R BT.601 luma",
+    "quantization": "outputs clipped to [-1, 1] and rounded to uint8; data_range 255",
+    "border": f"{shave} pixels shaved at each border",
+    "ssim": "Wang et al. 2004, 11x11 Gaussian window sigma 1.5, population covariances "
+    "(skimage gaussian_weights=True, use_sample_covariance=False)",
+    "sharpness": "mean luma gradient magnitude of the output / of the HR images (1 = HR's)",
   }
 
 
@@ -471,8 +495,9 @@ def make_evaluator(config, held_out, generate):
   shave = eval_shave(config)
   hr = held_out["hr"]
   lr = preprocessing.to_float(held_out["lr"])
-  bicubic = {f"bicubic_{k}": float(v)
-             for k, v in quality_metrics(hr, held_out["bicubic"], shave).items()}
+  bicubic = {
+    f"bicubic_{k}": float(v) for k, v in quality_metrics(hr, held_out["bicubic"], shave).items()
+  }
   batch_size = int(config.srgan.get("eval_batch_size", 16))
 
   def evaluate(state: SRGANState) -> dict[str, float]:
@@ -520,14 +545,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   pre = config.srgan.pretrain_steps
   if not 0 <= pre <= config.num_train_steps:
     raise ConfigError(
-        f"srgan.pretrain_steps={pre} must be in [0, num_train_steps={config.num_train_steps}]."
+      f"srgan.pretrain_steps={pre} must be in [0, num_train_steps={config.num_train_steps}]."
     )
   if config.srgan.adversarial_weight < 0:
     raise ConfigError(
-        f"srgan.adversarial_weight must be >= 0, got {config.srgan.adversarial_weight}."
+      f"srgan.adversarial_weight must be >= 0, got {config.srgan.adversarial_weight}."
     )
-  sr_data.check_divisible(config.data.crop_size, config.data.crop_size, config.scale,
-                          "data.crop_size")
+  sr_data.check_divisible(
+    config.data.crop_size, config.data.crop_size, config.scale, "data.crop_size"
+  )
   if config.srgan.get("content_features_path"):
     path = config.srgan.content_features_path
     vgg19_layers(config.srgan.content_layer)
@@ -543,20 +569,20 @@ def phase(config, step: int) -> str:
 def run_info(config, source, state, mesh) -> dict[str, Any]:
   """Versions, devices, data and network sizes of the run (``run_info.json``)."""
   return {
-      **loop.provenance(config, mesh),
-      "data": {
-          "name": source.name,
-          "scale": source.scale,
-          "crop_size": source.crop_size,
-          "description": source.description,
-      },
-      "parameters": {
-          "generator": parameter_count(state.generator.params),
-          "discriminator": parameter_count(state.discriminator.params),
-      },
-      "content_loss": (
-          "vgg19 features" if config.srgan.get("content_features_path") else "pixel MSE"
-      ),
+    **loop.provenance(config, mesh),
+    "data": {
+      "name": source.name,
+      "scale": source.scale,
+      "crop_size": source.crop_size,
+      "description": source.description,
+    },
+    "parameters": {
+      "generator": parameter_count(state.generator.params),
+      "discriminator": parameter_count(state.discriminator.params),
+    },
+    "content_loss": (
+      "vgg19 features" if config.srgan.get("content_features_path") else "pixel MSE"
+    ),
   }
 
 
@@ -570,22 +596,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> SRGAN
   mesh = parallel.make_mesh(config.parallel.get("num_devices", 0) or None)
   parallel.check_batch_size(config.batch_size, mesh)
   source = sr_data.create_pair_source(
-      config.data, scale=config.scale, seed=config.seed, batch_size=config.batch_size,
-      process_index=jax.process_index(), process_count=jax.process_count(),
+    config.data,
+    scale=config.scale,
+    seed=config.seed,
+    batch_size=config.batch_size,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
   )
   held_out = source.held_out()
   feature_params = jax.device_put(load_content_features(config), parallel.replicated(mesh))
   generator, discriminator = build_networks(config)
 
   state, start_step = loop.resume_or_create(
-      checkpointer,
-      lambda: abstract_state(config, mesh),
-      lambda: create_state(config, mesh),
-      config=config,
+    checkpointer,
+    lambda: abstract_state(config, mesh),
+    lambda: create_state(config, mesh),
+    config=config,
   )
 
-  info = {**run_info(config, source, state, mesh),
-          "evaluation": evaluation_protocol(config, held_out)}
+  info = {
+    **run_info(config, source, state, mesh),
+    "evaluation": evaluation_protocol(config, held_out),
+  }
   writer = loop.record_run(config, workdir, info, start_step)
   loss = LossSettings.from_config(config)
   generate = make_generate_fn(generator)
@@ -611,14 +643,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> SRGAN
       record = {"step": step, "wall_time": time.time(), "phase": phase(config, step), **scalars}
       metrics_file.write(json.dumps(record) + "\n")
       metrics_file.flush()
-      result = {"step": step, "phase": phase(config, step), "values": scalars,
-                "protocol": evaluation_protocol(config, held_out)}
+      result = {
+        "step": step,
+        "phase": phase(config, step),
+        "values": scalars,
+        "protocol": evaluation_protocol(config, held_out),
+      }
       loop.write_json(os.path.join(workdir, "eval", f"step_{step:06d}.json"), result)
     logging.info(
-        "step %d/%d | eval (%s) PSNR %.2f dB (bicubic %.2f) SSIM %.4f (bicubic %.4f) "
-        "sharpness %.3f (bicubic %.3f)", step, config.num_train_steps, phase(config, step),
-        scalars["psnr"], scalars["bicubic_psnr"], scalars["ssim"], scalars["bicubic_ssim"],
-        scalars["sharpness"], scalars["bicubic_sharpness"],
+      "step %d/%d | eval (%s) PSNR %.2f dB (bicubic %.2f) SSIM %.4f (bicubic %.4f) "
+      "sharpness %.3f (bicubic %.3f)",
+      step,
+      config.num_train_steps,
+      phase(config, step),
+      scalars["psnr"],
+      scalars["bicubic_psnr"],
+      scalars["ssim"],
+      scalars["bicubic_ssim"],
+      scalars["sharpness"],
+      scalars["bicubic_sharpness"],
     )
 
   report_progress = loop.SectionTimes()
@@ -628,10 +671,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> SRGAN
   step_last = start_step
   pre = config.srgan.pretrain_steps
   logging.info(
-      "Training SRResNet x%d for %d steps, then SRGAN to step %d; batch %d of %dx%d HR crops "
-      "from %s (%s training images).", config.scale, pre, config.num_train_steps,
-      config.batch_size, config.data.crop_size, config.data.crop_size, source.name,
-      source.num_images,
+    "Training SRResNet x%d for %d steps, then SRGAN to step %d; batch %d of %dx%d HR crops "
+    "from %s (%s training images).",
+    config.scale,
+    pre,
+    config.num_train_steps,
+    config.batch_size,
+    config.data.crop_size,
+    config.data.crop_size,
+    source.name,
+    source.num_images,
   )
   if is_chief:
     loop.drop_metrics_after(workdir, start_step)
@@ -639,11 +688,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> SRGAN
     while step < config.num_train_steps:
       batch = parallel.host_batch_to_global(next(batches), mesh)
       if step < pre:
-        state, metrics = pretrain_step(state, batch, feature_params, generator=generator,
-                                       loss=loss)
+        state, metrics = pretrain_step(state, batch, feature_params, generator=generator, loss=loss)
       else:
-        state, metrics = adversarial_step(state, batch, feature_params, generator=generator,
-                                          discriminator=discriminator, loss=loss)
+        state, metrics = adversarial_step(
+          state, batch, feature_params, generator=generator, discriminator=discriminator, loss=loss
+        )
       step += 1
       if step == start_step + 1:
         jax.block_until_ready(metrics)
@@ -655,8 +704,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> SRGAN
       last = step == config.num_train_steps
       phase_end = step == pre and 0 < pre < config.num_train_steps
       log_now = step % config.log_every_steps == 0 or last or phase_end
-      ckpt_now = last or phase_end or preemption.requested or (
-          config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
+      ckpt_now = (
+        last
+        or phase_end
+        or preemption.requested
+        or (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0)
       )
       if log_now or ckpt_now:
         scalars = buffer.flush()
@@ -676,12 +728,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> SRGAN
           eta = (config.num_train_steps - step) / max(steps_per_sec, 1e-9)
           extra = ""
           if "d_loss" in scalars:
-            extra = (f" adv {scalars['adversarial_loss']:.3f} d_loss {scalars['d_loss']:.3f} "
-                     f"D(x) {scalars['d_real']:.3f} D(G(z)) {scalars['d_fake']:.3f}")
+            extra = (
+              f" adv {scalars['adversarial_loss']:.3f} d_loss {scalars['d_loss']:.3f} "
+              f"D(x) {scalars['d_real']:.3f} D(G(z)) {scalars['d_fake']:.3f}"
+            )
           logging.info(
-              "step %d/%d [%s] | content %.5f train PSNR %.2f%s | %.2f steps/s | ETA %s",
-              step, config.num_train_steps, phase(config, step), scalars["content_loss"],
-              scalars["train_psnr"], extra, steps_per_sec, loop.format_duration(eta),
+            "step %d/%d [%s] | content %.5f train PSNR %.2f%s | %.2f steps/s | ETA %s",
+            step,
+            config.num_train_steps,
+            phase(config, step),
+            scalars["content_loss"],
+            scalars["train_psnr"],
+            extra,
+            steps_per_sec,
+            loop.format_duration(eta),
           )
       if (config.sample_every_steps and step % config.sample_every_steps == 0) or last:
         with report_progress.timed("samples"):
@@ -696,9 +756,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> SRGAN
         with report_progress.timed("checkpoint"):
           checkpointer.save(step, state, {"step": step, "seed": config.seed})
       if stopped:
-        logging.warning(
-            "Stopped by %s at step %d; checkpoint saved.", preemption.signal_name, step
-        )
+        logging.warning("Stopped by %s at step %d; checkpoint saved.", preemption.signal_name, step)
         break
 
   checkpointer.wait_until_finished()
@@ -748,8 +806,9 @@ def receptive_radius(config) -> int:
   return int(math.ceil(radius))
 
 
-def upscale_array(config, state_g, image: np.ndarray, tile: int = 128,
-                  margin: int | None = None) -> np.ndarray:
+def upscale_array(
+  config, state_g, image: np.ndarray, tile: int = 128, margin: int | None = None
+) -> np.ndarray:
   """Super-resolves one uint8 ``(H, W, 3)`` image of any size in tiles; returns uint8.
 
   The image is cut into ``tile`` x ``tile`` LR blocks; each is processed with ``margin`` LR pixels
@@ -773,13 +832,14 @@ def upscale_array(config, state_g, image: np.ndarray, tile: int = 128,
       sr = generate(state_g.params, state_g.batch_stats, jnp.asarray(x[None, t0:b0, l0:r0]))
       sr = preprocessing.to_uint8(np.asarray(sr[0]))
       out[top * s : bottom * s, left * s : right * s] = sr[
-          (top - t0) * s : (bottom - t0) * s, (left - l0) * s : (right - l0) * s
+        (top - t0) * s : (bottom - t0) * s, (left - l0) * s : (right - l0) * s
       ]
   return out
 
 
-def upscale_file(workdir: str, input_path: str, output_path: str, scale: int | None = None,
-                 tile: int | None = None) -> dict[str, str]:
+def upscale_file(
+  workdir: str, input_path: str, output_path: str, scale: int | None = None, tile: int | None = None
+) -> dict[str, str]:
   """``--mode=upscale``: super-resolves ``input_path`` into the PNG ``output_path``.
 
   Also writes ``<output stem>_compare.png``: bicubic upsampling | SR side by side (4 white pixels
@@ -801,8 +861,8 @@ def upscale_file(workdir: str, input_path: str, output_path: str, scale: int | N
   config, state, step = load_trained(workdir)
   if scale is not None and int(scale) != config.scale:
     raise ConfigError(
-        f"The model in {workdir!r} was trained for x{config.scale}; x{scale} was requested. "
-        f"Valid choice for this workdir: {config.scale} (train another config.scale for others)."
+      f"The model in {workdir!r} was trained for x{config.scale}; x{scale} was requested. "
+      f"Valid choice for this workdir: {config.scale} (train another config.scale for others)."
     )
   tile = int(tile or config.srgan.get("upscale_tile", 128))
   sr = upscale_array(config, state.generator, image, tile=tile)
@@ -815,16 +875,25 @@ def upscale_file(workdir: str, input_path: str, output_path: str, scale: int | N
   os.makedirs(os.path.dirname(os.path.abspath(output_path)) or ".", exist_ok=True)
   Image.fromarray(sr).save(output_path, format="PNG")
   Image.fromarray(compare).save(compare_path, format="PNG")
-  logging.info("Wrote %s (%dx%d -> %dx%d, step %d) and %s (bicubic | SR).", output_path, w, h,
-               sr.shape[1], sr.shape[0], step, compare_path)
+  logging.info(
+    "Wrote %s (%dx%d -> %dx%d, step %d) and %s (bicubic | SR).",
+    output_path,
+    w,
+    h,
+    sr.shape[1],
+    sr.shape[0],
+    step,
+    compare_path,
+  )
   return {"output": output_path, "compare": compare_path}
 
 
 def sample_from_workdir(workdir: str, num_samples: int, output: str) -> np.ndarray:
   """``--mode=sample``: LR | bicubic | SR | HR rows for ``num_samples`` held-out crops."""
   config, state, step = load_trained(workdir)
-  source = sr_data.create_pair_source(config.data, scale=config.scale, seed=config.seed,
-                                      batch_size=config.batch_size)
+  source = sr_data.create_pair_source(
+    config.data, scale=config.scale, seed=config.seed, batch_size=config.batch_size
+  )
   held_out = source.held_out()
   generator, _ = build_networks(config)
   lr = preprocessing.to_float(held_out["lr"][:num_samples])
@@ -835,8 +904,9 @@ def sample_from_workdir(workdir: str, num_samples: int, output: str) -> np.ndarr
   return picture
 
 
-def evaluate_workdir(workdir: str, *, step=None, metrics=None, num_samples=None,
-                     config_overrides=None) -> dict[str, Any]:
+def evaluate_workdir(
+  workdir: str, *, step=None, metrics=None, num_samples=None, config_overrides=None
+) -> dict[str, Any]:
   """``--mode=evaluate``: held-out PSNR/SSIM/sharpness vs bicubic -> WORKDIR/eval/step_N.json.
 
   ``metrics`` / ``num_samples`` / ``config_overrides`` of the GAN evaluation do not apply (the
@@ -846,14 +916,22 @@ def evaluate_workdir(workdir: str, *, step=None, metrics=None, num_samples=None,
   if step == "best":
     raise ConfigError("--step=best is not supported by task 'srgan'; give a step number.")
   config, state, step = load_trained(workdir, step)
-  source = sr_data.create_pair_source(config.data, scale=config.scale, seed=config.seed,
-                                      batch_size=config.batch_size)
+  source = sr_data.create_pair_source(
+    config.data, scale=config.scale, seed=config.seed, batch_size=config.batch_size
+  )
   held_out = source.held_out()
   if num_samples:
     held_out = {k: v[:num_samples] for k, v in held_out.items()}
   generator, _ = build_networks(config)
   values = make_evaluator(config, held_out, make_generate_fn(generator))(state)
   path = os.path.join(workdir, "eval", f"step_{step:06d}.json")
-  loop.write_json(path, {"step": step, "phase": phase(config, step), "values": values,
-                           "protocol": evaluation_protocol(config, held_out)})
+  loop.write_json(
+    path,
+    {
+      "step": step,
+      "phase": phase(config, step),
+      "values": values,
+      "protocol": evaluation_protocol(config, held_out),
+    },
+  )
   return {"values": values, "path": path}

@@ -54,23 +54,23 @@ def build_model(config: ml_collections.ConfigDict, element_shape: tuple[int, ...
   """The :class:`ganjax.models.vae.VAE` of ``config.model`` for images of ``element_shape``."""
   if len(element_shape) != 3:
     raise ConfigError(
-        f"The VAE needs image data (H, W, C), got examples of shape {tuple(element_shape)}; "
-        f"image sizes: {', '.join(map(str, vae_lib.SUPPORTED_SIZES))} pixels."
+      f"The VAE needs image data (H, W, C), got examples of shape {tuple(element_shape)}; "
+      f"image sizes: {', '.join(map(str, vae_lib.SUPPORTED_SIZES))} pixels."
     )
   return vae_lib.build(
-      tuple(element_shape),
-      config.model.latent_dim,
-      encoder=config.model.encoder.to_dict(),
-      decoder=config.model.decoder.to_dict(),
-      likelihood=config.model.likelihood,
+    tuple(element_shape),
+    config.model.latent_dim,
+    encoder=config.model.encoder.to_dict(),
+    decoder=config.model.decoder.to_dict(),
+    likelihood=config.model.likelihood,
   )
 
 
 def create_train_state(
-    rng: jax.Array,
-    model: vae_lib.VAE,
-    element_shape: tuple[int, ...],
-    optimizer: optax.GradientTransformation,
+  rng: jax.Array,
+  model: vae_lib.VAE,
+  element_shape: tuple[int, ...],
+  optimizer: optax.GradientTransformation,
 ) -> state_lib.TrainState:
   """Initialises the encoder, the decoder and the optimizer (pure: jit it with out_shardings)."""
   x = jnp.zeros((2, *element_shape), jnp.float32)
@@ -78,10 +78,10 @@ def create_train_state(
   variables = dict(model.init(rng, x, noise, train=False))
   params = variables.pop("params")
   return state_lib.TrainState.create(
-      apply_fn=model.apply,
-      params=params,
-      tx=optimizer,
-      batch_stats=variables.get("batch_stats", {}),
+    apply_fn=model.apply,
+    params=params,
+    tx=optimizer,
+    batch_stats=variables.get("batch_stats", {}),
   )
 
 
@@ -89,7 +89,7 @@ def state_factory(config: ml_collections.ConfigDict, model: vae_lib.VAE, element
   """Returns ``init(rng) -> TrainState`` for this model and ``config.optim``."""
   optimizer = state_lib.make_optimizer(config.optim, config.num_train_steps)
   return functools.partial(
-      create_train_state, model=model, element_shape=tuple(element_shape), optimizer=optimizer
+    create_train_state, model=model, element_shape=tuple(element_shape), optimizer=optimizer
   )
 
 
@@ -124,15 +124,15 @@ def _local_noise(rng, local_batch: int, latent_dim: int, axis_name: str | None) 
 
 
 def train_step(
-    state: state_lib.TrainState,
-    batch: dict[str, jax.Array],
-    rng: jax.Array,
-    *,
-    latent_dim: int,
-    beta: float = 1.0,
-    likelihood: str = "bernoulli",
-    gaussian_std: float = 0.1,
-    axis_name: str | None = None,
+  state: state_lib.TrainState,
+  batch: dict[str, jax.Array],
+  rng: jax.Array,
+  *,
+  latent_dim: int,
+  beta: float = 1.0,
+  likelihood: str = "bernoulli",
+  gaussian_std: float = 0.1,
+  axis_name: str | None = None,
 ) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
   """One Adam step on ``mean(reconstruction + beta * kl)`` of ``batch["image"]``.
 
@@ -157,7 +157,7 @@ def train_step(
     if state.batch_stats:
       variables["batch_stats"] = state.batch_stats
     (output, mean, logvar), updates = state.apply_fn(
-        variables, images, noise, train=True, mutable=["batch_stats"]
+      variables, images, noise, train=True, mutable=["batch_stats"]
     )
     terms = vae_lib.elbo_terms(output, images, mean, logvar, likelihood, gaussian_std)
     value = vae_lib.loss(terms, beta)
@@ -167,11 +167,11 @@ def train_step(
   grads = _pmean(grads, axis_name)
   reconstruction, kl = jnp.mean(terms["reconstruction"]), jnp.mean(terms["kl"])
   metrics = {
-      "loss": value,
-      "reconstruction": reconstruction,
-      "kl": kl,
-      "elbo": -(reconstruction + kl),
-      "grad_norm": optax.global_norm(grads),
+    "loss": value,
+    "reconstruction": reconstruction,
+    "kl": kl,
+    "elbo": -(reconstruction + kl),
+    "grad_norm": optax.global_norm(grads),
   }
   new_state = state.apply_gradients(grads=grads, batch_stats=_pmean(batch_stats, axis_name))
   return new_state, _pmean(metrics, axis_name)
@@ -180,10 +180,10 @@ def train_step(
 def step_arguments(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The config's static arguments of :func:`train_step` (hashable values)."""
   return {
-      "latent_dim": config.model.latent_dim,
-      "beta": float(config.loss.beta),
-      "likelihood": config.model.likelihood,
-      "gaussian_std": float(config.model.gaussian_std),
+    "latent_dim": config.model.latent_dim,
+    "beta": float(config.loss.beta),
+    "likelihood": config.model.likelihood,
+    "gaussian_std": float(config.model.gaussian_std),
   }
 
 
@@ -229,9 +229,11 @@ def reconstruction_grid(images: np.ndarray, reconstructions: np.ndarray, columns
   """Interleaves rows: ``columns`` real images, then their reconstructions, and so on."""
   rows = len(images) // columns
   pairs = np.stack(
-      [images[: rows * columns].reshape(rows, columns, *images.shape[1:]),
-       reconstructions[: rows * columns].reshape(rows, columns, *images.shape[1:])],
-      axis=1,
+    [
+      images[: rows * columns].reshape(rows, columns, *images.shape[1:]),
+      reconstructions[: rows * columns].reshape(rows, columns, *images.shape[1:]),
+    ],
+    axis=1,
   )
   return pairs.reshape(2 * rows * columns, *images.shape[1:])
 
@@ -256,22 +258,23 @@ def make_evaluator(config, generate, workdir: str | None = None):
   return evaluate
 
 
-def _evaluate(config, generate, state, step, extractor, *, metrics=None, num_samples=None,
-              workdir=None) -> dict[str, Any]:
+def _evaluate(
+  config, generate, state, step, extractor, *, metrics=None, num_samples=None, workdir=None
+) -> dict[str, Any]:
   from ganjax import evaluation
 
   result = evaluation.evaluate_generator(
-      config,
-      generate,
-      state.params,
-      state.batch_stats,
-      num_samples=num_samples or config.eval_num_samples,
-      metrics=metrics or config.get("eval_metrics") or None,
-      extractor=extractor,
-      num_classes=None,
-      step=step,
-      ema=False,
-      workdir=workdir,
+    config,
+    generate,
+    state.params,
+    state.batch_stats,
+    num_samples=num_samples or config.eval_num_samples,
+    metrics=metrics or config.get("eval_metrics") or None,
+    extractor=extractor,
+    num_classes=None,
+    step=step,
+    ema=False,
+    workdir=workdir,
   )
   result["protocol"]["system"] = TASK
   result["protocol"]["samples"] = "VAE decoder mean images of the evaluation latents, z ~ N(0, I)"
@@ -297,22 +300,21 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.model.gaussian_std must be > 0, got {config.model.gaussian_std}.")
   if config.parallel.mode not in parallel.MODES:
     raise ConfigError(
-        f"Unknown parallel.mode {config.parallel.mode!r}; valid choices: "
-        f"{', '.join(parallel.MODES)}."
+      f"Unknown parallel.mode {config.parallel.mode!r}; valid choices: {', '.join(parallel.MODES)}."
     )
 
 
 def run_info(config, source, model: vae_lib.VAE, state, mesh) -> dict[str, Any]:
   """What a reader of the results needs to know about how they were made."""
   return {
-      "task": TASK,
-      **loop.provenance(config, mesh),
-      "data": loop.data_info(source, source.element_shape, conditional=False),
-      "parameters": {
-          "encoder": state_lib.parameter_count(state.params["encoder"]),
-          "decoder": state_lib.parameter_count(state.params["decoder"]),
-      },
-      "likelihood": model.decoder.likelihood,
+    "task": TASK,
+    **loop.provenance(config, mesh),
+    "data": loop.data_info(source, source.element_shape, conditional=False),
+    "parameters": {
+      "encoder": state_lib.parameter_count(state.params["encoder"]),
+      "decoder": state_lib.parameter_count(state.params["decoder"]),
+    },
+    "likelihood": model.decoder.likelihood,
   }
 
 
@@ -328,10 +330,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   element_shape = tuple(source.element_shape)
   model = build_model(config, element_shape)
   state, start_step = loop.resume_or_create(
-      checkpointer,
-      lambda: abstract_state(config, model, element_shape, mesh),
-      lambda: create_state(config, model, element_shape, mesh),
-      config=config,
+    checkpointer,
+    lambda: abstract_state(config, model, element_shape, mesh),
+    lambda: create_state(config, model, element_shape, mesh),
+    config=config,
   )
   info = run_info(config, source, model, state, mesh)
   writer = loop.record_run(config, workdir, info, start_step)
@@ -369,39 +371,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
 
   def progress(scalars: dict[str, float]) -> str:
     return (
-        f"loss {scalars['loss']:.2f} = reconstruction {scalars['reconstruction']:.2f} + "
-        f"{config.loss.beta:g} * KL {scalars['kl']:.2f}"
+      f"loss {scalars['loss']:.2f} = reconstruction {scalars['reconstruction']:.2f} + "
+      f"{config.loss.beta:g} * KL {scalars['kl']:.2f}"
     )
 
   logging.info(
-      "Training the VAE (beta %g, %s likelihood, latent %d) on %s (%s examples, shape %s) for %d "
-      "steps, global batch %d on %d device(s) (%s).",
-      config.loss.beta,
-      config.model.likelihood,
-      config.model.latent_dim,
-      source.name,
-      source.num_examples,
-      element_shape,
-      config.num_train_steps,
-      config.batch_size,
-      mesh.devices.size,
-      config.parallel.mode,
+    "Training the VAE (beta %g, %s likelihood, latent %d) on %s (%s examples, shape %s) for %d "
+    "steps, global batch %d on %d device(s) (%s).",
+    config.loss.beta,
+    config.model.likelihood,
+    config.model.latent_dim,
+    source.name,
+    source.num_examples,
+    element_shape,
+    config.num_train_steps,
+    config.batch_size,
+    mesh.devices.size,
+    config.parallel.mode,
   )
   state = loop.run(
-      config,
-      workdir,
-      state=state,
-      start_step=start_step,
-      step_fn=step_fn,
-      batches=itertools.chain([first_batch], batches),
-      save_checkpoint=lambda step, state: checkpointer.save(
-          step, state, loop.data_position(config, step, config.batch_size)
-      ),
-      writer=writer,
-      examples_per_step=config.batch_size,
-      write_samples=write_samples,
-      evaluate=None if evaluate is None else lambda step, state: evaluate(state, step),
-      progress=progress,
+    config,
+    workdir,
+    state=state,
+    start_step=start_step,
+    step_fn=step_fn,
+    batches=itertools.chain([first_batch], batches),
+    save_checkpoint=lambda step, state: checkpointer.save(
+      step, state, loop.data_position(config, step, config.batch_size)
+    ),
+    writer=writer,
+    examples_per_step=config.batch_size,
+    write_samples=write_samples,
+    evaluate=None if evaluate is None else lambda step, state: evaluate(state, step),
+    progress=progress,
   )
 
   checkpointer.wait_until_finished()
@@ -416,7 +418,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
 
 
 def load_checkpoint(
-    workdir: str, step: int | str | None = None, config_overrides: dict | None = None
+  workdir: str, step: int | str | None = None, config_overrides: dict | None = None
 ) -> tuple[ml_collections.ConfigDict, vae_lib.VAE, state_lib.TrainState, int]:
   """``(config, model, state, step)`` of a VAE run's checkpoint.
 
@@ -425,14 +427,14 @@ def load_checkpoint(
   config, info = gan.load_run(workdir)
   if config.get("task", "gan") != TASK:
     raise ConfigError(
-        f"{workdir!r} holds a run of task {config.get('task', 'gan')!r}, not {TASK!r}."
+      f"{workdir!r} holds a run of task {config.get('task', 'gan')!r}, not {TASK!r}."
     )
   for field, value in (config_overrides or {}).items():
     config[field] = value
   element_shape = tuple(info["data"]["element_shape"])
   model = build_model(config, element_shape)
   state, step = checkpoint_lib.restore_from_workdir(
-      workdir, step, abstract_state(config, model, element_shape)
+    workdir, step, abstract_state(config, model, element_shape)
   )
   return config, model, state, int(step)
 
@@ -453,7 +455,7 @@ def load(workdir: str, step: int | str | None = None) -> TrainedRun:
 
 
 def sample_from_workdir(
-    workdir: str, num_samples: int, output: str, seed: int | None = None
+  workdir: str, num_samples: int, output: str, seed: int | None = None
 ) -> np.ndarray:
   """``--mode=sample``: writes ``output`` (a PNG grid) and ``output``.npz from the latest
   checkpoint (:func:`load`).
@@ -462,25 +464,24 @@ def sample_from_workdir(
   latents (:func:`ganjax.sampling.fixed_latents` of its seed) unless ``seed`` is given.
   """
   run = load(workdir)
-  samples, inputs = run.sample_with_inputs(
-      num_samples, run.config.seed if seed is None else seed
-  )
+  samples, inputs = run.sample_with_inputs(num_samples, run.config.seed if seed is None else seed)
   sampling.save_samples(output, samples, title=f"{os.path.basename(workdir)} step {run.step}")
   npz_path = os.path.splitext(output)[0] + ".npz"
   np.savez_compressed(npz_path, samples=samples, latents=inputs["latents"], step=run.step)
-  logging.info("Wrote %s and %s (%d VAE samples from step %d).", output, npz_path, num_samples,
-               run.step)
+  logging.info(
+    "Wrote %s and %s (%d VAE samples from step %d).", output, npz_path, num_samples, run.step
+  )
   return samples
 
 
 def evaluate_workdir(
-    workdir: str,
-    *,
-    step: int | str | None = None,
-    metrics=None,
-    num_samples: int | None = None,
-    config_overrides: dict | None = None,
-    extractor=None,
+  workdir: str,
+  *,
+  step: int | str | None = None,
+  metrics=None,
+  num_samples: int | None = None,
+  config_overrides: dict | None = None,
+  extractor=None,
 ) -> dict[str, Any]:
   """Evaluates a VAE checkpoint like :func:`ganjax.evaluation.evaluate_workdir` does a GAN's.
 
@@ -495,13 +496,13 @@ def evaluate_workdir(
   if isinstance(extractor, str):
     extractor = evaluation.get_extractor(config, extractor)
   result = _evaluate(
-      config,
-      make_generate_fn(model),
-      state,
-      step,
-      extractor,
-      metrics=metrics,
-      num_samples=num_samples or config.get("eval_num_samples", 2500),
-      workdir=workdir,
+    config,
+    make_generate_fn(model),
+    state,
+    step,
+    extractor,
+    metrics=metrics,
+    num_samples=num_samples or config.get("eval_num_samples", 2500),
+    workdir=workdir,
   )
   return evaluation.save_evaluation(workdir, step, result)

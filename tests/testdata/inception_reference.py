@@ -36,9 +36,9 @@ RECIPE_VERSION = 1
 # Name -> NHWC shape of the input batches in [0, 1]: upsampling (32 -> 299), a grayscale image,
 # and downsampling with unequal factors (320 x 310 -> 299).
 INPUT_SHAPES = {
-    "rgb32": (2, 32, 32, 3),
-    "gray48": (1, 48, 48, 1),
-    "rgb320x310": (1, 320, 310, 3),
+  "rgb32": (2, 32, 32, 3),
+  "gray48": (1, 48, 48, 1),
+  "rgb320x310": (1, 320, 310, 3),
 }
 
 
@@ -75,7 +75,7 @@ def _rng(seed: int, name: str) -> np.random.Generator:
 
 
 def random_state_dict(
-    shapes: Mapping[str, tuple[int, ...]], seed: int = SEED
+  shapes: Mapping[str, tuple[int, ...]], seed: int = SEED
 ) -> dict[str, np.ndarray]:
   """PyTorch-named float32 arrays for ``shapes`` (name -> PyTorch shape), drawn by the recipe."""
   state = {}
@@ -102,8 +102,8 @@ def random_state_dict(
 def input_cases(seed: int = SEED) -> dict[str, np.ndarray]:
   """Name -> NHWC float32 images, uniform in [0, 1]."""
   return {
-      name: _rng(seed, f"input/{name}").random(shape, dtype=np.float32)
-      for name, shape in INPUT_SHAPES.items()
+    name: _rng(seed, f"input/{name}").random(shape, dtype=np.float32)
+    for name, shape in INPUT_SHAPES.items()
   }
 
 

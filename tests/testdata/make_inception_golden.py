@@ -78,21 +78,23 @@ def main() -> None:
   state_dict = ref.random_state_dict(inception.pytorch_fid_parameter_shapes())
   wrapper, full, pfid_version = pytorch_fid_networks(state_dict)
   golden = {
-      "seed": np.array(ref.SEED),
-      "recipe_version": np.array(ref.RECIPE_VERSION),
-      "weights_checksum": np.array(ref.checksum(state_dict)),
-      "versions": np.array(
-          f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
-          f"pytorch-fid {pfid_version}"
-      ),
+    "seed": np.array(ref.SEED),
+    "recipe_version": np.array(ref.RECIPE_VERSION),
+    "weights_checksum": np.array(ref.checksum(state_dict)),
+    "versions": np.array(
+      f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
+      f"pytorch-fid {pfid_version}"
+    ),
   }
   for case, images in ref.input_cases().items():
     outputs = reference_outputs(wrapper, full, images)
     golden[f"{case}/input_checksum"] = np.array(ref.checksum({case: images}))
     for key, value in outputs.items():
       golden[f"{case}/{key}"] = value.astype(np.float32)
-      print(f"{case}/{key}: shape {value.shape}, mean |x| {np.abs(value).mean():.4f}, "
-            f"max |x| {np.abs(value).max():.4f}")
+      print(
+        f"{case}/{key}: shape {value.shape}, mean |x| {np.abs(value).mean():.4f}, "
+        f"max |x| {np.abs(value).max():.4f}"
+      )
   np.savez_compressed(OUTPUT, **golden)
   print(f"Wrote {OUTPUT} ({os.path.getsize(OUTPUT)} bytes).")
 
