@@ -14,10 +14,12 @@ its own slice of the global batch and :func:`host_batch_to_global` assembles the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding
@@ -39,6 +41,28 @@ def initialize_distributed() -> None:
     jax.local_device_count(),
     jax.device_count(),
   )
+
+
+def pmean(tree: Any, axis_name: str | None) -> Any:
+  """The mean of ``tree`` over the devices of ``axis_name`` inside ``shard_map``; ``tree`` itself
+  when ``axis_name`` is None (global mode: XLA already reduced over the whole batch)."""
+  return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
+
+
+def local_normal(rng: jax.Array, shape: tuple[int, ...], axis_name: str | None) -> jax.Array:
+  """This device's rows of standard normal draws made for the whole (global) batch.
+
+  ``shape`` is the local shape (``shape[0]`` rows per device); the draws are made for all devices
+  with one key and sliced, so a run's noise is the same on any device count. Drawn flat and
+  reshaped (the same values for jax's default threefry keys): XLA:CPU compiles 4-d draws slowly.
+  """
+  if axis_name is None:
+    return jax.random.normal(rng, (math.prod(shape),), jnp.float32).reshape(shape)
+  num_devices = jax.lax.psum(1, axis_name)
+  draws = jax.random.normal(rng, (num_devices * math.prod(shape),), jnp.float32)
+  draws = draws.reshape(shape[0] * num_devices, *shape[1:])
+  index = jax.lax.axis_index(axis_name)
+  return jax.lax.dynamic_slice_in_dim(draws, index * shape[0], shape[0])
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:

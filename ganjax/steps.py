@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ganjax import augment, losses, regularizers
+from ganjax import augment, losses, parallel, regularizers
 from ganjax.errors import ConfigError
 from ganjax.state import GANState, TrainState
 
@@ -153,26 +153,13 @@ def _device_index(axis_name: str | None) -> jax.Array | int:
   return 0 if axis_name is None else jax.lax.axis_index(axis_name)
 
 
-def _local_latents(rng, local_batch: int, latent_dim: int, axis_name: str | None) -> jax.Array:
-  """This device's slice of a latent batch drawn for the whole (global) batch."""
-  if axis_name is None:
-    return jax.random.normal(rng, (local_batch, latent_dim), jnp.float32)
-  num_devices = jax.lax.psum(1, axis_name)
-  z = jax.random.normal(rng, (local_batch * num_devices, latent_dim), jnp.float32)
-  return jax.lax.dynamic_slice_in_dim(z, _device_index(axis_name) * local_batch, local_batch)
-
-
 def _device_key(rng: jax.Array, axis_name: str | None) -> jax.Array:
   return rng if axis_name is None else jax.random.fold_in(rng, _device_index(axis_name))
 
 
-def _pmean(tree, axis_name: str | None):
-  return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
-
-
 def _apply_update(ts: TrainState, grads, batch_stats, axis_name: str | None) -> TrainState:
-  grads = _pmean(grads, axis_name)
-  return ts.apply_gradients(grads=grads, batch_stats=_pmean(batch_stats, axis_name))
+  grads = parallel.pmean(grads, axis_name)
+  return ts.apply_gradients(grads=grads, batch_stats=parallel.pmean(batch_stats, axis_name))
 
 
 def _discriminator_loss(
@@ -242,7 +229,9 @@ def discriminator_step(
   classes, which the fakes are generated for.
   """
   g, d = state.generator, state.discriminator
-  z = _local_latents(jax.random.fold_in(rng, _D_LATENT), real.shape[0], latent_dim, axis_name)
+  z = parallel.local_normal(
+    jax.random.fold_in(rng, _D_LATENT), (real.shape[0], latent_dim), axis_name
+  )
   fake, _ = _apply(g, g.params, z, labels, train=True, rng=None)  # G's new stats are dropped.
   fake = jax.lax.stop_gradient(fake)
   dropout_real, dropout_fake = jax.random.split(
@@ -267,9 +256,9 @@ def discriminator_step(
     classifier_weight=classifier_weight,
   )
   grads, (metrics, stats) = jax.grad(loss_fn, has_aux=True)(d.params)
-  metrics["d_grad_norm"] = optax.global_norm(_pmean(grads, axis_name))
+  metrics["d_grad_norm"] = optax.global_norm(parallel.pmean(grads, axis_name))
   new_d = _apply_update(d, grads, stats, axis_name)
-  return state.replace(discriminator=new_d), _pmean(metrics, axis_name)
+  return state.replace(discriminator=new_d), parallel.pmean(metrics, axis_name)
 
 
 def unrolled_discriminator_params(
@@ -315,7 +304,7 @@ def unrolled_discriminator_params(
       d_step=0,
       classifier_weight=classifier_weight,
     )
-    updates, opt_state = d.tx.update(_pmean(grads, axis_name), opt_state, params)
+    updates, opt_state = d.tx.update(parallel.pmean(grads, axis_name), opt_state, params)
     params = optax.apply_updates(params, updates)
   return params
 
@@ -348,7 +337,9 @@ def generator_step(
   if unrolled_steps < 0:
     raise ConfigError(f"unrolled_steps must be >= 0, got {unrolled_steps}.")
   g, d = state.generator, state.discriminator
-  z = _local_latents(jax.random.fold_in(rng, _G_LATENT), real.shape[0], latent_dim, axis_name)
+  z = parallel.local_normal(
+    jax.random.fold_in(rng, _G_LATENT), (real.shape[0], latent_dim), axis_name
+  )
   dropout_real, dropout_fake = jax.random.split(
     _device_key(jax.random.fold_in(rng, _G_DROPOUT), axis_name)
   )
@@ -392,7 +383,7 @@ def generator_step(
     return loss, (metrics, stats)
 
   grads, (metrics, stats) = jax.grad(loss_fn, has_aux=True)(g.params)
-  metrics["g_grad_norm"] = optax.global_norm(_pmean(grads, axis_name))
+  metrics["g_grad_norm"] = optax.global_norm(parallel.pmean(grads, axis_name))
   new_g = _apply_update(g, grads, stats, axis_name)
   ema = state.ema_params  # ema_decay 0: the EMA is off and costs nothing (samples use the params).
   if ema_decay > 0:
@@ -402,7 +393,7 @@ def generator_step(
       decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
     ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, new_g.params)
   new_state = state.replace(generator=new_g, ema_params=ema, step=state.step + 1)
-  return new_state, _pmean(metrics, axis_name)
+  return new_state, parallel.pmean(metrics, axis_name)
 
 
 def split_critic_batches(images: jax.Array, n_critic: int) -> list[jax.Array]:

@@ -11,7 +11,7 @@ import tolerances
 from conftest import load_config
 from PIL import Image
 
-from ganjax import losses, sampling, state, steps
+from ganjax import losses, parallel, sampling, state, steps
 from ganjax.data import gaussian_mixture
 from ganjax.models import blocks, dcgan, mlp
 from ganjax.systems import gan
@@ -170,7 +170,7 @@ def test_acgan_class_loss_matches_cross_entropy_and_reaches_both_players():
     s, real, rng, objective=objective, latent_dim=LATENT, labels=labels
   )
   # Independent reference: the same fakes, D's class logits, and numpy's log-softmax.
-  z = steps._local_latents(jax.random.fold_in(rng, steps._D_LATENT), 8, LATENT, None)
+  z = parallel.local_normal(jax.random.fold_in(rng, steps._D_LATENT), (8, LATENT), None)
   g_vars = {"params": s.generator.params, "batch_stats": s.generator.batch_stats}
   fake, _ = s.generator.apply_fn(g_vars, z, labels, train=True, mutable=["batch_stats"])
   d_vars = {"params": s.discriminator.params}

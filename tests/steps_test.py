@@ -9,7 +9,7 @@ import optax
 import pytest
 import tolerances
 
-from ganjax import losses, steps
+from ganjax import losses, parallel, steps
 from ganjax.models import dcgan, mlp
 from ganjax.state import create_gan_state
 
@@ -180,7 +180,7 @@ def test_unrolled_generator_gradient_matches_hand_unrolled_sgd():
   state, generator, discriminator = _tiny_mlp_state(optax.sgd(lr))
   real = jnp.asarray(np.random.RandomState(0).normal(size=(8, 2)), jnp.float32)
   rng = jax.random.key(5)
-  z = steps._local_latents(jax.random.fold_in(rng, steps._G_LATENT), 8, 2, None)
+  z = parallel.local_normal(jax.random.fold_in(rng, steps._G_LATENT), (8, 2), None)
   objective = losses.non_saturating
 
   def d_logits(d_params, x):

@@ -231,22 +231,6 @@ def parameter_counts(state: dict[str, state_lib.GANState]) -> dict[str, dict[str
 # The training step.
 
 
-def _local_normal(rng, shape, axis_name: str | None) -> jax.Array:
-  """This device's slice of normal draws made for the whole (global) batch ``shape``."""
-  # Drawn flat and reshaped: XLA:CPU compiles 4-d draws slowly (see ganjax.models.layers).
-  if axis_name is None:
-    return jax.random.normal(rng, (math.prod(shape),), jnp.float32).reshape(shape)
-  num_devices = jax.lax.psum(1, axis_name)
-  draws = jax.random.normal(rng, (num_devices * math.prod(shape),), jnp.float32)
-  draws = draws.reshape(shape[0] * num_devices, *shape[1:])
-  index = jax.lax.axis_index(axis_name)
-  return jax.lax.dynamic_slice_in_dim(draws, index * shape[0], shape[0])
-
-
-def _pmean(tree, axis_name: str | None):
-  return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
-
-
 def _level_step(
   gan: state_lib.GANState,
   real: jax.Array,
@@ -274,23 +258,25 @@ def _level_step(
     return d.apply_fn({"params": params}, x, *conditioning, labels, train=True)
 
   fake = jax.lax.stop_gradient(
-    generate(g.params, _local_normal(jax.random.fold_in(rng, _D_NOISE), noise_shape, axis_name))
+    generate(
+      g.params, parallel.local_normal(jax.random.fold_in(rng, _D_NOISE), noise_shape, axis_name)
+    )
   )
 
   def d_loss(params):
     return objective.discriminator(judge(params, real), judge(params, fake))
 
   d_grads, d_metrics = jax.grad(d_loss, has_aux=True)(d.params)
-  d = d.apply_gradients(grads=_pmean(d_grads, axis_name))
+  d = d.apply_gradients(grads=parallel.pmean(d_grads, axis_name))
 
-  g_noise = _local_normal(jax.random.fold_in(rng, _G_NOISE), noise_shape, axis_name)
+  g_noise = parallel.local_normal(jax.random.fold_in(rng, _G_NOISE), noise_shape, axis_name)
   real_logits = judge(d.params, real) if objective.generator_needs_real_logits else None
 
   def g_loss(params):
     return objective.generator(judge(d.params, generate(params, g_noise)), real_logits)
 
   g_grads, g_metrics = jax.grad(g_loss, has_aux=True)(g.params)
-  g = g.apply_gradients(grads=_pmean(g_grads, axis_name))
+  g = g.apply_gradients(grads=parallel.pmean(g_grads, axis_name))
   ema = gan.ema_params
   if ema_decay > 0:
     decay = ema_decay
@@ -299,7 +285,7 @@ def _level_step(
       decay = jnp.minimum(ema_decay, (1.0 + t) / (10.0 + t))
     ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, gan.ema_params, g.params)
   new = gan.replace(generator=g, discriminator=d, ema_params=ema, step=gan.step + 1)
-  return new, _pmean({**d_metrics, **g_metrics}, axis_name)
+  return new, parallel.pmean({**d_metrics, **g_metrics}, axis_name)
 
 
 def train_step(

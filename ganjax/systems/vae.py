@@ -109,20 +109,6 @@ def abstract_state(config, model, element_shape, mesh=None):
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
 
-def _pmean(tree, axis_name: str | None):
-  return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
-
-
-def _local_noise(rng, local_batch: int, latent_dim: int, axis_name: str | None) -> jax.Array:
-  """This device's rows of the global batch's standard normal noise (same on any device count)."""
-  if axis_name is None:
-    return jax.random.normal(rng, (local_batch, latent_dim), jnp.float32)
-  num_devices = jax.lax.psum(1, axis_name)
-  noise = jax.random.normal(rng, (local_batch * num_devices, latent_dim), jnp.float32)
-  start = jax.lax.axis_index(axis_name) * local_batch
-  return jax.lax.dynamic_slice_in_dim(noise, start, local_batch)
-
-
 def train_step(
   state: state_lib.TrainState,
   batch: dict[str, jax.Array],
@@ -150,7 +136,7 @@ def train_step(
   """
   rng = jax.random.fold_in(rng, state.step)
   images = batch["image"]
-  noise = _local_noise(rng, images.shape[0], latent_dim, axis_name)
+  noise = parallel.local_normal(rng, (images.shape[0], latent_dim), axis_name)
 
   def loss_fn(params):
     variables = {"params": params}
@@ -164,7 +150,7 @@ def train_step(
     return value, (terms, updates.get("batch_stats", state.batch_stats))
 
   (value, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  grads = _pmean(grads, axis_name)
+  grads = parallel.pmean(grads, axis_name)
   reconstruction, kl = jnp.mean(terms["reconstruction"]), jnp.mean(terms["kl"])
   metrics = {
     "loss": value,
@@ -173,8 +159,8 @@ def train_step(
     "elbo": -(reconstruction + kl),
     "grad_norm": optax.global_norm(grads),
   }
-  new_state = state.apply_gradients(grads=grads, batch_stats=_pmean(batch_stats, axis_name))
-  return new_state, _pmean(metrics, axis_name)
+  new_state = state.apply_gradients(grads=grads, batch_stats=parallel.pmean(batch_stats, axis_name))
+  return new_state, parallel.pmean(metrics, axis_name)
 
 
 def step_arguments(config: ml_collections.ConfigDict) -> dict[str, Any]:
