@@ -68,7 +68,7 @@ def get_config(arg=None):
   # Adam's moment decays.
   config.optim.b1 = 0.9
   config.optim.b2 = 0.999
-  # Learning-rate schedule over the run: constant | cosine (decay to 0).
+  # Learning-rate schedule over the run: constant | linear | cosine (decay to 0).
   config.optim.schedule = "cosine"
 
   # What a relaunch on an existing workdir may change (ganjax/workdir.py).

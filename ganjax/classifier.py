@@ -57,7 +57,7 @@ from jax.sharding import Mesh
 
 from ganjax import checkpoint as checkpoint_lib
 from ganjax import data as data_lib
-from ganjax import logs, loop, parallel
+from ganjax import logs, loop, optimizers, parallel
 from ganjax import workdir as workdir_lib
 from ganjax.data import embedded, preprocessing
 from ganjax.data.source import DataSource, array_source
@@ -74,7 +74,6 @@ EVAL_FILE = "classifier_eval.json"
 # Orbax checkpoints of the training state (a rerun resumes from the latest), and the scalars.
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = loop.METRICS_FILE
-SCHEDULES = ("constant", "cosine")
 
 ApplyFn = Callable[[Any, Any], tuple[jax.Array, jax.Array]]
 
@@ -220,32 +219,6 @@ def _num_classes(params: Any) -> int:
 
 # ----------------------------------------------------------------------------------------------
 # Training
-
-
-def make_optimizer(
-  optim: ml_collections.ConfigDict, num_steps: int
-) -> optax.GradientTransformation:
-  """Adam with the learning rate ``optim.learning_rate``, constant or cosine-decayed to 0.
-
-  The same settings give the same object (and so a training state whose jitted step is reused).
-  """
-  layers.check_choice("optim.schedule", optim.schedule, SCHEDULES)
-  return _adam(
-    float(optim.learning_rate),
-    optim.schedule,
-    float(optim.get("b1", 0.9)),
-    float(optim.get("b2", 0.999)),
-    max(num_steps, 1) if optim.schedule == "cosine" else 0,
-  )
-
-
-@functools.cache
-def _adam(
-  learning_rate: float, schedule: str, b1: float, b2: float, num_steps: int
-) -> optax.GradientTransformation:
-  if schedule == "cosine":
-    learning_rate = optax.cosine_decay_schedule(learning_rate, num_steps)
-  return optax.adam(learning_rate, b1=b1, b2=b2)
 
 
 @functools.cache
@@ -397,7 +370,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.model.dropout must be in [0, 1), got {config.model.dropout}.")
   if config.optim.learning_rate <= 0:
     raise ConfigError(f"config.optim.learning_rate must be > 0, got {config.optim.learning_rate}.")
-  layers.check_choice("optim.schedule", config.optim.schedule, SCHEDULES)
+  optimizers.make_optimizer(config.optim, max(config.num_train_steps, 1))  # Checks the schedule.
 
 
 @workdir_lib.releases_lock
@@ -433,7 +406,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict[st
   is_chief = jax.process_index() == 0
 
   num_steps = config.num_train_steps
-  tx = make_optimizer(config.optim, num_steps)
+  tx = optimizers.make_optimizer(config.optim, max(num_steps, 1))
   rng = jax.random.key(config.seed)
   state = create_train_state(
     jax.random.fold_in(rng, 0), tx, num_classes=NUM_CLASSES, dropout=config.model.dropout

@@ -1,4 +1,5 @@
-"""Fields of an ml_collections config by dotted name, and suggestions for a misspelt one.
+"""Fields of an ml_collections config by dotted name, suggestions for a misspelt one, and a
+config section as a module's keyword arguments.
 
 Shared by the command line (``--config.optim.g.lr=...``) and :func:`ganjax.load_config`'s
 overrides: both name fields as ``a.b.c`` and answer a wrong name with the closest real ones.
@@ -7,6 +8,7 @@ overrides: both name fields as ``a.b.c`` and answer a wrong name with the closes
 from __future__ import annotations
 
 import difflib
+from typing import Any
 
 
 def has_field(config, field: str) -> bool:
@@ -71,3 +73,13 @@ def is_abbreviation(short: str, name: str) -> bool:
     return False
   rest = iter(name[1:])
   return all(c in rest for c in short[1:])
+
+
+def module_kwargs(section) -> dict[str, Any]:
+  """A config section (e.g. ``config.model.generator``) as keyword arguments of a flax module,
+  lists turned into tuples (a module's fields must be hashable)."""
+
+  def hashable(value):
+    return tuple(hashable(v) for v in value) if isinstance(value, list | tuple) else value
+
+  return {key: hashable(value) for key, value in section.to_dict().items()}

@@ -57,6 +57,7 @@ from ganjax import classifier as classifier_lib
 from ganjax import data as data_lib
 from ganjax import loop, parallel
 from ganjax import metrics as metrics_lib
+from ganjax import workdir as workdir_lib
 from ganjax.errors import ConfigError, MissingPathError
 from ganjax.metrics import inception as inception_lib
 from ganjax.systems import gan as gan_lib
@@ -775,7 +776,7 @@ def evaluate_workdir(
   Returns:
     What was written: ``{"values", "protocol", "details", "workdir", "path"}``.
   """
-  config, info = gan_lib.load_run(workdir)
+  config, info = workdir_lib.read_run(workdir)
   for field, value in (config_overrides or {}).items():
     config[field] = value
   data_info = info["data"]

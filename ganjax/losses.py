@@ -365,6 +365,11 @@ def get_objective(name: str, *, label_smoothing: float = 0.0) -> Objective:
   return objective._replace(discriminator=smoothed)
 
 
+def objective_from_config(config) -> Objective:
+  """``config.loss``'s objective (``loss.name``), with its ``loss.label_smoothing``."""
+  return get_objective(config.loss.name, label_smoothing=config.loss.get("label_smoothing", 0.0))
+
+
 def available_objectives() -> dict[str, Objective]:
   """Every module-level :class:`Objective` of this module, by name."""
   return {k: v for k, v in globals().items() if isinstance(v, Objective)}

@@ -8,11 +8,8 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from flax.training import train_state
-
-from ganjax.errors import ConfigError
 
 
 class TrainState(train_state.TrainState):
@@ -39,47 +36,20 @@ class GANState:
   ema_params: Any
 
 
-# Learning-rate schedules of ``make_optimizer`` (the ``schedule`` key of an optimizer config).
-SCHEDULES = ("constant", "linear", "cosine")
+def update_ema(ema_params, params, step: jax.Array, decay: float, warmup: bool = False):
+  """The exponential moving average of G's params after one more update (Karras et al. 2018,
+  Yazici et al. 2019): ``decay * ema + (1 - decay) * params``.
 
-
-def make_optimizer(
-  optim_config: ml_collections.ConfigDict, total_updates: int | None = None
-) -> optax.GradientTransformation:
-  """Builds an optax optimizer from ``{name: "adam", learning_rate: ..., **kwargs}``.
-
-  Any optax optimizer function works by name (``adam``, ``adamw``, ``sgd``, ``rmsprop``, ...).
-  The optional key ``schedule`` shapes the learning rate over the run's ``total_updates`` updates
-  of this optimizer: ``"constant"`` (the default), ``"linear"`` decay to 0 (as in SNGAN's and
-  Mimicry's training, Miyato et al. 2018) or ``"cosine"`` decay to 0 (Loshchilov & Hutter 2017).
+  ``decay`` 0 leaves ``ema_params`` as they are (the EMA is off and costs nothing). With
+  ``warmup`` the decay at ``step`` t is ``min(decay, (1 + t) / (10 + t))``, as TensorFlow's
+  ExponentialMovingAverage(num_updates=...): the first params fade out quickly.
   """
-  kwargs = dict(optim_config)
-  name = kwargs.pop("name")
-  schedule = kwargs.pop("schedule", "constant") or "constant"
-  optimizer = getattr(optax, name, None)
-  if not callable(optimizer) or name.startswith("_"):
-    raise ConfigError(
-      f"Unknown optimizer name {name!r}; use an optax optimizer function such as "
-      "'adam', 'adamw', 'sgd', 'rmsprop', 'lion'."
-    )
-  if schedule not in SCHEDULES:
-    raise ConfigError(
-      f"Unknown learning-rate schedule {schedule!r}; valid: {', '.join(SCHEDULES)}."
-    )
-  if schedule != "constant":
-    if not total_updates or total_updates < 1:
-      raise ValueError(f"schedule={schedule!r} needs the number of updates, got {total_updates}.")
-    peak = kwargs.get("learning_rate")
-    if not isinstance(peak, int | float):
-      raise ConfigError(f"schedule={schedule!r} needs a numeric learning_rate, got {peak!r}.")
-    if schedule == "linear":
-      kwargs["learning_rate"] = optax.linear_schedule(peak, 0.0, total_updates)
-    else:
-      kwargs["learning_rate"] = optax.cosine_decay_schedule(peak, total_updates)
-  try:
-    return optimizer(**kwargs)
-  except TypeError as e:
-    raise ConfigError(f"Bad arguments {kwargs} for optax.{name}: {e}") from e
+  if decay <= 0:
+    return ema_params
+  if warmup:
+    t = step.astype(jnp.float32)
+    decay = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
 
 
 def _split_variables(variables) -> tuple[Any, Any]:

@@ -35,7 +35,7 @@ import optax
 
 from ganjax import augment, losses, parallel, regularizers
 from ganjax.errors import ConfigError
-from ganjax.state import GANState, TrainState
+from ganjax.state import GANState, TrainState, update_ema
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -385,13 +385,7 @@ def generator_step(
   grads, (metrics, stats) = jax.grad(loss_fn, has_aux=True)(g.params)
   metrics["g_grad_norm"] = optax.global_norm(parallel.pmean(grads, axis_name))
   new_g = _apply_update(g, grads, stats, axis_name)
-  ema = state.ema_params  # ema_decay 0: the EMA is off and costs nothing (samples use the params).
-  if ema_decay > 0:
-    decay = ema_decay
-    if ema_warmup:  # As TF's ExponentialMovingAverage(num_updates=...): early params fade out.
-      step = state.step.astype(jnp.float32)
-      decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
-    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, new_g.params)
+  ema = update_ema(state.ema_params, new_g.params, state.step, ema_decay, ema_warmup)
   new_state = state.replace(generator=new_g, ema_params=ema, step=state.step + 1)
   return new_state, parallel.pmean(metrics, axis_name)
 

@@ -64,11 +64,12 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from ganjax.errors import WorkdirError
+from ganjax.errors import MissingPathError, WorkdirError
 
 LOCK_FILE = ".lock"
 LAUNCHES_FILE = "launches.jsonl"
 CONFIG_FILE = "config.json"
+RUN_INFO_FILE = "run_info.json"
 
 # Fields (fnmatch patterns on dotted paths) that may differ between launches of one run: length,
 # cadence, evaluation and resources. Every other field is guarded (see the module docstring).
@@ -501,3 +502,17 @@ def _alive(pid: Any) -> bool:
 
 def _describe(holder: dict[str, Any]) -> str:
   return f"PID {holder.get('pid')} on host {holder.get('host')}, started {holder.get('started')}"
+
+
+def read_run(workdir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+  """The resolved config and the run info (data shapes, classes, ...) a training run wrote into
+  ``workdir``; a clear error when ``workdir`` is not the workdir of a training run."""
+  paths = [os.path.join(workdir, name) for name in (CONFIG_FILE, RUN_INFO_FILE)]
+  for path in paths:
+    if not os.path.exists(path):
+      raise MissingPathError(f"{path} not found: is {workdir!r} the workdir of a training run?")
+  with open(paths[0]) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  with open(paths[1]) as f:
+    info = json.load(f)
+  return config, info

@@ -323,8 +323,8 @@ def test_bad_data_errors(tmp_path):
   with pytest.raises(ValueError, match=r"config.model.dropout.*\[0, 1\).*1.0"):
     classifier.train_classifier(config, str(tmp_path / "c"))
   config = conftest.load_config("classifier", "runlocal")
-  config.optim.schedule = "linear"
-  with pytest.raises(ValueError, match=r"'linear'.*constant, cosine"):
+  config.optim.schedule = "step"
+  with pytest.raises(ValueError, match=r"optim.schedule='step'.*constant, linear, cosine"):
     classifier.train_classifier(config, str(tmp_path / "d"))
 
 

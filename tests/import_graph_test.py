@@ -17,12 +17,8 @@ PACKAGE = os.path.join(REPO_ROOT, "ganjax")
 KNOWN_CYCLES = [
   {"ganjax.evaluation", "ganjax.systems.gan"},
 ]
-# (importer, imported) pairs of system modules: LAPGAN, VAE and SRGAN borrow the GAN's helpers.
-KNOWN_SYSTEM_IMPORTS = {
-  ("ganjax.systems.lapgan", "ganjax.systems.gan"),
-  ("ganjax.systems.srgan", "ganjax.systems.gan"),
-  ("ganjax.systems.vae", "ganjax.systems.gan"),
-}
+# (importer, imported) pairs of system modules that are allowed: none.
+KNOWN_SYSTEM_IMPORTS: set[tuple[str, str]] = set()
 
 
 def _module_name(path: str) -> str:

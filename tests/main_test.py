@@ -13,6 +13,7 @@ import numpy as np
 from conftest import REPO_ROOT
 
 from ganjax import checkpoint
+from ganjax import workdir as workdir_lib
 from ganjax.systems import gan
 
 
@@ -31,7 +32,7 @@ def _run(*args, timeout=300):
 
 
 def _final_params(workdir):
-  config, info = gan.load_run(workdir)
+  config, info = workdir_lib.read_run(workdir)
   networks = gan.build_networks(
     config, tuple(info["data"]["element_shape"]), info["data"]["num_classes"]
   )

@@ -162,7 +162,7 @@ def test_gaussian_mixture_config_methods(method):
   # The costlier methods train for fewer steps (every study run stays within 3 minutes).
   if method in ("unrolled5", "minibatch_discrimination", "wgan_gp"):
     assert full.num_train_steps < load_config("gaussian_mixture", "dataset=ring").num_train_steps
-  step_fn = steps.make_train_step(full, gan.get_objective(full))
+  step_fn = steps.make_train_step(full, losses.objective_from_config(full))
   assert step_fn.keywords["unrolled_steps"] == full.unrolled_steps
   # The networks build and initialise (shapes only).
   networks = gan.build_networks(config, (2,), 25)
@@ -286,7 +286,7 @@ def test_unrolled_step_through_maxout_d_has_finite_generator_gradients(eps_root,
   networks = gan.build_networks(config, (2,), None)
   s = gan.create_state(config, networks, mesh)
   step = parallel.compile_step(
-    steps.make_train_step(config, gan.get_objective(config)), mesh, config.parallel.mode
+    steps.make_train_step(config, losses.objective_from_config(config)), mesh, config.parallel.mode
   )
   rng = np.random.default_rng(0)
   real = rng.normal(size=(config.batch_size, 2)).astype(np.float32)

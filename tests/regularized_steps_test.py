@@ -213,7 +213,7 @@ def test_label_smoothing_and_weight_clipping_from_the_config():
   config = config_base.base_config()
   config.loss.label_smoothing = 0.1
   config.regularizer.weight_clip = 0.01
-  assert gan.get_objective(config).discriminator.keywords == {"label_smoothing": 0.1}
+  assert losses.objective_from_config(config).discriminator.keywords == {"label_smoothing": 0.1}
   tx = gan.discriminator_optimizer(config)
   state = _state(d_optimizer=tx)
   new, _ = _d_step(state, _real(), steps.NO_REGULARIZATION)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import os
 from typing import Any
@@ -24,12 +23,22 @@ import optax
 from absl import logging
 
 from ganjax import checkpoint as checkpoint_lib
-from ganjax import loop, losses, models, parallel, regularizers, sampling, steps
+from ganjax import (
+  loop,
+  losses,
+  models,
+  optimizers,
+  parallel,
+  regularizers,
+  sampling,
+  steps,
+)
 from ganjax import metrics as metrics_lib
 from ganjax import state as state_lib
 from ganjax import workdir as workdir_lib
+from ganjax.config_fields import module_kwargs
 from ganjax.data import gaussian_mixture
-from ganjax.errors import ConfigError, MissingPathError
+from ganjax.errors import ConfigError
 from ganjax.models import blocks
 from ganjax.trained import TrainedRun
 
@@ -47,15 +56,6 @@ class Networks:
   num_classes: int | None  # The number of classes of a conditional GAN; None when unconditional.
 
 
-def _module_kwargs(config_dict: ml_collections.ConfigDict) -> dict[str, Any]:
-  """ConfigDict -> kwargs, with lists turned into tuples (flax fields should be hashable)."""
-
-  def fix(v):
-    return tuple(fix(x) for x in v) if isinstance(v, list | tuple) else v
-
-  return {k: fix(v) for k, v in config_dict.to_dict().items()}
-
-
 def build_networks(
   config: ml_collections.ConfigDict, element_shape: tuple[int, ...], num_classes: int | None
 ) -> Networks:
@@ -68,8 +68,8 @@ def build_networks(
   """
   module = models.get_model_module(config.model.name)
   dtype = config.model.get("dtype", "float32")
-  g_kwargs = _with_dtype(module.Generator, dtype, _module_kwargs(config.model.generator))
-  d_kwargs = _with_dtype(module.Discriminator, dtype, _module_kwargs(config.model.discriminator))
+  g_kwargs = _with_dtype(module.Generator, dtype, module_kwargs(config.model.generator))
+  d_kwargs = _with_dtype(module.Discriminator, dtype, module_kwargs(config.model.discriminator))
   conditional = bool(config.model.get("conditional", False))
   if conditional:
     check_conditional(config.model.name, module, num_classes)
@@ -133,18 +133,13 @@ def _with_dtype(network: type, dtype: str, kwargs: dict[str, Any]) -> dict[str, 
 
 def discriminator_optimizer(config: ml_collections.ConfigDict):
   """``config.optim.d``, followed by WGAN weight clipping when ``regularizer.weight_clip`` > 0."""
-  tx = state_lib.make_optimizer(config.optim.d, config.num_train_steps * config.n_critic)
+  tx = optimizers.make_optimizer(
+    config.optim.d, config.num_train_steps * config.n_critic, field="optim.d"
+  )
   clip = config.get("regularizer", {}).get("weight_clip", 0.0)
   if clip:
     tx = optax.chain(tx, regularizers.weight_clipping(clip))
   return tx
-
-
-def get_objective(config: ml_collections.ConfigDict) -> losses.Objective:
-  """``config.loss``'s objective, with its label smoothing."""
-  return losses.get_objective(
-    config.loss.name, label_smoothing=config.loss.get("label_smoothing", 0.0)
-  )
 
 
 def state_factory(config: ml_collections.ConfigDict, networks: Networks):
@@ -157,7 +152,9 @@ def state_factory(config: ml_collections.ConfigDict, networks: Networks):
       discriminator=networks.discriminator,
       latent_dim=config.model.latent_dim,
       element_shape=networks.element_shape,
-      generator_optimizer=state_lib.make_optimizer(config.optim.g, config.num_train_steps),
+      generator_optimizer=optimizers.make_optimizer(
+        config.optim.g, config.num_train_steps, field="optim.g"
+      ),
       discriminator_optimizer=discriminator_optimizer(config),
       num_classes=networks.num_classes,
     )
@@ -337,7 +334,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(
       f"regularizer.weight_clip must be >= 0, got {config.regularizer.weight_clip}."
     )
-  steps.regularization_from_config(config, get_objective(config))
+  steps.regularization_from_config(config, losses.objective_from_config(config))
   models.get_model_module(config.model.name)
 
 
@@ -379,7 +376,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   check_pack(config.model.get("pack", 1), config.batch_size, mesh.devices.size)
   is_chief = jax.process_index() == 0
   networks = build_networks(config, source.element_shape, source.num_classes)
-  objective = get_objective(config)
+  objective = losses.objective_from_config(config)
   state, start_step = loop.resume_or_create(
     checkpointer,
     lambda: abstract_state(config, networks, mesh),
@@ -454,26 +451,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   return state
 
 
-def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
-  """Reads the resolved config and run info a training run wrote into ``workdir``."""
-  paths = [os.path.join(workdir, name) for name in ("config.json", "run_info.json")]
-  for path in paths:
-    if not os.path.exists(path):
-      raise MissingPathError(f"{path} not found: is {workdir!r} the workdir of a training run?")
-  with open(paths[0]) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  with open(paths[1]) as f:
-    info = json.load(f)
-  return config, info
-
-
 def load(workdir: str, step: int | str | None = None) -> TrainedRun:
   """The GAN (or conditional GAN) of ``workdir`` at ``step`` (None: latest, ``"best"``, or N).
 
   ``sample`` draws from the EMA generator when the run kept one; ``seed=config.seed`` gives the
   latents of the run's sample pictures.
   """
-  config, info = load_run(workdir)
+  config, info = workdir_lib.read_run(workdir)
   data_info = info["data"]
   networks = build_networks(config, tuple(data_info["element_shape"]), data_info["num_classes"])
   state, step = checkpoint_lib.restore_from_workdir(workdir, step, abstract_state(config, networks))

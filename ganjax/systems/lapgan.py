@@ -38,12 +38,12 @@ import numpy as np
 from absl import logging
 
 from ganjax import checkpoint as checkpoint_lib
-from ganjax import loop, losses, parallel, sampling
+from ganjax import loop, losses, optimizers, parallel, sampling
 from ganjax import state as state_lib
 from ganjax import workdir as workdir_lib
+from ganjax.config_fields import module_kwargs
 from ganjax.errors import ConfigError
 from ganjax.models import lapgan as lapgan_lib
-from ganjax.systems import gan as gan_lib
 from ganjax.trained import TrainedRun
 
 # Purposes folded into each level's per-step key.
@@ -93,13 +93,6 @@ def level_names(num_levels: int) -> list[str]:
   return [f"level_{k}" for k in range(num_levels + 1)]
 
 
-def _kwargs(config_dict) -> dict[str, Any]:
-  def fix(v):
-    return tuple(fix(x) for x in v) if isinstance(v, list | tuple) else v
-
-  return {k: fix(v) for k, v in config_dict.to_dict().items()}
-
-
 def build_pyramid(
   config: ml_collections.ConfigDict, image_shape: tuple[int, ...], num_classes: int | None
 ) -> Pyramid:
@@ -120,8 +113,8 @@ def build_pyramid(
       f"(num_classes={num_classes!r}). Use labelled data or set model.conditional=False."
     )
   classes = num_classes if conditional else None
-  level_g = _kwargs(config.model.level.generator)
-  level_d = _kwargs(config.model.level.discriminator)
+  level_g = module_kwargs(config.model.level.generator)
+  level_d = module_kwargs(config.model.level.discriminator)
   generators = [
     lapgan_lib.LevelGenerator(num_classes=classes, **level_g) for _ in range(num_levels)
   ]
@@ -131,12 +124,12 @@ def build_pyramid(
   coarse_shape = (*shapes[-1], image_shape[2])
   generators.append(
     lapgan_lib.CoarseGenerator(
-      image_shape=coarse_shape, num_classes=classes, **_kwargs(config.model.coarse.generator)
+      image_shape=coarse_shape, num_classes=classes, **module_kwargs(config.model.coarse.generator)
     )
   )
   discriminators.append(
     lapgan_lib.CoarseDiscriminator(
-      num_classes=classes, **_kwargs(config.model.coarse.discriminator)
+      num_classes=classes, **module_kwargs(config.model.coarse.discriminator)
     )
   )
   return Pyramid(
@@ -180,12 +173,12 @@ def state_factory(config: ml_collections.ConfigDict, pyramid: Pyramid):
         generator=state_lib.TrainState.create(
           apply_fn=g.apply,
           params=g_params,
-          tx=state_lib.make_optimizer(config.optim.g, config.num_train_steps),
+          tx=optimizers.make_optimizer(config.optim.g, config.num_train_steps, field="optim.g"),
         ),
         discriminator=state_lib.TrainState.create(
           apply_fn=d.apply,
           params=d_params,
-          tx=state_lib.make_optimizer(config.optim.d, config.num_train_steps),
+          tx=optimizers.make_optimizer(config.optim.d, config.num_train_steps, field="optim.d"),
         ),
         ema_params=g_params,
       )
@@ -277,13 +270,7 @@ def _level_step(
 
   g_grads, g_metrics = jax.grad(g_loss, has_aux=True)(g.params)
   g = g.apply_gradients(grads=parallel.pmean(g_grads, axis_name))
-  ema = gan.ema_params
-  if ema_decay > 0:
-    decay = ema_decay
-    if ema_warmup:
-      t = gan.step.astype(jnp.float32)
-      decay = jnp.minimum(ema_decay, (1.0 + t) / (10.0 + t))
-    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, gan.ema_params, g.params)
+  ema = state_lib.update_ema(gan.ema_params, g.params, gan.step, ema_decay, ema_warmup)
   new = gan.replace(generator=g, discriminator=d, ema_params=ema, step=gan.step + 1)
   return new, parallel.pmean({**d_metrics, **g_metrics}, axis_name)
 
@@ -465,7 +452,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   num_levels = config.model.num_levels
   if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 1:
     raise ConfigError(f"config.model.num_levels must be an integer >= 1, got {num_levels!r}.")
-  gan_lib.get_objective(config)
+  losses.objective_from_config(config)
 
 
 def run_info(config, source, pyramid: Pyramid, state, mesh) -> dict[str, Any]:
@@ -570,7 +557,7 @@ def train_and_evaluate(
   mesh, source, checkpointer = loop.start(config, workdir, config.batch_size)
   is_chief = jax.process_index() == 0
   pyramid = build_pyramid(config, source.element_shape, source.num_classes)
-  objective = gan_lib.get_objective(config)
+  objective = losses.objective_from_config(config)
   state, start_step = loop.resume_or_create(
     checkpointer,
     lambda: abstract_state(config, pyramid, mesh),
@@ -684,7 +671,7 @@ def load_workdir(workdir: str, step: int | str | None = None):
 
   ``step``: None for the latest, an int, or ``"best"`` (``WORKDIR/checkpoints_best``).
   """
-  config, info = gan_lib.load_run(workdir)
+  config, info = workdir_lib.read_run(workdir)
   if config.get("task") != "lapgan":
     raise ConfigError(f"{workdir!r} is a {config.get('task', 'gan')!r} run, not a LAPGAN run.")
   data_info = info["data"]

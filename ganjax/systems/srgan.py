@@ -63,15 +63,15 @@ from absl import logging
 from PIL import Image
 
 from ganjax import checkpoint as checkpoint_lib
-from ganjax import loop, losses, parallel
+from ganjax import loop, losses, optimizers, parallel
 from ganjax import workdir as workdir_lib
+from ganjax.config_fields import module_kwargs
 from ganjax.data import preprocessing
 from ganjax.data import super_resolution as sr_data
 from ganjax.errors import ConfigError, MissingPathError
 from ganjax.metrics import image_quality
 from ganjax.models import srgan as srgan_models
 from ganjax.state import TrainState, parameter_count
-from ganjax.systems import gan
 from ganjax.trained import TrainedRun
 
 # The VGG19 convolution layers (Simonyan & Zisserman 2015) up to conv5_4, block by block; a 2x2
@@ -111,60 +111,25 @@ class SRGANState:
 def build_networks(config: ml_collections.ConfigDict):
   """``(Generator, Discriminator)`` of :mod:`ganjax.models.srgan` for the config."""
   scale = srgan_models.check_scale(config.scale)
-  g_kwargs = gan._module_kwargs(config.model.generator)
-  d_kwargs = gan._module_kwargs(config.model.discriminator)
+  g_kwargs = module_kwargs(config.model.generator)
+  d_kwargs = module_kwargs(config.model.discriminator)
   return srgan_models.Generator(scale=scale, **g_kwargs), srgan_models.Discriminator(**d_kwargs)
 
 
-def generator_learning_rate(config: ml_collections.ConfigDict):
-  """The generator's schedule: ``optim.g.learning_rate`` during pre-training (constant, or cosine
-  decay to ``optim.g.final_learning_rate`` when ``optim.g.schedule == "cosine"``), then
-  ``optim.g.gan_learning_rate`` (constant) in the adversarial phase."""
-  g = config.optim.g
-  pre = int(config.srgan.pretrain_steps)
-  schedule = g.get("schedule", "constant") or "constant"
-  if schedule not in ("constant", "cosine"):
-    raise ConfigError(f"Unknown optim.g.schedule {schedule!r}; valid choices: constant, cosine.")
-  if schedule == "cosine" and pre > 0:
-    final = float(g.get("final_learning_rate", 0.0) or 0.0)
-    alpha = final / g.learning_rate if g.learning_rate else 0.0
-    pretrain = optax.cosine_decay_schedule(g.learning_rate, pre, alpha=alpha)
-  else:
-    pretrain = optax.constant_schedule(g.learning_rate)
-  gan_lr = g.get("gan_learning_rate", None)
-  gan = optax.constant_schedule(g.learning_rate if gan_lr is None else gan_lr)
-  return optax.join_schedules([pretrain, gan], [pre])
-
-
 def make_optimizers(config: ml_collections.ConfigDict):
-  """Adam for G (:func:`generator_learning_rate`) and D (``optim.d``).
+  """Adam for G and D (:func:`ganjax.optimizers.make_optimizer`).
 
-  Memoized on the optimizer settings: equal configs get the same optax objects, so the jitted
-  steps (whose state carries them as static fields) are compiled once per process.
+  G's schedule (``optim.g.schedule``, e.g. cosine decay to ``optim.g.final_learning_rate``) runs
+  over the pre-training phase; ``optim.g.gan_learning_rate`` (None: the same rate) follows in the
+  adversarial phase. D (``optim.d``) is constant.
   """
-  key = json.dumps(
-    {
-      "g": config.optim.g.to_dict(),
-      "d": config.optim.d.to_dict(),
-      "pretrain_steps": int(config.srgan.pretrain_steps),
-    },
-    sort_keys=True,
+  g = config.optim.g.to_dict()
+  g["second_phase_learning_rate"] = g.pop("gan_learning_rate", None)
+  pretrain = int(config.srgan.pretrain_steps)
+  g_tx = optimizers.make_optimizer(
+    g, config.num_train_steps, phase_updates=pretrain, field="optim.g"
   )
-  return _optimizers(key)
-
-
-@functools.lru_cache(maxsize=16)
-def _optimizers(key: str):
-  settings = json.loads(key)
-  config = ml_collections.ConfigDict(
-    {
-      "optim": {"g": settings["g"], "d": settings["d"]},
-      "srgan": {"pretrain_steps": settings["pretrain_steps"]},
-    }
-  )
-  g, d = config.optim.g, config.optim.d
-  g_tx = optax.adam(generator_learning_rate(config), b1=g.b1, b2=g.b2)
-  d_tx = optax.adam(d.learning_rate, b1=d.b1, b2=d.b2)
+  d_tx = optimizers.make_optimizer(config.optim.d, config.num_train_steps, field="optim.d")
   return g_tx, d_tx
 
 

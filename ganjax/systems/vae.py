@@ -35,12 +35,12 @@ import optax
 from absl import logging
 
 from ganjax import checkpoint as checkpoint_lib
-from ganjax import loop, parallel, sampling
+from ganjax import loop, optimizers, parallel, sampling
 from ganjax import state as state_lib
 from ganjax import workdir as workdir_lib
+from ganjax.config_fields import module_kwargs
 from ganjax.errors import ConfigError
 from ganjax.models import vae as vae_lib
-from ganjax.systems import gan
 from ganjax.trained import TrainedRun
 
 TASK = "vae"
@@ -60,8 +60,8 @@ def build_model(config: ml_collections.ConfigDict, element_shape: tuple[int, ...
   return vae_lib.build(
     tuple(element_shape),
     config.model.latent_dim,
-    encoder=config.model.encoder.to_dict(),
-    decoder=config.model.decoder.to_dict(),
+    encoder=module_kwargs(config.model.encoder),
+    decoder=module_kwargs(config.model.decoder),
     likelihood=config.model.likelihood,
   )
 
@@ -87,7 +87,7 @@ def create_train_state(
 
 def state_factory(config: ml_collections.ConfigDict, model: vae_lib.VAE, element_shape):
   """Returns ``init(rng) -> TrainState`` for this model and ``config.optim``."""
-  optimizer = state_lib.make_optimizer(config.optim, config.num_train_steps)
+  optimizer = optimizers.make_optimizer(config.optim, config.num_train_steps, field="optim")
   return functools.partial(
     create_train_state, model=model, element_shape=tuple(element_shape), optimizer=optimizer
   )
@@ -410,7 +410,7 @@ def load_checkpoint(
 
   ``step``: None for the latest, a step number, or ``"best"`` (``WORKDIR/checkpoints_best``).
   """
-  config, info = gan.load_run(workdir)
+  config, info = workdir_lib.read_run(workdir)
   if config.get("task", "gan") != TASK:
     raise ConfigError(
       f"{workdir!r} holds a run of task {config.get('task', 'gan')!r}, not {TASK!r}."
