@@ -39,7 +39,7 @@ from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ganjax.models import layers  # noqa: E402
+from ganjax.models import conv_kernels, layers  # noqa: E402
 
 
 class Layer(NamedTuple):
@@ -109,7 +109,7 @@ def _pads(layer: Layer) -> tuple[tuple[int, int], ...]:
 def _im2col(x, kernel, layer):
   """Strided convolution: patches (strided slices) concatenated, one dot."""
   s, k = layer.stride, layer.kernel
-  xp = layers._pad(x, _pads(layer))
+  xp = conv_kernels._pad(x, _pads(layer))
   out = (xp.shape[1] - k) // s + 1
   lim = s * (out - 1) + 1
   cols = [xp[:, i : i + lim : s, j : j + lim : s] for i in range(k) for j in range(k)]
@@ -125,7 +125,7 @@ def _s2d(x, kernel, layer):
   out = (layer.size + sum(_pads(layer)[0]) - k) // s + 1
   kc = -(-k // s)
   n = out + kc - 1
-  xp = layers._pad(x, ((lo, s * n - layer.size - lo),) * 2)
+  xp = conv_kernels._pad(x, ((lo, s * n - layer.size - lo),) * 2)
   b, c = x.shape[0], x.shape[-1]
   xs = xp.reshape(b, n, s, n, s, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, n, n, s * s * c)
   kp = jnp.pad(kernel, ((0, kc * s - k), (0, kc * s - k), (0, 0), (0, 0)))
@@ -136,11 +136,11 @@ def _s2d(x, kernel, layer):
 
 
 def _phase(x, kernel, layer):
-  return layers._dilated_phase(x, kernel, (layer.stride,) * 2, _pads(layer), None)
+  return conv_kernels._dilated_phase(x, kernel, (layer.stride,) * 2, _pads(layer), None)
 
 
 def _col2im(x, kernel, layer):
-  return layers._dilated_col2im(x, kernel, (layer.stride,) * 2, _pads(layer), None)
+  return conv_kernels._dilated_col2im(x, kernel, (layer.stride,) * 2, _pads(layer), None)
 
 
 PLAIN = {

@@ -35,7 +35,7 @@ Config arguments (after ":"):
   runlocal     a tiny smoke run (few steps, tiny networks)
 """
 
-from ganjax.config_base import base_config, parse_arg
+from ganjax.config_base import add_adversarial_training, add_image_generation, parse_arg, run_config
 
 # dataset -> (data.name, data.dir, steps).
 _DATASETS = {
@@ -44,9 +44,6 @@ _DATASETS = {
   "cifar10": ("cifar10", None, 50000),
   "cifar10_folder": ("folder", "../shared/data/cifar10-jpeg/cifar10-jpeg-images.tar.gz", 50000),
 }
-# Fields of the base config that the LAPGAN system does not use.
-_UNUSED = ("n_critic", "unrolled_steps", "regularizer", "augment")
-_UNUSED_MODEL = ("dtype", "pack", "generator", "discriminator")
 
 
 def get_config(arg=None):
@@ -54,12 +51,9 @@ def get_config(arg=None):
   if arg.dataset not in _DATASETS:
     raise ValueError(f"Unknown dataset {arg.dataset!r}; valid: {', '.join(_DATASETS)}.")
   data_name, data_dir, num_steps = _DATASETS[arg.dataset]
-  config = base_config()
-  for field in _UNUSED:
-    del config[field]
-  for field in _UNUSED_MODEL:
-    del config.model[field]
-  del config.loss["classifier_weight"]
+  config = run_config()
+  add_image_generation(config)
+  add_adversarial_training(config)
   # The system of ganjax/systems that trains this config.
   config.task = "lapgan"
   config.data.name = data_name

@@ -60,42 +60,34 @@ Config arguments (after ":"), e.g. ``configs/srgan.py:scale=2,dataset=folder,run
 import ml_collections
 from ml_collections import config_dict
 
-from ganjax.config_base import parse_arg, resume_config
+from ganjax.config_base import parse_arg, run_config
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, scale=4, dataset="skimage", paper=False, runlocal=False)
-  config = ml_collections.ConfigDict()
+  config = run_config()
   # What ganjax.main runs: "srgan" -> ganjax.systems.srgan.train_and_evaluate.
   config.task = "srgan"
-  # The one seed: parameters and every training crop derive from it.
-  config.seed = 0
   # Upscaling factor (2 or 4): HR side / LR side.
   config.scale = arg.scale
   # Total training steps: SRResNet pre-training (srgan.pretrain_steps) + SRGAN fine-tuning.
   config.num_train_steps = 6000
   # Global batch size of HR/LR crop pairs.
   config.batch_size = 16
-  # Write scalars (TensorBoard, metrics.jsonl) and a progress line every this many steps.
-  config.log_every_steps = 100
   # Evaluate on the held-out set every this many steps (also at the end of each phase).
   config.eval_every_steps = 500
+  # Keep the checkpoint with the best value of this evaluation metric (psnr, ssim, ...) in
+  # WORKDIR/checkpoints_best; None = only the latest checkpoints.
+  config.eval_best_metric = config_dict.placeholder(str)
   # Write LR | bicubic | SR | HR pictures of held-out crops every this many steps.
   config.sample_every_steps = 500
-  # Save a checkpoint every this many steps (and at the end of each phase, and on SIGTERM).
-  config.checkpoint_every_steps = 500
-  # How many checkpoints to keep on disk.
-  config.keep_checkpoints = 3
   # Held-out crops shown in each sample picture.
   config.num_sample_images = 4
 
-  config.data = ml_collections.ConfigDict()
-  # Image source: skimage (photos in scikit-image, offline) | folder | a TFDS name.
+  # Image source: skimage (photos in scikit-image, offline) | folder | a TFDS name; data.dir is
+  # the image folder / .tar.gz (folder) or TFDS data_dir; data.image_size resizes TFDS and other
+  # sources' images to that square size first.
   config.data.name = arg.dataset
-  # Image folder / .tar.gz (folder) or TFDS data_dir; None for the default.
-  config.data.dir = config_dict.placeholder(str)
-  # Split (folder subfolder or TFDS split) to train on.
-  config.data.split = "train"
   # Split held out for evaluation (folder with train/ and test/, TFDS).
   config.data.eval_split = "test"
   # Folder without splits: hold out this many images (the last files, sorted); the maximum used
@@ -111,10 +103,6 @@ def get_config(arg=None):
   config.data.flip = True
   # skimage: also train on its grayscale photos (camera, coins, moon, brick, grass, gravel) as RGB.
   config.data.skimage_grayscale = True
-  # TFDS / other sources: resize images to this square size first (None keeps their size).
-  config.data.image_size = config_dict.placeholder(int)
-  # Datasets smaller than this (as uint8) are held in memory (TFDS sources).
-  config.data.cache_in_memory_max_bytes = 2 * 1024**3
 
   config.model = ml_collections.ConfigDict()
   # Keyword arguments of ganjax.models.srgan.Generator (besides the scale): hidden channels F and
@@ -162,13 +150,6 @@ def get_config(arg=None):
   )
   # Discriminator Adam (paper: 1e-4, b1 0.9).
   config.optim.d = ml_collections.ConfigDict({"learning_rate": 1e-4, "b1": 0.9, "b2": 0.999})
-
-  # What a relaunch on an existing workdir may change (ganjax/workdir.py).
-  config.resume = resume_config()
-
-  config.parallel = ml_collections.ConfigDict()
-  # Devices to use (0 = all); batches are split over them (global-view jit).
-  config.parallel.num_devices = 0
 
   if arg.paper:
     config.num_train_steps = 2_000_000

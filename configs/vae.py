@@ -29,7 +29,7 @@ Config arguments (after ":"), e.g. ``configs/vae.py:beta=4,latent_dim=16,runloca
 
 import ml_collections
 
-from ganjax.config_base import base_config, parse_arg
+from ganjax.config_base import add_image_generation, parse_arg, run_config
 
 # dataset -> (data.name, image_size, steps): the budgets of configs/dcgan.py.
 _DATASETS = {
@@ -40,9 +40,6 @@ _DATASETS = {
   "celeb_a": ("celeb_a", 64, 50000),
   "folder": ("folder", None, 50000),
 }
-# Fields of the GAN configs that mean nothing to the VAE.
-_GAN_ONLY = ("n_critic", "unrolled_steps", "loss", "regularizer", "augment", "optim", "ema")
-_GAN_ONLY_MODEL = ("name", "dtype", "pack", "conditional", "generator", "discriminator")
 
 
 def get_config(arg=None):
@@ -50,11 +47,8 @@ def get_config(arg=None):
   if arg.dataset not in _DATASETS:
     raise ValueError(f"Unknown dataset {arg.dataset!r}; valid: {', '.join(_DATASETS)}.")
   data_name, image_size, num_steps = _DATASETS[arg.dataset]
-  config = base_config()
-  for field in _GAN_ONLY:
-    del config[field]
-  for field in _GAN_ONLY_MODEL:
-    del config.model[field]
+  config = run_config()
+  add_image_generation(config)
   # What this config trains: the system ganjax/systems/vae.py.
   config.task = "vae"
   config.data.name = data_name

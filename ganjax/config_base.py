@@ -1,8 +1,10 @@
 """Shared pieces of the experiment configs in ``configs/``.
 
 A config file defines ``get_config(arg)``, where ``arg`` is the config string after ``:`` on the
-command line (``--config=configs/dcgan.py:dataset=mnist,runlocal``). :func:`parse_arg` turns it into
-typed values; :func:`base_config` holds the fields every experiment has, each with its comment.
+command line (``--config=configs/dcgan.py:dataset=mnist,runlocal``). :func:`parse_arg` turns it
+into typed values. :func:`run_config` holds the fields every task has, each with its comment; the
+``add_*`` functions add the sections of one kind of model, so no config deletes a field;
+:func:`base_config` is a GAN's.
 """
 
 from __future__ import annotations
@@ -53,28 +55,70 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """The fields every ganjax experiment has; experiment configs fill in their values."""
+  """The config of a GAN (``configs/dcgan.py`` and the like): :func:`run_config` with
+  :func:`add_image_generation`, :func:`add_adversarial_training` and :func:`add_gan_fields`."""
+  config = run_config()
+  add_image_generation(config)
+  add_adversarial_training(config)
+  add_gan_fields(config)
+  return config
+
+
+def run_config() -> ml_collections.ConfigDict:
+  """The fields every task has (GAN, LAPGAN, VAE, SRGAN, classifier): seed, length, batch size,
+  cadence, data, resume and parallelism. Task configs add their own sections."""
   config = ml_collections.ConfigDict()
   # The one seed: parameters, latents, dropout and data order all derive from it.
   config.seed = 0
-  # Generator updates to train for.
+  # Training steps (a GAN step: one generator update and its n_critic discriminator updates).
   config.num_train_steps = 1000
-  # Global batch size (over all devices and hosts) of each discriminator update.
+  # Global batch size (over all devices and hosts) of each update.
   config.batch_size = 64
-  # Discriminator updates per generator update (each on its own real batch).
-  config.n_critic = 1
-  # Unrolled GAN: G's loss looks through this many differentiable D updates (Metz et al. 2017).
-  config.unrolled_steps = 0
   # Write scalars (TensorBoard, metrics.jsonl) and a progress line every this many steps.
   config.log_every_steps = 100
-  # Write a grid of samples from a fixed latent batch every this many steps.
-  config.sample_every_steps = 500
   # Save a checkpoint every this many steps (and at the end, and on SIGTERM).
   config.checkpoint_every_steps = 500
   # How many checkpoints to keep on disk.
   config.keep_checkpoints = 3
+
+  config.data = ml_collections.ConfigDict()
+  # Dataset name: embedded_mnist, mnist, fashion_mnist, cifar10, celeb_a (any TFDS name), idx,
+  # folder, ring, grid.
+  config.data.name = "embedded_mnist"
+  # Folder of IDX files / image folder (or .tar.gz) / TFDS data_dir; None for the default.
+  config.data.dir = config_dict.placeholder(str)
+  # Split to train on.
+  config.data.split = "train"
+  # Resize square images to this many pixels; None keeps the data's own resolution.
+  config.data.image_size = config_dict.placeholder(int)
+  # Datasets smaller than this (as uint8) are held in memory; larger ones stream.
+  config.data.cache_in_memory_max_bytes = 2 * 1024**3
+
+  config.resume = resume_config()
+
+  config.parallel = ml_collections.ConfigDict()
+  # "global" (jit over a mesh, XLA places reductions) or "shard_map" (per-device code with pmean).
+  config.parallel.mode = "global"
+  # Devices to use (0 = all).
+  config.parallel.num_devices = 0
+  # Call jax.distributed.initialize() for a multi-host run.
+  config.parallel.distributed = False
+  return config
+
+
+def add_image_generation(config: ml_collections.ConfigDict) -> None:
+  """Adds what a model that generates images has: sample pictures, a latent space, the
+  evaluation of its samples (GAN, LAPGAN, VAE)."""
+  # Force 1 (grayscale) or 3 (RGB) channels for image folders; None keeps RGB.
+  config.data.channels = config_dict.placeholder(int)
+  # Write a grid of samples from a fixed latent batch every this many steps.
+  config.sample_every_steps = 500
   # Number of samples in each sample grid.
   config.num_sample_images = 64
+  if "model" not in config:
+    config.model = ml_collections.ConfigDict()
+  # Size of the generator's latent vector z.
+  config.model.latent_dim = 100
   # Evaluate every this many steps (0 = only at the end); 2-D mixtures: mode coverage.
   config.eval_every_steps = 0
   # Generator samples per evaluation (the PacGAN mode-coverage protocol uses 2,500).
@@ -82,7 +126,7 @@ def base_config() -> ml_collections.ConfigDict:
   # pytorch-fid's FID Inception weights (pt_inception-2015-12-05-6726825d.pth); converted once to
   # a cached Flax file (ganjax.metrics.inception.load_inception).
   config.eval_inception_weights = config_dict.placeholder(str)
-  # Image data: the feature extractor of the evaluation (ganjax/evaluation.py): inception |
+  # Image data: the feature extractor of the evaluation (ganjax/evaluation/): inception |
   # classifier; None picks inception when its weights are set, else the classifier when
   # eval_classifier_workdir is set, else image runs are not evaluated during training.
   config.eval_extractor = config_dict.placeholder(str)
@@ -101,26 +145,45 @@ def base_config() -> ml_collections.ConfigDict:
   # hq_fraction) in WORKDIR/checkpoints_best; None = only the latest checkpoints.
   config.eval_best_metric = config_dict.placeholder(str)
 
-  config.data = ml_collections.ConfigDict()
-  # Dataset name: embedded_mnist, mnist, fashion_mnist, cifar10, celeb_a (any TFDS name), idx,
-  # folder, ring, grid.
-  config.data.name = "embedded_mnist"
-  # Folder of IDX files / image folder (or .tar.gz) / TFDS data_dir; None for the default.
-  config.data.dir = config_dict.placeholder(str)
-  # Split to train on.
-  config.data.split = "train"
-  # Resize square images to this many pixels; None keeps the data's own resolution.
-  config.data.image_size = config_dict.placeholder(int)
-  # Force 1 (grayscale) or 3 (RGB) channels for image folders; None keeps RGB.
-  config.data.channels = config_dict.placeholder(int)
-  # Datasets smaller than this (as uint8) are held in memory; larger ones stream.
-  config.data.cache_in_memory_max_bytes = 2 * 1024**3
 
-  config.model = ml_collections.ConfigDict()
+def add_adversarial_training(config: ml_collections.ConfigDict) -> None:
+  """Adds the objective, the two optimizers and the generator's EMA of adversarial training
+  (GAN, LAPGAN)."""
+  config.loss = ml_collections.ConfigDict()
+  # Adversarial objective in ganjax/losses.py: non_saturating, minimax, wgan, wgan_gp, hinge,
+  # least_squares, relativistic, relativistic_average.
+  config.loss.name = "non_saturating"
+  # One-sided label smoothing of D's real targets (Salimans et al. 2016); BCE objectives only.
+  config.loss.label_smoothing = 0.0
+
+  config.optim = ml_collections.ConfigDict()
+  # Generator optimizer: any optax optimizer by name, with its keyword arguments, and the
+  # learning-rate schedule over the run: constant | linear | cosine (ganjax/optimizers.py).
+  config.optim.g = ml_collections.ConfigDict(
+    {"name": "adam", "learning_rate": 2e-4, "b1": 0.5, "b2": 0.999, "schedule": "constant"}
+  )
+  # Discriminator optimizer, same form (its schedule counts all n_critic updates per step).
+  config.optim.d = ml_collections.ConfigDict(
+    {"name": "adam", "learning_rate": 2e-4, "b1": 0.5, "b2": 0.999, "schedule": "constant"}
+  )
+
+  config.ema = ml_collections.ConfigDict()
+  # Decay of the EMA of generator params (0 = off: samples use the raw params).
+  config.ema.decay = 0.0
+  # Ramp the decay up as (1 + t) / (10 + t), so the EMA does not keep the initial weights.
+  config.ema.warmup = True
+
+
+def add_gan_fields(config: ml_collections.ConfigDict) -> None:
+  """Adds the fields of a GAN of :mod:`ganjax.systems.gan`: critic steps, architecture by name,
+  conditioning, regularizers and augmentation."""
+  # Discriminator updates per generator update (each on its own real batch).
+  config.n_critic = 1
+  # Unrolled GAN: G's loss looks through this many differentiable D updates (Metz et al. 2017).
+  config.unrolled_steps = 0
+
   # Architecture module in ganjax/models (e.g. dcgan, mlp).
   config.model.name = "dcgan"
-  # Size of the generator's latent vector z.
-  config.model.latent_dim = 100
   # Compute dtype: float32, or bfloat16 (mixed precision: params, optimizer, losses stay float32).
   config.model.dtype = "float32"
   # PacGAN (Lin et al. 2018): D judges packs of this many samples, concatenated (1 = off).
@@ -134,12 +197,6 @@ def base_config() -> ml_collections.ConfigDict:
   # Keyword arguments of the model module's Discriminator.
   config.model.discriminator = ml_collections.ConfigDict()
 
-  config.loss = ml_collections.ConfigDict()
-  # Adversarial objective in ganjax/losses.py: non_saturating, minimax, wgan, wgan_gp, hinge,
-  # least_squares, relativistic, relativistic_average.
-  config.loss.name = "non_saturating"
-  # One-sided label smoothing of D's real targets (Salimans et al. 2016); BCE objectives only.
-  config.loss.label_smoothing = 0.0
   # Weight of the auxiliary classifier's cross-entropy when D is an ACGAN (Odena et al. 2017).
   config.loss.classifier_weight = 1.0
 
@@ -171,34 +228,6 @@ def base_config() -> ml_collections.ConfigDict:
   config.augment.instance_noise = 0.0
   # Decay the instance noise linearly to 0 over this many steps (0 = constant).
   config.augment.instance_noise_steps = 0
-
-  config.optim = ml_collections.ConfigDict()
-  # Generator optimizer: any optax optimizer by name, with its keyword arguments, and the
-  # learning-rate schedule over the run: constant | linear | cosine (decay to 0).
-  config.optim.g = ml_collections.ConfigDict(
-    {"name": "adam", "learning_rate": 2e-4, "b1": 0.5, "b2": 0.999, "schedule": "constant"}
-  )
-  # Discriminator optimizer, same form (its schedule counts all n_critic updates per step).
-  config.optim.d = ml_collections.ConfigDict(
-    {"name": "adam", "learning_rate": 2e-4, "b1": 0.5, "b2": 0.999, "schedule": "constant"}
-  )
-
-  config.ema = ml_collections.ConfigDict()
-  # Decay of the EMA of generator params (0 = off: samples use the raw params).
-  config.ema.decay = 0.0
-  # Ramp the decay up as (1 + t) / (10 + t), so the EMA does not keep the initial weights.
-  config.ema.warmup = True
-
-  config.resume = resume_config()
-
-  config.parallel = ml_collections.ConfigDict()
-  # "global" (jit over a mesh, XLA places reductions) or "shard_map" (per-device code with pmean).
-  config.parallel.mode = "global"
-  # Devices to use (0 = all).
-  config.parallel.num_devices = 0
-  # Call jax.distributed.initialize() for a multi-host run.
-  config.parallel.distributed = False
-  return config
 
 
 def resume_config() -> ml_collections.ConfigDict:

@@ -11,12 +11,12 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ganjax import parallel
-from ganjax.models import dcgan, layers, mlp
+from ganjax.models import conv_kernels, dcgan, layers, mlp
 
 TOL = 1e-5  # Relative to the largest magnitude of the reference.
 
-# Variants of conv_impl="fast": module constants of ganjax.models.layers forcing each formulation
-# its heuristics choose between (see layers.py), so that every code path is checked.
+# Variants of conv_impl="fast": module constants of ganjax.models.conv_kernels forcing each
+# formulation its heuristics choose between, so that every code path is checked.
 _HUGE = 1 << 30
 FAST_VARIANTS = {
   "fast": {},
@@ -48,7 +48,7 @@ def _shapes(tree):
 
 def _set_variant(monkeypatch, variant):
   for name, value in FAST_VARIANTS[variant].items():
-    monkeypatch.setattr(layers, name, value)
+    monkeypatch.setattr(conv_kernels, name, value)
 
 
 def _forward_backward(module, variables, x, cotangent):
