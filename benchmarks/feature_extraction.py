@@ -5,8 +5,8 @@ r"""Throughput of the evaluation's feature extractors: FID Inception and the MNI
 
 Random weights (the speed does not depend on them): ``ganjax.metrics.inception.extract_features``
 on 32x32x3 images in [0, 1] (resized to 299 inside, batch 50, pytorch-fid's default), and
-``ganjax.classifier.classifier_features`` on 28x28x1 images (batch 256). Reports img/s after one
-warm-up call (which includes compilation, reported separately).
+``ganjax.evaluation.domain_classifier.classifier_features`` on 28x28x1 images (batch 256). Reports
+img/s after one warm-up call (which includes compilation, reported separately).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 import jax
 import numpy as np
 
-from ganjax import classifier
+from ganjax.evaluation import domain_classifier as classifier
 from ganjax.metrics import inception
 
 

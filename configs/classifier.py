@@ -1,4 +1,4 @@
-r"""The MNIST-like domain classifier of ganjax.classifier (features for FID, Stacked MNIST modes).
+r"""The MNIST-like domain classifier of ganjax.evaluation (features for FID, Stacked MNIST modes).
 
 Trains a small CNN (conv32-pool-conv64-pool-dense128-dropout-dense10) with Adam and reports its
 test accuracy in WORKDIR/classifier_eval.json. Full MNIST from local IDX files (4 epochs; 99.16%
@@ -9,7 +9,7 @@ test accuracy at seed 0, in 7 minutes on one busy CPU core):
 
 Rerunning the command with the same workdir resumes from the latest checkpoint in
 WORKDIR/checkpoints. ``config.task = "classifier"`` tells ganjax.main to call
-``ganjax.classifier.train_classifier(config, workdir)`` instead of training a GAN.
+``ganjax.systems.classifier.train_classifier(config, workdir)`` instead of training a GAN.
 
 Config arguments (after ":"), e.g. ``configs/classifier.py:dataset=fashion_mnist,runlocal``:
   dataset   embedded_mnist (default; offline, 4,500 train / 500 held-out test digits) | mnist |
@@ -20,7 +20,7 @@ Config arguments (after ":"), e.g. ``configs/classifier.py:dataset=fashion_mnist
 
 import ml_collections
 
-from ganjax.config_base import base_config, parse_arg
+from ganjax.config_base import parse_arg, run_config
 
 # dataset -> (data.name, training steps at batch 64).
 _DATASETS = {
@@ -35,27 +35,17 @@ def get_config(arg=None):
   if arg.dataset not in _DATASETS:
     raise ValueError(f"Unknown dataset {arg.dataset!r}; valid: {', '.join(_DATASETS)}.")
   data_name, num_steps = _DATASETS[arg.dataset]
-  base = base_config()
-  config = ml_collections.ConfigDict()
-  # What ganjax.main runs: "classifier" -> ganjax.classifier.train_classifier (GAN configs lack it).
+  config = run_config()
+  # What ganjax.main runs: "classifier" -> ganjax.systems.classifier (GAN configs lack it).
   config.task = "classifier"
-  # The one seed: parameters, dropout and data order derive from it.
-  config.seed = 0
   # Adam updates to train for.
   config.num_train_steps = num_steps
   # Training batch size.
   config.batch_size = 64
   # Batch size of the test-set evaluation (inference only).
   config.eval_batch_size = 256
-  # Log loss, accuracy, steps/s and ETA every this many steps.
-  config.log_every_steps = 100
-  # Checkpoint into WORKDIR/checkpoints (a rerun resumes) every this many steps; 0 = at the end.
-  config.checkpoint_every_steps = 500
-
-  # The data fields shared by every ganjax config (name, dir, split, image_size, ...); the
-  # classifier trains on data.split and evaluates on the 'test' split (embedded_mnist: on the
+  # The classifier trains on data.split and evaluates on the 'test' split (embedded_mnist: on the
   # last 50 digits of each class, held out).
-  config.data = base.data
   config.data.name = data_name
 
   config.model = ml_collections.ConfigDict()
@@ -70,9 +60,6 @@ def get_config(arg=None):
   config.optim.b2 = 0.999
   # Learning-rate schedule over the run: constant | linear | cosine (decay to 0).
   config.optim.schedule = "cosine"
-
-  # What a relaunch on an existing workdir may change (ganjax/workdir.py).
-  config.resume = base.resume
 
   if arg.runlocal:
     config.num_train_steps = 6

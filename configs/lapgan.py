@@ -35,7 +35,13 @@ Config arguments (after ":"):
   runlocal     a tiny smoke run (few steps, tiny networks)
 """
 
-from ganjax.config_base import add_adversarial_training, add_image_generation, parse_arg, run_config
+from ganjax.config_base import (
+  add_adversarial_training,
+  add_image_generation,
+  add_parallelism,
+  parse_arg,
+  run_config,
+)
 
 # dataset -> (data.name, data.dir, steps).
 _DATASETS = {
@@ -52,6 +58,7 @@ def get_config(arg=None):
     raise ValueError(f"Unknown dataset {arg.dataset!r}; valid: {', '.join(_DATASETS)}.")
   data_name, data_dir, num_steps = _DATASETS[arg.dataset]
   config = run_config()
+  add_parallelism(config)
   add_image_generation(config)
   add_adversarial_training(config)
   # The system of ganjax/systems that trains this config.

@@ -60,12 +60,13 @@ Config arguments (after ":"), e.g. ``configs/srgan.py:scale=2,dataset=folder,run
 import ml_collections
 from ml_collections import config_dict
 
-from ganjax.config_base import parse_arg, run_config
+from ganjax.config_base import add_parallelism, parse_arg, run_config
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, scale=4, dataset="skimage", paper=False, runlocal=False)
   config = run_config()
+  add_parallelism(config)
   # What ganjax.main runs: "srgan" -> ganjax.systems.srgan.train_and_evaluate.
   config.task = "srgan"
   # Upscaling factor (2 or 4): HR side / LR side.

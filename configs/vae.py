@@ -29,7 +29,7 @@ Config arguments (after ":"), e.g. ``configs/vae.py:beta=4,latent_dim=16,runloca
 
 import ml_collections
 
-from ganjax.config_base import add_image_generation, parse_arg, run_config
+from ganjax.config_base import add_image_generation, add_parallelism, parse_arg, run_config
 
 # dataset -> (data.name, image_size, steps): the budgets of configs/dcgan.py.
 _DATASETS = {
@@ -48,6 +48,7 @@ def get_config(arg=None):
     raise ValueError(f"Unknown dataset {arg.dataset!r}; valid: {', '.join(_DATASETS)}.")
   data_name, image_size, num_steps = _DATASETS[arg.dataset]
   config = run_config()
+  add_parallelism(config)
   add_image_generation(config)
   # What this config trains: the system ganjax/systems/vae.py.
   config.task = "vae"

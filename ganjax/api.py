@@ -69,7 +69,7 @@ def load(workdir: str, step: int | str | None = None) -> TrainedRun:
   Raises:
     MissingPathError: ``workdir`` holds no run, or no such checkpoint.
     ConfigError: the run's task cannot be loaded (the domain classifier: see
-      :func:`ganjax.classifier.load_classifier`).
+      :func:`ganjax.evaluation.domain_classifier.load_classifier`).
   """
   from ganjax import systems
 
@@ -78,6 +78,6 @@ def load(workdir: str, step: int | str | None = None) -> TrainedRun:
   if not hasattr(module, "load"):
     raise ConfigError(
       f"{workdir!r} holds a {task!r} run, which ganjax.load does not load; use "
-      "ganjax.classifier.load_classifier for the domain classifier."
+      "ganjax.evaluation.domain_classifier.load_classifier for the domain classifier."
     )
   return module.load(workdir, step)

@@ -359,6 +359,11 @@ HIGHER_IS_BETTER = frozenset(
     "modes",
     "hq_fraction",
     "stacked_mnist_modes",
+    # Super-resolution (ganjax.systems.srgan): fidelity to the HR images.
+    "psnr",
+    "psnr_y",
+    "ssim",
+    "psnr_gain_over_bicubic",
   }
 )
 BEST_DIRECTORY = "checkpoints_best"

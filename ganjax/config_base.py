@@ -56,8 +56,10 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 def base_config() -> ml_collections.ConfigDict:
   """The config of a GAN (``configs/dcgan.py`` and the like): :func:`run_config` with
-  :func:`add_image_generation`, :func:`add_adversarial_training` and :func:`add_gan_fields`."""
+  :func:`add_parallelism`, :func:`add_image_generation`, :func:`add_adversarial_training` and
+  :func:`add_gan_fields`."""
   config = run_config()
+  add_parallelism(config)
   add_image_generation(config)
   add_adversarial_training(config)
   add_gan_fields(config)
@@ -66,7 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 def run_config() -> ml_collections.ConfigDict:
   """The fields every task has (GAN, LAPGAN, VAE, SRGAN, classifier): seed, length, batch size,
-  cadence, data, resume and parallelism. Task configs add their own sections."""
+  cadence, data and resume. Task configs add their own sections."""
   config = ml_collections.ConfigDict()
   # The one seed: parameters, latents, dropout and data order all derive from it.
   config.seed = 0
@@ -94,8 +96,16 @@ def run_config() -> ml_collections.ConfigDict:
   # Datasets smaller than this (as uint8) are held in memory; larger ones stream.
   config.data.cache_in_memory_max_bytes = 2 * 1024**3
 
-  config.resume = resume_config()
+  # Force 1 (grayscale) or 3 (RGB) channels for image folders; None keeps RGB.
+  config.data.channels = config_dict.placeholder(int)
 
+  config.resume = resume_config()
+  return config
+
+
+def add_parallelism(config: ml_collections.ConfigDict) -> None:
+  """Adds ``config.parallel``: how a data-parallel system spreads its steps over the devices and
+  hosts (GAN, LAPGAN, VAE, SRGAN; the small domain classifier trains on one device)."""
   config.parallel = ml_collections.ConfigDict()
   # "global" (jit over a mesh, XLA places reductions) or "shard_map" (per-device code with pmean).
   config.parallel.mode = "global"
@@ -103,14 +113,11 @@ def run_config() -> ml_collections.ConfigDict:
   config.parallel.num_devices = 0
   # Call jax.distributed.initialize() for a multi-host run.
   config.parallel.distributed = False
-  return config
 
 
 def add_image_generation(config: ml_collections.ConfigDict) -> None:
   """Adds what a model that generates images has: sample pictures, a latent space, the
   evaluation of its samples (GAN, LAPGAN, VAE)."""
-  # Force 1 (grayscale) or 3 (RGB) channels for image folders; None keeps RGB.
-  config.data.channels = config_dict.placeholder(int)
   # Write a grid of samples from a fixed latent batch every this many steps.
   config.sample_every_steps = 500
   # Number of samples in each sample grid.

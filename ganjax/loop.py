@@ -11,21 +11,24 @@ a researcher relies on the same way for the GAN (:mod:`ganjax.systems.gan`), the
 * samples every ``config.sample_every_steps``, evaluation every ``config.eval_every_steps`` and
   checkpoints every ``config.checkpoint_every_steps`` (0 = only at the end; always at the end);
 * SIGTERM (preemption) or SIGINT (Ctrl-C) at any moment saves a checkpoint of the step reached
-  and stops; a resume drops the ``metrics.jsonl`` records past its checkpoint.
+  and stops; a resume drops the ``metrics.jsonl`` records past its checkpoint;
+* phases of training (e.g. SRGAN's SRResNet pre-training, then adversarial fine-tuning): where one
+  ends, a log, an evaluation and a checkpoint are forced, and every record names its phase.
 
 The start and the record of a run are shared too: :func:`start` (or :func:`open_workdir`) takes
 the workdir's lock and refuses a relaunch that would train something else, :func:`record_run`
 (or :func:`record_launch`) appends the launch to ``WORKDIR/launches.jsonl`` (:mod:`ganjax.workdir`).
 
-The trainer supplies what differs (the step, the checkpoint, the samples, the evaluation) as
-functions. Also here: :class:`MetricsBuffer`, :class:`Preemption`, :func:`write_json`,
-:func:`format_duration`, :func:`versions`, :func:`git_revision` and
-:func:`hide_gpus_from_tensorflow`.
+The trainer supplies what differs (the step, the samples, the evaluation) as functions, and its
+checkpointer, which the loop saves to with the data position (:func:`data_position`). Also
+here: :class:`MetricsBuffer`, :class:`Preemption`, :func:`write_json`, :func:`format_duration`,
+:func:`versions`, :func:`git_revision` and :func:`hide_gpus_from_tensorflow`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -33,7 +36,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -118,6 +121,10 @@ class SectionTimes:
       yield
     finally:
       self._seconds[name] = self._seconds.get(name, 0.0) + time.perf_counter() - start
+
+  def clear(self) -> None:
+    """Forgets the times since the last summary."""
+    self._seconds = {}
 
   def summary(self, elapsed: float) -> str:
     """E.g. ``"checkpoint 10%, samples 5%"`` of ``elapsed`` seconds; starts a new interval."""
@@ -285,14 +292,21 @@ def hide_gpus_from_tensorflow() -> None:
     pass
 
 
-def start(config: ml_collections.ConfigDict, workdir: str, examples_per_step: int):
+def start(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  examples_per_step: int,
+  *,
+  create_source: Callable[..., Any] | None = None,
+):
   """The start every run shares: ``(mesh, source, checkpointer)``.
 
   Initialises multi-host JAX when ``config.parallel.distributed``, hides GPUs from TensorFlow,
   opens the workdir (:func:`open_workdir`: lock, checkpointer, relaunch checks), builds the mesh
   (checking that ``config.batch_size`` divides over it) and the data source of ``config.data``
-  (this host's share of ``examples_per_step`` per step). The trainer releases the lock with
-  :func:`ganjax.workdir.releases_lock`.
+  (this host's share of ``examples_per_step`` per step): :func:`ganjax.data.create_source`, or
+  ``create_source(batch_size=, process_index=, process_count=)`` for another kind of source
+  (SRGAN's LR/HR pairs). The trainer releases the lock with :func:`ganjax.workdir.releases_lock`.
   """
   if config.parallel.distributed:
     parallel.initialize_distributed()
@@ -300,9 +314,9 @@ def start(config: ml_collections.ConfigDict, workdir: str, examples_per_step: in
   checkpointer = open_workdir(config, workdir, max_to_keep=config.keep_checkpoints)
   mesh = parallel.make_mesh(config.parallel.num_devices or None)
   parallel.check_batch_size(config.batch_size, mesh)
-  source = data_lib.create_source(
-    config.data,
-    seed=config.seed,
+  if create_source is None:
+    create_source = functools.partial(data_lib.create_source, config.data, seed=config.seed)
+  source = create_source(
     batch_size=examples_per_step,
     process_index=jax.process_index(),
     process_count=jax.process_count(),
@@ -470,12 +484,15 @@ def run(
   start_step: int,
   step_fn: StepFn,
   batches: Iterator[dict[str, np.ndarray]],
-  save_checkpoint: Callable[[int, Any], Any],
   writer: Any,
   examples_per_step: int,
+  checkpointer: checkpoint_lib.Checkpointer | None = None,
+  save_checkpoint: Callable[[int, Any], Any] | None = None,
   write_samples: Callable[[int, Any], None] | None = None,
   evaluate: Callable[[int, Any], dict[str, Any]] | None = None,
   progress: Callable[[dict[str, float]], str] | None = None,
+  phase_ends: Sequence[int] = (),
+  phase_of: Callable[[int], str] | None = None,
 ) -> Any:
   """Trains from ``start_step`` to ``config.num_train_steps``; returns the last state.
 
@@ -486,29 +503,45 @@ def run(
 
   Args:
     config: Reads ``num_train_steps``, ``log_every_steps``, ``sample_every_steps``,
-      ``eval_every_steps`` and ``checkpoint_every_steps``.
+      ``eval_every_steps``, ``checkpoint_every_steps`` and ``eval_best_metric``.
     workdir: Where ``metrics.jsonl`` is appended to.
     state: The state at ``start_step`` (fresh, or restored from the checkpoint of that step).
     start_step: The step ``state`` is at.
     step_fn: ``(state, host_batch) -> (state, metrics)``: one update (placing the batch on the
       mesh and drawing its randomness is the caller's business); metrics stay on the device.
     batches: Host batches from ``start_step`` on.
-    save_checkpoint: ``(step, state)``: saves (atomically) the state after ``step`` updates, and
-      raises rather than write a non-finite state (:meth:`ganjax.checkpoint.Checkpointer.save`).
     writer: clu metric writer (TensorBoard + log) for the scalars.
-    examples_per_step: Examples one step consumes (for img/s).
+    examples_per_step: Examples one step consumes (for img/s and the data position).
+    checkpointer: Saves (atomically) the state after a step with its :func:`data_position`, and
+      raises rather than write a non-finite state (:meth:`ganjax.checkpoint.Checkpointer.save`).
+      The caller waits for and closes it after the run.
+    save_checkpoint: ``(step, state)``: instead of ``checkpointer``, for a checkpoint that holds
+      more than the data position.
     write_samples: ``(step, state)``: writes the run's pictures.
     evaluate: ``(step, state) -> scalars``: metrics of the model; the loop logs them, writes
       them to the writer and ``metrics.jsonl``, and with ``config.eval_best_metric`` keeps the
       best-scoring state in ``WORKDIR/checkpoints_best`` (:class:`checkpoint.BestCheckpoint`).
     progress: ``scalars -> str``: the losses part of the progress line.
+    phase_ends: Steps after which a phase of training ends (e.g. SRGAN's pre-training): there the
+      loop logs, evaluates and saves a checkpoint whatever the cadences say.
+    phase_of: ``step -> name`` of the phase a step belongs to; every ``metrics.jsonl`` record
+      (training scalars and evaluations) gets it as ``"phase"``, and so do the log lines.
 
   Raises:
     NonFiniteLossError: a metric became NaN/inf (before it could reach a checkpoint).
     ganjax.checkpoint.NonFiniteStateError: the state became NaN/inf (it is not saved).
+    TypeError: neither or both of ``checkpointer`` and ``save_checkpoint`` are given.
   """
+  if (checkpointer is None) == (save_checkpoint is None):
+    raise TypeError("loop.run takes one of checkpointer= and save_checkpoint=.")
+  if save_checkpoint is None:
+
+    def save_checkpoint(step: int, state: Any) -> Any:
+      return checkpointer.save(step, state, data_position(config, step, examples_per_step))
+
   is_chief = jax.process_index() == 0
   total = config.num_train_steps
+  phase_ends = frozenset(int(s) for s in phase_ends)
   sections = SectionTimes()
   buffer = MetricsBuffer()
   buffer.last_checkpoint = start_step
@@ -516,7 +549,7 @@ def run(
   if evaluate is not None and config.get("eval_best_metric"):
     best = checkpoint_lib.BestCheckpoint(workdir, config.eval_best_metric)
   step = start_step
-  t_start = t_last = time.time()
+  t_first = t_last = time.time()  # t_first: when the last first step (of the run or a phase) began.
   step_last = start_step
   if is_chief:
     drop_metrics_after(workdir, start_step)
@@ -529,10 +562,15 @@ def run(
 
     def record(scalars: dict[str, Any]) -> None:
       now = time.time()
-      writer.write_scalars(step, scalars)
+      writer.write_scalars(step, scalars)  # Numbers only: the phase goes to metrics.jsonl.
       if is_chief:
-        metrics_file.write(json.dumps({"step": step, "wall_time": now, **scalars}) + "\n")
+        phase = {"phase": phase_of(step)} if phase_of is not None else {}
+        metrics_file.write(json.dumps({"step": step, "wall_time": now, **phase, **scalars}) + "\n")
         metrics_file.flush()
+
+    def where() -> str:
+      """``"step 5/10"``, with ``" [phase]"`` when the run has phases."""
+      return f"step {step}/{total}" + (f" [{phase_of(step)}]" if phase_of is not None else "")
 
     def log() -> None:
       """Writes the means of the buffered metrics, with steps/s, img/s and the ETA."""
@@ -543,8 +581,8 @@ def run(
       now = time.time()
       if step > step_last:
         steps_per_sec = (step - step_last) / max(now - t_last, 1e-9)
-      else:  # Only the (compiling) first step ran since the last log.
-        steps_per_sec = 1.0 / max(now - t_start, 1e-9)
+      else:  # Only a (compiling) first step ran since the last log.
+        steps_per_sec = 1.0 / max(now - t_first, 1e-9)
       outside_steps = sections.summary(now - t_last)
       t_last, step_last = now, step
       scalars["steps_per_sec"] = steps_per_sec
@@ -552,9 +590,8 @@ def run(
       record(scalars)
       eta = (total - step) / max(steps_per_sec, 1e-9)
       logging.info(
-        "step %d/%d | %s | %.2f steps/s %.0f img/s | ETA %s%s",
-        step,
-        total,
+        "%s | %s | %.2f steps/s %.0f img/s | ETA %s%s",
+        where(),
         progress(scalars) if progress else "",
         steps_per_sec,
         scalars["images_per_sec"],
@@ -564,35 +601,47 @@ def run(
 
     stopped = False
     while step < total:
+      t_step = time.time()
       state, metrics = step_fn(state, next(batches))
       step += 1
-      if step == start_step + 1:  # Time steps from here on: the first one includes compilation.
+      new_phase = step - 1 in phase_ends and step > start_step + 1
+      if step == start_step + 1 or new_phase:
+        # Its time includes compilation (a phase may run another step): time steps from here on.
         jax.block_until_ready(metrics)
-        t_last, step_last = time.time(), step
-        logging.info("First step (with compilation) took %.1fs.", t_last - t_start)
+        t_first, t_last, step_last = t_step, time.time(), step
+        sections.clear()  # The phase end's evaluation and checkpoint are in no interval.
+        first = (
+          f"First step of phase {phase_of(step)!r}" if new_phase and phase_of else "First step"
+        )
+        logging.info("%s (with compilation) took %.1fs.", first, t_last - t_step)
       buffer.add(step, metrics)
 
       last = step == total
-      if step % config.log_every_steps == 0 or last:
+      phase_end = step in phase_ends
+      if step % config.log_every_steps == 0 or last or phase_end:
         log()  # Raises on a non-finite metric.
       if write_samples is not None and (_due(step, config.sample_every_steps) or last):
         with sections.timed("samples"):
           write_samples(step, state)
-      if evaluate is not None and (_due(step, config.get("eval_every_steps", 0)) or last):
+      if evaluate is not None and (
+        _due(step, config.get("eval_every_steps", 0)) or last or phase_end
+      ):
         with sections.timed("eval"):
           scalars = evaluate(step, state)
           if best is not None:
             best.update(step, scalars, state, data_position(config, step, examples_per_step))
           record(scalars)
-          logging.info("step %d/%d | eval %s", step, total, json.dumps(scalars))
+          logging.info("%s | eval %s", where(), json.dumps(scalars))
       # Decided last, so a signal that came during anything above still saves this step.
       stopped = preemption.requested
-      if last or stopped or _due(step, config.checkpoint_every_steps):
+      if last or stopped or phase_end or _due(step, config.checkpoint_every_steps):
         buffer.check()  # A non-finite metric must not reach a checkpoint.
         with sections.timed("checkpoint"):
           save_checkpoint(step, state)
         buffer.last_checkpoint = step
         stopped = preemption.requested  # A signal during the save: this step is saved, stop.
+      if phase_end and not last and phase_of is not None:
+        logging.info("Step %d ends phase %r; %r follows.", step, phase_of(step), phase_of(step + 1))
       if stopped:
         log()  # The metrics since the last log would be lost otherwise.
         logging.warning("Stopped by %s at step %d; checkpoint saved.", preemption.signal_name, step)

@@ -10,9 +10,9 @@
   python -m ganjax.main --mode=upscale --workdir=runs/srgan --input=photo.png --output=photo_x4.png
 
 ``config.task`` selects what a config trains: ``"gan"`` (the default, :mod:`ganjax.systems.gan`),
-``"classifier"`` (the domain classifier of :mod:`ganjax.classifier`, configs/classifier.py) or a
-system of :mod:`ganjax.systems` (e.g. ``"srgan"``). ``--mode=sample|evaluate|upscale`` read the
-task from the workdir's ``config.json``.
+``"classifier"`` (training the domain classifier, :mod:`ganjax.systems.classifier`,
+configs/classifier.py) or another system of :mod:`ganjax.systems` (e.g. ``"srgan"``).
+``--mode=sample|evaluate|upscale`` read the task from the workdir's ``config.json``.
 
 Errors: a user error (:mod:`ganjax.errors`: a bad flag, config field or value, missing path,
 unusable workdir, bad checkpoint; also a full disk and a read-only or forbidden path) ends with one

@@ -10,12 +10,15 @@ Two modes run the same pure step (``config.parallel.mode``):
 
 Multi-host: :func:`initialize_distributed` calls ``jax.distributed.initialize()``; each host feeds
 its own slice of the global batch and :func:`host_batch_to_global` assembles the global array.
+
+Inference (generation, feature extraction): :func:`batched_outputs` / :func:`batched_apply` run a
+function over any number of rows in fixed-size batches sharded over the mesh.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -142,3 +145,77 @@ def compile_step(
     out_shardings=(repl, repl),
     donate_argnums=0,
   )
+
+
+def batched_outputs(
+  fn: Callable[..., Any],
+  constants: tuple[Any, ...],
+  inputs: tuple[Any, ...],
+  *,
+  batch_size: int,
+  mesh: Mesh | None = None,
+) -> Iterator[Any]:
+  """Yields ``fn(*constants, *batch)`` on the host for consecutive batches of ``inputs``.
+
+  Batched, sharded inference (generation, the domain classifier, Inception): ``constants`` (the
+  weights) are replicated on ``mesh`` (default: all devices) once, and every batch is sharded on
+  its leading axis over the ``data`` axis. ``batch_size`` is rounded up to a multiple of the
+  devices and the last batch is padded with zeros, so one compilation serves every batch; the
+  padding is dropped from what is yielded (numpy arrays in the structure of ``fn``'s output).
+  ``inputs`` share their leading length; a None input is passed through as None. The next batch
+  is dispatched before the previous one is fetched.
+  """
+  if batch_size < 1:
+    raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
+  inputs = [None if x is None else np.asarray(x) for x in inputs]
+  lengths = {len(x) for x in inputs if x is not None}
+  if len(lengths) > 1:
+    raise ValueError(f"The inputs have different lengths: {sorted(lengths)}.")
+  num = lengths.pop() if lengths else 0
+  mesh = make_mesh() if mesh is None else mesh
+  batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
+  constants = jax.device_put(constants, replicated(mesh))  # A no-op when already there.
+  sharding = batch_sharded(mesh)
+  pending = None
+  for start in range(0, num, batch_size):
+    batch = [
+      None if x is None else _padded(x[start : start + batch_size], batch_size) for x in inputs
+    ]
+    outputs = fn(*constants, *jax.device_put(batch, sharding))  # Dispatched asynchronously...
+    if pending is not None:  # ... while the previous batch's outputs are fetched.
+      yield _fetched(*pending)
+    pending = (outputs, min(batch_size, num - start))
+  if pending is not None:
+    yield _fetched(*pending)
+
+
+def batched_apply(
+  fn: Callable[..., Any],
+  constants: tuple[Any, ...],
+  inputs: tuple[Any, ...],
+  *,
+  batch_size: int,
+  mesh: Mesh | None = None,
+) -> Any:
+  """All outputs of :func:`batched_outputs`, concatenated: ``fn`` applied to every input row.
+
+  No rows give empty arrays of ``fn``'s output shapes (traced on one row, not run).
+  """
+  parts = list(batched_outputs(fn, constants, inputs, batch_size=batch_size, mesh=mesh))
+  if parts:
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+  rows = [
+    None if x is None else np.zeros((1, *np.shape(x)[1:]), np.asarray(x).dtype) for x in inputs
+  ]
+  shapes = jax.eval_shape(fn, *constants, *rows)
+  return jax.tree.map(lambda s: np.zeros((0, *s.shape[1:]), s.dtype), shapes)
+
+
+def _padded(rows: np.ndarray, size: int) -> np.ndarray:
+  if len(rows) == size:
+    return rows
+  return np.concatenate([rows, np.zeros((size - len(rows), *rows.shape[1:]), rows.dtype)])
+
+
+def _fetched(outputs: Any, size: int) -> Any:
+  return jax.tree.map(lambda x: np.asarray(x)[:size], outputs)

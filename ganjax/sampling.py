@@ -16,6 +16,12 @@ def fixed_latents(seed: int, num: int, latent_dim: int) -> jax.Array:
   return jax.random.normal(jax.random.fold_in(jax.random.key(seed), 0x5A3), (num, latent_dim))
 
 
+def evaluation_latents(seed: int, num_samples: int, latent_dim: int) -> jax.Array:
+  """The fixed latents of every evaluation of a run with this seed (metrics, mode coverage)."""
+  key = jax.random.fold_in(jax.random.key(seed), 0xE7A1)
+  return jax.random.normal(key, (num_samples, latent_dim))
+
+
 def class_grid_inputs(
   seed: int, num_classes: int, num_samples: int, latent_dim: int
 ) -> tuple[jax.Array, jax.Array]:

@@ -1,4 +1,5 @@
-"""Tests for ganjax.classifier (the MNIST-like domain classifier) and configs/classifier.py."""
+"""The MNIST-like domain classifier: its network and inference (ganjax.evaluation.domain_classifier)
+and its training (ganjax.systems.classifier, configs/classifier.py)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ import optax
 import pytest
 import tolerances
 
-from ganjax import classifier, errors, parallel
 from ganjax import data as data_lib
+from ganjax import errors, parallel
 from ganjax.data import embedded, preprocessing
+from ganjax.evaluation import domain_classifier as classifier
 from ganjax.metrics import stacked_mnist_modes
+from ganjax.systems import classifier as classifier_system
 
 # Accuracy on the 500 held-out embedded digits after 300 steps of batch 32 (about 2 epochs of the
 # 4,500 training digits, ~25 s on one CPU core): 0.950 at seed 0 when written. Asserted with margin.
@@ -168,8 +171,8 @@ def test_classify_channels_classifies_each_channel(params):
 def test_train_step_reduces_loss_and_is_pure():
   images, labels = embedded_batch(64)
   batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
-  state = classifier.create_train_state(jax.random.key(0), optax.adam(1e-3))
-  step = jax.jit(classifier.train_step)
+  state = classifier_system.create_train_state(jax.random.key(0), optax.adam(1e-3))
+  step = jax.jit(classifier_system.train_step)
   rng = jax.random.key(1)
   again, _ = step(state, batch, rng)
   first, metrics = step(state, batch, rng)
@@ -192,7 +195,7 @@ def trained(tmp_path_factory):
   config.num_train_steps = SMALL_RUN_STEPS
   config.batch_size = SMALL_RUN_BATCH
   workdir = str(tmp_path_factory.mktemp("classifier"))
-  return workdir, classifier.train_classifier(config, workdir)
+  return workdir, classifier_system.train_classifier(config, workdir)
 
 
 def test_small_run_reaches_accuracy(trained):
@@ -222,12 +225,12 @@ def _resume_config(num_train_steps):
 def test_resume_equals_an_uninterrupted_run(tmp_path):
   """A run stopped at step 3 and rerun to step 5 in its workdir ends where a run of 5 steps does;
   both write TensorBoard events and metrics.jsonl."""
-  whole = classifier.train_classifier(_resume_config(5), str(tmp_path / "whole"))
+  whole = classifier_system.train_classifier(_resume_config(5), str(tmp_path / "whole"))
   workdir = str(tmp_path / "resumed")
-  first = classifier.train_classifier(_resume_config(3), workdir)
+  first = classifier_system.train_classifier(_resume_config(3), workdir)
   assert first["train"]["resumed_from_step"] == 0
-  assert sorted(os.listdir(os.path.join(workdir, classifier.CHECKPOINT_DIR))) == ["2", "3"]
-  resumed = classifier.train_classifier(_resume_config(5), workdir)
+  assert sorted(os.listdir(os.path.join(workdir, classifier_system.CHECKPOINT_DIR))) == ["2", "3"]
+  resumed = classifier_system.train_classifier(_resume_config(5), workdir)
   assert resumed["train"]["resumed_from_step"] == 3
   assert resumed["params_sha256"] == whole["params_sha256"]
   assert resumed["test_accuracy"] == whole["test_accuracy"]
@@ -235,7 +238,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
   _, whole_params = classifier.load_classifier(str(tmp_path / "whole"))
   jax.tree.map(np.testing.assert_array_equal, params, whole_params)
 
-  with open(os.path.join(workdir, classifier.METRICS_FILE)) as f:
+  with open(os.path.join(workdir, classifier_system.METRICS_FILE)) as f:
     records = [json.loads(line) for line in f]
   train_steps = [r["step"] for r in records if "loss" in r]
   assert train_steps == [2, 3, 4, 5]  # Run 1 logs 2 and its last step 3; run 2 logs 4 and 5.
@@ -243,11 +246,11 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
   assert [r["step"] for r in records if "test_accuracy" in r] == [3, 5]
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
   with pytest.raises(errors.WorkdirError, match=r"checkpoint at step 5, beyond .*steps=4"):
-    classifier.train_classifier(_resume_config(4), workdir)
+    classifier_system.train_classifier(_resume_config(4), workdir)
 
 
 def test_holdout_is_never_trained_on():
-  train, test = classifier.embedded_holdout()
+  train, test = classifier_system.embedded_holdout()
   _, labels = embedded.load()
   assert len(np.intersect1d(train, test)) == 0 and len(train) + len(test) == 5000
   np.testing.assert_array_equal(np.bincount(labels[test]), [50] * 10)
@@ -256,7 +259,7 @@ def test_holdout_is_never_trained_on():
 def test_load_classifier_round_trip(trained):
   workdir, evaluation = trained
   apply, params = classifier.load_classifier(workdir)
-  train, test = classifier.embedded_holdout()
+  train, test = classifier_system.embedded_holdout()
   images, labels = embedded.load()
   logits, features = apply(params, preprocessing.to_float(images[test]))
   assert features.shape == (500, 128)
@@ -300,7 +303,7 @@ def test_idx_train_and_test_splits(tmp_path):
   folder = write_mnist_idx(tmp_path / "mnist", num_train=64, num_test=20)
   config = conftest.load_config("classifier", "dataset=mnist,runlocal")
   config.data.dir = str(folder)
-  evaluation = classifier.train_classifier(config, str(tmp_path / "run"))
+  evaluation = classifier_system.train_classifier(config, str(tmp_path / "run"))
   assert evaluation["num_test_examples"] == 20
   assert evaluation["dataset"]["source"] == "idx" and evaluation["dataset"]["split"] == "test"
   assert evaluation["dataset"]["path"].endswith("t10k-images-idx3-ubyte.gz")
@@ -312,20 +315,20 @@ def test_bad_data_errors(tmp_path):
   config = conftest.load_config("classifier", "runlocal")
   config.data.split = "test"
   with pytest.raises(ValueError, match="data.split='test'"):
-    classifier.train_classifier(config, str(tmp_path / "a"))
+    classifier_system.train_classifier(config, str(tmp_path / "a"))
   folder = write_mnist_idx(tmp_path / "mnist32", num_train=32, num_test=8, image_size=32)
   config = conftest.load_config("classifier", "dataset=mnist,runlocal")
   config.data.dir = str(folder)
   with pytest.raises(ValueError, match=r"28x28x1.*\(32, 32, 1\)"):
-    classifier.train_classifier(config, str(tmp_path / "b"))
+    classifier_system.train_classifier(config, str(tmp_path / "b"))
   config = conftest.load_config("classifier", "runlocal")
   config.model.dropout = 1.0
   with pytest.raises(ValueError, match=r"config.model.dropout.*\[0, 1\).*1.0"):
-    classifier.train_classifier(config, str(tmp_path / "c"))
+    classifier_system.train_classifier(config, str(tmp_path / "c"))
   config = conftest.load_config("classifier", "runlocal")
   config.optim.schedule = "step"
   with pytest.raises(ValueError, match=r"optim.schedule='step'.*constant, linear, cosine"):
-    classifier.train_classifier(config, str(tmp_path / "d"))
+    classifier_system.train_classifier(config, str(tmp_path / "d"))
 
 
 def test_folder_without_test_split_is_refused(tmp_path):
@@ -341,7 +344,7 @@ def test_folder_without_test_split_is_refused(tmp_path):
   config.data.channels = 1
   config.batch_size = 4
   with pytest.raises(ValueError, match=r"'folder' has no test split"):
-    classifier.train_classifier(config, str(tmp_path / "run"))
+    classifier_system.train_classifier(config, str(tmp_path / "run"))
 
 
 @pytest.mark.parametrize(

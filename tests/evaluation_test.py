@@ -1,4 +1,5 @@
-"""ganjax.evaluation: metric selection, reference caching, protocols, evaluating a workdir."""
+"""ganjax.evaluation: the metrics table, extractors, reference caching, protocols, evaluating a
+workdir."""
 
 import hashlib
 import json
@@ -12,7 +13,9 @@ import pytest
 import tolerances
 from conftest import load_config
 
-from ganjax import classifier, config_base, data, evaluation, parallel
+from ganjax import config_base, data, evaluation, parallel
+from ganjax.evaluation import domain_classifier as classifier
+from ganjax.evaluation import metric_table
 from ganjax.models import mlp
 from ganjax.systems import gan
 
@@ -23,7 +26,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::ganjax.metrics.RankDeficientWar
 
 @pytest.fixture(scope="module")
 def classifier_workdir(tmp_path_factory):
-  """A classifier trained 0 steps (random weights), saved as train_classifier saves one."""
+  """A classifier trained 0 steps (random weights), saved as its training saves one."""
   workdir = str(tmp_path_factory.mktemp("classifier"))
   params = jax.device_get(classifier.init_params(jax.random.key(0)))
   params_bytes = flax.serialization.to_bytes(params)
@@ -117,6 +120,27 @@ def test_metric_selection_and_errors():
   assert "intra_class_fid" in evaluation.default_metrics("classifier", "mnist", conditional=True)
   with pytest.raises(ValueError, match="Unknown feature extractor 'vgg'; valid: inception"):
     evaluation.get_extractor(config_base.base_config(), "vgg")
+
+
+def test_a_metric_is_one_table_entry(monkeypatch):
+  """The valid names in the errors, the defaults and what is computed all come from the table."""
+  with pytest.raises(ValueError) as error:
+    evaluation.check_metrics(["bogus"], "classifier", data_name="mnist", num_classes=None)
+  assert str(error.value).endswith(f"valid: {', '.join(metric_table.METRICS)}.")
+
+  def mean_norm(inputs):
+    return {"mean_norm": float(np.linalg.norm(inputs.fake["features"], axis=1).mean())}, {}
+
+  entry = metric_table.Metric(mean_norm, frozenset({"features"}), extractors=("classifier",))
+  monkeypatch.setitem(metric_table.METRICS, "mean_norm", entry)
+  assert "mean_norm" in evaluation.default_metrics("classifier", "mnist")
+  assert "mean_norm" not in evaluation.default_metrics("inception", "mnist")
+  check = evaluation.check_metrics
+  assert check("mean_norm", "classifier", data_name="mnist", num_classes=None) == ["mean_norm"]
+  with pytest.raises(ValueError, match="'mean_norm' needs the classifier extractor"):
+    check("mean_norm", "inception", data_name="mnist", num_classes=None)
+  inputs = metric_table.MetricInputs({}, {"features": np.array([[3.0, 4.0], [0.0, 2.0]])}, None)
+  assert metric_table.compute_metrics(["mean_norm"], inputs) == ({"mean_norm": 3.5}, {})
 
 
 def test_inception_errors_clearly_without_weights(tmp_path):
@@ -348,12 +372,13 @@ def test_evaluate_workdir_writes_values_and_protocol(tmp_path, classifier_workdi
     during = json.load(f)
   assert during["values"]["classifier_fid"] == evaluations[0]["classifier_fid"]
   assert during["protocol"]["num_generated"] == 100
+  assert during["workdir"] == os.path.abspath(workdir)  # The format of save_evaluation.
   overrides = {
     "eval_classifier_workdir": classifier_workdir,
     "eval_num_real": NUM_REAL,
     "eval_batch_size": 64,
   }
-  result = evaluation.evaluate_workdir(
+  result = gan.evaluate_workdir(
     workdir, num_samples=150, metrics="classifier_fid,kid", config_overrides=overrides
   )
   path = os.path.join(workdir, "eval", "step_000003.json")
@@ -367,12 +392,12 @@ def test_evaluate_workdir_writes_values_and_protocol(tmp_path, classifier_workdi
   assert protocol["generator"] == "ema" and protocol["extractor"] == "classifier"
   assert protocol["reference"]["dataset"] == "embedded_mnist"
   assert os.path.isdir(os.path.join(tmp_path, ".ganjax_reference_stats"))  # The default place.
-  best = evaluation.evaluate_workdir(
+  best = gan.evaluate_workdir(
     workdir, step="best", metrics="classifier_fid", num_samples=100, config_overrides=overrides
   )
   assert best["protocol"]["step"] == 3  # The only evaluation is the best one.
   with pytest.raises(FileNotFoundError, match="No checkpoint for step 2"):
-    evaluation.evaluate_workdir(workdir, step=2, config_overrides=overrides)
+    gan.evaluate_workdir(workdir, step=2, config_overrides=overrides)
 
 
 def test_inception_extractor_plumbing(tmp_path, monkeypatch):

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from conftest import load_config
 
-from ganjax import checkpoint, classifier, systems
+from ganjax import checkpoint, systems
+from ganjax.evaluation import domain_classifier as classifier
 from ganjax.systems import lapgan as lapgan_system
 
 # A random-weight classifier has dead ReLU features: singular covariances are expected here.
@@ -108,7 +109,7 @@ def test_sample_from_workdir(trained, tmp_path):
 
 
 def _classifier_workdir(path):
-  """A classifier with random weights, saved as train_classifier saves one."""
+  """A classifier with random weights, saved as its training saves one."""
   params = jax.device_get(classifier.init_params(jax.random.key(0)))
   params_bytes = flax.serialization.to_bytes(params)
   os.makedirs(path, exist_ok=True)
@@ -147,6 +148,7 @@ def test_evaluate_workdir_scores_the_chained_pyramid(trained, tmp_path):
   assert protocol["system"] == "lapgan" and protocol["step"] == 6
   assert protocol["num_generated"] == 120 and protocol["generator"] == "ema"
   assert protocol["reference"]["dataset"] == "embedded_mnist"
+  assert written["workdir"] == os.path.abspath(workdir)
 
 
 def test_conditional_trains_and_samples_one_class_per_block(tmp_path):

@@ -63,10 +63,11 @@ def _batch(step: int, lr: float = 0.05) -> dict:
 
 
 class _Writer:
-  """The part of a clu metric writer the loop uses."""
+  """The part of a clu metric writer the loop uses; like clu's, it takes numbers only."""
 
   def write_scalars(self, step, scalars):
-    pass
+    for name, value in scalars.items():
+      assert isinstance(value, (int, float, np.number)), (step, name, value)
 
   def write_images(self, step, images):
     pass
@@ -80,10 +81,13 @@ class _Run:
   """One launch of the loop on ``workdir``: resumes like a trainer, and can be signalled (or
   made to crash) at one point of one step."""
 
-  def __init__(self, workdir, config=None, at=None, step=None, signals=(signal.SIGTERM,)):
+  def __init__(
+    self, workdir, config=None, at=None, step=None, signals=(signal.SIGTERM,), phase_ends=()
+  ):
     self.workdir, self.config = workdir, config or _config()
     self.at, self.at_step, self.signals = at, step, signals
-    self.samples, self.evaluations = [], []
+    self.samples, self.evaluations, self.saved = [], [], []
+    self.phase_ends = phase_ends
 
   def _maybe(self, point, step):
     if point == self.at and step == self.at_step:
@@ -122,9 +126,13 @@ class _Run:
       self.evaluations.append(step)
       return {"error": float(jnp.sum((state["w"] - 1.0) ** 2))}
 
-    def save_checkpoint(step, state):
+    save = ckpt.save
+
+    def save_with_hook(step, state, position):
       self._maybe("checkpoint", step)
-      return ckpt.save(step, state, loop.data_position(self.config, step, BATCH))
+      assert position == loop.data_position(self.config, step, BATCH)
+      self.saved.append(step)
+      return save(step, state, position)
 
     check = loop.MetricsBuffer.check
 
@@ -135,6 +143,7 @@ class _Run:
     try:
       with pytest.MonkeyPatch.context() as m:
         m.setattr(loop.MetricsBuffer, "check", check_with_hook)
+        m.setattr(ckpt, "save", save_with_hook)
         return loop.run(
           self.config,
           self.workdir,
@@ -142,15 +151,22 @@ class _Run:
           start_step=start,
           step_fn=step_fn,
           batches=batches(),
-          save_checkpoint=save_checkpoint,
+          checkpointer=ckpt,
           writer=_Writer(),
           examples_per_step=BATCH,
           write_samples=write_samples,
           evaluate=evaluate,
           progress=progress,
+          phase_ends=self.phase_ends,
+          phase_of=_phase_of(self.phase_ends) if self.phase_ends else None,
         )
     finally:
       ckpt.close()
+
+
+def _phase_of(phase_ends):
+  """Steps up to the first end are in phase "a", up to the second in "b", and so on."""
+  return lambda step: "abcdefgh"[sum(step > end for end in phase_ends)]
 
 
 class _Crash(Exception):
@@ -343,3 +359,31 @@ def test_a_non_finite_metric_names_the_last_good_checkpoint(tmp_path):
       examples_per_step=BATCH,
     )
   assert saved == [2, 4]
+
+
+def test_phase_ends_force_a_log_an_evaluation_and_a_checkpoint(tmp_path, reference, caplog):
+  """No cadence hits step 7 (logs every 4, evaluations every 6, checkpoints every 5): a phase that
+  ends there is logged, evaluated and saved all the same, and every record names its phase."""
+  run = _Run(str(tmp_path), phase_ends=(7,))
+  with caplog.at_level(logging.INFO):
+    final = run.launch()
+  assert_bitwise_equal(final, reference[0])  # Phases change what is recorded, not the training.
+  assert run.saved == [5, 7, 10, TOTAL]
+  assert run.evaluations == [6, 7, TOTAL]
+  assert run.samples == [6, TOTAL]  # Samples keep their cadence.
+  records = _records(str(tmp_path))
+  assert [r["step"] for r in records if "loss" in r] == [4, 7, 8, TOTAL]
+  assert [r["step"] for r in records if "error" in r] == [6, 7, TOTAL]
+  assert [r["phase"] for r in records] == ["a" if r["step"] <= 7 else "b" for r in records]
+  assert "step 7/12 [a] | loss" in caplog.text
+  assert "Step 7 ends phase 'a'; 'b' follows." in caplog.text
+  # Timed apart from the others, like the run's first step: a new phase may compile its step.
+  assert "First step of phase 'b' (with compilation) took" in caplog.text
+  # Without phases, records are as before: no "phase" key.
+  assert all("phase" not in r for r in reference[1])
+
+
+def test_run_takes_a_checkpointer_or_a_save_function(tmp_path):
+  kwargs = dict(state=_create(), start_step=0, step_fn=_step, batches=iter(()), writer=_Writer())
+  with pytest.raises(TypeError, match="one of checkpointer= and save_checkpoint="):
+    loop.run(_config(), str(tmp_path), examples_per_step=BATCH, **kwargs)

@@ -138,3 +138,42 @@ def test_batch_size_must_divide_by_devices():
 def test_unknown_mode_lists_choices():
   with pytest.raises(ValueError, match="global, shard_map"):
     parallel.compile_step(lambda *a, **k: None, parallel.make_mesh(1), "pmap")
+
+
+def test_batched_apply_pads_shards_and_unpads():
+  """13 rows in batches of 5: 5 + 5 + 3 padded on one device, 8 + 5 padded on 8 (5 rounds up to
+  8); every call sees a full batch, the padding is dropped, and the outputs equal one device's."""
+  rng = np.random.default_rng(0)
+  weights = rng.normal(size=(6, 4)).astype(np.float32)
+  x = rng.normal(size=(13, 6)).astype(np.float32)
+  labels = np.arange(13, dtype=np.int32)
+  seen = []
+
+  @jax.jit
+  def fn(w, x, labels, nothing):
+    seen.append(x.shape[0])  # At trace time: one entry per compilation.
+    assert nothing is None
+    return {"y": x @ w, "labels": labels}
+
+  outputs, sizes = {}, {}
+  for num_devices in (1, 8):
+    mesh = parallel.make_mesh(num_devices)
+    parts = list(
+      parallel.batched_outputs(fn, (weights,), (x, labels, None), batch_size=5, mesh=mesh)
+    )
+    sizes[num_devices] = [len(p["labels"]) for p in parts]
+    outputs[num_devices] = parallel.batched_apply(
+      fn, (weights,), (x, labels, None), batch_size=5, mesh=mesh
+    )
+  assert sizes == {1: [5, 5, 3], 8: [8, 5]} and seen == [5, 8]
+  for out in outputs.values():
+    np.testing.assert_array_equal(out["labels"], labels)
+  # Other batch sizes per device: other kernels, round-off of 6-term dot products.
+  tolerances.assert_float32_close(outputs[8]["y"], x @ weights, length=6)
+  tolerances.assert_float32_close(outputs[8]["y"], outputs[1]["y"], length=6)
+  empty = parallel.batched_apply(fn, (weights,), (x[:0], labels[:0], None), batch_size=5)
+  assert empty["y"].shape == (0, 4) and empty["labels"].dtype == np.int32
+  with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+    parallel.batched_apply(fn, (weights,), (x, labels, None), batch_size=0)
+  with pytest.raises(ValueError, match=r"different lengths: \[12, 13\]"):
+    parallel.batched_apply(fn, (weights,), (x[:12], labels, None), batch_size=5)

@@ -12,9 +12,9 @@ def test_unknown_task_names_the_valid_ones():
     systems.get_system("gann")
 
 
-def test_builtin_tasks_are_not_system_modules():
-  for task in systems.BUILTIN_TASKS:
-    assert task not in systems.available_systems()
+def test_every_task_is_a_system_module():
+  assert {"classifier", "gan", "lapgan", "srgan", "vae"} <= set(systems.available_systems())
+  assert systems.get_system("classifier").__name__ == "ganjax.systems.classifier"
 
 
 def test_every_system_module_trains():

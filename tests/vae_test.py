@@ -15,7 +15,8 @@ import tolerances
 from conftest import load_config
 from PIL import Image
 
-from ganjax import checkpoint, classifier, parallel, systems
+from ganjax import checkpoint, parallel, systems
+from ganjax.evaluation import domain_classifier as classifier
 from ganjax.systems import vae as vae_system
 
 # A random-weight classifier has dead ReLU features: singular covariances are expected here.
@@ -37,7 +38,7 @@ def _leaves(state):
 
 @pytest.fixture(scope="module")
 def classifier_workdir(tmp_path_factory):
-  """A classifier with random weights, saved as train_classifier saves one."""
+  """A classifier with random weights, saved as its training saves one."""
   workdir = str(tmp_path_factory.mktemp("classifier"))
   params_bytes = flax.serialization.to_bytes(
     jax.device_get(classifier.init_params(jax.random.key(0)))
@@ -102,6 +103,7 @@ def test_runlocal_trains_evaluates_samples_and_resumes_exactly(tmp_path, classif
   with open(os.path.join(workdir, "eval", "step_000006.json")) as f:
     during = json.load(f)
   assert during["protocol"]["generator"] == "raw" and during["protocol"]["system"] == "vae"
+  assert during["workdir"] == os.path.abspath(workdir)  # The one format (save_evaluation).
   for name in ("step_000003.png", "step_000006.png", "reconstruction_step_000006.png", "real.png"):
     assert os.path.exists(os.path.join(workdir, "samples", name)), name
   # 16 sample images: 4 columns; the reconstruction grid: 4 rows of reals + 4 of reconstructions.

@@ -670,8 +670,9 @@ def extract_features(
   replicated, so every device runs its share of the batch. ``batch_size`` is rounded up to a
   multiple of the number of devices; every batch has that many images: the last one is padded
   with zeros (and the padding dropped from the result), so one compilation serves the whole set
-  and every later call with the same batch size, image shape and mesh. The result equals that of
-  one device (to float32 round-off).
+  and every later call with the same batch size, image shape and mesh
+  (:func:`ganjax.parallel.batched_apply`). The result equals that of one device (to float32
+  round-off).
 
   Args:
     variables: The network's variables (:func:`load_inception`'s ``.variables``).
@@ -690,8 +691,6 @@ def extract_features(
       ``batch_size < 1``.
   """
   model = InceptionV3() if model is None else model
-  if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
   _check_images(images, "extract_features")
   images = np.asarray(images, dtype=np.float32)
   if images.size:
@@ -701,29 +700,9 @@ def extract_features(
         f"extract_features expects images in [0, 1], got values in [{low:.3g}, {high:.3g}]; "
         "ganjax images in [-1, 1] are converted by to_unit_range()."
       )
-  n = images.shape[0]
   widths = {"pool3": NUM_FEATURES, "logits": NUM_LOGITS, "logits_unbiased": NUM_LOGITS}
-  if not n:
+  if not len(images) and batch_size >= 1:  # No variables needed to know the widths.
     return {key: np.zeros((0, widths[key]), np.float32) for key in OUTPUT_KEYS}
-  mesh = parallel.make_mesh() if mesh is None else mesh
-  devices = mesh.devices.size
-  batch_size = -(-batch_size // devices) * devices
-  # Once, not with every batch (a no-op when they are already replicated on this mesh).
-  variables = jax.device_put(variables, parallel.replicated(mesh))
-  sharding = parallel.batch_sharded(mesh)
-  parts: dict[str, list[np.ndarray]] = {key: [] for key in OUTPUT_KEYS}
-  pending = None
-  for start in range(0, n, batch_size):
-    batch = images[start : start + batch_size]
-    if len(batch) < batch_size:
-      pad = np.zeros((batch_size - len(batch), *batch.shape[1:]), np.float32)
-      batch = np.concatenate([batch, pad])
-    # Dispatched asynchronously...
-    outputs = _forward(model, variables, jax.device_put(batch, sharding))
-    if pending is not None:  # ... while the previous batch's outputs are fetched.
-      for key in OUTPUT_KEYS:
-        parts[key].append(np.asarray(pending[key]))
-    pending = outputs
-  for key in OUTPUT_KEYS:
-    parts[key].append(np.asarray(pending[key]))
-  return {key: np.concatenate(parts[key])[:n] for key in OUTPUT_KEYS}
+  return parallel.batched_apply(
+    functools.partial(_forward, model), (variables,), (images,), batch_size=batch_size, mesh=mesh
+  )

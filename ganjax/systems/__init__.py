@@ -1,10 +1,11 @@
 """Training systems, selected by ``config.task``: :func:`get_system` finds each one's module.
 
-The GAN of :mod:`ganjax.systems.gan` (``task = "gan"``, the default) maps latents to images and is
-judged by one discriminator; :mod:`ganjax.classifier` (``task = "classifier"``) trains the domain
-classifier that evaluations use. Systems whose networks see other inputs (a Laplacian pyramid of
-conditional GANs, low-resolution images, an encoder) live here, one module per system:
-``config.task = "NAME"`` selects ``ganjax.systems.NAME``. A system module exposes
+Every task is one module here: ``config.task = "NAME"`` selects ``ganjax.systems.NAME``. The GAN
+of :mod:`ganjax.systems.gan` (``task = "gan"``, the default) maps latents to images and is judged
+by one discriminator; :mod:`ganjax.systems.classifier` (``task = "classifier"``) trains the domain
+classifier that evaluations use; the others' networks see other inputs (a Laplacian pyramid of
+conditional GANs, low-resolution images, an encoder). No system imports another. A system module
+exposes
 
 * ``train_and_evaluate(config, workdir)``: train from the config, resuming from ``workdir``;
 
@@ -15,7 +16,7 @@ and, where the system supports it,
 * ``sample_from_workdir(workdir, num_samples, output)``: ``--mode=sample``;
 * ``evaluate_workdir(workdir, *, step, metrics, num_samples, config_overrides)``:
   ``--mode=evaluate``, returning ``{"values": ..., "path": ...}`` like
-  :func:`ganjax.evaluation.evaluate_workdir`;
+  :func:`ganjax.evaluation.evaluate_checkpoint`;
 * ``upscale_file(workdir, input_path, output_path)``: ``--mode=upscale``.
 
 A new system is one new module here plus one config; there is no registry to edit.
@@ -31,10 +32,6 @@ from types import ModuleType
 
 from ganjax.errors import ConfigError, MissingPathError
 
-# ``config.task`` values whose modules live outside this package (they came first).
-BUILTIN_TASKS = ("classifier",)
-_BUILTIN_MODULES = {"classifier": "ganjax.classifier"}
-
 
 def available_systems() -> list[str]:
   """Sorted names of the system modules of this package."""
@@ -44,18 +41,14 @@ def available_systems() -> list[str]:
 
 
 def get_system(task: str) -> ModuleType:
-  """Imports and returns the module of ``task``: ``ganjax.systems.<task>`` or a built-in one.
+  """Imports and returns the module of ``task``: ``ganjax.systems.<task>``.
 
   Raises:
-    ValueError: ``task`` is neither a system module nor a built-in task; the message lists the
-      valid tasks.
+    ValueError: ``task`` is not a system module; the message lists the valid tasks.
   """
-  if task in _BUILTIN_MODULES:
-    return importlib.import_module(_BUILTIN_MODULES[task])
   if task in available_systems():
     return importlib.import_module(f"{__name__}.{task}")
-  valid = ", ".join([*BUILTIN_TASKS, *available_systems()])
-  raise ConfigError(f"Unknown task {task!r}; valid choices: {valid}.")
+  raise ConfigError(f"Unknown task {task!r}; valid choices: {', '.join(available_systems())}.")
 
 
 def workdir_task(workdir: str) -> str:

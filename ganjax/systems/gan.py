@@ -24,6 +24,7 @@ from absl import logging
 
 from ganjax import checkpoint as checkpoint_lib
 from ganjax import (
+  evaluation,
   loop,
   losses,
   models,
@@ -213,15 +214,9 @@ def sample_inputs(seed: int, num_samples: int, latent_dim: int, num_classes: int
   return z, labels, z.shape[0] // num_classes
 
 
-def evaluation_latents(seed: int, num_samples: int, latent_dim: int) -> jax.Array:
-  """The fixed latents of every evaluation of a run with this seed."""
-  key = jax.random.fold_in(jax.random.key(seed), 0xE7A1)
-  return jax.random.normal(key, (num_samples, latent_dim))
-
-
 def eval_latents(config) -> jax.Array:
   """The fixed latents of every evaluation: ``eval_num_samples`` draws derived from the seed."""
-  return evaluation_latents(
+  return sampling.evaluation_latents(
     config.seed, config.get("eval_num_samples", 2500), config.model.latent_dim
   )
 
@@ -256,10 +251,8 @@ def make_evaluator(config, source, generate, num_classes: int | None = None, wor
 
   The 2-D Gaussian mixtures (``source.name`` in ``gaussian_mixture.NAMES``): mode coverage of the
   EMA generator when EMA is on (:func:`sample_params`), on fixed latents. Image data, when a
-  feature extractor is configured (``eval_extractor``, ``eval_inception_weights`` or
-  ``eval_classifier_workdir``): the ``eval_metrics`` of :mod:`ganjax.evaluation` on
-  ``eval_num_samples`` samples; the values and their protocol are also written to
-  ``WORKDIR/eval/step_NNNNNN.json``.
+  feature extractor is configured: :func:`ganjax.evaluation.make_evaluator` (the ``eval_metrics``
+  of ``eval_num_samples`` samples, also written to ``WORKDIR/eval/step_NNNNNN.json``).
   """
   if source.name in gaussian_mixture.NAMES:
     latents, labels = eval_latents(config), eval_labels(config, num_classes)
@@ -271,32 +264,13 @@ def make_evaluator(config, source, generate, num_classes: int | None = None, wor
       return evaluate_modes(generate, params, batch_stats, latents, source.name, labels)
 
     return evaluate_mixture
-  if not any(
-    config.get(f) for f in ("eval_extractor", "eval_inception_weights", "eval_classifier_workdir")
-  ):
-    return None
-  from ganjax import evaluation
-
-  extractor = evaluation.get_extractor(config, evaluation.default_extractor_name(config))
-
-  def evaluate_images(state, step) -> dict[str, Any]:
-    result = evaluation.evaluate_generator(
-      config,
-      generate,
-      sample_params(config, state),
-      state.generator.batch_stats,
-      num_samples=config.eval_num_samples,
-      metrics=config.get("eval_metrics") or None,
-      extractor=extractor,
-      num_classes=num_classes,
-      step=step,
-      workdir=workdir,
-    )
-    if workdir is not None and jax.process_index() == 0:
-      loop.write_json(os.path.join(workdir, "eval", f"step_{step:06d}.json"), result)
-    return result["values"]
-
-  return evaluate_images
+  return evaluation.make_evaluator(
+    config,
+    generate,
+    lambda state: (sample_params(config, state), state.generator.batch_stats),
+    num_classes=num_classes,
+    workdir=workdir,
+  )
 
 
 def run_info(config, source, networks: Networks, state, mesh) -> dict[str, Any]:
@@ -434,9 +408,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     start_step=start_step,
     step_fn=step_fn,
     batches=itertools.chain([first_batch], batches),
-    save_checkpoint=lambda step, state: checkpointer.save(
-      step, state, loop.data_position(config, step, examples_per_step)
-    ),
+    checkpointer=checkpointer,
     writer=writer,
     examples_per_step=examples_per_step,
     write_samples=write_samples,
@@ -451,16 +423,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   return state
 
 
+def load_checkpoint(workdir: str, step: int | str | None = None):
+  """``(config, networks, state, step)`` of a GAN run's checkpoint (``step``: None for the
+  latest, ``"best"``, or N)."""
+  config, info = workdir_lib.read_run(workdir)
+  data_info = info["data"]
+  networks = build_networks(config, tuple(data_info["element_shape"]), data_info["num_classes"])
+  state, step = checkpoint_lib.restore_from_workdir(workdir, step, abstract_state(config, networks))
+  return config, networks, state, step
+
+
 def load(workdir: str, step: int | str | None = None) -> TrainedRun:
   """The GAN (or conditional GAN) of ``workdir`` at ``step`` (None: latest, ``"best"``, or N).
 
   ``sample`` draws from the EMA generator when the run kept one; ``seed=config.seed`` gives the
   latents of the run's sample pictures.
   """
-  config, info = workdir_lib.read_run(workdir)
-  data_info = info["data"]
-  networks = build_networks(config, tuple(data_info["element_shape"]), data_info["num_classes"])
-  state, step = checkpoint_lib.restore_from_workdir(workdir, step, abstract_state(config, networks))
+  config, networks, state, step = load_checkpoint(workdir, step)
   generate = make_generate_fn(networks)
 
   def sample_fn(num_samples: int, seed: int, labels):
@@ -473,11 +452,28 @@ def load(workdir: str, step: int | str | None = None) -> TrainedRun:
   return TrainedRun(workdir, config, int(step), state, networks.num_classes, sample_fn=sample_fn)
 
 
-def evaluate_workdir(workdir: str, **kwargs) -> dict[str, Any]:
-  """``--mode=evaluate``: :func:`ganjax.evaluation.evaluate_workdir`."""
-  from ganjax import evaluation  # evaluation imports this module.
+def evaluate_workdir(workdir: str, step: int | str | None = None, **options: Any) -> dict[str, Any]:
+  """``--mode=evaluate``: measures the generator of a checkpoint; writes ``eval/step_NNNNNN.json``.
 
-  return evaluation.evaluate_workdir(workdir, **kwargs)
+  Restores the latest checkpoint (or ``step``; ``"best"`` for the run's best checkpoint,
+  ``config.eval_best_metric``) as :func:`load` does and measures the EMA generator when the run
+  kept one. ``options``: ``metrics``, ``num_samples``, ``extractor``, ``config_overrides`` of
+  :func:`ganjax.evaluation.evaluate_checkpoint`.
+
+  Returns:
+    What was written: ``{"values", "protocol", "details", "workdir", "path"}``.
+  """
+  config, networks, state, step = load_checkpoint(workdir, step)
+  return evaluation.evaluate_checkpoint(
+    config,
+    make_generate_fn(networks),
+    sample_params(config, state),
+    state.generator.batch_stats,
+    workdir=workdir,
+    step=step,
+    num_classes=networks.num_classes,
+    **options,
+  )
 
 
 def sample_from_workdir(

@@ -23,7 +23,6 @@ same for the real pyramid.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import itertools
@@ -38,7 +37,7 @@ import numpy as np
 from absl import logging
 
 from ganjax import checkpoint as checkpoint_lib
-from ganjax import loop, losses, optimizers, parallel, sampling
+from ganjax import evaluation, loop, losses, optimizers, parallel, sampling
 from ganjax import state as state_lib
 from ganjax import workdir as workdir_lib
 from ganjax.config_fields import module_kwargs
@@ -471,69 +470,31 @@ def run_info(config, source, pyramid: Pyramid, state, mesh) -> dict[str, Any]:
   }
 
 
-def _evaluation_config(config, pyramid: Pyramid) -> ml_collections.ConfigDict:
-  """The config as :mod:`ganjax.evaluation` should see it: latents of the whole pyramid."""
-  eval_config = copy.deepcopy(config)
-  eval_config.model.latent_dim = pyramid.latent_size
-  return eval_config
-
-
-def _mark_protocol(result: dict[str, Any], pyramid: Pyramid) -> dict[str, Any]:
-  result["protocol"]["system"] = "lapgan"
-  result["protocol"]["latents"] = (
+def evaluated_generator(pyramid: Pyramid) -> dict[str, Any]:
+  """How :mod:`ganjax.evaluation` sees the chained pyramid: latents of the whole pyramid, and
+  what the protocol records about them."""
+  latents = (
     "normal(fold_in(key(seed), 0xE7A1), (num_generated, latent_size)): the coarse latent "
     f"({pyramid.latent_dim}), then one noise plane per finer level, coarsest first "
     f"(latent_size {pyramid.latent_size})"
   )
-  return result
-
-
-def evaluate_state(
-  config,
-  pyramid: Pyramid,
-  state,
-  step: int,
-  *,
-  extractor,
-  metrics=None,
-  num_samples=None,
-  workdir: str | None = None,
-) -> dict[str, Any]:
-  """:func:`ganjax.evaluation.evaluate_generator` of the chained pyramid of ``state``."""
-  from ganjax import evaluation
-
-  result = evaluation.evaluate_generator(
-    _evaluation_config(config, pyramid),
-    make_generate_fn(pyramid),
-    sample_params(config, state),
-    {},
-    num_samples=num_samples or config.get("eval_num_samples", 2500),
-    metrics=metrics if metrics is not None else (config.get("eval_metrics") or None),
-    extractor=extractor,
-    num_classes=pyramid.num_classes,
-    step=step,
-    workdir=workdir,
-  )
-  return _mark_protocol(result, pyramid)
+  return {
+    "num_classes": pyramid.num_classes,
+    "latent_dim": pyramid.latent_size,
+    "protocol": {"system": "lapgan", "latents": latents},
+  }
 
 
 def _make_evaluator(config, pyramid: Pyramid, workdir: str):
-  """``evaluate(state, step) -> scalars`` when a feature extractor is configured, else None."""
-  if not any(
-    config.get(f) for f in ("eval_extractor", "eval_inception_weights", "eval_classifier_workdir")
-  ):
-    return None
-  from ganjax import evaluation
-
-  extractor = evaluation.get_extractor(config, evaluation.default_extractor_name(config))
-
-  def evaluate(state, step: int) -> dict[str, float]:
-    result = evaluate_state(config, pyramid, state, step, extractor=extractor, workdir=workdir)
-    if jax.process_index() == 0:
-      loop.write_json(os.path.join(workdir, "eval", f"step_{step:06d}.json"), result)
-    return result["values"]
-
-  return evaluate
+  """``evaluate(state, step) -> scalars`` when a feature extractor is configured, else None
+  (:func:`ganjax.evaluation.make_evaluator`; writes ``WORKDIR/eval/step_NNNNNN.json``)."""
+  return evaluation.make_evaluator(
+    config,
+    make_generate_fn(pyramid),
+    lambda state: (sample_params(config, state), {}),
+    workdir=workdir,
+    **evaluated_generator(pyramid),
+  )
 
 
 def _progress_line(scalars: dict[str, float], num_levels: int) -> str:
@@ -618,9 +579,7 @@ def train_and_evaluate(
     start_step=start_step,
     step_fn=step_fn,
     batches=itertools.chain([first_batch], batches),
-    save_checkpoint=lambda step, state: checkpointer.save(
-      step, state, loop.data_position(config, step, config.batch_size)
-    ),
+    checkpointer=checkpointer,
     writer=writer,
     examples_per_step=config.batch_size,
     write_samples=write_samples,
@@ -738,36 +697,22 @@ def sample_from_workdir(
   return final
 
 
-def evaluate_workdir(
-  workdir: str,
-  *,
-  step: int | str | None = None,
-  metrics=None,
-  num_samples: int | None = None,
-  config_overrides: dict[str, Any] | None = None,
-  extractor=None,
-) -> dict[str, Any]:
-  """Scores the chained pyramid of a checkpoint like :func:`ganjax.evaluation.evaluate_workdir`.
+def evaluate_workdir(workdir: str, step: int | str | None = None, **options: Any) -> dict[str, Any]:
+  """Scores the chained pyramid of a checkpoint like :func:`ganjax.systems.gan.evaluate_workdir`.
 
-  Writes ``WORKDIR/eval/step_NNNNNN.json`` (values, protocol, details) and returns it with
-  ``"path"``. ``config_overrides`` sets top-level ``eval_*`` fields (e.g.
-  ``eval_classifier_workdir``); ``step`` None = latest, ``"best"`` = the best checkpoint.
+  Writes ``WORKDIR/eval/step_NNNNNN.json`` (values, protocol, details, workdir) and returns it
+  with ``"path"``. ``step`` None = latest, ``"best"`` = the best checkpoint; ``options``:
+  ``metrics``, ``num_samples``, ``extractor``, ``config_overrides`` of
+  :func:`ganjax.evaluation.evaluate_checkpoint`.
   """
-  from ganjax import evaluation
-
   config, pyramid, state, step = load_workdir(workdir, step)
-  for field, value in (config_overrides or {}).items():
-    config[field] = value
-  if extractor is None:
-    extractor = evaluation.default_extractor_name(config)
-  result = evaluate_state(
+  return evaluation.evaluate_checkpoint(
     config,
-    pyramid,
-    state,
-    step,
-    extractor=extractor,
-    metrics=metrics,
-    num_samples=num_samples,
+    make_generate_fn(pyramid),
+    sample_params(config, state),
+    {},
     workdir=workdir,
+    step=step,
+    **options,
+    **evaluated_generator(pyramid),
   )
-  return evaluation.save_evaluation(workdir, step, result)

@@ -13,6 +13,13 @@ Training (:func:`train_and_evaluate`) has two phases over one step counter:
    ``content + srgan.adversarial_weight * -log D(G(lr))`` (the paper's 1e-3,
    :func:`ganjax.losses.non_saturating_generator_loss`).
 
+It trains through :func:`ganjax.loop.run` like every system: both values of ``parallel.mode`` (a
+global-view ``jit`` over the ``data`` mesh, or per-device ``shard_map`` code with explicit ``pmean``
+and per-device BatchNorm statistics; :func:`compiled_steps`), ``parallel.distributed``, img/s, and
+``eval_best_metric`` (one of :data:`BEST_METRICS`, kept in ``WORKDIR/checkpoints_best``). The end
+of the pre-training is a phase end of the loop: it is logged, evaluated and checkpointed whatever
+the cadences say, and every ``metrics.jsonl`` record names its ``phase`` (:func:`phase`).
+
 The content loss is the pixel MSE on [-1, 1] images, or, when ``srgan.content_features_path``
 names a VGG19 weight file, the MSE of VGG19 feature maps (``srgan.content_layer``, the paper's
 VGG54 = ``conv5_4`` after its ReLU) scaled by ``srgan.content_feature_scale`` (the paper's 1/12.75
@@ -36,8 +43,9 @@ always read together with PSNR/SSIM. The values go to ``metrics.jsonl`` (with th
 TensorBoard, and ``WORKDIR/eval/step_NNNNNN.json`` (with the protocol).
 
 Workdir: ``config.json``, ``run_info.json``, TensorBoard events, ``metrics.jsonl``, ``checkpoints/``
-(generator and discriminator states; the data position is the step), ``samples/step_NNNNNN.png``
-(rows of held-out crops: LR (nearest) | bicubic | SR | HR).
+(generator and discriminator states with the data position), ``checkpoints_best/`` (with
+``eval_best_metric``), ``samples/step_NNNNNN.png`` (rows of held-out crops: LR (nearest) | bicubic |
+SR | HR).
 
 Command-line modes: ``--mode=upscale`` (:func:`upscale_file`: any image size, in tiles with enough
 context that the result equals the whole-image one), ``--mode=sample`` (:func:`sample_from_workdir`)
@@ -47,10 +55,10 @@ and ``--mode=evaluate`` (:func:`evaluate_workdir`).
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import os
-import time
 from typing import Any, NamedTuple
 
 import flax
@@ -289,15 +297,20 @@ def _variables(ts: TrainState, params) -> dict[str, Any]:
   return {"params": params, "batch_stats": ts.batch_stats}
 
 
-@functools.partial(jax.jit, static_argnames=("generator", "loss"), donate_argnums=0)
 def pretrain_step(
-  state: SRGANState, batch, feature_params, *, generator: srgan_models.Generator, loss: LossSettings
+  state: SRGANState,
+  batch,
+  feature_params,
+  *,
+  generator: srgan_models.Generator,
+  loss: LossSettings,
+  axis_name: str | None = None,
 ):
   """One SRResNet update on the content loss; returns ``(state, metrics)``.
 
-  Pure and jitted: compiled once per process for equal networks (``generator``, a static
-  argument, hashes by its fields), loss settings, optimizers and shapes. The output follows the
-  input shardings (state replicated, batch sharded over the mesh's ``data`` axis).
+  Pure; :func:`compiled_steps` compiles it for the mesh. ``axis_name``: the mesh axis inside
+  ``shard_map``, where gradients, metrics and BatchNorm statistics are averaged explicitly
+  (:func:`ganjax.parallel.pmean`); None under a global-view ``jit``.
   """
   g = state.generator
 
@@ -309,18 +322,16 @@ def pretrain_step(
     return value, (sr, updates["batch_stats"])
 
   (value, (sr, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(g.params)
-  g = g.apply_gradients(grads=grads).replace(batch_stats=stats)
+  grads = parallel.pmean(grads, axis_name)
+  g = g.apply_gradients(grads=grads).replace(batch_stats=parallel.pmean(stats, axis_name))
   metrics = {
     "content_loss": value,
     "train_psnr": jnp.mean(image_quality.psnr(batch["hr"], jnp.clip(sr, -1, 1), 2.0)),
-    "g_grad_norm": optax.global_norm(grads),
   }
+  metrics = {**parallel.pmean(metrics, axis_name), "g_grad_norm": optax.global_norm(grads)}
   return state.replace(step=state.step + 1, generator=g), metrics
 
 
-@functools.partial(
-  jax.jit, static_argnames=("generator", "discriminator", "loss"), donate_argnums=0
-)
 def adversarial_step(
   state: SRGANState,
   batch,
@@ -329,9 +340,10 @@ def adversarial_step(
   generator: srgan_models.Generator,
   discriminator: srgan_models.Discriminator,
   loss: LossSettings,
+  axis_name: str | None = None,
 ):
-  """One D update (BCE) then one G update (content + weight x non-saturating); pure, jitted
-  (once per process for equal networks, loss settings, optimizers and shapes).
+  """One D update (BCE) then one G update (content + weight x non-saturating); pure, compiled by
+  :func:`compiled_steps` (``axis_name`` as in :func:`pretrain_step`).
 
   The generator runs forward once: its output (without gradient) is D's fake batch, and the G
   gradient is pulled back through the same forward pass (``jax.vjp``) after D's update. This is
@@ -359,7 +371,8 @@ def adversarial_step(
     return d_loss, (m, upd["batch_stats"])
 
   (_, (d_metrics, d_stats)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(d.params)
-  d = d.apply_gradients(grads=d_grads).replace(batch_stats=d_stats)
+  d_grads = parallel.pmean(d_grads, axis_name)
+  d = d.apply_gradients(grads=d_grads).replace(batch_stats=parallel.pmean(d_stats, axis_name))
 
   def g_loss_fn(sr):
     fake, _ = discriminator.apply(_variables(d, d.params), sr, train=True, mutable=["batch_stats"])
@@ -370,17 +383,43 @@ def adversarial_step(
 
   (g_loss, (content, adv)), sr_grad = jax.value_and_grad(g_loss_fn, has_aux=True)(sr)
   (g_grads,) = g_pullback(sr_grad)
-  g = g.apply_gradients(grads=g_grads).replace(batch_stats=g_stats)
+  g_grads = parallel.pmean(g_grads, axis_name)
+  g = g.apply_gradients(grads=g_grads).replace(batch_stats=parallel.pmean(g_stats, axis_name))
   metrics = {
     **d_metrics,
     "g_loss": g_loss,
     "content_loss": content,
     "adversarial_loss": adv,
     "train_psnr": jnp.mean(image_quality.psnr(batch["hr"], jnp.clip(sr, -1, 1), 2.0)),
+  }
+  metrics = {
+    **parallel.pmean(metrics, axis_name),
     "g_grad_norm": optax.global_norm(g_grads),
     "d_grad_norm": optax.global_norm(d_grads),
   }
   return state.replace(step=state.step + 1, generator=g, discriminator=d), metrics
+
+
+@functools.lru_cache(maxsize=4)
+def compiled_steps(
+  generator: srgan_models.Generator,
+  discriminator: srgan_models.Discriminator,
+  loss: LossSettings,
+  mesh,
+  mode: str,
+):
+  """``(pretrain, adversarial)``: the two steps as ``step(state, batch, feature_params)``, compiled
+  for the mesh in ``parallel.mode`` ``mode`` (:func:`ganjax.parallel.compile_step`: the state and
+  the feature params replicated, the batch sharded, the state donated).
+
+  One pair per process for equal arguments (modules compare by their fields), so an equal config
+  trained again, or resumed in-process, reuses the compilations.
+  """
+  pretrain = functools.partial(pretrain_step, generator=generator, loss=loss)
+  adversarial = functools.partial(
+    adversarial_step, generator=generator, discriminator=discriminator, loss=loss
+  )
+  return parallel.compile_step(pretrain, mesh, mode), parallel.compile_step(adversarial, mesh, mode)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -448,6 +487,11 @@ def evaluation_protocol(config, held_out) -> dict[str, Any]:
     "(skimage gaussian_weights=True, use_sample_covariance=False)",
     "sharpness": "mean luma gradient magnitude of the output / of the HR images (1 = HR's)",
   }
+
+
+# Evaluation values that ``eval_best_metric`` may name (higher is better for each:
+# ganjax.checkpoint.HIGHER_IS_BETTER); sharpness is best near 1, so it cannot pick a checkpoint.
+BEST_METRICS = ("psnr", "ssim", "psnr_y", "psnr_gain_over_bicubic")
 
 
 def eval_shave(config) -> int:
@@ -519,6 +563,21 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   sr_data.check_divisible(
     config.data.crop_size, config.data.crop_size, config.scale, "data.crop_size"
   )
+  if config.data.get("channels") not in (None, 3):
+    raise ConfigError(
+      f"SRGAN upscales RGB images: data.channels must be 3 or None, got {config.data.channels}."
+    )
+  mode = config.parallel.get("mode", "global")
+  if mode not in parallel.MODES:
+    raise ConfigError(
+      f"Unknown parallel.mode {mode!r}; valid choices: {', '.join(parallel.MODES)}."
+    )
+  best = config.get("eval_best_metric")
+  if best and best not in BEST_METRICS:
+    raise ConfigError(
+      f"eval_best_metric={best!r} is not an SRGAN evaluation value to maximise; valid choices: "
+      f"{', '.join(BEST_METRICS)}."
+    )
   if config.srgan.get("content_features_path"):
     path = config.srgan.content_features_path
     vgg19_layers(config.srgan.content_layer)
@@ -553,45 +612,43 @@ def run_info(config, source, state, mesh) -> dict[str, Any]:
 
 @workdir_lib.releases_lock
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> SRGANState:
-  """Trains SRResNet then SRGAN as the config says; resumes from ``workdir``. Returns the state."""
+  """Trains SRResNet then SRGAN as the config says through :func:`ganjax.loop.run` (a forced log,
+  evaluation and checkpoint where the pre-training ends); resumes from ``workdir``. Returns the
+  state."""
   validate_config(config)
-  loop.hide_gpus_from_tensorflow()
-  checkpointer = loop.open_workdir(config, workdir, max_to_keep=config.keep_checkpoints)
-  is_chief = jax.process_index() == 0
-  mesh = parallel.make_mesh(config.parallel.get("num_devices", 0) or None)
-  parallel.check_batch_size(config.batch_size, mesh)
-  source = sr_data.create_pair_source(
-    config.data,
-    scale=config.scale,
-    seed=config.seed,
-    batch_size=config.batch_size,
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
+  pair_source = functools.partial(
+    sr_data.create_pair_source, config.data, scale=config.scale, seed=config.seed
   )
+  mesh, source, checkpointer = loop.start(
+    config, workdir, config.batch_size, create_source=pair_source
+  )
+  is_chief = jax.process_index() == 0
   held_out = source.held_out()
-  feature_params = jax.device_put(load_content_features(config), parallel.replicated(mesh))
-  generator, discriminator = build_networks(config)
-
   state, start_step = loop.resume_or_create(
     checkpointer,
     lambda: abstract_state(config, mesh),
     lambda: create_state(config, mesh),
     config=config,
   )
-
-  info = {
-    **run_info(config, source, state, mesh),
-    "evaluation": evaluation_protocol(config, held_out),
-  }
+  protocol = evaluation_protocol(config, held_out)
+  info = {**run_info(config, source, state, mesh), "evaluation": protocol}
   writer = loop.record_run(config, workdir, info, start_step)
-  loss = LossSettings.from_config(config)
+  generator, discriminator = build_networks(config)
+  pretrain, adversarial = compiled_steps(
+    generator, discriminator, LossSettings.from_config(config), mesh, config.parallel.mode
+  )
+  feature_params = jax.device_put(load_content_features(config), parallel.replicated(mesh))
   generate = make_generate_fn(generator)
   evaluate = make_evaluator(config, held_out, generate)
-  batches = source.batches(start_step)
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
   sample_lr = preprocessing.to_float(held_out["lr"][: config.num_sample_images])
+  pre = config.srgan.pretrain_steps
+  steps_done = itertools.count(start_step)  # On the host: no wait for the state's step.
 
-  def write_samples(step: int) -> None:
+  def step_fn(state, host_batch):
+    update = pretrain if next(steps_done) < pre else adversarial
+    return update(state, parallel.host_batch_to_global(host_batch, mesh), feature_params)
+
+  def write_samples(step: int, state) -> None:
     sr = super_resolve(generate, state.generator, sample_lr)
     if not is_chief:
       return
@@ -601,43 +658,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> SRGAN
     writer.write_images(step, {"lr_bicubic_sr_hr": picture[None]})
     logging.info("Wrote %s", path)
 
-  def write_evaluation(step: int, metrics_file) -> None:
-    scalars = evaluate(state)
-    writer.write_scalars(step, scalars)
+  def evaluate_step(step: int, state) -> dict[str, float]:
+    values = evaluate(state)
     if is_chief:
-      record = {"step": step, "wall_time": time.time(), "phase": phase(config, step), **scalars}
-      metrics_file.write(json.dumps(record) + "\n")
-      metrics_file.flush()
-      result = {
-        "step": step,
-        "phase": phase(config, step),
-        "values": scalars,
-        "protocol": evaluation_protocol(config, held_out),
-      }
-      loop.write_json(os.path.join(workdir, "eval", f"step_{step:06d}.json"), result)
-    logging.info(
-      "step %d/%d | eval (%s) PSNR %.2f dB (bicubic %.2f) SSIM %.4f (bicubic %.4f) "
-      "sharpness %.3f (bicubic %.3f)",
-      step,
-      config.num_train_steps,
-      phase(config, step),
-      scalars["psnr"],
-      scalars["bicubic_psnr"],
-      scalars["ssim"],
-      scalars["bicubic_ssim"],
-      scalars["sharpness"],
-      scalars["bicubic_sharpness"],
-    )
+      _save_evaluation(workdir, config, step, values, protocol)
+    return values
 
-  report_progress = loop.SectionTimes()
-  buffer = loop.MetricsBuffer()
-  step = start_step
-  t_start = t_last = time.time()
-  step_last = start_step
-  pre = config.srgan.pretrain_steps
   logging.info(
     "Training SRResNet x%d for %d steps, then SRGAN to step %d; batch %d of %dx%d HR crops "
-    "from %s (%s training images).",
+    "from %s (%s training images) on %d device(s) (%s).",
     config.scale,
     pre,
     config.num_train_steps,
@@ -646,89 +675,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> SRGAN
     config.data.crop_size,
     source.name,
     source.num_images,
+    mesh.devices.size,
+    config.parallel.mode,
   )
-  if is_chief:
-    loop.drop_metrics_after(workdir, start_step)
-  with loop.Preemption() as preemption, open(metrics_path, "a") as metrics_file:
-    while step < config.num_train_steps:
-      batch = parallel.host_batch_to_global(next(batches), mesh)
-      if step < pre:
-        state, metrics = pretrain_step(state, batch, feature_params, generator=generator, loss=loss)
-      else:
-        state, metrics = adversarial_step(
-          state, batch, feature_params, generator=generator, discriminator=discriminator, loss=loss
-        )
-      step += 1
-      if step == start_step + 1:
-        jax.block_until_ready(metrics)
-        t_last, step_last = time.time(), step
-        logging.info("First step (with compilation) took %.1fs.", t_last - t_start)
-      if step == pre + 1 and step > 1:
-        logging.info("Step %d: adversarial fine-tuning (SRGAN) starts.", step)
-      buffer.add(step, metrics)
-      last = step == config.num_train_steps
-      phase_end = step == pre and 0 < pre < config.num_train_steps
-      log_now = step % config.log_every_steps == 0 or last or phase_end
-      ckpt_now = (
-        last
-        or phase_end
-        or preemption.requested
-        or (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0)
-      )
-      if log_now or ckpt_now:
-        scalars = buffer.flush()
-        if log_now and scalars:
-          now = time.time()
-          if step > step_last:
-            steps_per_sec = (step - step_last) / max(now - t_last, 1e-9)
-          else:
-            steps_per_sec = 1.0 / max(now - t_start, 1e-9)
-          t_last, step_last = now, step
-          scalars["steps_per_sec"] = steps_per_sec
-          writer.write_scalars(step, scalars)
-          if is_chief:
-            record = {"step": step, "wall_time": now, "phase": phase(config, step), **scalars}
-            metrics_file.write(json.dumps(record) + "\n")
-            metrics_file.flush()
-          eta = (config.num_train_steps - step) / max(steps_per_sec, 1e-9)
-          extra = ""
-          if "d_loss" in scalars:
-            extra = (
-              f" adv {scalars['adversarial_loss']:.3f} d_loss {scalars['d_loss']:.3f} "
-              f"D(x) {scalars['d_real']:.3f} D(G(z)) {scalars['d_fake']:.3f}"
-            )
-          logging.info(
-            "step %d/%d [%s] | content %.5f train PSNR %.2f%s | %.2f steps/s | ETA %s",
-            step,
-            config.num_train_steps,
-            phase(config, step),
-            scalars["content_loss"],
-            scalars["train_psnr"],
-            extra,
-            steps_per_sec,
-            loop.format_duration(eta),
-          )
-      if (config.sample_every_steps and step % config.sample_every_steps == 0) or last:
-        with report_progress.timed("samples"):
-          write_samples(step)
-      eval_every = config.get("eval_every_steps", 0)
-      if (eval_every and step % eval_every == 0) or last or phase_end:
-        with report_progress.timed("eval"):
-          write_evaluation(step, metrics_file)
-      stopped = preemption.requested  # Read last: a signal during the step's work still saves.
-      if ckpt_now or stopped:
-        buffer.check()
-        with report_progress.timed("checkpoint"):
-          checkpointer.save(step, state, {"step": step, "seed": config.seed})
-      if stopped:
-        logging.warning("Stopped by %s at step %d; checkpoint saved.", preemption.signal_name, step)
-        break
+  state = loop.run(
+    config,
+    workdir,
+    state=state,
+    start_step=start_step,
+    step_fn=step_fn,
+    batches=source.batches(start_step),
+    checkpointer=checkpointer,
+    writer=writer,
+    examples_per_step=config.batch_size,
+    write_samples=write_samples,
+    evaluate=evaluate_step,
+    progress=_progress,
+    phase_ends=(pre,) if 0 < pre < config.num_train_steps else (),
+    phase_of=functools.partial(phase, config),
+  )
 
   checkpointer.wait_until_finished()
   checkpointer.close()
   writer.flush()
   writer.close()
   return state
+
+
+def _progress(scalars: dict[str, float]) -> str:
+  """The losses of the progress line (D's only in the adversarial phase)."""
+  line = f"content {scalars['content_loss']:.5f} train PSNR {scalars['train_psnr']:.2f}"
+  if "d_loss" in scalars:
+    line += (
+      f" adv {scalars['adversarial_loss']:.3f} d_loss {scalars['d_loss']:.3f} "
+      f"D(x) {scalars['d_real']:.3f} D(G(z)) {scalars['d_fake']:.3f}"
+    )
+  return line
+
+
+def _save_evaluation(workdir, config, step: int, values, protocol) -> dict[str, Any]:
+  """``WORKDIR/eval/step_NNNNNN.json`` (:func:`ganjax.evaluation.save_evaluation`) with the phase
+  and the protocol."""
+  from ganjax import evaluation
+
+  result = {"step": step, "phase": phase(config, step), "values": values, "protocol": protocol}
+  return evaluation.save_evaluation(workdir, step, result)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -874,12 +865,12 @@ def evaluate_workdir(
 ) -> dict[str, Any]:
   """``--mode=evaluate``: held-out PSNR/SSIM/sharpness vs bicubic -> WORKDIR/eval/step_N.json.
 
-  ``metrics`` / ``num_samples`` / ``config_overrides`` of the GAN evaluation do not apply (the
-  held-out set is fixed by the data config); ``step="best"`` is not supported.
+  ``step``: None (latest), N, or ``"best"`` (``WORKDIR/checkpoints_best``, kept with
+  ``eval_best_metric``). ``num_samples`` keeps the first held-out crops; ``metrics`` and
+  ``config_overrides`` of the GAN evaluation do not apply (the held-out set is fixed by the data
+  config).
   """
   del metrics, config_overrides
-  if step == "best":
-    raise ConfigError("--step=best is not supported by task 'srgan'; give a step number.")
   config, state, step = load_trained(workdir, step)
   source = sr_data.create_pair_source(
     config.data, scale=config.scale, seed=config.seed, batch_size=config.batch_size
@@ -889,14 +880,4 @@ def evaluate_workdir(
     held_out = {k: v[:num_samples] for k, v in held_out.items()}
   generator, _ = build_networks(config)
   values = make_evaluator(config, held_out, make_generate_fn(generator))(state)
-  path = os.path.join(workdir, "eval", f"step_{step:06d}.json")
-  loop.write_json(
-    path,
-    {
-      "step": step,
-      "phase": phase(config, step),
-      "values": values,
-      "protocol": evaluation_protocol(config, held_out),
-    },
-  )
-  return {"values": values, "path": path}
+  return _save_evaluation(workdir, config, step, values, evaluation_protocol(config, held_out))

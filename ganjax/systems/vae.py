@@ -35,7 +35,7 @@ import optax
 from absl import logging
 
 from ganjax import checkpoint as checkpoint_lib
-from ganjax import loop, optimizers, parallel, sampling
+from ganjax import evaluation, loop, optimizers, parallel, sampling
 from ganjax import state as state_lib
 from ganjax import workdir as workdir_lib
 from ganjax.config_fields import module_kwargs
@@ -224,47 +224,26 @@ def reconstruction_grid(images: np.ndarray, reconstructions: np.ndarray, columns
   return pairs.reshape(2 * rows * columns, *images.shape[1:])
 
 
+# What the evaluation measures: the decoder (no EMA), recorded in the protocol.
+EVALUATED_GENERATOR = {
+  "ema": False,
+  "protocol": {
+    "system": TASK,
+    "samples": "VAE decoder mean images of the evaluation latents, z ~ N(0, I)",
+  },
+}
+
+
 def make_evaluator(config, generate, workdir: str | None = None):
-  """``evaluate(state, step) -> scalars`` with :func:`ganjax.evaluation.evaluate_generator`, or
-  None when no feature extractor is configured (``eval_extractor``, ``eval_inception_weights``
-  or ``eval_classifier_workdir``). Also writes ``WORKDIR/eval/step_NNNNNN.json``."""
-  fields = ("eval_extractor", "eval_inception_weights", "eval_classifier_workdir")
-  if not any(config.get(field) for field in fields):
-    return None
-  from ganjax import evaluation
-
-  extractor = evaluation.get_extractor(config, evaluation.default_extractor_name(config))
-
-  def evaluate(state, step) -> dict[str, Any]:
-    result = _evaluate(config, generate, state, step, extractor, workdir=workdir)
-    if workdir is not None and jax.process_index() == 0:
-      loop.write_json(os.path.join(workdir, "eval", f"step_{step:06d}.json"), result)
-    return result["values"]
-
-  return evaluate
-
-
-def _evaluate(
-  config, generate, state, step, extractor, *, metrics=None, num_samples=None, workdir=None
-) -> dict[str, Any]:
-  from ganjax import evaluation
-
-  result = evaluation.evaluate_generator(
+  """``evaluate(state, step) -> scalars``, or None when no feature extractor is configured
+  (:func:`ganjax.evaluation.make_evaluator`; writes ``WORKDIR/eval/step_NNNNNN.json``)."""
+  return evaluation.make_evaluator(
     config,
     generate,
-    state.params,
-    state.batch_stats,
-    num_samples=num_samples or config.eval_num_samples,
-    metrics=metrics or config.get("eval_metrics") or None,
-    extractor=extractor,
-    num_classes=None,
-    step=step,
-    ema=False,
+    lambda state: (state.params, state.batch_stats),
     workdir=workdir,
+    **EVALUATED_GENERATOR,
   )
-  result["protocol"]["system"] = TASK
-  result["protocol"]["samples"] = "VAE decoder mean images of the evaluation latents, z ~ N(0, I)"
-  return result
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -382,9 +361,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     start_step=start_step,
     step_fn=step_fn,
     batches=itertools.chain([first_batch], batches),
-    save_checkpoint=lambda step, state: checkpointer.save(
-      step, state, loop.data_position(config, step, config.batch_size)
-    ),
+    checkpointer=checkpointer,
     writer=writer,
     examples_per_step=config.batch_size,
     write_samples=write_samples,
@@ -462,33 +439,25 @@ def sample_from_workdir(
 
 def evaluate_workdir(
   workdir: str,
-  *,
   step: int | str | None = None,
-  metrics=None,
-  num_samples: int | None = None,
+  *,
   config_overrides: dict | None = None,
-  extractor=None,
+  **options: Any,
 ) -> dict[str, Any]:
-  """Evaluates a VAE checkpoint like :func:`ganjax.evaluation.evaluate_workdir` does a GAN's.
+  """Evaluates a VAE checkpoint like :func:`ganjax.systems.gan.evaluate_workdir` does a GAN's.
 
   Writes ``WORKDIR/eval/step_NNNNNN.json`` and returns ``{"values", "protocol", "details",
-  "workdir", "path"}``. Arguments as in :func:`ganjax.evaluation.evaluate_workdir`.
+  "workdir", "path"}``; ``options``: ``metrics``, ``num_samples``, ``extractor`` of
+  :func:`ganjax.evaluation.evaluate_checkpoint`.
   """
-  from ganjax import evaluation
-
   config, model, state, step = load_checkpoint(workdir, step, config_overrides)
-  if extractor is None:
-    extractor = evaluation.default_extractor_name(config)
-  if isinstance(extractor, str):
-    extractor = evaluation.get_extractor(config, extractor)
-  result = _evaluate(
+  return evaluation.evaluate_checkpoint(
     config,
     make_generate_fn(model),
-    state,
-    step,
-    extractor,
-    metrics=metrics,
-    num_samples=num_samples or config.get("eval_num_samples", 2500),
+    state.params,
+    state.batch_stats,
     workdir=workdir,
+    step=step,
+    **options,
+    **EVALUATED_GENERATOR,
   )
-  return evaluation.save_evaluation(workdir, step, result)

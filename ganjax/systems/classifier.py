@@ -1,35 +1,16 @@
-"""A small CNN digit classifier for MNIST-like data: accuracy, "classifier FID" features, and the
-channel-wise digits of Stacked MNIST samples.
+"""Training the domain classifier (``config.task = "classifier"``; configs/classifier.py).
 
-The network (:class:`Classifier`) follows the TensorFlow "Deep MNIST" tutorial layout at a smaller
-size: 3x3 "SAME" convs with 32 and 64 channels, each followed by ReLU and 2x2 max pooling
-(28 -> 14 -> 7), flatten, Dense 128 + ReLU (the features), Dropout 0.5, Dense 10 (the logits);
-421,642 parameters. Pooling after each conv costs 40% of the compute of the Keras ``mnist_cnn``
-layout (two VALID convs before one pool, 1.2M parameters) at about its accuracy: 99.16% on the
-MNIST test set after 4 epochs of Adam (batch 64, cosine decay; ``configs/classifier.py``), 98.88%
-after 3 epochs at batch 128. Inputs are 28x28x1 images in [-1, 1], as every ganjax source and
-generator produces them.
-
-Uses:
-
-* a domain feature extractor: :func:`classifier_features` gives the 128-d penultimate activations
-  (after the ReLU) for a Fréchet distance on MNIST-like data (:mod:`ganjax.metrics.frechet`);
-  :func:`predict` also gives the logits (for a classifier-based Inception Score);
-* Stacked MNIST mode counts (Metz et al. 2017): :func:`classify_channels` classifies each of the 3
-  channels on its own and returns the (N, 3) digits that
-  :func:`ganjax.metrics.stacked_mnist.stacked_mnist_modes` counts.
-
-Training (:func:`train_classifier`, config ``configs/classifier.py``): Adam on the softmax
-cross-entropy, on ``config.data``'s train split; evaluation on its ``test`` split. The embedded
-5,000 MNIST digits have no test split: the last :data:`HOLDOUT_PER_CLASS` digits of each class (in
-the file's order) are held out as the test set and never trained on. The workdir receives
-``config.json``, TensorBoard scalars and ``metrics.jsonl`` (clu's metric writers, as
-:mod:`ganjax.systems.gan` writes them), orbax checkpoints in ``checkpoints/``, the parameters
-(:data:`PARAMS_FILE`, flax msgpack) and :data:`EVAL_FILE` (test accuracy, dataset, the parameters'
-sha256); :func:`load_classifier` reads them back. Training runs on one device (a small CNN needs
-no more) and resumes from the workdir's latest checkpoint: a killed run rerun with the same config
-ends with the same parameters. Inference (:func:`predict` and the functions built on it) shards
-each batch over all devices, or over a given mesh.
+The network and its inference are :mod:`ganjax.evaluation.domain_classifier` (a feature extractor
+of the evaluation); this system trains it. Adam on the softmax cross-entropy, on ``config.data``'s
+train split; evaluation on its ``test`` split. The embedded 5,000 MNIST digits have no test split:
+the last :data:`HOLDOUT_PER_CLASS` digits of each class (in the file's order) are held out as the
+test set and never trained on. The workdir receives ``config.json``, TensorBoard scalars and
+``metrics.jsonl`` (clu's metric writers, as :mod:`ganjax.systems.gan` writes them), orbax
+checkpoints in ``checkpoints/``, the parameters (``classifier_params.msgpack``, flax msgpack) and
+``classifier_eval.json`` (test accuracy, dataset, the parameters' sha256);
+:func:`ganjax.evaluation.domain_classifier.load_classifier` reads them back. Training runs on one
+device (a small CNN needs no more) and resumes from the workdir's latest checkpoint: a killed run
+rerun with the same config ends with the same parameters.
 """
 
 from __future__ import annotations
@@ -41,11 +22,9 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -53,172 +32,29 @@ import numpy as np
 import optax
 from absl import logging
 from flax.training import train_state
-from jax.sharding import Mesh
 
 from ganjax import checkpoint as checkpoint_lib
 from ganjax import data as data_lib
-from ganjax import logs, loop, optimizers, parallel
+from ganjax import logs, loop, optimizers
 from ganjax import workdir as workdir_lib
 from ganjax.data import embedded, preprocessing
 from ganjax.data.source import DataSource, array_source
-from ganjax.errors import ConfigError, DataError, MissingPathError
-from ganjax.models import layers
+from ganjax.errors import ConfigError, DataError
+from ganjax.evaluation import domain_classifier
+from ganjax.evaluation.domain_classifier import (
+  EVAL_FILE,
+  FEATURE_DIM,
+  IMAGE_SHAPE,
+  NUM_CLASSES,
+  PARAMS_FILE,
+  Classifier,
+)
 
-IMAGE_SHAPE = (28, 28, 1)
-NUM_CLASSES = 10
-FEATURE_DIM = 128
 # Digits per class of the embedded MNIST subset held out as its test set (500 of 5,000).
 HOLDOUT_PER_CLASS = 50
-PARAMS_FILE = "classifier_params.msgpack"
-EVAL_FILE = "classifier_eval.json"
 # Orbax checkpoints of the training state (a rerun resumes from the latest), and the scalars.
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = loop.METRICS_FILE
-
-ApplyFn = Callable[[Any, Any], tuple[jax.Array, jax.Array]]
-
-
-class Classifier(nn.Module):
-  """conv32-pool-conv64-pool-dense128-dropout-dense10 on 28x28x1 images in [-1, 1].
-
-  Returns ``(logits, features)``: (N, num_classes) and the (N, 128) penultimate activations.
-  """
-
-  num_classes: int = NUM_CLASSES
-  dropout: float = 0.5
-
-  @nn.compact
-  def __call__(self, images: jax.Array, *, train: bool = False) -> tuple[jax.Array, jax.Array]:
-    check_images(images)
-    x = images
-    for features in (32, 64):
-      x = nn.relu(layers.conv(features, 3)(x))
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
-    x = x.reshape(x.shape[0], -1)
-    features = nn.relu(layers.dense(FEATURE_DIM)(x))
-    x = layers.Dropout(self.dropout)(features, deterministic=not train)
-    logits = layers.dense(self.num_classes)(x)
-    return logits, features
-
-
-def check_images(images: Any) -> None:
-  """Raises ``ValueError`` unless ``images`` is a (N, 28, 28, 1) batch."""
-  shape = tuple(np.shape(images))
-  if len(shape) != 4 or shape[1:] != IMAGE_SHAPE:
-    raise ValueError(
-      f"The classifier takes (N, 28, 28, 1) images in [-1, 1], got shape {shape}; use "
-      "classify_channels for 3-channel Stacked MNIST images."
-    )
-
-
-def init_params(rng: jax.Array, num_classes: int = NUM_CLASSES) -> Any:
-  """Freshly initialised parameters of :class:`Classifier`."""
-  return Classifier(num_classes).init(rng, jnp.zeros((1, *IMAGE_SHAPE)))["params"]
-
-
-def parameter_count(params: Any) -> int:
-  return int(sum(np.size(leaf) for leaf in jax.tree.leaves(params)))
-
-
-# ----------------------------------------------------------------------------------------------
-# Inference
-
-
-@functools.cache
-def _apply_fn(num_classes: int) -> ApplyFn:
-  model = Classifier(num_classes)
-  return jax.jit(lambda params, images: model.apply({"params": params}, images))
-
-
-def apply(params: Any, images: Any) -> tuple[jax.Array, jax.Array]:
-  """``(logits, features)`` of a batch in evaluation mode (jit-compiled per input shape)."""
-  check_images(images)
-  return _apply_fn(_num_classes(params))(params, jnp.asarray(images, jnp.float32))
-
-
-def predict(
-  params: Any, images: Any, *, batch_size: int = 256, mesh: Mesh | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-  """``(logits, features)`` as float32 numpy arrays for any number of images, in batches.
-
-  Each batch is sharded on its leading axis over ``mesh``'s ``data`` axis (default: all
-  devices), with the parameters replicated. ``batch_size`` is rounded up to a multiple of the
-  number of devices and the last batch is padded to it, so one compilation serves every call with
-  the same batch size and mesh. The result equals that of one device (to float32 round-off).
-  """
-  check_images(images)
-  if batch_size < 1:
-    raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
-  images = np.asarray(images, np.float32)
-  num = len(images)
-  num_classes = _num_classes(params)
-  if not num:
-    return np.zeros((0, num_classes), np.float32), np.zeros((0, FEATURE_DIM), np.float32)
-  mesh = parallel.make_mesh() if mesh is None else mesh
-  devices = mesh.devices.size
-  batch_size = -(-batch_size // devices) * devices
-  params = jax.device_put(params, parallel.replicated(mesh))  # A no-op when already there.
-  sharding = parallel.batch_sharded(mesh)
-  apply_fn = _apply_fn(num_classes)
-  logits, features = [], []
-  for start in range(0, num, batch_size):
-    chunk = images[start : start + batch_size]
-    size = len(chunk)
-    if size < batch_size:
-      chunk = np.concatenate([chunk, np.zeros((batch_size - size, *IMAGE_SHAPE), np.float32)])
-    chunk_logits, chunk_features = apply_fn(params, jax.device_put(chunk, sharding))
-    logits.append(chunk_logits)
-    features.append(chunk_features)
-  # Fetched after every batch is dispatched; the padding is dropped on the host.
-  return (
-    np.concatenate([np.asarray(x) for x in logits])[:num],
-    np.concatenate([np.asarray(x) for x in features])[:num],
-  )
-
-
-def classify(
-  params: Any, images: Any, *, batch_size: int = 256, mesh: Mesh | None = None
-) -> np.ndarray:
-  """Predicted classes (N,) int32 of (N, 28, 28, 1) images in [-1, 1], as :func:`predict`."""
-  logits = predict(params, images, batch_size=batch_size, mesh=mesh)[0]
-  return logits.argmax(axis=-1).astype(np.int32)
-
-
-def classifier_features(
-  params: Any, images: Any, *, batch_size: int = 256, mesh: Mesh | None = None
-) -> np.ndarray:
-  """The (N, 128) penultimate activations, for a Fréchet distance on MNIST-like data.
-
-  Batched and sharded over ``mesh`` (default: all devices) as :func:`predict`.
-  """
-  return predict(params, images, batch_size=batch_size, mesh=mesh)[1]
-
-
-def classify_channels(
-  params: Any, images: Any, *, batch_size: int = 256, mesh: Mesh | None = None
-) -> np.ndarray:
-  """The digit in each channel of (N, 28, 28, 3) Stacked MNIST images: (N, 3) int32.
-
-  Every channel is classified on its own as a grayscale image; row ``i`` is
-  ``(d_0, d_1, d_2)``, the input of :func:`ganjax.metrics.stacked_mnist.stacked_mnist_modes`.
-  """
-  images = np.asarray(images, np.float32)
-  if images.ndim != 4 or images.shape[1:3] != IMAGE_SHAPE[:2]:
-    raise ValueError(
-      f"classify_channels takes (N, 28, 28, C) images in [-1, 1], got shape {images.shape}."
-    )
-  num, height, width, channels = images.shape
-  gray = np.moveaxis(images, -1, 1).reshape(num * channels, height, width, 1)
-  return classify(params, gray, batch_size=batch_size, mesh=mesh).reshape(num, channels)
-
-
-def _num_classes(params: Any) -> int:
-  kernels = [leaf for leaf in jax.tree.leaves(params) if np.ndim(leaf) == 2]
-  return int(np.shape(kernels[-1])[-1]) if kernels else NUM_CLASSES
-
-
-# ----------------------------------------------------------------------------------------------
-# Training
 
 
 @functools.cache
@@ -399,7 +235,9 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict[st
     FloatingPointError: a non-finite loss (training stops; the last checkpoint is kept).
   """
   validate_config(config)
-  checkpointer = loop.open_workdir(config, workdir, checkpoint_dir=CHECKPOINT_DIR)
+  checkpointer = loop.open_workdir(
+    config, workdir, checkpoint_dir=CHECKPOINT_DIR, max_to_keep=config.get("keep_checkpoints", 3)
+  )
   source, test_images, test_labels, test_description = load_splits(
     config.data, seed=config.seed, batch_size=config.batch_size
   )
@@ -423,7 +261,9 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict[st
     jax.block_until_ready(state.params)
 
     t_eval = time.time()
-    predictions = classify(state.params, test_images, batch_size=config.get("eval_batch_size", 256))
+    predictions = domain_classifier.classify(
+      state.params, test_images, batch_size=config.get("eval_batch_size", 256)
+    )
     eval_seconds = time.time() - t_eval
     test_accuracy = float(np.mean(predictions == test_labels))
     writer.write_scalars(num_steps, {"test_accuracy": test_accuracy})
@@ -444,7 +284,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict[st
     "dataset": {**test_description, "name": config.data.name},
     "params_file": PARAMS_FILE,
     "params_sha256": hashlib.sha256(params_bytes).hexdigest(),
-    "num_parameters": parameter_count(state.params),
+    "num_parameters": domain_classifier.parameter_count(state.params),
     "model": {
       "architecture": "conv32-pool-conv64-pool-dense128-dropout-dense10",
       "num_classes": NUM_CLASSES,
@@ -533,7 +373,7 @@ def _train_loop(
   logging.info(
     "Training the classifier (%d parameters) on %s (%d examples, %d steps = %.2f epochs, batch "
     "%d) from step %d.",
-    parameter_count(state.params),
+    domain_classifier.parameter_count(state.params),
     source.name,
     source.num_examples,
     num_steps,
@@ -573,51 +413,6 @@ def _append_jsonl(workdir: str, step: int, scalars: dict[str, float]) -> None:
   record = {"step": step, "wall_time": time.time(), **scalars}
   with open(os.path.join(workdir, METRICS_FILE), "a") as f:
     f.write(json.dumps(record) + "\n")
-
-
-def load_classifier(workdir: str) -> tuple[ApplyFn, Any]:
-  """``(apply, params)`` of the classifier :func:`train_classifier` saved in ``workdir``.
-
-  ``apply(params, images)`` returns ``(logits, features)`` in evaluation mode (jit-compiled), like
-  :func:`apply`; ``params`` also works with :func:`predict`, :func:`classify`,
-  :func:`classifier_features` and :func:`classify_channels`.
-
-  Raises:
-    FileNotFoundError: ``workdir`` holds no trained classifier.
-    ValueError: the parameters' sha256 differs from the one recorded in :data:`EVAL_FILE`, or
-      their shapes do not fit :class:`Classifier`.
-  """
-  eval_path = os.path.join(workdir, EVAL_FILE)
-  if not os.path.exists(eval_path):
-    raise MissingPathError(
-      f"{eval_path} not found: is {workdir!r} the workdir of train_classifier?"
-    )
-  with open(eval_path) as f:
-    evaluation = json.load(f)
-  params_path = os.path.join(workdir, evaluation.get("params_file", PARAMS_FILE))
-  with open(params_path, "rb") as f:
-    params_bytes = f.read()
-  digest = hashlib.sha256(params_bytes).hexdigest()
-  if digest != evaluation["params_sha256"]:
-    raise checkpoint_lib.CheckpointMismatchError(
-      f"{params_path} has sha256 {digest}, but {eval_path} records "
-      f"{evaluation['params_sha256']}: the parameters changed after evaluation."
-    )
-  num_classes = evaluation.get("model", {}).get("num_classes", NUM_CLASSES)
-  target = jax.eval_shape(lambda: init_params(jax.random.key(0), num_classes))
-  restored = flax.serialization.msgpack_restore(params_bytes)
-  want = jax.tree.map(lambda x: tuple(x.shape), target)
-  try:
-    have = jax.tree.map(lambda x: tuple(np.shape(x)), restored)
-    mismatch = have != want
-  except (TypeError, ValueError):
-    mismatch = True
-  if mismatch:
-    raise checkpoint_lib.CheckpointMismatchError(
-      f"{params_path} does not hold Classifier parameters (shapes {want})."
-    )
-  params = jax.tree.map(jnp.asarray, restored)
-  return _apply_fn(num_classes), params
 
 
 def _write_bytes(path: str, content: bytes) -> None:
