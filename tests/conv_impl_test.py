@@ -307,10 +307,12 @@ def _dcgan_outputs(image_shape, impl, dtype="float32"):
   return jax.jit(run)(g_vars, d_vars, z, x)
 
 
-IMAGE_SHAPES = [(28, 28, 1), (32, 32, 3), (64, 64, 3)]
+# 64x64 adds one more layer of the kinds 32x32 has: checked with -m slow.
+IMAGE_SHAPES = [(28, 28, 1), (32, 32, 3), pytest.param((64, 64, 3), marks=pytest.mark.slow)]
 
 
-@pytest.mark.parametrize("impl", ["subpixel", "fast", "auto"])
+# "auto" is "fast" on the CPU (test_auto_resolves_by_backend).
+@pytest.mark.parametrize("impl", ["subpixel", "fast"])
 @pytest.mark.parametrize("image_shape", IMAGE_SHAPES, ids=str)
 def test_dcgan_same_outputs_and_gradients_for_every_impl(image_shape, impl):
   g, d, g_vars, d_vars, z, x = _dcgan(image_shape, impl)
@@ -328,7 +330,9 @@ def test_dcgan_same_outputs_and_gradients_for_every_impl(image_shape, impl):
       _close(a, b, 5e-5 if key.endswith("grads") else TOL)
 
 
-@pytest.mark.parametrize("image_shape", [(28, 28, 1), (64, 64, 3)], ids=str)
+@pytest.mark.parametrize(
+  "image_shape", [(28, 28, 1), pytest.param((64, 64, 3), marks=pytest.mark.slow)], ids=str
+)
 def test_dcgan_bfloat16(image_shape):
   out = _dcgan_outputs(image_shape, "auto", "bfloat16")
   expected = _dcgan_outputs(image_shape, "xla")

@@ -103,16 +103,17 @@ def _logged_steps(workdir):
 
 
 def test_sigterm_saves_the_step_reached_and_kill_resumes_exactly(tmp_path):
-  reference = str(tmp_path / "reference")
-  reference_log = open(tmp_path / "reference.log", "w")  # noqa: SIM115 (closed below)
-  # Runs beside the interrupted launches, its output in a file so that no pipe fills up.
-  reference_proc = _cli(*_long_run_args(reference), stdout=reference_log)
   workdir = str(tmp_path / "interrupted")
   # SIGTERM just after the first steps, long before a checkpoint is due: the run saves the step
   # it reached and exits cleanly (it used to log "checkpoint saved" and write nothing).
   proc = _cli(*_long_run_args(workdir))
   _read_until_step(proc, 5)
   proc.send_signal(signal.SIGTERM)
+  reference = str(tmp_path / "reference")
+  reference_log = open(tmp_path / "reference.log", "w")  # noqa: SIM115 (closed below)
+  # Runs beside the later launches (its output in a file, so that no pipe fills up), started
+  # once the first launch compiled the step, which it then finds in the compilation cache.
+  reference_proc = _cli(*_long_run_args(reference), stdout=reference_log)
   out, _ = proc.communicate(timeout=120)
   assert proc.returncode == 0, out[-3000:]
   stopped = re.search(r"Stopped by SIGTERM at step (\d+); checkpoint saved\.", out)
