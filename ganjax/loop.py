@@ -278,7 +278,14 @@ def data_info(source, element_shape, conditional: bool) -> dict[str, Any]:
 
 
 def hide_gpus_from_tensorflow() -> None:
-  """TensorFlow (tf.data, TensorBoard) must not claim accelerator memory JAX needs."""
+  """TensorFlow (tf.data, TensorBoard) must not claim accelerator memory JAX needs.
+
+  When JAX runs on the CPU there is none to protect, and TensorFlow is not imported here: its
+  import takes seconds, which a launch refused by the start's checks (lock, batch size, data)
+  would otherwise wait for.
+  """
+  if "tensorflow" not in sys.modules and jax.default_backend() == "cpu":
+    return
   if "tensorflow" not in sys.modules:
     try:
       import tensorflow as tf
