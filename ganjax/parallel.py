@@ -113,6 +113,12 @@ def host_batch_to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, 
   }
 
 
+def check_mode(mode: str) -> None:
+  """Raises a ConfigError naming the valid ``parallel.mode`` values when ``mode`` is not one."""
+  if mode not in MODES:
+    raise ConfigError(f"Unknown parallel.mode {mode!r}; valid choices: {', '.join(MODES)}.")
+
+
 def compile_step(
   step_fn: Callable[..., tuple[Any, Any]], mesh: Mesh, mode: str = "global"
 ) -> Callable[[Any, Any, jax.Array], tuple[Any, Any]]:
@@ -120,8 +126,7 @@ def compile_step(
 
   The state argument is donated: its buffers are reused for the new state.
   """
-  if mode not in MODES:
-    raise ConfigError(f"Unknown parallel.mode {mode!r}; valid choices: {', '.join(MODES)}.")
+  check_mode(mode)
   repl, sharded = replicated(mesh), batch_sharded(mesh)
   if mode == "global":
     return jax.jit(

@@ -298,10 +298,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.get("unrolled_steps", 0) < 0:
     raise ConfigError(f"config.unrolled_steps must be >= 0, got {config.unrolled_steps}.")
   check_pack(config.model.get("pack", 1), config.batch_size)
-  if config.parallel.mode not in parallel.MODES:
-    raise ConfigError(
-      f"Unknown parallel.mode {config.parallel.mode!r}; valid choices: {', '.join(parallel.MODES)}."
-    )
+  parallel.check_mode(config.parallel.mode)
   if not 0.0 <= config.ema.decay < 1.0:
     raise ConfigError(f"ema.decay must be in [0, 1), got {config.ema.decay}.")
   if config.get("regularizer", {}).get("weight_clip", 0.0) < 0:

@@ -442,10 +442,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for key in ("sample_every_steps", "checkpoint_every_steps", "eval_every_steps"):
     if config.get(key, 0) < 0:
       raise ConfigError(f"config.{key} must be >= 0 (0 = only at the end), got {config[key]}.")
-  if config.parallel.mode not in parallel.MODES:
-    raise ConfigError(
-      f"Unknown parallel.mode {config.parallel.mode!r}; valid choices: {', '.join(parallel.MODES)}."
-    )
+  parallel.check_mode(config.parallel.mode)
   if not 0.0 <= config.ema.decay < 1.0:
     raise ConfigError(f"ema.decay must be in [0, 1), got {config.ema.decay}.")
   num_levels = config.model.num_levels

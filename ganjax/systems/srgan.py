@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 import math
 import os
 from typing import Any, NamedTuple
@@ -567,11 +566,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(
       f"SRGAN upscales RGB images: data.channels must be 3 or None, got {config.data.channels}."
     )
-  mode = config.parallel.get("mode", "global")
-  if mode not in parallel.MODES:
-    raise ConfigError(
-      f"Unknown parallel.mode {mode!r}; valid choices: {', '.join(parallel.MODES)}."
-    )
+  parallel.check_mode(config.parallel.mode)
   best = config.get("eval_best_metric")
   if best and best not in BEST_METRICS:
     raise ConfigError(
@@ -728,11 +723,7 @@ def _save_evaluation(workdir, config, step: int, values, protocol) -> dict[str, 
 
 def load_trained(workdir: str, step: int | str | None = None):
   """``(config, state, step)`` of a workdir's checkpoint (None: latest, ``"best"``, or N)."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise MissingPathError(f"{path} not found: is {workdir!r} the workdir of an srgan run?")
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config, _ = workdir_lib.read_run(workdir)
   state, step = checkpoint_lib.restore_from_workdir(workdir, step, abstract_state(config))
   return config, state, int(step)
 

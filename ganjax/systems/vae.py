@@ -263,10 +263,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   vae_lib.check_likelihood(config.model.likelihood)
   if config.model.gaussian_std <= 0:
     raise ConfigError(f"config.model.gaussian_std must be > 0, got {config.model.gaussian_std}.")
-  if config.parallel.mode not in parallel.MODES:
-    raise ConfigError(
-      f"Unknown parallel.mode {config.parallel.mode!r}; valid choices: {', '.join(parallel.MODES)}."
-    )
+  parallel.check_mode(config.parallel.mode)
 
 
 def run_info(config, source, model: vae_lib.VAE, state, mesh) -> dict[str, Any]:
