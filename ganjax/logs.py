@@ -65,14 +65,32 @@ def show_progress() -> None:
   quiet_libraries()
 
 
+class NoWriter:
+  """The metric writer of the other processes of a multi-process run: writes nothing."""
+
+  def write_scalars(self, step, scalars) -> None:
+    del step, scalars
+
+  def write_images(self, step, images) -> None:
+    del step, images
+
+  def flush(self) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+
 def create_writer(workdir: str, is_chief: bool):
-  """The run's clu metric writer: TensorBoard in ``workdir`` on the chief, nothing elsewhere.
+  """The run's metric writer: TensorBoard events in ``workdir`` on the chief
+  (:class:`ganjax.summary_writer.SummaryWriter`, clu's writer methods without TensorFlow's
+  import), nothing elsewhere (:class:`NoWriter`).
 
   The scalars are logged once, by the run's progress line; clu's default writer would log each
   a second time.
   """
-  from clu import metric_writers
-
   if not is_chief:
-    return metric_writers.MultiWriter([])
-  return metric_writers.MultiWriter([metric_writers.SummaryWriter(workdir)])
+    return NoWriter()
+  from ganjax import summary_writer
+
+  return summary_writer.SummaryWriter(workdir)

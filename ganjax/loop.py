@@ -4,7 +4,7 @@
 a researcher relies on the same way for the GAN (:mod:`ganjax.systems.gan`), the systems of
 :mod:`ganjax.systems` and the domain classifier:
 
-* scalars every ``config.log_every_steps`` (and at the end) to TensorBoard (clu's metric writer)
+* scalars every ``config.log_every_steps`` (and at the end) to TensorBoard (:mod:`ganjax.summary_writer`)
   and ``WORKDIR/metrics.jsonl``, with steps/s, img/s and a progress line with the ETA;
 * a non-finite metric or state stops training *before* the next checkpoint, so the last good one
   is kept (and named);
@@ -215,7 +215,7 @@ def versions() -> dict[str, str]:
     "orbax-checkpoint",
     "tensorflow-cpu",
     "tensorflow-datasets",
-    "clu",
+    "tensorboard",
     "numpy",
   ):
     try:
@@ -278,21 +278,15 @@ def data_info(source, element_shape, conditional: bool) -> dict[str, Any]:
 
 
 def hide_gpus_from_tensorflow() -> None:
-  """TensorFlow (tf.data, TensorBoard) must not claim accelerator memory JAX needs.
+  """TensorFlow (tf.data) must not claim accelerator memory JAX needs.
 
-  When JAX runs on the CPU there is none to protect, and TensorFlow is not imported here: its
-  import takes seconds, which a launch refused by the start's checks (lock, batch size, data)
-  would otherwise wait for.
+  ganjax imports TensorFlow only for TFDS input, and :mod:`ganjax.data.tfds` hides the GPUs when
+  it does; this covers a TensorFlow that the caller imported before (a notebook). TensorFlow is
+  not imported here: its import takes seconds that a run without TFDS input does not need.
   """
-  if "tensorflow" not in sys.modules and jax.default_backend() == "cpu":
+  tf = sys.modules.get("tensorflow")
+  if tf is None:
     return
-  if "tensorflow" not in sys.modules:
-    try:
-      import tensorflow as tf
-    except ImportError:
-      return
-  else:
-    tf = sys.modules["tensorflow"]
   try:
     tf.config.set_visible_devices([], "GPU")
   except RuntimeError:  # Already initialised.
@@ -517,7 +511,7 @@ def run(
     step_fn: ``(state, host_batch) -> (state, metrics)``: one update (placing the batch on the
       mesh and drawing its randomness is the caller's business); metrics stay on the device.
     batches: Host batches from ``start_step`` on.
-    writer: clu metric writer (TensorBoard + log) for the scalars.
+    writer: the metric writer (:func:`ganjax.logs.create_writer`) for the scalars.
     examples_per_step: Examples one step consumes (for img/s and the data position).
     checkpointer: Saves (atomically) the state after a step with its :func:`data_position`, and
       raises rather than write a non-finite state (:meth:`ganjax.checkpoint.Checkpointer.save`).

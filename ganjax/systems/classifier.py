@@ -5,7 +5,7 @@ of the evaluation); this system trains it. Adam on the softmax cross-entropy, on
 train split; evaluation on its ``test`` split. The embedded 5,000 MNIST digits have no test split:
 the last :data:`HOLDOUT_PER_CLASS` digits of each class (in the file's order) are held out as the
 test set and never trained on. The workdir receives ``config.json``, TensorBoard scalars and
-``metrics.jsonl`` (clu's metric writers, as :mod:`ganjax.systems.gan` writes them), orbax
+``metrics.jsonl`` (as :mod:`ganjax.systems.gan` writes them), orbax
 checkpoints in ``checkpoints/``, the parameters (``classifier_params.msgpack``, flax msgpack) and
 ``classifier_eval.json`` (test accuracy, dataset, the parameters' sha256);
 :func:`ganjax.evaluation.domain_classifier.load_classifier` reads them back. Training runs on one
