@@ -24,12 +24,20 @@ def _config(name: str, arg: str = "runlocal", **overrides):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-  """``{name: workdir}``: runlocal trainings of the conditional GAN, LAPGAN, VAE and SRGAN."""
+  """``{name: workdir}``: runlocal trainings of the conditional GAN, LAPGAN, VAE and SRGAN, cut to
+  what loading needs (two steps, a checkpoint after each; no samples or evaluations: each system's
+  own tests train it with those)."""
   root = tmp_path_factory.mktemp("api")
   workdirs = {}
+  short = {
+    "num_train_steps": 2,
+    "checkpoint_every_steps": 1,
+    "sample_every_steps": 0,
+    "eval_every_steps": 0,
+  }
   for name in ("cgan", "lapgan", "vae", "srgan"):
     workdirs[name] = str(root / name)
-    ganjax.train(_config(name), workdirs[name])
+    ganjax.train(_config(name, **short), workdirs[name])
   return workdirs
 
 
