@@ -123,6 +123,10 @@ def _error_summary(error: BaseException) -> str:
 class Checkpointer:
   """Saves and restores ``(GANState, data position)`` pairs under ``directory``.
 
+  In a multi-process run every process creates it and calls :meth:`save` and :meth:`restore`
+  alike: orbax writes each array once (the process holding its first replica) and the metadata
+  from process 0.
+
   ``last_good_step`` is the newest step this object saved or resumed from (None before either);
   error messages name it as the checkpoint a stopped run can go back to.
   """
@@ -178,7 +182,9 @@ class Checkpointer:
   def restore(self, step: int, target: Any) -> tuple[Any, dict[str, Any]]:
     """Restores ``step`` into the structure, shapes and shardings of ``target``.
 
-    ``target`` may hold arrays or ``jax.ShapeDtypeStruct``s (e.g. from ``jax.eval_shape``).
+    ``target`` may hold arrays or ``jax.ShapeDtypeStruct``s (e.g. from ``jax.eval_shape``); a
+    leaf without a sharding is restored on the first local device. Any process layout reads a
+    checkpoint of any other (every process of a multi-process run calls this).
 
     Raises:
       CheckpointMismatchError: the checkpoint's arrays differ from ``target``'s.
@@ -323,9 +329,12 @@ class Checkpointer:
 
 
 def _abstract(x):
-  if isinstance(x, jax.ShapeDtypeStruct):
-    return x
+  """What orbax restores ``x`` as. Without a sharding: on this process's first device (the
+  checkpoint's own sharding may name devices that do not exist here, e.g. those of the other
+  processes of a multi-process run)."""
   sharding = getattr(x, "sharding", None)
+  if sharding is None:
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
 
 
@@ -407,13 +416,14 @@ class BestCheckpoint:
     value = float(scalars[self.metric])
     if not self.is_better(value):
       return False
-    self._checkpointer.save(step, state, data_position)
+    self._checkpointer.save(step, state, data_position)  # Every process takes part.
     self._checkpointer.wait_until_finished()
     self.record = {"metric": self.metric, "value": value, "step": step}
-    tmp = os.path.join(self.directory, "best.json.tmp")
-    with open(tmp, "w") as f:
-      json.dump(self.record, f)
-    os.replace(tmp, os.path.join(self.directory, "best.json"))
+    if jax.process_index() == 0:
+      tmp = os.path.join(self.directory, "best.json.tmp")
+      with open(tmp, "w") as f:
+        json.dump(self.record, f)
+      os.replace(tmp, os.path.join(self.directory, "best.json"))
     logging.info(
       "New best %s = %.6g at step %d (saved in %s).", self.metric, value, step, self.directory
     )

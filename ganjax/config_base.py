@@ -111,8 +111,14 @@ def add_parallelism(config: ml_collections.ConfigDict) -> None:
   config.parallel.mode = "global"
   # Devices to use (0 = all).
   config.parallel.num_devices = 0
-  # Call jax.distributed.initialize() for a multi-host run.
+  # Multi-process run: join the other processes (ganjax.parallel.initialize_distributed).
   config.parallel.distributed = False
+  # Process 0's HOST:PORT (flag --coordinator_address); None = from Slurm or submitit.
+  config.parallel.coordinator_address = config_dict.placeholder(str)
+  # Number of processes (flag --num_processes); None = from Slurm or submitit.
+  config.parallel.num_processes = config_dict.placeholder(int)
+  # This process's index, 0..num_processes-1 (flag --process_id); None = from Slurm or submitit.
+  config.parallel.process_id = config_dict.placeholder(int)
 
 
 def add_image_generation(config: ml_collections.ConfigDict) -> None:

@@ -4,14 +4,19 @@
 a researcher relies on the same way for the GAN (:mod:`ganjax.systems.gan`), the systems of
 :mod:`ganjax.systems` and the domain classifier:
 
-* scalars every ``config.log_every_steps`` (and at the end) to TensorBoard (:mod:`ganjax.summary_writer`)
-  and ``WORKDIR/metrics.jsonl``, with steps/s, img/s and a progress line with the ETA;
+* scalars every ``config.log_every_steps`` (and at the end) to TensorBoard
+  (:mod:`ganjax.summary_writer`) and ``WORKDIR/metrics.jsonl``, with steps/s, img/s and a
+  progress line with the ETA;
 * a non-finite metric or state stops training *before* the next checkpoint, so the last good one
   is kept (and named);
 * samples every ``config.sample_every_steps``, evaluation every ``config.eval_every_steps`` and
   checkpoints every ``config.checkpoint_every_steps`` (0 = only at the end; always at the end);
 * SIGTERM (preemption) or SIGINT (Ctrl-C) at any moment saves a checkpoint of the step reached
   and stops; a resume drops the ``metrics.jsonl`` records past its checkpoint;
+* in a multi-process run, every process trains and takes part in each checkpoint save (the
+  checkpoint reads back with any process layout), process 0 alone writes files (logs, samples,
+  evaluations, the run's records) and holds the workdir's lock, and a signal to any process stops
+  all after the same step (:class:`StopVote`);
 * phases of training (e.g. SRGAN's SRResNet pre-training, then adversarial fine-tuning): where one
   ends, a log, an evaluation and a checkpoint are forced, and every record names its phase.
 
@@ -60,6 +65,10 @@ class NonFiniteLossError(UserError, FloatingPointError):
   """A loss or metric became NaN/inf; training stops before the state can be checkpointed."""
 
 
+# How many steps the host may dispatch ahead of the last one finished (see run()).
+MAX_STEPS_AHEAD = 8
+
+
 class MetricsBuffer:
   """Holds per-step device metrics until the next log; finds the first non-finite step.
 
@@ -76,6 +85,12 @@ class MetricsBuffer:
 
   def __len__(self) -> int:
     return len(self._pending)
+
+  def wait_for(self, steps_behind: int) -> None:
+    """Waits until the step ``steps_behind`` before the newest pending one has run (a no-op when
+    fewer are pending): bounds how far the host runs ahead of the devices."""
+    if len(self._pending) > steps_behind:
+      jax.block_until_ready(self._pending[-1 - steps_behind][1])
 
   def check(self) -> None:
     """Fetches the pending metrics (they stay pending for the next :meth:`flush`); raises
@@ -177,6 +192,38 @@ class Preemption:
       signal.signal(signum, signal.SIG_DFL if previous is None else previous)
     self._previous = {}
     return False
+
+
+class StopVote:
+  """Whether to stop for a signal, decided alike by every process of a multi-process run.
+
+  A signal may reach one process only, or the processes at different steps; a checkpoint save
+  needs them all, after the same step. So each step, every process casts its flag (a max over the
+  devices, dispatched behind the step) and reads the outcome of the previous step's vote: all
+  stop after the same step, one step after the first signal, without waiting for the step in
+  flight. One process decides alone, at once.
+  """
+
+  def __init__(self):
+    self.multi_process = jax.process_count() > 1
+    self._pending = None
+    if self.multi_process:
+      from jax.sharding import Mesh, NamedSharding
+      from jax.sharding import PartitionSpec as P
+
+      mesh = Mesh(np.asarray(jax.devices()), ("processes",))
+      self._sharding = NamedSharding(mesh, P("processes"))
+      self._any = jax.jit(jax.numpy.max, out_shardings=NamedSharding(mesh, P()))
+
+  def __call__(self, requested: bool) -> bool:
+    """Casts this process's ``requested`` and returns whether any process asked to stop (one
+    process: ``requested``; several: as of the previous call)."""
+    if not self.multi_process:
+      return requested
+    local = np.full((jax.local_device_count(),), requested, np.int32)
+    votes = jax.make_array_from_process_local_data(self._sharding, local)
+    previous, self._pending = self._pending, self._any(votes)
+    return previous is not None and bool(previous)
 
 
 def format_duration(seconds: float) -> str:
@@ -302,15 +349,21 @@ def start(
 ):
   """The start every run shares: ``(mesh, source, checkpointer)``.
 
-  Initialises multi-host JAX when ``config.parallel.distributed``, hides GPUs from TensorFlow,
-  opens the workdir (:func:`open_workdir`: lock, checkpointer, relaunch checks), builds the mesh
-  (checking that ``config.batch_size`` divides over it) and the data source of ``config.data``
-  (this host's share of ``examples_per_step`` per step): :func:`ganjax.data.create_source`, or
-  ``create_source(batch_size=, process_index=, process_count=)`` for another kind of source
-  (SRGAN's LR/HR pairs). The trainer releases the lock with :func:`ganjax.workdir.releases_lock`.
+  Joins the other processes when ``config.parallel.distributed`` (the layout of
+  ``config.parallel``, or found: :func:`ganjax.parallel.initialize_distributed`), hides GPUs from
+  TensorFlow, opens the workdir (:func:`open_workdir`: lock, checkpointer, relaunch checks), builds
+  the mesh (checking that ``config.batch_size`` divides over it) and the data source of
+  ``config.data`` (this host's share of ``examples_per_step`` per step):
+  :func:`ganjax.data.create_source`, or ``create_source(batch_size=, process_index=,
+  process_count=)`` for another kind of source (SRGAN's LR/HR pairs). The trainer releases the
+  lock with :func:`ganjax.workdir.releases_lock`.
   """
   if config.parallel.distributed:
-    parallel.initialize_distributed()
+    parallel.initialize_distributed(
+      config.parallel.get("coordinator_address"),
+      config.parallel.get("num_processes"),
+      config.parallel.get("process_id"),
+    )
   hide_gpus_from_tensorflow()
   checkpointer = open_workdir(config, workdir, max_to_keep=config.keep_checkpoints)
   mesh = parallel.make_mesh(config.parallel.num_devices or None)
@@ -544,6 +597,7 @@ def run(
   total = config.num_train_steps
   phase_ends = frozenset(int(s) for s in phase_ends)
   sections = SectionTimes()
+  stop_vote = StopVote()
   buffer = MetricsBuffer()
   buffer.last_checkpoint = start_step
   best = None
@@ -555,9 +609,11 @@ def run(
   if is_chief:
     drop_metrics_after(workdir, start_step)
 
+  # The other processes of a multi-process run write no files.
+  metrics_path = os.path.join(workdir, METRICS_FILE)
   with (
     Preemption() as preemption,
-    open(os.path.join(workdir, METRICS_FILE), "a") as metrics_file,
+    open(metrics_path, "a") if is_chief else contextlib.nullcontext() as metrics_file,
     contextlib.closing(best) if best is not None else contextlib.nullcontext(),
   ):
 
@@ -616,6 +672,12 @@ def run(
         )
         logging.info("%s (with compilation) took %.1fs.", first, t_last - t_step)
       buffer.add(step, metrics)
+      # Between logs the host would dispatch steps without waiting for any: with many in flight,
+      # XLA:CPU's all-reduce over 8 simulated devices stalls ("only 7 of 8 threads arrived") and
+      # aborts (the 2-D GAN logging every 1,500 steps: 32 steps ahead still stalled, 16 and 8 ran
+      # through). A step waits for the one MAX_STEPS_AHEAD before it (already done when the
+      # devices keep up), so the queue stays short and the devices stay busy.
+      buffer.wait_for(MAX_STEPS_AHEAD)
 
       last = step == total
       phase_end = step in phase_ends
@@ -634,18 +696,23 @@ def run(
           record(scalars)
           logging.info("%s | eval %s", where(), json.dumps(scalars))
       # Decided last, so a signal that came during anything above still saves this step.
-      stopped = preemption.requested
+      stopped = stop_vote(preemption.requested)
       if last or stopped or phase_end or _due(step, config.checkpoint_every_steps):
         buffer.check()  # A non-finite metric must not reach a checkpoint.
         with sections.timed("checkpoint"):
           save_checkpoint(step, state)
         buffer.last_checkpoint = step
-        stopped = preemption.requested  # A signal during the save: this step is saved, stop.
+        if not stop_vote.multi_process:  # A signal during the save: this step is saved, stop.
+          stopped = preemption.requested
       if phase_end and not last and phase_of is not None:
         logging.info("Step %d ends phase %r; %r follows.", step, phase_of(step), phase_of(step + 1))
       if stopped:
         log()  # The metrics since the last log would be lost otherwise.
-        logging.warning("Stopped by %s at step %d; checkpoint saved.", preemption.signal_name, step)
+        logging.warning(
+          "Stopped by %s at step %d; checkpoint saved.",
+          preemption.signal_name or "a signal to another process",
+          step,
+        )
         break
     if preemption.requested and not stopped:
       logging.warning(

@@ -9,6 +9,11 @@
 
   python -m ganjax.main --mode=upscale --workdir=runs/srgan --input=photo.png --output=photo_x4.png
 
+  # Several processes (hosts) training one run: the same command on each, with its --process_id
+  # (0 serves the coordinator). Inside a Slurm step or a submitit job, the three are found alone.
+  python -m ganjax.main --config=configs/dcgan.py --workdir=runs/dcgan \
+      --coordinator_address=host0:12345 --num_processes=2 --process_id=0
+
 ``config.task`` selects what a config trains: ``"gan"`` (the default, :mod:`ganjax.systems.gan`),
 ``"classifier"`` (training the domain classifier, :mod:`ganjax.systems.classifier`,
 configs/classifier.py) or another system of :mod:`ganjax.systems` (e.g. ``"srgan"``).
@@ -64,6 +69,14 @@ flags.DEFINE_list("metrics", None, "--mode=evaluate: metric names (default: the 
 flags.DEFINE_integer("eval_num_samples", None, "--mode=evaluate: generated samples.")
 flags.DEFINE_string("eval_inception_weights", None, "--mode=evaluate: FID Inception weights.")
 flags.DEFINE_string("eval_classifier_workdir", None, "--mode=evaluate: classifier workdir.")
+flags.DEFINE_string(
+  "coordinator_address",
+  None,
+  "Multi-process training: process 0's HOST:PORT (sets config.parallel.distributed; Slurm and "
+  "submitit jobs find it themselves).",
+)
+flags.DEFINE_integer("num_processes", None, "Multi-process training: the number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-process training: this process's index (0..N-1).")
 flags.DEFINE_bool(
   "traceback", False, "Print the traceback of a user error too (as --verbosity=1 does)."
 )
@@ -101,7 +114,7 @@ def main(argv):
   from ganjax import api, systems  # Heavy imports after flag parsing: --help stays fast.
 
   if FLAGS.mode == "train":
-    api.train(FLAGS.config, FLAGS.workdir)
+    api.train(_with_process_layout(FLAGS.config), FLAGS.workdir)
     logging.info("Done.")
     return
   task = systems.workdir_task(FLAGS.workdir)
@@ -117,6 +130,21 @@ def main(argv):
   logging.info("Done.")
 
 
+# The flags of a multi-process run: each sets config.parallel's field of the same name.
+_LAYOUT_FLAGS = ("coordinator_address", "num_processes", "process_id")
+
+
+def _with_process_layout(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """``config`` with the multi-process flags given copied into ``config.parallel`` (and
+  ``parallel.distributed`` on when any is given)."""
+  given = {name: FLAGS[name].value for name in _LAYOUT_FLAGS if FLAGS[name].value is not None}
+  if given:
+    config.parallel.distributed = True
+    for name, value in given.items():
+      config.parallel[name] = value
+  return config
+
+
 def _check_flags() -> None:
   """The checks of the flags that need no heavy import: a bad command fails in a second."""
   workdir = FLAGS.workdir
@@ -124,9 +152,16 @@ def _check_flags() -> None:
     raise FlagError("--workdir is required (a directory for checkpoints, logs and samples).")
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise errors.WorkdirError(f"--workdir={workdir} is a file, not a directory.")
+  layout = [f"--{name}" for name in _LAYOUT_FLAGS if FLAGS[name].value is not None]
+  if layout and FLAGS.mode != "train":
+    raise FlagError(f"{', '.join(layout)}: multi-process runs train; --mode={FLAGS.mode} does not.")
   if FLAGS.mode == "train":
     if FLAGS.config is None:
       raise FlagError("--config is required to train, e.g. --config=configs/dcgan.py")
+    if layout and "parallel" not in FLAGS.config:
+      raise FlagError(
+        f"{', '.join(layout)}: this config trains on one process (it has no config.parallel)."
+      )
     if os.path.isdir(workdir) and not os.access(workdir, os.W_OK | os.X_OK):
       raise errors.WorkdirError(
         f"--workdir={workdir} is not writable (read-only or not yours); use another --workdir."

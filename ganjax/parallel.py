@@ -8,8 +8,11 @@ Two modes run the same pure step (``config.parallel.mode``):
   gradients, metrics and BatchNorm running averages — the ``jax.pmap`` programming model, with
   per-device BatchNorm batch statistics.
 
-Multi-host: :func:`initialize_distributed` calls ``jax.distributed.initialize()``; each host feeds
-its own slice of the global batch and :func:`host_batch_to_global` assembles the global array.
+Multi-host: :func:`initialize_distributed` joins the processes of a run (coordinator and ranks from
+the flags, jax's cluster detection or submitit's job environment); each host feeds its own slice of
+the global batch and :func:`host_batch_to_global` assembles the global array. On CPUs the processes
+exchange data with gloo, jax's default CPU collectives. Every process opens the run's workdir (a
+file system they all see): all take part in checkpoint saves, process 0 writes the rest.
 
 Inference (generation, feature extraction): :func:`batched_outputs` / :func:`batched_apply` run a
 function over any number of rows in fixed-size batches sharded over the mesh.
@@ -18,6 +21,8 @@ function over any number of rows in fixed-size batches sharded over the mesh.
 from __future__ import annotations
 
 import math
+import os
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -34,15 +39,174 @@ DATA_AXIS = "data"
 MODES = ("global", "shard_map")
 
 
-def initialize_distributed() -> None:
-  """Joins a multi-host run (coordinator and process ids come from the cluster environment)."""
-  jax.distributed.initialize()
+# The layout this process joined (initialize_distributed).
+_JOINED: dict[str, Any] = {}
+# Ports derived from a job id lie in [61440, 65535], above Linux's ephemeral range (as jax's own).
+_PORT_BASE, _PORT_RANGE = 65536 - 4096, 4096
+
+
+def initialize_distributed(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+) -> dict[str, Any]:
+  """Joins the processes of a multi-process run (``jax.distributed.initialize``); returns the
+  layout (``coordinator_address``, ``num_processes``, ``process_id``, ``source``).
+
+  Each value comes from the first of: the arguments (the flags ``--coordinator_address``,
+  ``--num_processes``, ``--process_id`` of :mod:`ganjax.main`); jax's own cluster detection
+  (inside a Slurm ``srun`` step: ``SLURM_STEP_NODELIST``, ``SLURM_NTASKS``, ``SLURM_PROCID``; Open
+  MPI; Cloud TPU); submitit's job environment (a task of a local or Slurm submitit job: its rank,
+  the task count, and its first host with a port derived from the job id, or
+  ``JAX_COORDINATOR_PORT``); ``JAX_COORDINATOR_ADDRESS``. Called again in a process that already
+  joined, it checks the layout and returns it.
+
+  Raises:
+    ConfigError: a value is missing (the message names the flags), invalid, or differs from the
+      run this process already joined.
+  """
+  layout = _check_layout(coordinator_address, num_processes, process_id)
+  if jax.distributed.is_initialized():
+    return _check_joined(layout)
+  source = "flags"
+  if None in layout.values():
+    cluster = _jax_cluster()
+    found = None if cluster is not None else submitit_layout()
+    if cluster is not None:
+      source = f"jax's {cluster} detection"  # jax.distributed.initialize fills in the rest.
+    elif found is not None:
+      layout = {k: found[k] if v is None else v for k, v in layout.items()}
+      source = f"submitit {found['executor']} job {found['job_id']}"
+    else:
+      if layout["coordinator_address"] is None:
+        layout["coordinator_address"] = os.environ.get("JAX_COORDINATOR_ADDRESS") or None
+      missing = [name for name, value in layout.items() if value is None]
+      if missing:
+        raise ConfigError(
+          f"A multi-process run (config.parallel.distributed) needs {', '.join(missing)}, and "
+          "no Slurm step or submitit job says them: pass --coordinator_address=HOST:PORT "
+          "--num_processes=N --process_id=I to every process (I = 0..N-1; process 0 serves "
+          "HOST:PORT), or set config.parallel.coordinator_address, num_processes and "
+          "process_id."
+        )
+  jax.distributed.initialize(**layout)
+  _JOINED.update(
+    coordinator_address=layout["coordinator_address"],  # None: jax's detection found it.
+    num_processes=jax.process_count(),
+    process_id=jax.process_index(),
+    source=source,
+  )
+  _log_layout(_JOINED)
+  return dict(_JOINED)
+
+
+def _check_layout(coordinator_address, num_processes, process_id) -> dict[str, Any]:
+  """The given values, checked (None: not given)."""
+  if coordinator_address is not None:
+    host, _, port = str(coordinator_address).rpartition(":")
+    if not host or not port.isdigit():
+      raise ConfigError(
+        f"--coordinator_address={coordinator_address!r} must be HOST:PORT (process 0's host "
+        "and a free port), e.g. localhost:12345."
+      )
+  if num_processes is not None and num_processes < 1:
+    raise ConfigError(f"--num_processes must be >= 1, got {num_processes}.")
+  if process_id is not None and (
+    process_id < 0 or (num_processes is not None and process_id >= num_processes)
+  ):
+    limit = f" and < --num_processes={num_processes}" if num_processes is not None else ""
+    raise ConfigError(f"--process_id must be >= 0{limit}, got {process_id}.")
+  return {
+    "coordinator_address": coordinator_address,
+    "num_processes": num_processes,
+    "process_id": process_id,
+  }
+
+
+def _check_joined(given: dict[str, Any]) -> dict[str, Any]:
+  """The layout of the run this process already joined; a ConfigError when ``given`` differs."""
+  joined = {
+    "coordinator_address": _JOINED.get("coordinator_address"),
+    "num_processes": jax.process_count(),
+    "process_id": jax.process_index(),
+  }
+  different = [
+    k for k, v in given.items() if v is not None and joined[k] is not None and v != joined[k]
+  ]
+  if different:
+    raise ConfigError(
+      f"This process already joined a multi-process run ({joined}); it cannot join another "
+      f"with {', '.join(f'{k}={given[k]!r}' for k in different)}."
+    )
+  return {**joined, "source": _JOINED.get("source", "jax.distributed.initialize")}
+
+
+def _jax_cluster() -> str | None:
+  """The cluster environment ``jax.distributed.initialize()`` detects by itself (e.g. ``slurm``
+  inside an ``srun`` step), or None."""
+  try:
+    from jax._src import clusters
+  except ImportError:  # Moved in a later jax: leave detection to jax.distributed.initialize.
+    return None
+  for env in getattr(clusters.ClusterEnv, "_cluster_types", ()):
+    if getattr(env, "opt_in_only_method", False):
+      continue
+    try:
+      if env.is_env_present():
+        return getattr(env, "name", "") or env.__name__
+    except Exception:  # A detector that cannot tell (a missing optional module) detects nothing.
+      continue
+  return None
+
+
+def submitit_layout() -> dict[str, Any] | None:
+  """The layout of the submitit job this process is a task of (local or Slurm executor), or
+  None outside one: coordinator (its first host; ``localhost`` for the local executor) and port
+  (``JAX_COORDINATOR_PORT``, else derived from the job id), task count and rank."""
+  if not os.environ.get("SUBMITIT_EXECUTOR"):
+    return None
+  try:
+    import submitit
+  except ImportError:
+    return None
+  try:
+    env = submitit.JobEnvironment()
+  except RuntimeError:  # Not inside a submitit job after all.
+    return None
+  job_id = str(env.job_id)  # "ARRAY_TASK" for a task of a Slurm job array.
+  port = os.environ.get("JAX_COORDINATOR_PORT") or str(job_port(str(env.raw_job_id)))
+  host = "localhost" if env.cluster in ("local", "debug") else env.hostnames[0]
+  return {
+    "coordinator_address": f"{host}:{port}",
+    "num_processes": int(env.num_tasks),
+    "process_id": int(env.global_rank),
+    "executor": env.cluster,
+    "job_id": job_id,
+  }
+
+
+def job_port(job_id: str) -> int:
+  """The port every task of job ``job_id`` derives alike: jax's rule for Slurm job ids (its own
+  id for each task of an array), so jobs started one after another get different ports."""
+  number = int(job_id) if job_id.isdigit() else zlib.crc32(job_id.encode())
+  return _PORT_BASE + number % _PORT_RANGE
+
+
+def _log_layout(layout: dict[str, Any]) -> None:
+  by_process: dict[int, list[int]] = {}
+  for device in jax.devices():
+    by_process.setdefault(device.process_index, []).append(device.id)
   logging.info(
-    "Distributed JAX: process %d of %d, %d local / %d global devices.",
-    jax.process_index(),
-    jax.process_count(),
+    "Distributed JAX (%s): process %d of %d, coordinator %s; %d local / %d global %s devices; "
+    "devices by process: %s.",
+    layout["source"],
+    layout["process_id"],
+    layout["num_processes"],
+    layout["coordinator_address"],
     jax.local_device_count(),
     jax.device_count(),
+    jax.default_backend(),
+    "; ".join(f"{p}: {ids}" for p, ids in sorted(by_process.items())),
   )
 
 
@@ -166,7 +330,8 @@ def batched_outputs(
   weights) are replicated on ``mesh`` (default: all devices) once, and every batch is sharded on
   its leading axis over the ``data`` axis. ``batch_size`` is rounded up to a multiple of the
   devices and the last batch is padded with zeros, so one compilation serves every batch; the
-  padding is dropped from what is yielded (numpy arrays in the structure of ``fn``'s output).
+  padding is dropped from what is yielded (numpy arrays in the structure of ``fn``'s output; in a
+  multi-process run each process passes the same inputs and gets all outputs).
   ``inputs`` share their leading length; a None input is passed through as None. The next batch
   is dispatched before the previous one is fetched.
   """
@@ -223,4 +388,14 @@ def _padded(rows: np.ndarray, size: int) -> np.ndarray:
 
 
 def _fetched(outputs: Any, size: int) -> Any:
-  return jax.tree.map(lambda x: np.asarray(x)[:size], outputs)
+  """The first ``size`` rows of ``outputs`` on the host; in a multi-process run, every process
+  gets every row (gathered from the devices of the others)."""
+
+  def fetch(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      from jax.experimental import multihost_utils
+
+      x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(x)[:size]
+
+  return jax.tree.map(fetch, outputs)

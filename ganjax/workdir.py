@@ -37,9 +37,10 @@ Before a run resumes from a checkpoint, :func:`check_relaunch` compares its conf
   checkpoint's step instead; a warning when a learning-rate schedule is not constant),
   ``log_every_steps``, ``sample_every_steps``, ``checkpoint_every_steps``, ``keep_checkpoints``,
   ``num_sample_images``, ``eval_*``, ``resume.*``, ``parallel.num_devices`` (the result changes
-  only by round-off; a resume is bit-identical with the same device count, so the count is
-  recorded per launch), ``parallel.distributed``, ``data.eval_split``, ``data.eval_crop_size``,
-  ``data.eval_max_crops`` and ``srgan.eval_*``, ``srgan.upscale_tile``.
+  only by round-off; a resume is bit-identical with the same device and process counts, so both
+  are recorded per launch), ``parallel.distributed`` and the process layout
+  (``parallel.coordinator_address``, ``num_processes``, ``process_id``), ``data.eval_split``,
+  ``data.eval_crop_size``, ``data.eval_max_crops`` and ``srgan.eval_*``, ``srgan.upscale_tile``.
 
 Before any checkpoint exists nothing was trained, so differences are only recorded. A
 ``num_train_steps`` below the checkpoint's step is an error naming both numbers; equal means the
@@ -84,6 +85,9 @@ FREE_FIELDS = (
   "resume.*",
   "parallel.num_devices",
   "parallel.distributed",
+  "parallel.coordinator_address",
+  "parallel.num_processes",
+  "parallel.process_id",
   "data.eval_split",
   "data.eval_crop_size",
   "data.eval_max_crops",
@@ -294,16 +298,24 @@ def record_launch(
     record["versions"] = info.get("versions")
     if isinstance(info.get("devices"), dict):
       record["num_devices"] = info["devices"].get("count")
-  devices = record.get("num_devices")
-  previous_devices = next(
-    (r["num_devices"] for r in reversed(launches) if r.get("num_devices") is not None), None
+      record["num_processes"] = info["devices"].get("process_count")
+  # (devices, processes); launches recorded before num_processes existed ran on one process.
+  layout = (record.get("num_devices"), record.get("num_processes") or 1)
+  previous_layout = next(
+    (
+      (r["num_devices"], r.get("num_processes") or 1)
+      for r in reversed(launches)
+      if r.get("num_devices") is not None
+    ),
+    None,
   )
-  if start_step and None not in (devices, previous_devices) and devices != previous_devices:
+  if start_step and None not in (layout[0], previous_layout) and layout != previous_layout:
     logging.warning(
-      "Resuming on %d devices after %d: the result differs by round-off from a run on one "
-      "device count (resume is bit-identical only with the same count).",
-      devices,
-      previous_devices,
+      "Resuming on %d devices in %d process(es) after %d in %d: the result differs by round-off "
+      "from a run on one layout (resume is bit-identical only with the same devices and "
+      "processes).",
+      *layout,
+      *previous_layout,
     )
   if not launches and previous is None:
     record["config"] = new

@@ -83,6 +83,16 @@ CASES = [
     "--num_samples must be >= 1, got -3",
   ),
   Case("negative_step", ("--mode=evaluate", "--step=-3"), "--step must be >= 0"),
+  Case(
+    "process_layout_outside_training",
+    ("--mode=sample", "--process_id=1"),
+    "--process_id: multi-process runs train; --mode=sample does not",
+  ),
+  Case(
+    "process_layout_of_a_one_process_task",
+    ("--config=configs/classifier.py", "--num_processes=2"),
+    "--num_processes: this config trains on one process",
+  ),
   Case("not_a_workdir", ("--mode=sample",), "is not a ganjax workdir"),
   Case("missing_workdir", ("--mode=sample", "--workdir={tmp}/nowhere"), "does not exist"),
   Case("workdir_is_a_file", (DCGAN, "--workdir={file}"), "is a file, not a directory"),

@@ -422,8 +422,8 @@ def test_mixture_samples(name, num_modes):
       make_config(name), seed=0, batch_size=2000, process_index=1, process_count=2
     ).batches(0)
   )
-  expected = gaussian_mixture.sample(name, 1000, np.random.default_rng([0, 0, 1]))[0]
-  np.testing.assert_array_equal(host1["image"], expected)
+  # Host 1 of 2 gets the second half of the global batch: any process layout sees the same data.
+  np.testing.assert_array_equal(host1["image"], batches[0]["image"][1000:])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,9 +3,10 @@
 * ``ring``: 8 Gaussians at angles ``2 * pi * k / 8`` (k = 0..7) on the unit circle, std 0.01.
 * ``grid``: 25 Gaussians centred on ``{-4, -2, 0, 2, 4}^2``, std 0.05.
 
-The data is infinite: the batch at step ``s`` on host ``p`` is drawn with
-``np.random.default_rng([seed, s, p])``, modes uniformly, so it depends on nothing else. Points are
-raw coordinates (not rescaled to [-1, 1]); labels are mode indices.
+The data is infinite: the global batch at step ``s`` is drawn with
+``np.random.default_rng([seed, s])``, modes uniformly, and host ``p`` of ``P`` keeps its ``p``-th
+contiguous slice, so the batch depends on nothing else (not on how many processes share it). Points
+are raw coordinates (not rescaled to [-1, 1]); labels are mode indices.
 """
 
 from __future__ import annotations
@@ -68,10 +69,13 @@ def create(
   check_process(process_index, process_count)
   modes = mixture_modes(name)
 
+  rows = slice(process_index * host_batch, (process_index + 1) * host_batch)
+
   def batches(start_step: int) -> Iterator[Batch]:
     for step in itertools.count(start_step):
-      points, labels = sample(name, host_batch, np.random.default_rng([seed, step, process_index]))
-      yield {"image": points, "label": labels}
+      # The global batch (2-D points: cheap), so every process layout trains on the same data.
+      points, labels = sample(name, batch_size, np.random.default_rng([seed, step]))
+      yield {"image": points[rows], "label": labels[rows]}
 
   return DataSource(
     name=name,
@@ -84,7 +88,7 @@ def create(
       "num_modes": len(modes),
       "std": mixture_std(name),
       "modes": modes.tolist(),
-      "sampling": "uniform over modes; rng = default_rng([seed, step, process_index])",
+      "sampling": "uniform over modes; global batch from default_rng([seed, step]), host slices",
       "preprocessing": "none (raw 2-D coordinates)",
     },
     batches=batches,

@@ -14,9 +14,10 @@ the other sources) before they are stacked; pixels are scaled to [-1, 1] like ev
 Sampling, deterministic given the seed:
 
 * default (``data.num_examples`` unset): infinite data. The batch at global step ``s`` on host
-  ``p`` stacks the digits at :func:`step_indices`, drawn with
-  ``np.random.default_rng([seed, s, p])`` (as the 2-D mixtures do), so ``batches(s)`` resumes
-  exactly and every step sees fresh triples.
+  ``p`` stacks the digits at :func:`step_indices`: host ``p``'s slice of the global batch's
+  indices, drawn with ``np.random.default_rng([seed, s])`` (as the 2-D mixtures do), so
+  ``batches(s)`` resumes exactly, every step sees fresh triples, and any process layout trains on
+  the same data.
 * ``data.num_examples = M``: a fixed dataset of ``M`` triples (:func:`fixed_indices`, drawn once
   with ``default_rng([seed, 0x57AC])``), served like every finite source (a seeded permutation per
   epoch, see :mod:`ganjax.data.source`).
@@ -117,11 +118,18 @@ def load_digits(
 
 
 def step_indices(
-  seed: int, step: int, process_index: int, host_batch: int, num_digits: int
+  seed: int,
+  step: int,
+  process_index: int,
+  host_batch: int,
+  num_digits: int,
+  process_count: int = 1,
 ) -> np.ndarray:
-  """(host_batch, 3) indices of the digits stacked at ``step`` on host ``process_index``."""
-  rng = np.random.default_rng([seed, step, process_index])
-  return rng.integers(num_digits, size=(host_batch, NUM_CHANNELS))
+  """(host_batch, 3) indices of the digits stacked at ``step`` on host ``process_index`` of
+  ``process_count``: its slice of the global batch's indices (only its share is stacked)."""
+  rng = np.random.default_rng([seed, step])
+  indices = rng.integers(num_digits, size=(host_batch * process_count, NUM_CHANNELS))
+  return indices[process_index * host_batch : (process_index + 1) * host_batch]
 
 
 def fixed_indices(seed: int, num_examples: int, num_digits: int) -> np.ndarray:
@@ -168,13 +176,13 @@ def create(
   num_digits = len(labels)
 
   if num_examples is None:
-    sampling = "fresh triples every step: indices from default_rng([seed, step, process_index])"
+    sampling = "fresh triples every step: global batch's indices from default_rng([seed, step])"
 
     def batches(start_step: int) -> Iterator[Batch]:
       if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}.")
       for step in itertools.count(start_step):
-        indices = step_indices(seed, step, process_index, host_batch, num_digits)
+        indices = step_indices(seed, step, process_index, host_batch, num_digits, process_count)
         yield stack(images, labels, indices)
 
   else:
