@@ -284,9 +284,17 @@ def test_build_networks_rejects_impossible_conditional_setups():
     gan.build_networks(config, (28, 28, 1), 10)
 
 
+def _xla_convs(config):
+  """``config`` with XLA's own convolutions in a DCGAN: the same parameters and results,
+  compiled several times faster than the CPU fast path (conv_impl_test checks they agree)."""
+  if config.model.name == "dcgan":
+    config.model.generator.conv_impl = config.model.discriminator.conv_impl = "xla"
+  return config
+
+
 @pytest.mark.parametrize("arg", ["", "generator=batchnorm,discriminator=acgan", "arch=mlp"])
 def test_cgan_config_trains_and_draws_one_class_per_row(tmp_path, arg):
-  config = load_config("cgan", ",".join(filter(None, [arg, "runlocal"])))
+  config = _xla_convs(load_config("cgan", ",".join(filter(None, [arg, "runlocal"]))))
   config.parallel.num_devices = 1
   workdir = str(tmp_path / "run")
   gan.train_and_evaluate(config, workdir)
@@ -309,7 +317,7 @@ def test_cgan_trains_on_an_image_folder_with_class_subfolders(tmp_path):
     for i in range(6):
       pixels = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) // (k + 1)
       Image.fromarray(pixels).save(tmp_path / "data" / name / f"{i}.png")
-  config = load_config("cgan", "dataset=folder,runlocal")
+  config = _xla_convs(load_config("cgan", "dataset=folder,runlocal"))
   config.parallel.num_devices = 1
   config.data.dir = str(tmp_path / "data")
   config.num_train_steps = 2

@@ -6,6 +6,7 @@ reports as failed and completes with --retry_failed. Skipped with the reason whe
 import functools
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -83,6 +84,17 @@ def _tiny(steps: int, **overrides) -> dict:
   }
 
 
+# The jobs (which inherit the sweep command's environment) see one CPU device per process rather
+# than conftest.py's 8 simulated ones: tiny runs compile and run faster, and the 2-task job is a
+# 2-device run of 2 processes.
+JOB_ENV = {
+  **os.environ,
+  "XLA_FLAGS": re.sub(
+    r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", "")
+  ).strip(),
+}
+
+
 def _sweep_command(sweep_file, workdir, partition, *flags) -> list[str]:
   return [
     sys.executable,
@@ -104,6 +116,7 @@ def _sweep(sweep_file, workdir, partition, *flags, timeout=600):
   done = subprocess.run(
     _sweep_command(sweep_file, workdir, partition, *flags),
     cwd=REPO_ROOT,
+    env=JOB_ENV,
     capture_output=True,
     text=True,
     timeout=timeout,
@@ -236,6 +249,7 @@ def test_cancelled_job_is_failed_and_retried(tmp_path, partition):
   launch = subprocess.Popen(
     _sweep_command(sweep_file, workdir, partition),
     cwd=REPO_ROOT,
+    env=JOB_ENV,
     stdout=subprocess.PIPE,
     stderr=subprocess.STDOUT,
     text=True,
