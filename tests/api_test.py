@@ -46,7 +46,8 @@ def trained(tmp_path_factory):
   }
   for name in ("cgan", "lapgan", "vae", "srgan"):
     workdirs[name] = str(root / name)
-    config = _config(name, **short)
+    # SRGAN on 2 devices, as srgan_test trains it: the same compiled steps (compilation cache).
+    config = _config(name, **short, **({"parallel.num_devices": 2} if name == "srgan" else {}))
     # XLA's own convolutions: the same parameters and results, compiled several times faster
     # than the CPU fast path (conv_impl_test checks the two agree), as the systems' tests do.
     for section in XLA_CONV_SECTIONS.get(name, ()):
