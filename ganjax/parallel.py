@@ -159,19 +159,25 @@ def _jax_cluster() -> str | None:
   return None
 
 
+def submitit_job_environment():
+  """submitit's ``JobEnvironment`` of the job this process is a task of (any executor, the
+  in-process debug one included), or None outside a submitit job."""
+  if not (os.environ.get("SUBMITIT_EXECUTOR") or os.environ.get("SUBMITIT_DEBUG_JOB_ID")):
+    return None
+  try:
+    import submitit
+
+    return submitit.JobEnvironment()
+  except (ImportError, RuntimeError):  # No submitit, or no job environment activated.
+    return None
+
+
 def submitit_layout() -> dict[str, Any] | None:
   """The layout of the submitit job this process is a task of (local or Slurm executor), or
   None outside one: coordinator (its first host; ``localhost`` for the local executor) and port
   (``JAX_COORDINATOR_PORT``, else derived from the job id), task count and rank."""
-  if not os.environ.get("SUBMITIT_EXECUTOR"):
-    return None
-  try:
-    import submitit
-  except ImportError:
-    return None
-  try:
-    env = submitit.JobEnvironment()
-  except RuntimeError:  # Not inside a submitit job after all.
+  env = submitit_job_environment() if os.environ.get("SUBMITIT_EXECUTOR") else None
+  if env is None:
     return None
   job_id = str(env.job_id)  # "ARRAY_TASK" for a task of a Slurm job array.
   port = os.environ.get("JAX_COORDINATOR_PORT") or str(job_port(str(env.raw_job_id)))

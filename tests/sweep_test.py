@@ -74,6 +74,19 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
   )
 
 
+def _popen(*args: str) -> subprocess.Popen:
+  """The sweep command started in the background, its output (stderr included) on a pipe."""
+  return subprocess.Popen(
+    [sys.executable, "-m", "ganjax.sweep", *args],
+    cwd=REPO_ROOT,
+    env=ENV,
+    stdin=subprocess.DEVNULL,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
+
+
 def _marker(workdir, name) -> dict:
   with open(os.path.join(workdir, "runs", name, status.RUN_FILE)) as f:
     return json.load(f)
@@ -149,15 +162,7 @@ def test_local_sweep_skips_finished_runs_reports_failed_ones_and_retries_them(tm
 
   # Fixed: --retry_failed reruns it; the debug launcher trains it in the sweep's own process.
   os.remove(tmp_path / "FAIL_c")
-  with subprocess.Popen(
-    [sys.executable, "-m", "ganjax.sweep", *launch, "--launcher=debug", "--retry_failed"],
-    cwd=REPO_ROOT,
-    env=ENV,
-    stdin=subprocess.DEVNULL,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.STDOUT,
-    text=True,
-  ) as proc:
+  with _popen(*launch, "--launcher=debug", "--retry_failed") as proc:
     output, _ = proc.communicate(timeout=300)
   assert proc.returncode == 0, output[-3000:]
   retried = _marker(workdir, "variant=c")
@@ -338,21 +343,7 @@ def test_time_limit_signal_saves_requeues_and_resumes(tmp_path):
   )
   workdir = tmp_path / "wd"
   run = workdir / "runs" / "tiny"
-  with subprocess.Popen(
-    [
-      sys.executable,
-      "-m",
-      "ganjax.sweep",
-      f"--sweep={tmp_path / 'sweep.py'}",
-      f"--workdir={workdir}",
-    ],
-    cwd=REPO_ROOT,
-    env=ENV,
-    stdin=subprocess.DEVNULL,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.STDOUT,
-    text=True,
-  ) as proc:
+  with _popen(f"--sweep={tmp_path / 'sweep.py'}", f"--workdir={workdir}") as proc:
     deadline = time.monotonic() + 120
     while status.read_progress(str(run)).step is None:  # The training loop runs.
       assert time.monotonic() < deadline and proc.poll() is None, "the run did not start"

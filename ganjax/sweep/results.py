@@ -192,20 +192,6 @@ def read_evaluations(path: str) -> tuple[dict[int, dict[str, float]], dict[int, 
   return dict(sorted(evaluations.items())), protocols
 
 
-def _last_logged_step(path: str) -> int | None:
-  steps = []
-  try:
-    with open(os.path.join(path, loop.METRICS_FILE)) as f:
-      for line in f:
-        try:
-          steps.append(int(json.loads(line)["step"]))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-          continue
-  except OSError:
-    return None
-  return max(steps, default=None)
-
-
 def read_run(
   sweep_workdir: str, name: str, group: str, sweep: Mapping[str, Any] | None = None
 ) -> RunRecord:
@@ -215,7 +201,7 @@ def read_run(
   marker = status.read_marker(path)
   config = _read_json(os.path.join(path, "config.json"))
   evaluations, protocols = read_evaluations(path)
-  last, total = _last_logged_step(path), (config or {}).get("num_train_steps")
+  last, total = status.read_progress(path).step, (config or {}).get("num_train_steps")
   if marker is None and last is not None and total is not None and last >= total:
     state, reason = FINISHED, None  # Trained outside the sweep runner, to its last step.
   else:

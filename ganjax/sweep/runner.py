@@ -89,7 +89,9 @@ def train_run(
     os.sched_setaffinity(0, cpus)
   if gpu is not None:
     os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-  env = _job_environment()
+  from ganjax import parallel  # After the affinity and GPU are set (it imports jax).
+
+  env = parallel.submitit_job_environment()
   chief = env is None or env.global_rank == 0
   num_tasks = 1 if env is None else env.num_tasks
   record = _Record(run, run_dir, env, launcher, chief)
@@ -142,18 +144,6 @@ def _describe(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
   first = text.splitlines()[0] if text else ""
   return f"{type(error).__name__}: {first}" if first else type(error).__name__
-
-
-def _job_environment():
-  """submitit's JobEnvironment of this job, or None outside a submitit job."""
-  if not (os.environ.get("SUBMITIT_EXECUTOR") or os.environ.get("SUBMITIT_DEBUG_JOB_ID")):
-    return None
-  import submitit
-
-  try:
-    return submitit.JobEnvironment()
-  except Exception:  # noqa: BLE001 (no environment activated: not in a job)
-    return None
 
 
 class _Record:
