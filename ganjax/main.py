@@ -9,6 +9,10 @@
 
   python -m ganjax.main --mode=upscale --workdir=runs/srgan --input=photo.png --output=photo_x4.png
 
+  # FID / KID / precision-recall of any two sets of images (folders, .npz, tfds:NAME[:SPLIT]):
+  python -m ganjax.main --mode=fid --input=samples/ --reference=tfds:cifar10:test \
+      [--output=fid.json]
+
   # Several processes (hosts) training one run: the same command on each, with its --process_id
   # (0 serves the coordinator). Inside a Slurm step or a submitit job, the three are found alone.
   python -m ganjax.main --config=configs/dcgan.py --workdir=runs/dcgan \
@@ -53,21 +57,37 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and sample
 flags.DEFINE_enum(
   "mode",
   "train",
-  ["train", "sample", "evaluate", "upscale"],
+  ["train", "sample", "evaluate", "upscale", "fid"],
   "train: train (resuming); sample: draw; evaluate: measure a checkpoint (WORKDIR/eval/); "
-  "upscale: super-resolve --input into --output (super-resolution tasks).",
+  "upscale: super-resolve --input into --output (super-resolution tasks); fid: score the images "
+  "of --input against --reference (no workdir).",
 )
 flags.DEFINE_integer("num_samples", 64, "--mode=sample: number of samples.")
 flags.DEFINE_string(
-  "output", None, "--mode=sample|upscale: output PNG (sample default: WORKDIR/sample.png)."
+  "output",
+  None,
+  "--mode=sample|upscale: output PNG (sample default: WORKDIR/sample.png); --mode=fid: a JSON "
+  "file for the values and their protocol.",
 )
-flags.DEFINE_string("input", None, "--mode=upscale: the image to super-resolve.")
+flags.DEFINE_string(
+  "input",
+  None,
+  "--mode=upscale: the image to super-resolve; --mode=fid: the images to score (a folder, an "
+  ".npz of images or of mu/sigma statistics, or tfds:NAME[:SPLIT]).",
+)
+flags.DEFINE_string("reference", None, "--mode=fid: the reference images (as --input).")
 flags.DEFINE_string(
   "step", None, "--mode=evaluate: checkpoint step, or 'best' (default: the latest)."
 )
-flags.DEFINE_list("metrics", None, "--mode=evaluate: metric names (default: the extractor's).")
+flags.DEFINE_list(
+  "metrics", None, "--mode=evaluate|fid: metric names (default: those that fit the extractor)."
+)
 flags.DEFINE_integer("eval_num_samples", None, "--mode=evaluate: generated samples.")
-flags.DEFINE_string("eval_inception_weights", None, "--mode=evaluate: FID Inception weights.")
+flags.DEFINE_string(
+  "eval_inception_weights",
+  None,
+  "--mode=evaluate|fid: FID Inception weights (default: the package's).",
+)
 flags.DEFINE_string("eval_classifier_workdir", None, "--mode=evaluate: classifier workdir.")
 flags.DEFINE_string(
   "coordinator_address",
@@ -80,7 +100,6 @@ flags.DEFINE_integer("process_id", None, "Multi-process training: this process's
 flags.DEFINE_bool(
   "traceback", False, "Print the traceback of a user error too (as --verbosity=1 does)."
 )
-flags.mark_flags_as_required(["workdir"])
 
 # Exit status of a run stopped by NaN/inf: the command was right, the training diverged.
 NON_FINITE_EXIT_CODE = 1
@@ -113,6 +132,9 @@ def main(argv):
     _quiet_library_errors()
   from ganjax import api, systems  # Heavy imports after flag parsing: --help stays fast.
 
+  if FLAGS.mode == "fid":
+    _compare_image_sets()
+    return
   if FLAGS.mode == "train":
     api.train(_with_process_layout(FLAGS.config), FLAGS.workdir)
     logging.info("Done.")
@@ -145,8 +167,33 @@ def _with_process_layout(config: ml_collections.ConfigDict) -> ml_collections.Co
   return config
 
 
+def _compare_image_sets() -> None:
+  """--mode=fid: the Inception metrics of --input against --reference, logged and (--output)
+  written as JSON."""
+  import json
+
+  from ganjax.evaluation import compare, extractors
+
+  extractor = extractors.inception_extractor(FLAGS.eval_inception_weights)
+  result = compare.compare(FLAGS.input, FLAGS.reference, extractor, FLAGS.metrics)
+  logging.info("%s vs %s: %s", FLAGS.input, FLAGS.reference, result["values"])
+  if FLAGS.output:
+    with open(FLAGS.output, "w") as f:
+      json.dump(result, f, indent=2, default=str)
+    logging.info("Wrote %s.", FLAGS.output)
+
+
 def _check_flags() -> None:
   """The checks of the flags that need no heavy import: a bad command fails in a second."""
+  if FLAGS.mode == "fid":
+    missing = [f"--{name}" for name in ("input", "reference") if not FLAGS[name].value]
+    if missing:
+      raise FlagError(f"--mode=fid needs {' and '.join(missing)} (folders, .npz or tfds:NAME).")
+    for name in ("input", "reference"):
+      value = FLAGS[name].value
+      if not value.startswith("tfds:") and not os.path.exists(value):
+        raise errors.MissingPathError(f"--{name}={value} does not exist.")
+    return
   workdir = FLAGS.workdir
   if not workdir:
     raise FlagError("--workdir is required (a directory for checkpoints, logs and samples).")

@@ -74,6 +74,7 @@ CASES = [
   Case("no_workdir", (DCGAN,), "--workdir"),
   Case("empty_workdir", (DCGAN, "--workdir="), "--workdir is required"),
   Case("no_config", (), "--config is required"),
+  Case("fid_needs_a_reference", ("--mode=fid", "--input={tmp}"), "--mode=fid needs --reference"),
   Case("positional_argument", (DCGAN, "oops"), "Unexpected arguments: oops"),
   # Checks of the flags before any heavy import.
   Case("zero_samples", ("--mode=sample", "--num_samples=0"), "--num_samples must be >= 1, got 0"),

