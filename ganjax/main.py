@@ -130,6 +130,8 @@ def main(argv):
   logs.quiet_libraries()
   if not wants_traceback(sys.argv):
     _quiet_library_errors()
+  if FLAGS.mode == "fid":
+    _one_cpu_device_per_core()
   from ganjax import api, systems  # Heavy imports after flag parsing: --help stays fast.
 
   if FLAGS.mode == "fid":
@@ -165,6 +167,21 @@ def _with_process_layout(config: ml_collections.ConfigDict) -> ml_collections.Co
     for name, value in given.items():
       config.parallel[name] = value
   return config
+
+
+def _one_cpu_device_per_core() -> None:
+  """Before jax is imported: one XLA CPU device per core, unless XLA_FLAGS sets a count.
+
+  Inference sharded over one device per core beats one device whose convolutions spread over
+  the cores: FID Inception at 299x299 on the 2-core CPU, 14.3 against 9.2 img/s
+  (benchmarks/inception_speed.py, where PyTorch runs the same TorchScript at 11.8 img/s). Only
+  the CPU platform changes; GPUs and TPUs stay as they are.
+  """
+  flags = os.environ.get("XLA_FLAGS", "")
+  if "xla_force_host_platform_device_count" in flags or "jax" in sys.modules:
+    return
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={cores or 1}".strip()
 
 
 def _compare_image_sets() -> None:
