@@ -8,6 +8,7 @@ import shutil
 
 import flax
 import jax
+import load_contract
 import numpy as np
 import pytest
 from conftest import load_config
@@ -106,6 +107,12 @@ def test_sample_from_workdir(trained, tmp_path):
   # The same latents give the same samples.
   again = lapgan_system.sample_from_workdir(workdir, 8, str(tmp_path / "again.png"))
   np.testing.assert_array_equal(samples, again)
+
+
+def test_python_api_loads_and_samples_like_the_command_line(trained, tmp_path):
+  _, workdir, _ = trained
+  load_contract.check_sample(workdir, tmp_path, "lapgan", (28, 28, 1))
+  load_contract.check_refusals(workdir, "lapgan")
 
 
 def _classifier_workdir(path):

@@ -50,13 +50,18 @@ def _randomize_conditional_bn(params, key):
 # --- Shapes, ranges and conditioning at every supported size -------------------------------
 
 
+# XLA's own convolutions where the subject is the architecture, not the kernels: models_test runs
+# the ResNet with its default (fast) kernels, conv_impl_test compares the two.
+XLA = "xla"
+
+
 @functools.cache
 def _outputs(size: int) -> dict:
   shape = (size, size, 3)
-  g = resnet.Generator(image_shape=shape, width=2)
-  d = resnet.Discriminator(width=2)
-  g_cond = resnet.Generator(image_shape=shape, width=2, num_classes=CLASSES)
-  d_cond = resnet.Discriminator(width=2, num_classes=CLASSES)
+  g = resnet.Generator(image_shape=shape, width=2, conv_impl=XLA)
+  d = resnet.Discriminator(width=2, conv_impl=XLA)
+  g_cond = resnet.Generator(image_shape=shape, width=2, num_classes=CLASSES, conv_impl=XLA)
+  d_cond = resnet.Discriminator(width=2, num_classes=CLASSES, conv_impl=XLA)
   z = jax.random.normal(jax.random.key(1), (BATCH, LATENT))
   x = jax.random.uniform(jax.random.key(2), (BATCH, *shape), minval=-1.0, maxval=1.0)
   labels = jnp.arange(BATCH, dtype=jnp.int32) % CLASSES
@@ -290,8 +295,8 @@ def test_jitted_hinge_train_step_changes_both_networks():
   shape, n_critic = (32, 32, 3), 1  # n_critic > 1 is steps_test's; here: the ResNet trains.
   state = create_gan_state(
     jax.random.key(0),
-    generator=module.Generator(image_shape=shape, width=4),
-    discriminator=module.Discriminator(width=4),
+    generator=module.Generator(image_shape=shape, width=4, conv_impl=XLA),
+    discriminator=module.Discriminator(width=4, conv_impl=XLA),
     latent_dim=LATENT,
     element_shape=shape,
     generator_optimizer=optax.adam(2e-4, b1=0.0, b2=0.9),

@@ -19,10 +19,12 @@ import pytest
 import tolerances
 from PIL import Image
 
-from ganjax import checkpoint, parallel, systems
+import ganjax
+from ganjax import checkpoint, errors, parallel, systems
 from ganjax.data import super_resolution as sr_data
 from ganjax.systems import srgan
 from tests.conftest import load_config
+from tests.load_contract import check_refusals
 
 # 2 x 3 tiles of 11 LR pixels with the default margin (the receptive radius, 10 here): tiles of
 # 21x21 and 21x31 pixels with context (the middle column has context on both sides), so only two
@@ -94,6 +96,19 @@ def test_trains_both_phases_end_to_end(trained):
   with open(os.path.join(trained, "eval", "step_000004.json")) as f:
     assert "protocol" in json.load(f)
   assert systems.workdir_task(trained) == "srgan"
+
+
+def test_python_api_upscales_like_the_command_line(trained):
+  run = ganjax.load(trained)
+  image = np.random.default_rng(0).integers(0, 256, (10, 13, 3), dtype=np.uint8)
+  upscaled = run.upscale(image)
+  scale = run.config.scale
+  assert upscaled.shape == (10 * scale, 13 * scale, 3) and upscaled.dtype == np.uint8
+  config, state, _ = srgan.load_trained(trained)
+  np.testing.assert_array_equal(upscaled, srgan.upscale_array(config, state.generator, image))
+  with pytest.raises(errors.ConfigError, match="uint8 RGB image"):
+    run.upscale(image.astype(np.float32))
+  check_refusals(trained, "srgan")
 
 
 def test_phase_end_checkpoint_and_best_psnr(trained):

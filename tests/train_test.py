@@ -5,6 +5,7 @@ import json
 import os
 
 import jax
+import load_contract
 import numpy as np
 import pytest
 from conftest import load_config
@@ -158,6 +159,8 @@ def test_sample_mode_writes_grid_and_npz(tmp_path):
   from PIL import Image
 
   assert Image.open(output).size[0] > 28
+  load_contract.check_sample(workdir, tmp_path, "gan", (28, 28, 1))
+  load_contract.check_refusals(workdir, "gan")
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import shutil
 
 import flax
 import jax
+import load_contract
 import numpy as np
 import pytest
 import tolerances
@@ -132,6 +133,10 @@ def test_runlocal_trains_evaluates_samples_and_resumes_exactly(tmp_path, classif
   assert result["path"] == os.path.join(workdir, "eval", "step_000006.json")
   assert np.isfinite(result["values"]["classifier_fid"])
   assert result["protocol"]["num_generated"] == 120 and result["protocol"]["step"] == 6
+
+  # ganjax.load of the trained workdir (load_contract.py).
+  load_contract.check_sample(workdir, tmp_path / "api", "vae", (28, 28, 1))
+  load_contract.check_refusals(workdir, "vae")
 
   # Resuming from the step-3 checkpoint (an interrupted run) ends bit-identical to the full run
   # (evaluation does not touch the training state; it is left out here to save time).
