@@ -130,7 +130,7 @@ def main(argv):
   logs.quiet_libraries()
   if not wants_traceback(sys.argv):
     _quiet_library_errors()
-  if FLAGS.mode == "fid":
+  if FLAGS.mode in ("fid", "evaluate"):  # Inference only: nothing trains on the devices.
     _one_cpu_device_per_core()
   from ganjax import api, systems  # Heavy imports after flag parsing: --help stays fast.
 
