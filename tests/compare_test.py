@@ -123,3 +123,27 @@ def test_bad_sources_say_what_is_expected(tmp_path, source, error, match):
   np.savez(tmp_path / "range.npz", images=np.full((2, 4, 4, 3), 3.0, np.float32))
   with pytest.raises(error, match=match):
     compare.read_image_set(source.format(tmp=tmp_path))
+
+
+def test_saved_statistics_are_a_reference_for_later_runs(tmp_path):
+  """save_statistics writes mu/sigma with the protocol; a later FID against them equals the FID
+  against the images; statistics made with another protocol are refused."""
+  rng = np.random.default_rng(4)
+  a, b = _images(rng, 40), _images(rng, 45, shift=25)
+  _write_folder(tmp_path / "b", b)
+  np.savez(tmp_path / "a.npz", images=a)
+  stats_path = str(tmp_path / "b_stats.npz")
+  protocol = compare.save_statistics(str(tmp_path / "b"), EXTRACTOR, stats_path)
+  assert protocol["num_images"] == 45 and protocol["extractor"] == "stand-in"
+  with np.load(stats_path) as data:
+    fb = _colour_features(b.astype(np.float32) / 127.5 - 1)["features"].astype(np.float64)
+    np.testing.assert_allclose(data["mu"], fb.mean(0), rtol=1e-6)
+    assert sorted(data.files) == ["mu", "protocol", "sigma"]
+  from_stats = compare.compare(str(tmp_path / "a.npz"), stats_path, EXTRACTOR)
+  from_images = compare.compare(str(tmp_path / "a.npz"), str(tmp_path / "b"), EXTRACTOR, ["fid"])
+  assert from_stats["values"]["fid"] == pytest.approx(from_images["values"]["fid"], rel=1e-9)
+  other = Extractor("inception", _colour_features, {"extractor": "other"}, frozenset({"features"}))
+  with pytest.raises(ConfigError, match="made with another protocol.*extractor: 'stand-in'"):
+    compare.compare(str(tmp_path / "a.npz"), stats_path, other)
+  with pytest.raises(ConfigError, match="already holds statistics"):
+    compare.save_statistics(stats_path, EXTRACTOR, str(tmp_path / "again.npz"))

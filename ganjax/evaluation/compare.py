@@ -4,7 +4,8 @@ and precision/recall of any generator's samples, ours or not, with one protocol.
 A set is a folder of images (PNG, JPEG, BMP, WebP, TIFF; searched recursively, in sorted path
 order), an ``.npz`` file (``images``: 8-bit NHWC, or floats in [-1, 1] as ``--mode=sample``
 writes its ``samples``; or the statistics ``mu`` and ``sigma`` of pytorch-fid and clean-fid,
-which give FID only) or a TFDS dataset already on this machine, ``tfds:NAME[:SPLIT]``
+which give FID only; :func:`save_statistics` writes them, with their protocol) or a TFDS
+dataset already on this machine, ``tfds:NAME[:SPLIT]``
 (``tfds:cifar10:test``; read from ``$TFDS_DATA_DIR``, never downloaded). Grayscale and RGBA
 images become RGB as ``PIL.Image.convert("RGB")`` makes them (pytorch-fid's loader). Images of
 different sizes are allowed: each is resized to 299x299 by the extractor's own preprocessing.
@@ -13,6 +14,7 @@ different sizes are allowed: each is resized to 299x299 by the extractor's own p
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -43,6 +45,9 @@ class ImageSet:
   images: list[np.ndarray] | None = None
   mean: np.ndarray | None = None
   cov: np.ndarray | None = None
+  # The extractor protocol stored with statistics that ganjax saved (save_statistics); None for
+  # statistics from elsewhere (pytorch-fid, clean-fid), whose protocol cannot be checked.
+  protocol: dict[str, Any] | None = None
 
   @property
   def size(self) -> int | None:
@@ -92,7 +97,10 @@ def _to_uint8(array: np.ndarray, where: str) -> np.ndarray:
 def _read_npz(path: str) -> ImageSet:
   with np.load(path, allow_pickle=False) as data:
     if {"mu", "sigma"} <= set(data.files):
-      return ImageSet(path, mean=np.asarray(data["mu"], np.float64), cov=data["sigma"])
+      protocol = json.loads(str(data["protocol"])) if "protocol" in data.files else None
+      return ImageSet(
+        path, mean=np.asarray(data["mu"], np.float64), cov=data["sigma"], protocol=protocol
+      )
     for key in ("images", "samples"):
       if key in data.files:
         array = data[key]
@@ -191,6 +199,49 @@ def _statistics(extractor: Extractor, image_set: ImageSet) -> dict[str, Any]:
   return {"mean": stats.mean, "cov": stats.covariance, "features": features}
 
 
+# The protocol entries that must agree for two sets' statistics to be comparable.
+_PROTOCOL_KEYS = ("extractor", "weights_sha256", "resize", "input_range", "quantize")
+
+
+def _check_protocol(image_set: ImageSet, extractor: Extractor) -> None:
+  if image_set.protocol is None:
+    return
+  differ = [k for k in _PROTOCOL_KEYS if image_set.protocol.get(k) != extractor.protocol.get(k)]
+  if differ:
+    details = "; ".join(
+      f"{k}: {image_set.protocol.get(k)!r} there, {extractor.protocol.get(k)!r} here"
+      for k in differ
+    )
+    raise ConfigError(
+      f"{image_set.source!r} holds statistics made with another protocol ({details}); "
+      "recompute them with these weights."
+    )
+
+
+def save_statistics(source: str, extractor: Extractor, path: str) -> dict[str, Any]:
+  """Writes the features' ``mu`` and ``sigma`` of the images of ``source`` to ``path`` (.npz, the
+  format pytorch-fid and clean-fid read too) with the extractor's protocol and the image count,
+  so that a large reference set is extracted once (``--reference=path`` later; a protocol that
+  differs from the later run's is refused). Returns what the file's ``protocol`` holds."""
+  image_set = read_image_set(source)
+  if image_set.images is None:
+    raise ConfigError(f"{source!r} already holds statistics; give images to extract.")
+  t_start = time.time()
+  stats = _statistics(extractor, image_set)
+  protocol = {
+    **extractor.protocol,
+    "source": source,
+    "num_images": len(image_set.images),
+    "seconds": round(time.time() - t_start, 1),
+  }
+  tmp = f"{path}.tmp-{os.getpid()}.npz"
+  np.savez(
+    tmp, mu=stats["mean"], sigma=stats["cov"], protocol=np.array(json.dumps(protocol, default=str))
+  )
+  os.replace(tmp, path)  # Atomic: an interrupted run leaves no half-written statistics.
+  return protocol
+
+
 def compare(
   input_source: str,
   reference_source: str,
@@ -207,6 +258,8 @@ def compare(
     ValueError: an unknown metric, or one that needs features of a set given by statistics only.
   """
   sets = {"input": read_image_set(input_source), "reference": read_image_set(reference_source)}
+  for image_set in sets.values():
+    _check_protocol(image_set, extractor)
   statistics_only = [name for name, s in sets.items() if s.images is None]
   if metrics is None:
     metrics = list(STATISTICS_ONLY_METRICS if statistics_only else DEFAULT_METRICS)
