@@ -242,8 +242,10 @@ def _running_run(workdir):
 
 def test_cancelled_job_is_failed_and_retried(tmp_path, partition):
   """A job killed with scancel: --status reports its run failed, --retry_failed completes it."""
-  # Cancelled as soon as the job starts (seconds before JAX even trains), so a short run will do.
-  steps = 200
+  # Cancelled as soon as the job starts. 2,000 steps (about 8 s of training) so that the cancel
+  # lands before the end of training even when the step compiles in a second (a compilation
+  # cache hit at the suite's optimisation level 0 let a 200-step run finish first, 2026-12-07).
+  steps = 2000
   sweep_file = _write_sweep(tmp_path / "sweep.py", [_tiny(steps, seed=0)])
   workdir = tmp_path / "sweep"
   launch = subprocess.Popen(
