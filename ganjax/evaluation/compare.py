@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from ganjax import metrics as metrics_lib
 from ganjax.errors import ConfigError, DataError, MissingPathError
 from ganjax.evaluation import metric_table
 from ganjax.evaluation.extractors import Extractor
@@ -193,8 +194,6 @@ def _statistics(extractor: Extractor, image_set: ImageSet) -> dict[str, Any]:
   if image_set.images is None:
     return {"mean": image_set.mean, "cov": image_set.cov, "features": None}
   features = image_features(extractor, image_set)
-  from ganjax import metrics as metrics_lib
-
   stats = metrics_lib.feature_statistics(features)
   return {"mean": stats.mean, "cov": stats.covariance, "features": features}
 
@@ -281,8 +280,6 @@ def compare(
   t_start = time.time()
   stats = {name: _statistics(extractor, image_set) for name, image_set in sets.items()}
   if statistics_only:  # FID alone, from the two sets' moments.
-    from ganjax import metrics as metrics_lib
-
     a, b = stats["reference"], stats["input"]
     fid = metrics_lib.frechet_distance_from_statistics(a["mean"], a["cov"], b["mean"], b["cov"])
     values, details = {"fid": float(fid)}, {}

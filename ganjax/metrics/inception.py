@@ -948,8 +948,8 @@ def load_inception(
   format_name = weights_format(path)
   weights_format_ = WEIGHTS_FORMATS[format_name]
   sha256 = _sha256(path)
-  prefix = weights_format_.sha256_prefix if expected_sha256_prefix == "auto" else None
-  prefix = expected_sha256_prefix if expected_sha256_prefix != "auto" else prefix
+  auto = expected_sha256_prefix == "auto"
+  prefix = weights_format_.sha256_prefix if auto else expected_sha256_prefix
   if prefix is not None and not sha256.startswith(prefix):
     raise ConfigError(
       f"{path!r} has SHA-256 {sha256}, which does not start with {prefix!r} as "
