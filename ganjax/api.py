@@ -48,8 +48,9 @@ def load_config(spec: str, **overrides: Any) -> ml_collections.ConfigDict:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
-  """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint) and returns the final
-  state. Outside the command line, INFO logs (progress lines) go to stderr."""
+  """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint), writes the run report
+  (``WORKDIR/report/report.html``) and returns the final state. Outside the command line, INFO
+  logs (progress lines) go to stderr."""
   from absl import flags
 
   from ganjax import logs
@@ -58,7 +59,25 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
     logs.show_progress()
   from ganjax import systems
 
-  return systems.get_system(config.get("task", "gan")).train_and_evaluate(config, workdir)
+  state = systems.get_system(config.get("task", "gan")).train_and_evaluate(config, workdir)
+  _write_report(workdir)
+  return state
+
+
+def _write_report(workdir: str) -> None:
+  """The run report (:func:`ganjax.report.write_report`), on process 0. A failure only warns:
+  the trained run is whole without its report, and ``--mode=report`` writes it again."""
+  import jax
+  from absl import logging
+
+  from ganjax import report
+
+  if jax.process_index() != 0:
+    return
+  try:
+    report.write_report(workdir)
+  except Exception as e:  # The report must never fail a run that trained.
+    logging.warning("Could not write the run report of %s: %s: %s", workdir, type(e).__name__, e)
 
 
 def load(workdir: str, step: int | str | None = None) -> TrainedRun:

@@ -2,6 +2,12 @@
 
   python -m ganjax.main --config=configs/dcgan.py --workdir=runs/dcgan
   python -m ganjax.main --mode=sample --workdir=runs/dcgan --num_samples=64 --output=grid.png
+  python -m ganjax.main --mode=sample --workdir=runs/cgan --seeds=0-7 --labels=3,7 \
+      --truncation=1.0 [--step=best] [--format=png|npz|folder]
+  python -m ganjax.main --mode=interpolate --workdir=runs/dcgan --seeds=1,2,3 --frames=10
+  python -m ganjax.main --mode=nearest --workdir=runs/dcgan [--num_samples=1000]
+  python -m ganjax.main --mode=report --workdir=runs/dcgan    # WORKDIR/report/report.html
+  python -m ganjax.main --mode=config --config=configs/dcgan.py   # fields, checks; no training
   python -m ganjax.main --mode=evaluate --workdir=runs/dcgan [--step=N] [--metrics=kid,is] \
       [--eval_classifier_workdir=runs/classifier_mnist | --eval_inception_weights=PATH]
   python -m ganjax.main --config=configs/classifier.py:dataset=mnist \
@@ -21,7 +27,8 @@
 ``config.task`` selects what a config trains: ``"gan"`` (the default, :mod:`ganjax.systems.gan`),
 ``"classifier"`` (training the domain classifier, :mod:`ganjax.systems.classifier`,
 configs/classifier.py) or another system of :mod:`ganjax.systems` (e.g. ``"srgan"``).
-``--mode=sample|evaluate|upscale`` read the task from the workdir's ``config.json``.
+``--mode=sample|interpolate|nearest|evaluate|upscale`` read the task from the workdir's
+``config.json``.
 
 Errors: a user error (:mod:`ganjax.errors`: a bad flag, config field or value, missing path,
 unusable workdir, bad checkpoint; also a full disk and a read-only or forbidden path) ends with one
@@ -57,17 +64,67 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and sample
 flags.DEFINE_enum(
   "mode",
   "train",
-  ["train", "sample", "evaluate", "upscale", "fid"],
-  "train: train (resuming); sample: draw; evaluate: measure a checkpoint (WORKDIR/eval/); "
-  "upscale: super-resolve --input into --output (super-resolution tasks); fid: score the images "
-  "of --input against --reference (no workdir).",
+  ["train", "sample", "interpolate", "nearest", "evaluate", "upscale", "fid", "report", "config"],
+  "train: train (resuming); sample: draw; interpolate: walk the latent space between --seeds; "
+  "nearest: samples beside their nearest training images (is it copying?); evaluate: measure a "
+  "checkpoint (WORKDIR/eval/); upscale: super-resolve --input into --output (super-resolution "
+  "tasks); fid: score the images of --input against --reference (no workdir); report: write "
+  "WORKDIR/report/report.html (curves, evaluations, samples, config; training writes it too); "
+  "config: list --config's fields with their comments and check them, its data and networks "
+  "(parameter counts), as training would, without training (no workdir).",
 )
-flags.DEFINE_integer("num_samples", 64, "--mode=sample: number of samples.")
+flags.DEFINE_integer(
+  "num_samples", None, "--mode=sample: number of samples (64); --mode=nearest: (1000)."
+)
+flags.DEFINE_string(
+  "seeds",
+  None,
+  "--mode=sample|interpolate: latent seeds, one image each, e.g. 0,1,5-9 (ranges inclusive); the "
+  "same seed gives the same image in any list, on any machine.",
+)
+flags.DEFINE_string(
+  "labels",
+  None,
+  "--mode=sample|interpolate: classes of a conditional run, e.g. 3,7 or all (sample: one row "
+  "each; interpolate: one for all frames, or one per seed, interpolated).",
+)
+flags.DEFINE_float(
+  "truncation",
+  None,
+  "--mode=sample|interpolate: the truncation trick: with --truncation_mode=resample (Brock et "
+  "al. 2019) latent components beyond +-T are redrawn; with scale, latents are multiplied by "
+  "psi in [0, 1].",
+)
+flags.DEFINE_enum(
+  "truncation_mode",
+  "resample",
+  ["resample", "scale"],
+  "--mode=sample|interpolate: see --truncation.",
+)
+flags.DEFINE_enum(
+  "format",
+  "png",
+  ["png", "npz", "folder"],
+  "--mode=sample: png (a grid and an .npz beside it), npz, or folder (one PNG per sample, what "
+  "other tools' FID code reads).",
+)
+flags.DEFINE_integer("frames", 8, "--mode=interpolate: images per path, both ends included.")
+flags.DEFINE_enum(
+  "interpolation",
+  "slerp",
+  ["slerp", "linear"],
+  "--mode=interpolate: spherical (for Gaussian latents) or linear paths.",
+)
+flags.DEFINE_integer("num_neighbors", 5, "--mode=nearest: training images shown per sample.")
+flags.DEFINE_integer(
+  "nearest_num_real", 60_000, "--mode=nearest: training images searched (at most the split)."
+)
 flags.DEFINE_string(
   "output",
   None,
-  "--mode=sample|upscale: output PNG (sample default: WORKDIR/sample.png); --mode=fid: a JSON "
-  "file for the values and their protocol.",
+  "--mode=sample|interpolate|upscale: output PNG (default WORKDIR/sample.png, "
+  "WORKDIR/interpolation.png; a folder or .npz with --format); --mode=nearest: a folder "
+  "(WORKDIR/nearest); --mode=fid: a JSON file for the values and their protocol.",
 )
 flags.DEFINE_string(
   "input",
@@ -83,7 +140,9 @@ flags.DEFINE_string(
   "--reference for later runs; without --reference, only that.",
 )
 flags.DEFINE_string(
-  "step", None, "--mode=evaluate: checkpoint step, or 'best' (default: the latest)."
+  "step",
+  None,
+  "--mode=sample|interpolate|nearest|evaluate: checkpoint step, or 'best' (default: the latest).",
 )
 flags.DEFINE_list(
   "metrics", None, "--mode=evaluate|fid: metric names (default: those that fit the extractor)."
@@ -92,9 +151,9 @@ flags.DEFINE_integer("eval_num_samples", None, "--mode=evaluate: generated sampl
 flags.DEFINE_string(
   "eval_inception_weights",
   None,
-  "--mode=evaluate|fid: FID Inception weights (default: the package's).",
+  "--mode=evaluate|fid|nearest: FID Inception weights (default: the package's).",
 )
-flags.DEFINE_string("eval_classifier_workdir", None, "--mode=evaluate: classifier workdir.")
+flags.DEFINE_string("eval_classifier_workdir", None, "--mode=evaluate|nearest: classifier workdir.")
 flags.DEFINE_string(
   "coordinator_address",
   None,
@@ -136,8 +195,18 @@ def main(argv):
   logs.quiet_libraries()
   if not wants_traceback(sys.argv):
     _quiet_library_errors()
-  if FLAGS.mode in ("fid", "evaluate"):  # Inference only: nothing trains on the devices.
+  if FLAGS.mode in ("fid", "evaluate", "nearest"):  # Inference only: nothing trains on devices.
     _one_cpu_device_per_core()
+  if FLAGS.mode == "report":  # Reads the workdir's files: no jax.
+    from ganjax import report
+
+    report.write_report(FLAGS.workdir)
+    return
+  if FLAGS.mode == "config":  # Lists and checks the config; trains and writes nothing.
+    from ganjax import config_report
+
+    print(config_report.report(FLAGS.config, config_flags.get_config_filename(FLAGS["config"])))
+    return
   from ganjax import api, systems  # Heavy imports after flag parsing: --help stays fast.
 
   if FLAGS.mode == "fid":
@@ -148,9 +217,11 @@ def main(argv):
     logging.info("Done.")
     return
   task = systems.workdir_task(FLAGS.workdir)
-  if FLAGS.mode == "sample":
+  if FLAGS.mode == "sample" and not _sample_controls_given():
     sample = systems.mode_function(task, "sample", "sample_from_workdir")
-    sample(FLAGS.workdir, FLAGS.num_samples, _sample_output())
+    sample(FLAGS.workdir, FLAGS.num_samples or 64, _sample_output())
+  elif FLAGS.mode in ("sample", "interpolate", "nearest"):
+    _explore(api.load(FLAGS.workdir, _parse_step(FLAGS.step)))
   elif FLAGS.mode == "evaluate":
     evaluate = systems.mode_function(task, "evaluate", "evaluate_workdir")
     _log_evaluation(evaluate(FLAGS.workdir, **_evaluate_kwargs()))
@@ -228,6 +299,10 @@ def _check_flags() -> None:
       if value and not value.startswith("tfds:") and not os.path.exists(value):
         raise errors.MissingPathError(f"--{name}={value} does not exist.")
     return
+  if FLAGS.mode == "config":  # No workdir: nothing is written.
+    if FLAGS.config is None:
+      raise FlagError("--mode=config needs --config, e.g. --config=configs/dcgan.py")
+    return
   workdir = FLAGS.workdir
   if not workdir:
     raise FlagError("--workdir is required (a directory for checkpoints, logs and samples).")
@@ -250,10 +325,18 @@ def _check_flags() -> None:
     return
   if not os.path.isdir(workdir):
     raise errors.MissingPathError(f"--workdir={workdir} does not exist.")
-  if FLAGS.mode == "sample" and FLAGS.num_samples < 1:
+  if FLAGS.num_samples is not None and FLAGS.num_samples < 1:
     raise FlagError(f"--num_samples must be >= 1, got {FLAGS.num_samples}.")
-  if FLAGS.mode == "evaluate":
+  if FLAGS.mode in ("sample", "interpolate", "nearest", "evaluate"):
     _parse_step(FLAGS.step)
+  if FLAGS.mode in ("sample", "interpolate"):
+    _check_latent_flags()
+  if FLAGS.mode == "nearest" and (FLAGS.num_neighbors < 1 or FLAGS.nearest_num_real < 1):
+    raise FlagError(
+      f"--num_neighbors and --nearest_num_real must be >= 1, got {FLAGS.num_neighbors} and "
+      f"{FLAGS.nearest_num_real}."
+    )
+  if FLAGS.mode == "evaluate":
     if FLAGS.eval_num_samples is not None and FLAGS.eval_num_samples < 2:
       raise FlagError(f"--eval_num_samples must be >= 2, got {FLAGS.eval_num_samples}.")
   if FLAGS.mode == "upscale":
@@ -265,8 +348,75 @@ def _check_flags() -> None:
       raise errors.MissingPathError(f"--input={FLAGS.input} does not exist.")
 
 
+def _check_latent_flags() -> None:
+  """The checks of --seeds, --truncation and --frames that need no run."""
+  from ganjax import latents as latents_lib
+
+  if FLAGS.seeds:
+    seeds = latents_lib.parse_seeds(FLAGS.seeds)
+    if FLAGS.mode == "interpolate" and len(seeds) < 2:
+      raise FlagError(f"--mode=interpolate needs two seeds or more, got --seeds={FLAGS.seeds}.")
+  elif FLAGS.mode == "interpolate":
+    raise FlagError("--mode=interpolate needs --seeds=A,B[,C...] (the path's ends).")
+  latents_lib.check_truncation(FLAGS.truncation, FLAGS.truncation_mode)
+  if FLAGS.mode == "interpolate" and FLAGS.frames < 2:
+    raise FlagError(f"--frames must be >= 2 (the two ends), got {FLAGS.frames}.")
+
+
 def _sample_output() -> str:
   return FLAGS.output or f"{FLAGS.workdir.rstrip('/')}/sample.png"
+
+
+# Flags of --mode=sample beyond a count: given any, the run's generic drawing (ganjax.generation)
+# serves it instead of the system's own sample picture.
+_SAMPLE_CONTROLS = ("seeds", "labels", "truncation", "step")
+
+
+def _sample_controls_given() -> bool:
+  return FLAGS.format != "png" or any(FLAGS[name].value is not None for name in _SAMPLE_CONTROLS)
+
+
+def _explore(run) -> None:
+  """--mode=sample (with seeds, labels, truncation, format), interpolate and nearest on ``run``."""
+  from ganjax import generation
+  from ganjax import latents as latents_lib
+
+  workdir = FLAGS.workdir.rstrip("/")
+  seeds = latents_lib.parse_seeds(FLAGS.seeds) if FLAGS.seeds else None
+  labels = latents_lib.parse_labels(FLAGS.labels, run.num_classes) if FLAGS.labels else None
+  if FLAGS.mode == "nearest":
+    from ganjax.evaluation import nearest
+
+    for field, value in _evaluate_kwargs()["config_overrides"].items():
+      run.config[field] = value  # The feature space: the classifier or Inception asked for.
+    nearest.memorisation_check(
+      run,
+      FLAGS.output or f"{workdir}/nearest",
+      num_samples=FLAGS.num_samples or 1000,
+      k=FLAGS.num_neighbors,
+      num_real=FLAGS.nearest_num_real,
+    )
+  elif FLAGS.mode == "interpolate":
+    generation.write_interpolation(
+      run,
+      FLAGS.output or f"{workdir}/interpolation.png",
+      seeds,
+      frames=FLAGS.frames,
+      method=FLAGS.interpolation,
+      labels=labels,
+      truncation=FLAGS.truncation,
+      truncation_mode=FLAGS.truncation_mode,
+    )
+  else:
+    default = {"png": "sample.png", "npz": "samples.npz", "folder": "sample_images"}[FLAGS.format]
+    request = generation.SampleRequest(
+      num_samples=FLAGS.num_samples or 64,
+      seeds=seeds,
+      labels=labels,
+      truncation=FLAGS.truncation,
+      truncation_mode=FLAGS.truncation_mode,
+    )
+    generation.write_samples(run, request, FLAGS.output or f"{workdir}/{default}", FLAGS.format)
 
 
 def _evaluate_kwargs() -> dict:

@@ -1,4 +1,4 @@
-"""Pictures of what a generator makes: image grids, 2-D scatter plots, latent interpolations."""
+"""Pictures of what a generator makes: image grids and 2-D scatter plots; a run's fixed latents."""
 
 from __future__ import annotations
 
@@ -60,18 +60,6 @@ def latents_and_labels(
 def grid_size(num_samples: int, num_classes: int | None) -> int:
   """Samples in a picture of about ``num_samples``: a whole number of rows per class."""
   return num_classes * max(1, num_samples // num_classes) if num_classes else num_samples
-
-
-def interpolate_latents(z0: jax.Array, z1: jax.Array, num: int) -> jax.Array:
-  """Spherical interpolation (White 2016, "Sampling Generative Networks") from z0 to z1."""
-  t = jnp.linspace(0.0, 1.0, num)[:, None]
-  a, b = z0 / jnp.linalg.norm(z0), z1 / jnp.linalg.norm(z1)
-  omega = jnp.arccos(jnp.clip(jnp.dot(a, b), -1.0, 1.0))
-  so = jnp.sin(omega)
-  linear = (1.0 - t) * z0 + t * z1
-  numerator = jnp.sin((1.0 - t) * omega) * z0 + jnp.sin(t * omega) * z1
-  spherical = numerator / jnp.where(so == 0, 1, so)
-  return jnp.where(so < 1e-6, linear, spherical)
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

@@ -20,6 +20,10 @@ from ganjax.errors import ConfigError
 # (N, D) for point data); inputs the latents/labels/picture layout that produced them.
 SampleFn = Callable[[int, int, np.ndarray | None], tuple[np.ndarray, dict[str, Any]]]
 UpscaleFn = Callable[[np.ndarray], np.ndarray]
+# (latents (N, latent_dim), labels (N,) ints or (N, num_classes) class weights, or None) -> samples.
+GenerateFn = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
+# Latents per call of the generator in :meth:`TrainedRun.generate` (bounds its memory).
+GENERATE_BATCH = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +36,7 @@ class TrainedRun:
     step: The step of the restored checkpoint.
     state: The restored state (the system's own pytree).
     num_classes: The classes a conditional generator takes (None: unconditional).
+    latent_dim: The size of the generator's standard normal latent (None: it takes none).
   """
 
   workdir: str
@@ -41,6 +46,8 @@ class TrainedRun:
   num_classes: int | None = None
   sample_fn: SampleFn | None = dataclasses.field(default=None, repr=False)
   upscale_fn: UpscaleFn | None = dataclasses.field(default=None, repr=False)
+  latent_dim: int | None = None
+  generate_fn: GenerateFn | None = dataclasses.field(default=None, repr=False)
 
   @property
   def task(self) -> str:
@@ -80,6 +87,38 @@ class TrainedRun:
         f"(0..{self.num_classes - 1})."
       )
     return labels.astype(np.int32)
+
+  def generate(self, latents: np.ndarray, labels=None) -> np.ndarray:
+    """The samples of the given latents ``(N, latent_dim)`` (and, for a conditional generator,
+    labels ``(N,)`` or class weights ``(N, num_classes)`` that mix classes), NHWC in [-1, 1];
+    drawn :data:`GENERATE_BATCH` at a time."""
+    if self.generate_fn is None or not self.latent_dim:
+      raise ConfigError(f"A {self.task!r} run does not generate from latents ({self.workdir}).")
+    latents = np.asarray(latents, np.float32)
+    if latents.ndim != 2 or latents.shape[1] != self.latent_dim:
+      raise ConfigError(
+        f"latents must have shape (N, {self.latent_dim}) for this run, got {latents.shape}."
+      )
+    if labels is not None:
+      labels = np.asarray(labels)
+      if labels.ndim == 2 and np.issubdtype(labels.dtype, np.floating):
+        if not self.num_classes or labels.shape != (len(latents), self.num_classes):
+          raise ConfigError(
+            f"Class weights must have shape ({len(latents)}, {self.num_classes}), got "
+            f"{labels.shape}."
+          )
+        labels = labels.astype(np.float32)
+      else:
+        labels = self._labels(labels, len(latents))
+    elif self.num_classes:
+      raise ConfigError(f"The run is conditional: give labels in 0..{self.num_classes - 1}.")
+    chunks = []
+    for start in range(0, len(latents), GENERATE_BATCH):
+      part = slice(start, start + GENERATE_BATCH)
+      chunks.append(
+        np.asarray(self.generate_fn(latents[part], None if labels is None else labels[part]))
+      )
+    return np.concatenate(chunks)
 
   def upscale(self, image: np.ndarray) -> np.ndarray:
     """Super-resolves one uint8 ``(H, W, 3)`` image of any size; returns uint8

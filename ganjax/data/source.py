@@ -52,6 +52,22 @@ class DataSource:
   batches: Callable[[int], Iterator[Batch]]
 
 
+def describe_source(source: DataSource) -> str:
+  """``name: N examples of shape S, C classes (kind, path)``: one line on a :class:`DataSource`."""
+  size = "unlimited (synthetic)" if source.num_examples is None else f"{source.num_examples:,}"
+  classes = f"{source.num_classes} classes" if source.num_classes else "no labels"
+  return (
+    f"{source.name}: {size} examples of shape {tuple(source.element_shape)}, {classes}"
+    f"{describe_location(source.description)}"
+  )
+
+
+def describe_location(description: dict[str, Any]) -> str:
+  """`` (kind, path, data_dir)`` of a source's ``description``, those it has; ``""`` if none."""
+  found = [str(description[k]) for k in ("source", "path", "data_dir") if description.get(k)]
+  return f" ({', '.join(found)})" if found else ""
+
+
 def host_batch_size(batch_size: int, process_count: int) -> int:
   """The per-host share of a global batch; raises if it does not divide evenly."""
   if batch_size <= 0:

@@ -91,7 +91,7 @@ class _Moments:
     return mean_y + self.shift, (cov + cov.T) / 2
 
 
-def _real_batches(
+def real_batches(
   config: ml_collections.ConfigDict, split: str, num_real: int | None, chunk: int
 ) -> tuple[Any, int, Iterable[dict[str, np.ndarray]]]:
   """(source, num_real, batches): ``num_real`` distinct real examples (one epoch) in chunks."""
@@ -206,7 +206,7 @@ def reference_statistics(
     (per_class only), "key", "path", "cached" (bool)}``.
   """
   split = split or config.data.get("split", "train") or "train"
-  source, num_real, batches = _real_batches(config, split, num_real, chunk)
+  source, num_real, batches = real_batches(config, split, num_real, chunk)
   key = reference_key(
     config,
     extractor,

@@ -231,8 +231,13 @@ def maxout(x: jax.Array, pieces: int) -> jax.Array:
   return x.reshape(*x.shape[:-1], x.shape[-1] // pieces, pieces).max(axis=-1)
 
 
-def check_labels(labels: Any, batch: int, num_classes: int, who: str) -> jax.Array:
+def check_labels(
+  labels: Any, batch: int, num_classes: int, who: str, *, soft: bool = False
+) -> jax.Array:
   """Validates class ``labels`` for a batch of ``batch`` examples; returns them as an array.
+
+  ``soft=True`` also accepts class weights: floats of shape ``(batch, num_classes)`` (one-hot rows
+  for a class, their mixtures for a path between classes: :func:`class_rows`).
 
   Raises ``ValueError`` (naming ``who`` and the offending value) when ``labels`` is ``None``, not
   of shape ``(batch,)``, not integer, or -- when concrete, i.e. outside ``jit`` -- outside
@@ -244,6 +249,8 @@ def check_labels(labels: Any, batch: int, num_classes: int, who: str) -> jax.Arr
       f"[0, {num_classes})), got labels=None."
     )
   labels = jnp.asarray(labels)
+  if soft and labels.shape == (batch, num_classes) and jnp.issubdtype(labels.dtype, jnp.floating):
+    return labels
   if labels.shape != (batch,):
     raise ValueError(
       f"{who}: labels must have shape ({batch},) (one per example), got shape {labels.shape}."
@@ -378,6 +385,14 @@ class MinibatchStdDev(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
+def class_rows(table: jax.Array, labels: jax.Array) -> jax.Array:
+  """Row ``labels[i]`` of ``table`` ``(num_classes, F)`` for integer labels; for class weights
+  ``(B, num_classes)`` (:func:`check_labels` with ``soft=True``) the weighted mix of rows."""
+  if jnp.issubdtype(labels.dtype, jnp.floating):
+    return labels.astype(table.dtype) @ table
+  return jnp.take(table, labels, axis=0)
+
+
 class ConditionalBatchNorm(nn.Module):
   """Class-conditional BatchNorm (de Vries et al. 2017; Dumoulin et al. 2017).
 
@@ -396,8 +411,9 @@ class ConditionalBatchNorm(nn.Module):
   the momentum and epsilon of ``layers.batch_norm`` (``BN_MOMENTUM``, ``BN_EPSILON``).
 
   Parameters: ``gain`` and ``bias``, both ``(num_classes, C)``, initialised to 1 and 0 (so a fresh
-  layer is plain non-affine BatchNorm). Called as ``(x, labels, *, train)``; ``labels`` is
-  required. ``dtype``: the computation dtype (see ``layers.DTYPES``).
+  layer is plain non-affine BatchNorm). Called as ``(x, labels, *, train)``; ``labels`` (or class
+  weights, :func:`class_rows`) are required. ``dtype``: the computation dtype (see
+  ``layers.DTYPES``).
   """
 
   num_classes: int
@@ -405,7 +421,7 @@ class ConditionalBatchNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, labels: jax.Array | None = None, *, train: bool) -> jax.Array:
-    labels = check_labels(labels, x.shape[0], self.num_classes, "ConditionalBatchNorm")
+    labels = check_labels(labels, x.shape[0], self.num_classes, "ConditionalBatchNorm", soft=True)
     c = x.shape[-1]
     dtype = layers.resolve_dtype(self.dtype)
     y = nn.BatchNorm(
@@ -419,8 +435,8 @@ class ConditionalBatchNorm(nn.Module):
     gain = self.param("gain", _ONES, (self.num_classes, c), jnp.float32)
     bias = self.param("bias", _ZEROS, (self.num_classes, c), jnp.float32)
     shape = (x.shape[0], *(1,) * (x.ndim - 2), c)
-    gamma = jnp.take(gain, labels, axis=0).reshape(shape)
-    beta = jnp.take(bias, labels, axis=0).reshape(shape)
+    gamma = class_rows(gain, labels).reshape(shape)
+    beta = class_rows(bias, labels).reshape(shape)
     out_dtype = dtype if dtype is not None else y.dtype
     return (y * gamma.astype(out_dtype) + beta.astype(out_dtype)).astype(out_dtype)
 
@@ -495,7 +511,8 @@ class LabelEmbedding(nn.Module):
   constant channels ``(B, H, W, C) -> (B, H, W, C + dim)`` (conditioning the discriminator's
   input). ``dim=None`` uses the one-hot code of the paper (``dim = num_classes``, no parameters);
   otherwise a learned table ``embedding`` of shape ``(num_classes, dim)``, initialised N(0, 1)
-  (PyTorch's ``nn.Embedding``). Called as ``(x, labels)``; ``labels`` is required.
+  (PyTorch's ``nn.Embedding``). Called as ``(x, labels)``; ``labels`` (or class weights ``(B, K)``,
+  mixing the rows: :func:`class_rows`) are required.
   """
 
   num_classes: int
@@ -505,12 +522,15 @@ class LabelEmbedding(nn.Module):
   def __call__(self, x: jax.Array, labels: jax.Array | None = None) -> jax.Array:
     if x.ndim < 2:
       raise ValueError(f"LabelEmbedding expects (B, ..., C) inputs, got shape {x.shape}.")
-    labels = check_labels(labels, x.shape[0], self.num_classes, "LabelEmbedding")
+    labels = check_labels(labels, x.shape[0], self.num_classes, "LabelEmbedding", soft=True)
     if self.dim is None:
-      e = jax.nn.one_hot(labels, self.num_classes, dtype=x.dtype)
+      if jnp.issubdtype(labels.dtype, jnp.floating):  # Class weights are the code's mixture.
+        e = labels.astype(x.dtype)
+      else:
+        e = jax.nn.one_hot(labels, self.num_classes, dtype=x.dtype)
     else:
       table = self.param("embedding", layers.normal(1.0), (self.num_classes, self.dim), jnp.float32)
-      e = jnp.take(table, labels, axis=0).astype(x.dtype)
+      e = class_rows(table, labels).astype(x.dtype)
     e = e.reshape(x.shape[0], *(1,) * (x.ndim - 2), e.shape[-1])
     e = jnp.broadcast_to(e, (*x.shape[:-1], e.shape[-1]))
     return jnp.concatenate([x, e], axis=-1)

@@ -277,7 +277,9 @@ class Generator(nn.Module):
     if self.num_classes is None:
       labels = None
     else:
-      labels = blocks.check_labels(labels, z.shape[0], self.num_classes, "ResNet Generator")
+      labels = blocks.check_labels(
+        labels, z.shape[0], self.num_classes, "ResNet Generator", soft=True
+      )
     w = REFERENCE_WIDTHS[size][0] if self.width is None else self.width
     start, stage_channels = generator_layout(size, w)
     common = dict(conv_impl=self.conv_impl, dtype=self.dtype)

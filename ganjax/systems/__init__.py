@@ -17,7 +17,9 @@ and, where the system supports it,
 * ``evaluate_workdir(workdir, *, step, metrics, num_samples, config_overrides)``:
   ``--mode=evaluate``, returning ``{"values": ..., "path": ...}`` like
   :func:`ganjax.evaluation.evaluate_checkpoint`;
-* ``upscale_file(workdir, input_path, output_path)``: ``--mode=upscale``.
+* ``upscale_file(workdir, input_path, output_path)``: ``--mode=upscale``;
+* ``describe_run(config)``: ``--mode=config``, the data as one line of text and ``{network name:
+  abstract params}``, opened and built (``jax.eval_shape``) as ``train_and_evaluate`` would.
 
 A new system is one new module here plus one config; there is no registry to edit.
 """

@@ -38,7 +38,7 @@ from ganjax import data as data_lib
 from ganjax import logs, loop, optimizers
 from ganjax import workdir as workdir_lib
 from ganjax.data import embedded, preprocessing
-from ganjax.data.source import DataSource, array_source
+from ganjax.data.source import DataSource, array_source, describe_source
 from ganjax.errors import ConfigError, DataError
 from ganjax.evaluation import domain_classifier
 from ganjax.evaluation.domain_classifier import (
@@ -207,6 +207,22 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.optim.learning_rate <= 0:
     raise ConfigError(f"config.optim.learning_rate must be > 0, got {config.optim.learning_rate}.")
   optimizers.make_optimizer(config.optim, max(config.num_train_steps, 1))  # Checks the schedule.
+
+
+def describe_run(config: ml_collections.ConfigDict) -> tuple[str, dict[str, Any]]:
+  """Opens the training and test splits and builds the classifier as :func:`train_classifier`
+  would, abstractly (``jax.eval_shape``: shapes, no values) and without training, for
+  ``--mode=config``: the data as one line of text and ``{"classifier": abstract params}``.
+  """
+  source, test_images, _, _ = load_splits(
+    config.data, seed=config.seed, batch_size=config.batch_size
+  )
+  tx = optimizers.make_optimizer(config.optim, max(config.num_train_steps, 1))
+  state = jax.eval_shape(
+    lambda rng: create_train_state(rng, tx, dropout=config.model.dropout), jax.random.key(0)
+  )
+  data = f"{describe_source(source)}; test split {len(test_images):,} examples"
+  return data, {"classifier": state.params}
 
 
 @workdir_lib.releases_lock

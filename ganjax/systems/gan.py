@@ -23,6 +23,7 @@ import optax
 from absl import logging
 
 from ganjax import checkpoint as checkpoint_lib
+from ganjax import data as data_lib
 from ganjax import (
   evaluation,
   loop,
@@ -39,6 +40,7 @@ from ganjax import state as state_lib
 from ganjax import workdir as workdir_lib
 from ganjax.config_fields import module_kwargs
 from ganjax.data import gaussian_mixture
+from ganjax.data.source import describe_source
 from ganjax.errors import ConfigError
 from ganjax.models import blocks
 from ganjax.trained import TrainedRun
@@ -285,6 +287,24 @@ def run_info(config, source, networks: Networks, state, mesh) -> dict[str, Any]:
   }
 
 
+def describe_run(config: ml_collections.ConfigDict) -> tuple[str, dict[str, Any]]:
+  """Opens the data and builds the networks as :func:`train_and_evaluate` would, abstractly
+  (``jax.eval_shape``: shapes, no values) and without training, for ``--mode=config``: the data
+  as one line of text and ``{network name: abstract params}``.
+  """
+  source = data_lib.create_source(
+    config.data, seed=config.seed, batch_size=config.batch_size * config.n_critic
+  )
+  devices = config.parallel.num_devices or jax.device_count()
+  check_pack(config.model.get("pack", 1), config.batch_size, devices)
+  networks = build_networks(config, source.element_shape, source.num_classes)
+  state = abstract_state(config, networks)
+  return describe_source(source), {
+    "generator": state.generator.params,
+    "discriminator": state.discriminator.params,
+  }
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Fails early, with the valid choices, on settings the run cannot use."""
   for key in ("num_train_steps", "batch_size", "n_critic", "log_every_steps"):
@@ -446,7 +466,19 @@ def load(workdir: str, step: int | str | None = None) -> TrainedRun:
     samples = generate(sample_params(config, state), state.generator.batch_stats, z, labels)
     return np.asarray(samples), {"latents": np.asarray(z), "labels": labels}
 
-  return TrainedRun(workdir, config, int(step), state, networks.num_classes, sample_fn=sample_fn)
+  def generate_fn(z, labels):
+    return generate(sample_params(config, state), state.generator.batch_stats, z, labels)
+
+  return TrainedRun(
+    workdir,
+    config,
+    int(step),
+    state,
+    networks.num_classes,
+    sample_fn=sample_fn,
+    latent_dim=config.model.latent_dim,
+    generate_fn=generate_fn,
+  )
 
 
 def evaluate_workdir(workdir: str, step: int | str | None = None, **options: Any) -> dict[str, Any]:

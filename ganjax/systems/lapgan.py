@@ -37,10 +37,12 @@ import numpy as np
 from absl import logging
 
 from ganjax import checkpoint as checkpoint_lib
+from ganjax import data as data_lib
 from ganjax import evaluation, loop, losses, optimizers, parallel, sampling
 from ganjax import state as state_lib
 from ganjax import workdir as workdir_lib
 from ganjax.config_fields import module_kwargs
+from ganjax.data.source import describe_source
 from ganjax.errors import ConfigError
 from ganjax.models import lapgan as lapgan_lib
 from ganjax.trained import TrainedRun
@@ -467,6 +469,23 @@ def run_info(config, source, pyramid: Pyramid, state, mesh) -> dict[str, Any]:
   }
 
 
+def describe_run(config: ml_collections.ConfigDict) -> tuple[str, dict[str, Any]]:
+  """Opens the data and builds the pyramid's networks as :func:`train_and_evaluate` would,
+  abstractly (``jax.eval_shape``: shapes, no values) and without training, for ``--mode=config``:
+  the data as one line of text and ``{"level_K.generator" / "level_K.discriminator": abstract
+  params}``.
+  """
+  source = data_lib.create_source(config.data, seed=config.seed, batch_size=config.batch_size)
+  pyramid = build_pyramid(config, source.element_shape, source.num_classes)
+  state = abstract_state(config, pyramid)
+  networks = {
+    f"{level}.{name}": getattr(level_state, name).params
+    for level, level_state in state.items()
+    for name in ("generator", "discriminator")
+  }
+  return describe_source(source), networks
+
+
 def evaluated_generator(pyramid: Pyramid) -> dict[str, Any]:
   """How :mod:`ganjax.evaluation` sees the chained pyramid: latents of the whole pyramid, and
   what the protocol records about them."""
@@ -650,7 +669,19 @@ def load(workdir: str, step: int | str | None = None) -> TrainedRun:
     final = np.clip(levels[-1], -1.0, 1.0)
     return final, {"latents": np.asarray(z), "labels": labels, "levels": levels}
 
-  return TrainedRun(workdir, config, int(step), state, pyramid.num_classes, sample_fn=sample_fn)
+  def generate_fn(z, labels):
+    return np.clip(generate_levels(sample_params(config, state), z, labels)[-1], -1.0, 1.0)
+
+  return TrainedRun(
+    workdir,
+    config,
+    int(step),
+    state,
+    pyramid.num_classes,
+    sample_fn=sample_fn,
+    latent_dim=pyramid.latent_size,
+    generate_fn=generate_fn,
+  )
 
 
 def sample_from_workdir(

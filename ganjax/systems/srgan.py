@@ -75,6 +75,7 @@ from ganjax import workdir as workdir_lib
 from ganjax.config_fields import module_kwargs
 from ganjax.data import preprocessing
 from ganjax.data import super_resolution as sr_data
+from ganjax.data.source import describe_location
 from ganjax.errors import ConfigError, MissingPathError
 from ganjax.metrics import image_quality
 from ganjax.models import srgan as srgan_models
@@ -603,6 +604,23 @@ def run_info(config, source, state, mesh) -> dict[str, Any]:
       "vgg19 features" if config.srgan.get("content_features_path") else "pixel MSE"
     ),
   }
+
+
+def describe_run(config: ml_collections.ConfigDict) -> tuple[str, dict[str, Any]]:
+  """Opens the LR/HR pair source and builds the networks as :func:`train_and_evaluate` would,
+  abstractly (``jax.eval_shape``: shapes, no values) and without training, for ``--mode=config``:
+  the data as one line of text and ``{network name: abstract params}``.
+  """
+  source = sr_data.create_pair_source(
+    config.data, scale=config.scale, seed=config.seed, batch_size=config.batch_size
+  )
+  hr, lr = source.crop_size, source.crop_size // source.scale
+  data = (
+    f"{source.name}: {source.num_images:,} training images, HR crops {hr}x{hr}x{source.channels}"
+    f" from LR {lr}x{lr} (x{source.scale}){describe_location(source.description)}"
+  )
+  state = abstract_state(config)
+  return data, {"generator": state.generator.params, "discriminator": state.discriminator.params}
 
 
 @workdir_lib.releases_lock

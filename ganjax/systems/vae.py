@@ -35,10 +35,12 @@ import optax
 from absl import logging
 
 from ganjax import checkpoint as checkpoint_lib
+from ganjax import data as data_lib
 from ganjax import evaluation, loop, optimizers, parallel, sampling
 from ganjax import state as state_lib
 from ganjax import workdir as workdir_lib
 from ganjax.config_fields import module_kwargs
+from ganjax.data.source import describe_source
 from ganjax.errors import ConfigError
 from ganjax.models import vae as vae_lib
 from ganjax.trained import TrainedRun
@@ -280,6 +282,20 @@ def run_info(config, source, model: vae_lib.VAE, state, mesh) -> dict[str, Any]:
   }
 
 
+def describe_run(config: ml_collections.ConfigDict) -> tuple[str, dict[str, Any]]:
+  """Opens the data and builds the encoder and decoder as :func:`train_and_evaluate` would,
+  abstractly (``jax.eval_shape``: shapes, no values) and without training, for ``--mode=config``:
+  the data as one line of text and ``{network name: abstract params}``.
+  """
+  source = data_lib.create_source(config.data, seed=config.seed, batch_size=config.batch_size)
+  element_shape = tuple(source.element_shape)
+  state = abstract_state(config, build_model(config, element_shape), element_shape)
+  return describe_source(source), {
+    "encoder": state.params["encoder"],
+    "decoder": state.params["decoder"],
+  }
+
+
 @workdir_lib.releases_lock
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
   """Trains the VAE the config describes; resumes from ``workdir`` when it holds checkpoints.
@@ -411,7 +427,19 @@ def load(workdir: str, step: int | str | None = None) -> TrainedRun:
     samples = np.asarray(generate(state.params, state.batch_stats, z))
     return samples, {"latents": np.asarray(z), "labels": None}
 
-  return TrainedRun(workdir, config, int(step), state, sample_fn=sample_fn)
+  def generate_fn(z, labels):
+    del labels  # Unconditional: TrainedRun refuses labels.
+    return generate(state.params, state.batch_stats, z)
+
+  return TrainedRun(
+    workdir,
+    config,
+    int(step),
+    state,
+    sample_fn=sample_fn,
+    latent_dim=config.model.latent_dim,
+    generate_fn=generate_fn,
+  )
 
 
 def sample_from_workdir(
