@@ -172,3 +172,12 @@ def test_command_line_needs_a_config():
   assert _error_lines(proc.stderr) == [
     "ganjax: error: --mode=config needs --config, e.g. --config=configs/dcgan.py"
   ]
+
+
+def test_a_system_without_describe_run_is_still_checked(monkeypatch):
+  from ganjax import systems
+
+  monkeypatch.delattr(systems.get_system("vae"), "describe_run")
+  lines = config_report.check(load_config("vae", "runlocal"))
+  assert any("valid" in line for line in lines)
+  assert lines[-1].strip().endswith("has no describe_run"), lines
