@@ -53,14 +53,47 @@ class TrainedRun:
   def task(self) -> str:
     return self.config.get("task", "gan")
 
-  def sample(self, num_samples: int, seed: int = 0, labels=None) -> np.ndarray:
+  def sample(
+    self,
+    num_samples: int | None = None,
+    seed: int = 0,
+    labels=None,
+    *,
+    seeds=None,
+    truncation: float | None = None,
+    truncation_mode: str = "resample",
+  ) -> np.ndarray:
     """``num_samples`` samples, NHWC in [-1, 1] (points ``(N, D)`` on point data).
 
     ``seed`` picks the latents (the run's sample pictures use ``config.seed``). ``labels``: the
     classes of a conditional generator, one int for all or one per sample (default: every class
-    in turn); an unconditional generator takes none.
+    in turn); an unconditional generator takes none. ``seeds``: one sample per seed instead, the
+    same image for a seed in any list (:func:`ganjax.latents.seed_latents`; ``num_samples`` is
+    then ``len(seeds)``). ``truncation``: the truncation trick on those latents
+    (:func:`ganjax.latents.truncate`; ``truncation_mode`` ``"resample"`` or ``"scale"``).
     """
-    return self.sample_with_inputs(num_samples, seed, labels)[0]
+    if seeds is None and truncation is None:
+      if num_samples is None:
+        raise ConfigError("sample() needs num_samples (or seeds=[...]).")
+      return self.sample_with_inputs(num_samples, seed, labels)[0]
+    from ganjax import latents as latents_lib
+
+    if seeds is not None:
+      seeds = [int(s) for s in seeds]
+      if num_samples is not None and num_samples != len(seeds):
+        raise ConfigError(f"num_samples={num_samples} but {len(seeds)} seeds; give one of them.")
+      if not seeds:
+        raise ConfigError("seeds=[] names no sample.")
+      z, rows = latents_lib.seed_latents(seeds, self.latent_dim or 0), seeds
+    else:
+      if num_samples is None or num_samples < 1:
+        raise ConfigError(f"num_samples must be an int >= 1, got {num_samples!r}.")
+      _, inputs = self.sample_with_inputs(num_samples, seed, labels)
+      z, rows = inputs["latents"], None
+    z = latents_lib.truncate(z, truncation, truncation_mode, rows)
+    if self.num_classes and labels is None:
+      labels = np.arange(len(z)) % self.num_classes
+    return self.generate(z, labels)
 
   def sample_with_inputs(self, num_samples: int, seed: int = 0, labels=None):
     """``(samples, inputs)``: :meth:`sample` and the latents (and labels) that produced it."""

@@ -310,3 +310,21 @@ def test_memorisation_check_of_the_trained_run_in_pixels(cgan_run, tmp_path):
   values = result["spaces"]["pixels"]
   assert values["generated"]["median"] > values["held_out"]["median"]
   assert not values["copying_likely"]
+
+
+def test_load_sample_takes_seeds_and_truncation(cgan_run):
+  run = ganjax.load(cgan_run)
+  by_seed = run.sample(seeds=[0, 3], labels=2)
+  drawn = generation.draw(run, generation.SampleRequest(seeds=[0, 3], labels=[2]))
+  np.testing.assert_allclose(by_seed, drawn.samples, atol=1e-6)
+  truncated = run.sample(seeds=[0, 3], labels=2, truncation=0.3)
+  request = generation.SampleRequest(seeds=[0, 3], labels=[2], truncation=0.3)
+  np.testing.assert_allclose(truncated, generation.draw(run, request).samples, atol=1e-6)
+  # Truncating the run's fixed latents (psi = 1 leaves them).
+  np.testing.assert_allclose(
+    run.sample(4, seed=1, labels=5, truncation=1.0, truncation_mode="scale"),
+    run.sample(4, seed=1, labels=5),
+    atol=1e-6,
+  )
+  with pytest.raises(errors.ConfigError, match="num_samples=3 but 2 seeds"):
+    run.sample(3, seeds=[0, 1], labels=1)
