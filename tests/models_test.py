@@ -52,6 +52,8 @@ CASES = [
   Case("resnet", (64, 64, 1), dict(width=2, conv_impl=XLA), dict(width=2, conv_impl=XLA), False),
   Case("sndcgan", (32, 32, 3), dict(width=4), dict(width=4), False),
   Case("sndcgan", (48, 48, 3), dict(width=4, conv_impl=XLA), dict(width=4, conv_impl=XLA), False),
+  # InfoGAN (Chen et al. 2016), the MNIST networks of Lucic et al. 2018: BatchNorm in G and D.
+  Case("infogan", (28, 28, 1), dict(hidden=16, width=4), dict(hidden=16, width=4), False),
 ]
 CASE_IDS = [f"{c.name}-{'x'.join(map(str, c.shape))}" for c in CASES]
 DCGAN_64 = CASE_IDS.index("dcgan-64x64x3")
