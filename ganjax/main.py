@@ -269,8 +269,12 @@ def _compare_image_sets() -> None:
   from ganjax.evaluation import compare, extractors
 
   extractor = extractors.inception_extractor(FLAGS.eval_inception_weights)
+  extracted = None
   if FLAGS.save_statistics:
-    protocol = compare.save_statistics(FLAGS.input, extractor, FLAGS.save_statistics)
+    extracted = compare.extract(FLAGS.input, extractor)  # Once, for the file and the comparison.
+    protocol = compare.save_statistics(
+      FLAGS.input, extractor, FLAGS.save_statistics, extracted=extracted
+    )
     logging.info(
       "Wrote the statistics of %d images of %s to %s.",
       protocol["num_images"],
@@ -279,7 +283,9 @@ def _compare_image_sets() -> None:
     )
     if not FLAGS.reference:
       return
-  result = compare.compare(FLAGS.input, FLAGS.reference, extractor, FLAGS.metrics)
+  result = compare.compare(
+    FLAGS.input, FLAGS.reference, extractor, FLAGS.metrics, input_extracted=extracted
+  )
   logging.info("%s vs %s: %s", FLAGS.input, FLAGS.reference, result["values"])
   if FLAGS.output:
     with open(FLAGS.output, "w") as f:

@@ -147,3 +147,26 @@ def test_saved_statistics_are_a_reference_for_later_runs(tmp_path):
     compare.compare(str(tmp_path / "a.npz"), stats_path, other)
   with pytest.raises(ConfigError, match="already holds statistics"):
     compare.save_statistics(stats_path, EXTRACTOR, str(tmp_path / "again.npz"))
+
+
+def test_one_extraction_serves_the_statistics_file_and_the_comparison(tmp_path):
+  """--mode=fid --save_statistics with --reference: the input's features are computed once."""
+  rng = np.random.default_rng(5)
+  a, b = _images(rng, 30), _images(rng, 35, shift=10)
+  np.savez(tmp_path / "a.npz", images=a)
+  np.savez(tmp_path / "b.npz", images=b)
+  calls = []
+
+  def counting(images):
+    calls.append(len(images))
+    return _colour_features(images)
+
+  counted = Extractor("inception", counting, {"extractor": "stand-in"}, frozenset({"features"}))
+  extracted = compare.extract(str(tmp_path / "a.npz"), counted)
+  compare.save_statistics(str(tmp_path / "a.npz"), counted, str(tmp_path / "s.npz"), extracted)
+  once = compare.compare(
+    str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), counted, input_extracted=extracted
+  )
+  assert sum(calls) == 30 + 35  # The input once, the reference once.
+  again = compare.compare(str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), EXTRACTOR)
+  assert once["values"] == pytest.approx(again["values"], rel=1e-9)

@@ -217,21 +217,43 @@ def _check_protocol(image_set: ImageSet, extractor: Extractor) -> None:
     )
 
 
-def save_statistics(source: str, extractor: Extractor, path: str) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class Extracted:
+  """A set read and its statistics (``mean``, ``cov``, ``features``): extracted once, used by
+  :func:`save_statistics` and :func:`compare` alike."""
+
+  image_set: ImageSet
+  statistics: dict[str, Any]
+  seconds: float
+
+
+def extract(source: str, extractor: Extractor) -> Extracted:
+  """Reads ``source`` and computes its statistics with ``extractor``."""
+  image_set = read_image_set(source)
+  _check_protocol(image_set, extractor)
+  t_start = time.time()
+  stats = _statistics(extractor, image_set)
+  return Extracted(image_set, stats, round(time.time() - t_start, 1))
+
+
+def save_statistics(
+  source: str, extractor: Extractor, path: str, extracted: Extracted | None = None
+) -> dict[str, Any]:
   """Writes the features' ``mu`` and ``sigma`` of the images of ``source`` to ``path`` (.npz, the
   format pytorch-fid and clean-fid read too) with the extractor's protocol and the image count,
   so that a large reference set is extracted once (``--reference=path`` later; a protocol that
-  differs from the later run's is refused). Returns what the file's ``protocol`` holds."""
-  image_set = read_image_set(source)
-  if image_set.images is None:
+  differs from the later run's is refused). ``extracted``: :func:`extract` of ``source`` already
+  done. Returns what the file's ``protocol`` holds."""
+  if extracted is None:
+    extracted = extract(source, extractor)
+  if extracted.image_set.images is None:
     raise ConfigError(f"{source!r} already holds statistics; give images to extract.")
-  t_start = time.time()
-  stats = _statistics(extractor, image_set)
+  stats = extracted.statistics
   protocol = {
     **extractor.protocol,
     "source": source,
-    "num_images": len(image_set.images),
-    "seconds": round(time.time() - t_start, 1),
+    "num_images": len(extracted.image_set.images),
+    "seconds": extracted.seconds,
   }
   tmp = f"{path}.tmp-{os.getpid()}.npz"
   np.savez(
@@ -246,8 +268,10 @@ def compare(
   reference_source: str,
   extractor: Extractor,
   metrics: list[str] | None = None,
+  input_extracted: Extracted | None = None,
 ) -> dict[str, Any]:
-  """Scores the images of ``input_source`` against those of ``reference_source``.
+  """Scores the images of ``input_source`` against those of ``reference_source``
+  (``input_extracted``: :func:`extract` of ``input_source`` already done).
 
   Returns:
     ``{"values": {name: float}, "details": {...}, "protocol": {...}}``: the protocol names both
@@ -256,7 +280,8 @@ def compare(
   Raises:
     ValueError: an unknown metric, or one that needs features of a set given by statistics only.
   """
-  sets = {"input": read_image_set(input_source), "reference": read_image_set(reference_source)}
+  input_set = input_extracted.image_set if input_extracted else read_image_set(input_source)
+  sets = {"input": input_set, "reference": read_image_set(reference_source)}
   for image_set in sets.values():
     _check_protocol(image_set, extractor)
   statistics_only = [name for name, s in sets.items() if s.images is None]
@@ -278,7 +303,13 @@ def compare(
       f"from them. Valid: {', '.join(DEFAULT_METRICS)}, density_coverage."
     )
   t_start = time.time()
-  stats = {name: _statistics(extractor, image_set) for name, image_set in sets.items()}
+  stats = {
+    name: _statistics(extractor, image_set)
+    for name, image_set in sets.items()
+    if not (name == "input" and input_extracted)
+  }
+  if input_extracted:
+    stats["input"] = input_extracted.statistics
   if statistics_only:  # FID alone, from the two sets' moments.
     a, b = stats["reference"], stats["input"]
     fid = metrics_lib.frechet_distance_from_statistics(a["mean"], a["cov"], b["mean"], b["cov"])
