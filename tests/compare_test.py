@@ -142,6 +142,7 @@ def test_saved_statistics_are_a_reference_for_later_runs(tmp_path):
   from_stats = compare.compare(str(tmp_path / "a.npz"), stats_path, EXTRACTOR)
   from_images = compare.compare(str(tmp_path / "a.npz"), str(tmp_path / "b"), EXTRACTOR, ["fid"])
   assert from_stats["values"]["fid"] == pytest.approx(from_images["values"]["fid"], rel=1e-9)
+  assert from_stats["protocol"]["num_reference"] == 45  # As the statistics' protocol says.
   other = Extractor("inception", _colour_features, {"extractor": "other"}, frozenset({"features"}))
   with pytest.raises(ConfigError, match="made with another protocol.*extractor: 'stand-in'"):
     compare.compare(str(tmp_path / "a.npz"), stats_path, other)

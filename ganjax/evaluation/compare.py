@@ -52,7 +52,10 @@ class ImageSet:
 
   @property
   def size(self) -> int | None:
-    return None if self.images is None else len(self.images)
+    """The number of images (of statistics: as their protocol records it, else None)."""
+    if self.images is None:
+      return (self.protocol or {}).get("num_images")
+    return len(self.images)
 
 
 def _rgb(image: np.ndarray, where: str) -> np.ndarray:
