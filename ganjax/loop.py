@@ -56,7 +56,7 @@ from ganjax import workdir as workdir_lib
 from ganjax.errors import UserError, WorkdirError
 
 # Scalars of every log and evaluation, one JSON object per line.
-METRICS_FILE = "metrics.jsonl"
+METRICS_FILE = workdir_lib.METRICS_FILE
 
 StepFn = Callable[[Any, dict[str, np.ndarray]], tuple[Any, dict[str, jax.Array]]]
 

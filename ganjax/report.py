@@ -32,9 +32,7 @@ from ganjax.errors import MissingPathError
 
 REPORT_DIR = "report"
 REPORT_FILE = "report.html"
-# Written by ganjax.loop (METRICS_FILE) and ganjax.checkpoint (BEST_DIRECTORY); named here so the
-# report does not import jax.
-METRICS_FILE = "metrics.jsonl"
+# Written by ganjax.checkpoint (BEST_DIRECTORY); named here so the report does not import jax.
 BEST_FILE = os.path.join("checkpoints_best", "best.json")
 
 # Sections of the training scalars: (title, panels), a panel (title, regular expression of the
@@ -57,8 +55,6 @@ GIF_FRAMES = 40
 STRIP_WIDTH = 320
 GIF_WIDTH = 480
 PANEL_COLUMNS = 3
-# Keys of metrics.jsonl records that are not scalars.
-_RECORD_KEYS = ("step", "wall_time", "phase")
 _SAMPLE_NAME = re.compile(r"(?P<kind>.*?)step_(?P<step>\d+)\.png")
 
 
@@ -115,19 +111,12 @@ def read_records(workdir: str) -> RunRecords:
       f"{config_path} not found: {workdir!r} is not the workdir of a training run, so there is "
       "nothing to report."
     )
-  training, evaluations = [], {}
-  for record in _read_jsonl(os.path.join(workdir, METRICS_FILE)):
-    if not isinstance(record.get("step"), int):
-      continue
-    if "steps_per_sec" in record:
-      training.append(record)
-    else:
-      evaluations.setdefault(record["step"], {}).update(_scalars(record))
-  for path in glob.glob(os.path.join(workdir, "eval", "step_*.json")):
-    match = re.fullmatch(r"step_(\d+)\.json", os.path.basename(path))
-    result = _read_json(path) if match else None
-    if isinstance(result, dict) and isinstance(result.get("values"), dict):
-      evaluations.setdefault(int(match[1]), {}).update(_scalars(result["values"]))
+  training = [
+    record
+    for record in _read_jsonl(os.path.join(workdir, workdir_lib.METRICS_FILE))
+    if isinstance(record.get("step"), int) and "steps_per_sec" in record
+  ]
+  evaluations, _ = workdir_lib.read_evaluations(workdir)
   return RunRecords(
     workdir=workdir,
     config=_read_json(config_path) or {},
@@ -174,19 +163,6 @@ def _read_jsonl(path: str) -> list[dict[str, Any]]:
       if isinstance(record, dict):
         records.append(record)
   return records
-
-
-def _scalars(record: dict[str, Any]) -> dict[str, float]:
-  """The numbers of a record (not its step, time or phase; booleans are not numbers)."""
-  return {
-    k: float(v)
-    for k, v in record.items()
-    if k not in _RECORD_KEYS and isinstance(v, int | float) and not isinstance(v, bool)
-  }
-
-
-# ------------------------------------------------------------------------------------------------
-# Curves.
 
 
 def training_panels(names: list[str]) -> dict[str, dict[str, list[str]]]:
@@ -263,7 +239,7 @@ def _training_figures(records: RunRecords, folder: str) -> list[tuple[str, str]]
   """``(section, PNG name)`` of the training curves; empty with fewer than two logged steps."""
   if len(records.training) < 2:
     return []
-  points = [(r["step"], _scalars(r)) for r in records.training]
+  points = [(r["step"], workdir_lib.record_numbers(r)) for r in records.training]
   names = list(dict.fromkeys(name for _, values in points for name in values))
   marks = [
     (step, f"phase {phase}", {"color": "gray", "linestyle": ":"})
@@ -450,7 +426,7 @@ def _training_html(records: RunRecords, folder: str) -> str:
   if not records.training:
     return '<p class="note">No training step was logged (metrics.jsonl is empty or missing).</p>'
   record = records.training[0]
-  values = [[_e(k), _number(v)] for k, v in _scalars(record).items()]
+  values = [[_e(k), _number(v)] for k, v in workdir_lib.record_numbers(record).items()]
   return (
     f'<p class="note">Only one logged step (step {record["step"]}): no curves to draw. '
     "Its values:</p>" + _table(values)

@@ -88,8 +88,14 @@ class TrainedRun:
     else:
       if num_samples is None or num_samples < 1:
         raise ConfigError(f"num_samples must be an int >= 1, got {num_samples!r}.")
-      _, inputs = self.sample_with_inputs(num_samples, seed, labels)
-      z, rows = inputs["latents"], None
+      from ganjax import sampling
+
+      # The latents (and labels) sample_fn draws for (num_samples, seed, labels), not drawn twice.
+      z, grid_labels = sampling.latents_and_labels(
+        seed, num_samples, self.latent_dim or 0, self.num_classes, self._labels(labels, num_samples)
+      )
+      z, rows = np.asarray(z), None
+      labels = labels if grid_labels is None else np.asarray(grid_labels)
     z = latents_lib.truncate(z, truncation, truncation_mode, rows)
     if self.num_classes and labels is None:
       labels = np.arange(len(z)) % self.num_classes

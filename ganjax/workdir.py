@@ -56,6 +56,7 @@ import functools
 import json
 import math
 import os
+import re
 import socket
 import sys
 import time
@@ -71,6 +72,15 @@ LOCK_FILE = ".lock"
 LAUNCHES_FILE = "launches.jsonl"
 CONFIG_FILE = "config.json"
 RUN_INFO_FILE = "run_info.json"
+# The training loop's scalars, one JSON object per logged step (ganjax.loop), and the evaluation
+# records (ganjax.evaluation.save_evaluation).
+METRICS_FILE = "metrics.jsonl"
+EVAL_DIR = "eval"
+# Keys of a metrics.jsonl line that are not metrics.
+_NOT_METRICS = frozenset({"step", "wall_time", "phase"})
+# Only the training log lines of metrics.jsonl carry these (ganjax.loop.run's log()).
+TRAINING_MARKERS = ("steps_per_sec", "images_per_sec")
+_EVAL_FILE = re.compile(r"^step_(\d+)\.json$")
 
 # Fields (fnmatch patterns on dotted paths) that may differ between launches of one run: length,
 # cadence, evaluation and resources. Every other field is guarded (see the module docstring).
@@ -528,3 +538,51 @@ def read_run(workdir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
   with open(paths[1]) as f:
     info = json.load(f)
   return config, info
+
+
+def record_numbers(record: dict[str, Any]) -> dict[str, float]:
+  """The numbers of a metrics record (not its step, time or phase; booleans are not numbers)."""
+  return {
+    k: float(v)
+    for k, v in record.items()
+    if k not in _NOT_METRICS and isinstance(v, int | float) and not isinstance(v, bool)
+  }
+
+
+def read_evaluations(workdir: str) -> tuple[dict[int, dict[str, float]], dict[int, dict]]:
+  """``(step -> metric values, step -> protocol)`` of a run: the evaluation lines of
+  ``metrics.jsonl`` merged with ``eval/step_N.json`` (whose values take precedence)."""
+  evaluations: dict[int, dict[str, float]] = {}
+  protocols: dict[int, dict] = {}
+  try:
+    with open(os.path.join(workdir, METRICS_FILE)) as f:
+      lines = f.readlines()
+  except OSError:
+    lines = []
+  for line in lines:
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      continue  # A line cut by a kill.
+    if isinstance(record, dict) and "step" in record:
+      values = record_numbers(record)
+      if values and not any(k in record for k in TRAINING_MARKERS):
+        evaluations.setdefault(int(record["step"]), {}).update(values)
+  eval_dir = os.path.join(workdir, EVAL_DIR)
+  for file in sorted(os.listdir(eval_dir)) if os.path.isdir(eval_dir) else []:
+    match = _EVAL_FILE.match(file)
+    record = read_json_or_none(os.path.join(eval_dir, file)) if match else None
+    if isinstance(record, dict) and record.get("values") and isinstance(record["values"], dict):
+      step = int(match.group(1))
+      evaluations.setdefault(step, {}).update(record_numbers(record["values"]))
+      protocols[step] = record.get("protocol") or {}
+  return dict(sorted(evaluations.items())), protocols
+
+
+def read_json_or_none(path: str) -> Any:
+  """The JSON content of ``path``, or None when it is missing or unreadable."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, json.JSONDecodeError):
+    return None

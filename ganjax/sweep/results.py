@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import math
 import os
 import re
@@ -32,6 +31,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ganjax import checkpoint, loop
+from ganjax import workdir as workdir_lib
 from ganjax.evaluation import metric_table
 from ganjax.sweep import status
 from ganjax.sweep.spec import group_of
@@ -43,11 +43,6 @@ RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 CURVES_DIR = "curves"
 FINISHED = status.FINISHED
-# Keys of a metrics.jsonl line that are not metrics.
-_NOT_METRICS = frozenset({"step", "wall_time", "phase"})
-# Only the training log lines of metrics.jsonl carry these (ganjax.loop.run's log()).
-_TRAINING_MARKERS = ("steps_per_sec", "images_per_sec")
-_EVAL_FILE = re.compile(r"^step_(\d+)\.json$")
 MISSING = "—"
 
 # What each metric is (ganjax/evaluation/metric_table.py, ganjax/metrics/, ganjax/systems/).
@@ -133,12 +128,7 @@ class RunRecord:
     return self.evaluations[self.final_step] if self.evaluations else {}
 
 
-def _read_json(path: str) -> Any:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, json.JSONDecodeError):
-    return None
+_read_json = workdir_lib.read_json_or_none
 
 
 def run_list(sweep_workdir: str) -> tuple[list[tuple[str, str]], dict[str, Any]]:
@@ -154,42 +144,9 @@ def run_list(sweep_workdir: str) -> tuple[list[tuple[str, str]], dict[str, Any]]
   return [(n, group_of(n)) for n in names], sweep
 
 
-def _numbers(record: Mapping[str, Any]) -> dict[str, float]:
-  return {
-    k: float(v)
-    for k, v in record.items()
-    if k not in _NOT_METRICS and isinstance(v, int | float) and not isinstance(v, bool)
-  }
-
-
 def read_evaluations(path: str) -> tuple[dict[int, dict[str, float]], dict[int, dict]]:
-  """``(step -> metric values, step -> protocol)`` of a run workdir: the evaluation lines of
-  ``metrics.jsonl`` merged with ``eval/step_N.json`` (whose values take precedence)."""
-  evaluations: dict[int, dict[str, float]] = {}
-  protocols: dict[int, dict] = {}
-  try:
-    with open(os.path.join(path, loop.METRICS_FILE)) as f:
-      lines = f.readlines()
-  except OSError:
-    lines = []
-  for line in lines:
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError:
-      continue  # A line cut by a kill.
-    if isinstance(record, dict) and "step" in record:
-      values = _numbers(record)
-      if values and not any(k in record for k in _TRAINING_MARKERS):
-        evaluations.setdefault(int(record["step"]), {}).update(values)
-  eval_dir = os.path.join(path, "eval")
-  for file in sorted(os.listdir(eval_dir)) if os.path.isdir(eval_dir) else []:
-    match = _EVAL_FILE.match(file)
-    record = _read_json(os.path.join(eval_dir, file)) if match else None
-    if isinstance(record, dict) and record.get("values") and isinstance(record["values"], dict):
-      step = int(match.group(1))
-      evaluations.setdefault(step, {}).update(_numbers(record["values"]))
-      protocols[step] = record.get("protocol") or {}
-  return dict(sorted(evaluations.items())), protocols
+  """:func:`ganjax.workdir.read_evaluations` of the run in ``path``."""
+  return workdir_lib.read_evaluations(path)
 
 
 def read_run(
